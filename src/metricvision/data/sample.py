@@ -1,0 +1,105 @@
+"""Samples and datasets: a dataset is a sequence of samples, images given by path or array."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from metricvision._registry import Registry
+
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
+
+
+@dataclass
+class Sample:
+    """One item of a dataset.
+
+    Attributes:
+        image: a file path or an (H, W, 3) uint8 array.
+        label: integer class / identity, -1 when unlabeled.
+        instance_id: id of the physical instance (re-ID person, landmark), if any.
+        camera: camera id (re-ID), -1 when unknown.
+        caption: text attached to the image.
+        bbox: (x0, y0, x1, y1) box of the object, if any.
+        split: "train", "test", "query", "gallery", ... or "".
+        meta: anything else (category, vendor, names).
+    """
+
+    image: Any
+    label: int = -1
+    instance_id: int = -1
+    camera: int = -1
+    caption: str = ""
+    bbox: Optional[Tuple[float, float, float, float]] = None
+    split: str = ""
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def load_image(image: Any) -> Image.Image:
+    """Open a path or wrap an array as an RGB PIL image; a corrupt file names its path."""
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image).convert("RGB")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.exists():
+        raise FileNotFoundError(f"image {path} not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"corrupt or unreadable image {path}: {e}") from e
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """A torch dataset over samples, returning (image tensor (3, H, W), label).
+
+    Args:
+        samples: the samples.
+        transform: PIL image -> tensor; default converts to a float tensor in [0, 1].
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Optional[Callable[[Image.Image], torch.Tensor]] = None) -> None:
+        self.samples: List[Sample] = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+        s = self.samples[i]
+        img = load_image(s.image)
+        if self.transform is not None:
+            x = self.transform(img)
+        else:
+            x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return x, s.label
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 labels."""
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+
+def check_class_disjoint(train: Sequence[Sample], test: Sequence[Sample]) -> None:
+    """Refuse a split that puts one class on both sides (class-disjoint protocols)."""
+    shared = {s.label for s in train if s.label >= 0} & {s.label for s in test if s.label >= 0}
+    if shared:
+        some = ", ".join(str(c) for c in sorted(shared)[:5])
+        raise ValueError(f"split is not class-disjoint: {len(shared)} classes on both sides (e.g. {some})")
+
+
+def relabel(samples: Sequence[Sample]) -> List[Sample]:
+    """Copy of samples with labels mapped to 0..C-1 in order of first appearance (-1 kept)."""
+    mapping: Dict[int, int] = {}
+    out = []
+    for s in samples:
+        if s.label >= 0 and s.label not in mapping:
+            mapping[s.label] = len(mapping)
+        out.append(Sample(**{**s.__dict__, "label": mapping.get(s.label, -1)}))
+    return out

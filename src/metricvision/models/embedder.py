@@ -1,0 +1,85 @@
+"""Embedder: backbone -> pooling -> linear head -> L2-normalized embedding."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metricvision.models.backbones import create_backbone
+from metricvision.models.pooling import POOLINGS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Embedder(nn.Module):
+    """Maps (N, 3, H, W) images in [0, 1] to (N, D) L2-normalized embeddings.
+
+    Args:
+        backbone: backbone name (see ``create_backbone``).
+        pooling: "avg", "gem" or "max".
+        dim: embedding size D; 0 keeps the backbone's C channels (no head).
+        pretrained: load pretrained backbone weights (offline resolver).
+        weights_path: explicit weights file for the backbone.
+        normalize: L2-normalize the output.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "small_cnn",
+        pooling: str = "gem",
+        dim: int = 128,
+        pretrained: bool = False,
+        weights_path: Optional[str] = None,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if dim < 0:
+            raise ValueError(f"dim must be >= 0, got {dim}")
+        self.backbone_name = backbone
+        self.backbone, channels = create_backbone(backbone, pretrained, weights_path)
+        self.pool = POOLINGS.create(pooling)
+        self.head: nn.Module = nn.Linear(channels, dim) if dim else nn.Identity()
+        self.dim = dim or channels
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, C, h, w) backbone feature maps."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+        return self.backbone((images - self.mean) / self.std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, D)."""
+        z = self.head(self.pool(self.features(images)))
+        return F.normalize(z, dim=1) if self.normalize else z
+
+    def dense(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, D, h, w): the head applied at every location, normalized per location."""
+        f = self.features(images)
+        if isinstance(self.head, nn.Linear):
+            f = torch.einsum("nchw,dc->ndhw", f, self.head.weight) + self.head.bias.view(1, -1, 1, 1)
+        return F.normalize(f, dim=1) if self.normalize else f
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
+        """Embeddings (N, D) in eval mode, batched; accepts a tensor or an iterable of batches."""
+        return self._batched(self.forward, images, batch_size)
+
+    @torch.no_grad()
+    def encode_dense(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+        """Dense embeddings (N, D, h, w) in eval mode."""
+        return self._batched(self.dense, images, batch_size)
+
+    def _batched(self, fn, images, batch_size: int) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+        out = [fn(b.to(device)).cpu() for b in batches]
+        self.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.dim)
