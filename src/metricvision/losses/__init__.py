@@ -2,6 +2,7 @@
 from typing import Any
 
 from metricvision.losses import pairs, proxies  # noqa: F401  (registration)
+from metricvision.losses import distillation  # noqa: F401  (registration)
 from metricvision.losses.base import LOSSES, LossOutput, MetricLoss, ProxyLoss, zero_loss
 
 

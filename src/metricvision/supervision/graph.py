@@ -1,0 +1,106 @@
+"""k-NN graphs on embeddings and diffusion on them (solved by conjugate gradient).
+
+Shared by label propagation (Iscen et al., CVPR 2019) and mining on manifolds
+(Iscen et al., CVPR 2018).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from metricvision.index.flat import FlatIndex
+
+
+def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0) -> torch.Tensor:
+    """Symmetric k-NN affinity W + W^T with similarities raised to ``gamma``.
+
+    Args:
+        embeddings: (N, D) embeddings (L2-normalized here; cosine similarity).
+        k: neighbours per node (self excluded); clipped to N - 1.
+        gamma: power applied to the (non-negative) similarities.
+
+    Returns:
+        (N, N) sparse COO affinity, zero diagonal.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if gamma <= 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    x = F.normalize(embeddings.detach().float().cpu(), dim=1)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return torch.sparse_coo_tensor(torch.empty(2, 0, dtype=torch.int64), torch.empty(0), (n, n)).coalesce()
+    index = FlatIndex(x.shape[1], "ip")
+    index.add(x)
+    scores, ids = index.search(x, k + 1)
+    scores, ids = torch.from_numpy(scores), torch.from_numpy(ids)
+    rows = torch.arange(n).unsqueeze(1).expand_as(ids)
+    # drop self wherever it appears (ties may push it out of column 0)
+    keep = (ids != rows) & (ids >= 0)
+    r, c, s = rows[keep], ids[keep], scores[keep].clamp_min(0.0) ** gamma
+    W = torch.sparse_coo_tensor(torch.stack([r, c]), s, (n, n))
+    return (W + W.t()).coalesce()
+
+
+def normalize_affinity(W: torch.Tensor) -> torch.Tensor:
+    """Symmetric normalization D^-1/2 W D^-1/2 of a sparse (N, N) affinity (isolated nodes stay 0)."""
+    W = W.coalesce()
+    deg = torch.sparse.sum(W, dim=1).to_dense()
+    inv = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
+    r, c = W.indices()
+    return torch.sparse_coo_tensor(W.indices(), W.values() * inv[r] * inv[c], W.shape).coalesce()
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor], B: torch.Tensor, tol: float = 1e-6, max_iter: int = 20
+) -> torch.Tensor:
+    """Solve A X = B for a symmetric positive definite A given by ``matvec``, all columns at once.
+
+    Args:
+        matvec: X (N, C) -> A X (N, C).
+        B: (N, C) right-hand sides.
+        tol: stop when every column's residual norm is below ``tol`` times its rhs norm.
+        max_iter: iterations at most.
+
+    Returns:
+        (N, C) solution.
+    """
+    X = torch.zeros_like(B)
+    R = B.clone()
+    P = R.clone()
+    rs = (R * R).sum(0)
+    stop = (tol * B.norm(dim=0)) ** 2
+    for _ in range(max_iter):
+        if bool((rs <= stop).all()):
+            break
+        AP = matvec(P)
+        denom = (P * AP).sum(0)
+        step = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
+        X = X + step * P
+        R = R - step * AP
+        rs_new = (R * R).sum(0)
+        P = R + torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs)) * P
+        rs = rs_new
+    return X
+
+
+def diffuse(
+    W_normalized: torch.Tensor, Y: torch.Tensor, alpha: float = 0.99, tol: float = 1e-6, max_iter: int = 20
+) -> torch.Tensor:
+    """Diffusion Z = (I - alpha W)^-1 Y, solved with conjugate gradient.
+
+    Args:
+        W_normalized: (N, N) sparse symmetrically normalized affinity.
+        Y: (N, C) initial values (one column per class or per query).
+        alpha: in (0, 1).
+
+    Returns:
+        (N, C) diffused values.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    Y = Y.to(W_normalized.dtype)
+    return conjugate_gradient(lambda X: X - alpha * torch.sparse.mm(W_normalized, X), Y, tol, max_iter)

@@ -1,0 +1,128 @@
+"""Semi-supervised metric learning by label propagation (Iscen et al., CVPR 2019).
+
+Each epoch: a k-NN graph on the current embeddings (similarities^gamma, W + W^T,
+symmetric normalization), diffusion of the class-size-normalized one-hot labels with
+conjugate gradient (alpha = 0.99), pseudo-labels = argmax, weighted by
+1 - entropy / log(C) (certainty) and by the inverse class frequency (class balance).
+Labeled samples keep their label with certainty weight 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+
+from metricvision.supervision.base import SUPERVISIONS, Supervision
+from metricvision.supervision.graph import diffuse, knn_graph, normalize_affinity
+
+
+@dataclass
+class Propagated:
+    """Result of label propagation.
+
+    Attributes:
+        labels: (N,) int64 pseudo-labels (ground truth where labeled).
+        certainty: (N,) float 1 - H(p) / log(C), 1 on labeled samples.
+        class_weights: (C,) float inverse class frequency, mean 1 over classes.
+        scores: (N, C) diffused class scores.
+    """
+
+    labels: torch.Tensor
+    certainty: torch.Tensor
+    class_weights: torch.Tensor
+    scores: torch.Tensor
+
+
+def propagate_labels(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    k: int = 50,
+    gamma: float = 3.0,
+    alpha: float = 0.99,
+    max_iter: int = 20,
+) -> Propagated:
+    """Label propagation on the k-NN graph of ``embeddings``.
+
+    Args:
+        embeddings: (N, D) embeddings.
+        labels: (N,) int labels, -1 for unlabeled.
+        num_classes: C; labels are in [0, C).
+        k, gamma: graph parameters (see ``knn_graph``).
+        alpha: diffusion parameter in (0, 1).
+        max_iter: conjugate-gradient iterations.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+    if labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(f"labels ({labels.shape[0]}) and embeddings ({embeddings.shape[0]}) differ in length")
+    if labels.numel() and int(labels.max()) >= num_classes:
+        raise ValueError(f"label {int(labels.max())} out of range for num_classes={num_classes}")
+    n = labels.shape[0]
+    labeled = labels >= 0
+    Wn = normalize_affinity(knn_graph(embeddings, k, gamma))
+    Y = torch.zeros(n, num_classes)
+    Y[labeled.nonzero().squeeze(1), labels[labeled]] = 1.0
+    Y = Y / Y.sum(0, keepdim=True).clamp_min(1.0)
+    Z = diffuse(Wn, Y, alpha, max_iter=max_iter).clamp_min(0.0)
+    p = Z / Z.sum(1, keepdim=True).clamp_min(1e-12)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
+    certainty = 1.0 - entropy / math.log(max(num_classes, 2))
+    # nodes the diffusion never reached carry no information
+    certainty = torch.where(Z.sum(1) > 0, certainty, torch.zeros_like(certainty))
+    certainty = certainty / certainty.max().clamp_min(1e-12)
+    pseudo = Z.argmax(1)
+    pseudo[labeled] = labels[labeled]
+    certainty[labeled] = 1.0
+    counts = torch.bincount(pseudo, minlength=num_classes).float()
+    class_weights = torch.where(counts > 0, n / (num_classes * counts.clamp_min(1.0)), torch.zeros_like(counts))
+    return Propagated(pseudo, certainty, class_weights, Z)
+
+
+@SUPERVISIONS.register("label_propagation")
+class LabelPropagation(Supervision):
+    """Pseudo-labels by label propagation, refreshed from the embeddings each epoch.
+
+    Until the first ``refresh`` only the labeled samples have targets.
+
+    Args:
+        labels: (N,) int labels, -1 for unlabeled samples.
+        k: neighbours in the graph.
+        gamma: similarity power.
+        alpha: diffusion parameter.
+        max_iter: conjugate-gradient iterations.
+        class_balance: multiply weights by the inverse class frequency.
+    """
+
+    needs_embeddings = True
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray | torch.Tensor,
+        k: int = 50,
+        gamma: float = 3.0,
+        alpha: float = 0.99,
+        max_iter: int = 20,
+        class_balance: bool = True,
+    ) -> None:
+        super().__init__(labels)
+        self.given_ = self.labels_.clone()
+        if not bool((self.given_ >= 0).any()):
+            raise ValueError("label propagation needs at least one labeled sample, got none")
+        self.num_classes = int(self.given_.max()) + 1
+        self.k, self.gamma, self.alpha, self.max_iter = k, gamma, alpha, max_iter
+        self.class_balance = class_balance
+        self.weights_ = (self.given_ >= 0).float()
+
+    def refresh(self, embeddings: torch.Tensor) -> Dict[str, float]:
+        """Propagate the given labels on the (N, D) embeddings; returns logs."""
+        out = propagate_labels(embeddings, self.given_, self.num_classes, self.k, self.gamma, self.alpha, self.max_iter)
+        self.labels_ = out.labels
+        weights = out.certainty
+        if self.class_balance:
+            weights = weights * out.class_weights[out.labels]
+        self.weights_ = weights
+        unlabeled = self.given_ < 0
+        return {"pseudo_certainty": float(out.certainty[unlabeled].mean()) if unlabeled.any() else 1.0}

@@ -1,0 +1,119 @@
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+import torch
+
+from metricvision.supervision import SUPERVISIONS
+from metricvision.supervision.base import keep_fraction_of_labels
+from metricvision.supervision.graph import conjugate_gradient, diffuse, knn_graph, normalize_affinity
+from metricvision.supervision.propagation import LabelPropagation, propagate_labels
+
+
+def _two_clusters(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 8, generator=g) * 0.05 + torch.tensor([1.0] + [0.0] * 7)
+    b = torch.randn(n, 8, generator=g) * 0.05 + torch.tensor([0.0, 1.0] + [0.0] * 6)
+    return torch.cat([a, b]), torch.cat([torch.zeros(n), torch.ones(n)]).long()
+
+
+def test_knn_graph_matches_loop():
+    x = torch.randn(30, 5, generator=torch.Generator().manual_seed(1))
+    W = knn_graph(x, k=4, gamma=3.0).to_dense()
+    xn = torch.nn.functional.normalize(x, dim=1)
+    S = xn @ xn.T
+    ref = torch.zeros(30, 30)
+    for i in range(30):
+        s = S[i].clone()
+        s[i] = -float("inf")
+        for j in s.topk(4).indices:
+            ref[i, j] = S[i, j].clamp_min(0) ** 3
+    ref = ref + ref.T
+    assert torch.allclose(W, ref, atol=1e-5)
+    assert torch.all(W.diagonal() == 0)
+
+
+def test_cg_equals_direct_solve_and_scipy():
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(2))
+    Wn = normalize_affinity(knn_graph(x, k=5))
+    dense = Wn.to_dense().double()
+    d = dense.sum(1)
+    Y = torch.randn(50, 3, generator=torch.Generator().manual_seed(3))
+    Z = diffuse(Wn.double(), Y.double(), alpha=0.9, tol=1e-12, max_iter=500)
+    A = torch.eye(50, dtype=torch.float64) - 0.9 * dense
+    assert torch.allclose(Z, torch.linalg.solve(A, Y.double()), atol=1e-8)
+    sp = scipy.sparse.csr_matrix(A.numpy())
+    z0, _ = scipy.sparse.linalg.cg(sp, Y[:, 0].double().numpy(), rtol=1e-12, maxiter=500)
+    assert np.allclose(Z[:, 0].numpy(), z0, atol=1e-6)
+    assert torch.all(d >= 0)
+
+
+def test_cg_zero_rhs_column():
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]])
+    B = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    X = conjugate_gradient(lambda v: A @ v, B, tol=1e-10, max_iter=10)
+    assert torch.allclose(A @ X, B, atol=1e-5)
+    assert torch.all(X[:, 1] == 0)
+
+
+def test_propagation_recovers_two_clusters():
+    x, y = _two_clusters()
+    given = torch.full_like(y, -1)
+    given[0], given[40] = 0, 1
+    out = propagate_labels(x, given, num_classes=2, k=10)
+    assert torch.equal(out.labels, y)
+    assert out.certainty[given < 0].min() > 0.5
+    assert torch.allclose(out.class_weights, torch.ones(2))
+
+
+def test_propagation_certainty_low_between_clusters():
+    x, y = _two_clusters()
+    mid = (x[0] + x[40]) / 2
+    x = torch.cat([x, mid[None]])
+    given = torch.full((81,), -1)
+    given[0], given[40] = 0, 1
+    out = propagate_labels(x, given, num_classes=2, k=10)
+    assert out.certainty[80] < out.certainty[1:40].min()
+
+
+def test_class_balance_weights_are_inverse_frequency():
+    x, y = _two_clusters()
+    x, y = x[:50], y[:50]  # 40 of class 0, 10 of class 1
+    given = torch.full_like(y, -1)
+    given[0], given[45] = 0, 1
+    out = propagate_labels(x, given, num_classes=2, k=5)
+    assert torch.equal(out.labels, y)
+    assert torch.allclose(out.class_weights, torch.tensor([50 / 80, 50 / 20]))
+
+
+def test_label_propagation_supervision_refresh_and_targets():
+    x, y = _two_clusters()
+    given = torch.full_like(y, -1)
+    given[:3], given[40:43] = 0, 1
+    sup = SUPERVISIONS.create("label_propagation", labels=given, k=10)
+    before = sup.targets(torch.arange(80))
+    assert torch.equal(before.labels, given) and before.weights[3:40].sum() == 0
+    logs = sup.refresh(x)
+    t = sup.targets(torch.tensor([1, 10, 50]))
+    assert t.labels.tolist() == [0, 0, 1]
+    assert t.weights[0] == 1.0 and 0.5 < float(t.weights[1]) <= 1.0
+    assert logs["pseudo_certainty"] > 0.5
+    rel = sup.relevance(torch.tensor([1, 10, 50]))
+    assert rel.tolist() == [[-1, 1, 0], [1, -1, 0], [0, 0, -1]]
+
+
+def test_label_propagation_needs_labels():
+    try:
+        LabelPropagation([-1, -1])
+    except ValueError as e:
+        assert "at least one labeled" in str(e)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_keep_fraction_of_labels_per_class():
+    labels = np.repeat(np.arange(5), 10)
+    kept = keep_fraction_of_labels(labels, 0.2, seed=0)
+    for c in range(5):
+        assert (kept == c).sum() == 2
+        assert np.all(labels[kept == c] == c)
+    assert (keep_fraction_of_labels(np.repeat(np.arange(3), 3), 0.1) >= 0).sum() == 3
