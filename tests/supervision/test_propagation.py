@@ -89,11 +89,11 @@ def test_label_propagation_supervision_refresh_and_targets():
     x, y = _two_clusters()
     given = torch.full_like(y, -1)
     given[:3], given[40:43] = 0, 1
-    sup = SUPERVISIONS.create("label_propagation", labels=given, k=10)
-    before = sup.targets(torch.arange(80))
+    sup = SUPERVISIONS.create("label_propagation", labels=given, k=10, class_balance=False)
+    before = sup.lookup(torch.arange(80))
     assert torch.equal(before.labels, given) and before.weights[3:40].sum() == 0
     logs = sup.refresh(x)
-    t = sup.targets(torch.tensor([1, 10, 50]))
+    t = sup.lookup(torch.tensor([1, 10, 50]))
     assert t.labels.tolist() == [0, 0, 1]
     assert t.weights[0] == 1.0 and 0.5 < float(t.weights[1]) <= 1.0
     assert logs["pseudo_certainty"] > 0.5
@@ -117,3 +117,24 @@ def test_keep_fraction_of_labels_per_class():
         assert (kept == c).sum() == 2
         assert np.all(labels[kept == c] == c)
     assert (keep_fraction_of_labels(np.repeat(np.arange(3), 3), 0.1) >= 0).sum() == 3
+
+
+def test_weighted_pk_batches_follow_weights_and_skip_unlabeled():
+    from metricvision.supervision.base import weighted_pk_batches
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, -1, 2])
+    weights = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    g = torch.Generator().manual_seed(0)
+    batches = weighted_pk_batches(labels, weights, 4, 2, 50, g)
+    drawn = torch.tensor([i for b in batches for i in b])
+    assert not torch.isin(drawn, torch.tensor([1, 6, 7])).any()
+    for b in batches:
+        assert labels[b[0]] == labels[b[1]] and labels[b[2]] == labels[b[3]] and labels[b[0]] != labels[b[2]]
+
+
+def test_partial_labels_supervision_binds_and_hides():
+    sup = SUPERVISIONS.create("partial_labels", label_fraction=0.5, samples_per_class=2)
+    sup.bind(np.repeat(np.arange(4), 4))
+    assert int((sup.labels_ >= 0).sum()) == 8
+    for b in sup.batches(4, 10, torch.Generator().manual_seed(0)):
+        assert all(int(sup.labels_[i]) >= 0 for i in b)

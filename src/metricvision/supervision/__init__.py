@@ -1,5 +1,9 @@
 """Where relevance comes from in each supervision setting."""
-from metricvision.supervision.base import SUPERVISIONS, Supervision, Targets, keep_fraction_of_labels
+from metricvision.supervision.base import SUPERVISIONS, Supervision, Targets, keep_fraction_of_labels, weighted_pk_batches
+from metricvision.supervision.manifold import ManifoldMining, mine_on_manifold
 from metricvision.supervision.propagation import LabelPropagation, propagate_labels
 
-__all__ = ["SUPERVISIONS", "LabelPropagation", "Supervision", "Targets", "keep_fraction_of_labels", "propagate_labels"]
+__all__ = [
+    "SUPERVISIONS", "LabelPropagation", "ManifoldMining", "Supervision", "Targets", "keep_fraction_of_labels",
+    "mine_on_manifold", "propagate_labels", "weighted_pk_batches",
+]

@@ -1,10 +1,16 @@
 """The Supervision protocol: each setting is a source of targets, relevance and batches.
 
-A supervision object plugs into the one Trainer. Before an epoch it may look at the
-current embeddings of the training set (``refresh``: label propagation, manifold mining);
-during the epoch it gives, for the dataset indices of a batch, the targets (labels and
-per-sample weights) and the (B, B) relevance that a loss consumes; it may also decide
-how batches are drawn (episodes, tasks, class-balanced sampling, mined tuples).
+A supervision object plugs into the one Trainer through its hooks:
+``on_fit_start(trainer)`` binds the training labels (hiding some when ``label_fraction``
+< 1); ``on_epoch_start(trainer, epoch)`` refreshes the targets from the current
+embeddings of the training set when the setting needs them (label propagation, manifold
+mining); ``batch_sampler(trainer, epoch)`` draws the epoch's batches from the current
+targets, a sample's weight being its probability of being drawn within its class (so
+certainty and class-balance weights need no change to any loss); ``targets(trainer,
+indices, labels)`` gives the labels the loss sees (-1 = IGNORED).
+
+The same objects work without a Trainer: ``bind(labels)``, ``refresh(embeddings)``,
+``lookup(indices) -> Targets``, ``relevance(indices) -> (B, B)``, ``batches(...)``.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from metricvision._registry import Registry
 from metricvision.similarity import relevance_from_labels
 
 SUPERVISIONS: Registry["Supervision"] = Registry("supervision")
+LabelsLike = Sequence[int] | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -34,54 +41,138 @@ class Targets:
 
 
 class Supervision:
-    """Base supervision: the ground-truth labels, every sample weighted 1.
+    """Base supervision: the ground-truth labels (optionally a fraction of them), weight 1.
 
     Args:
-        labels: (N,) int labels of the training set, -1 for unlabeled samples.
+        labels: (N,) int labels of the training set, -1 for unlabeled; None to bind later
+            (the Trainer binds its training labels in ``on_fit_start``).
+        label_fraction: keep the labels of this fraction of every class's samples.
+        label_seed: seed of the choice of kept labels.
+        samples_per_class: K of the P x K batches drawn by ``batches``.
 
     Attributes:
-        needs_embeddings: the Trainer must call ``refresh`` with the current (N, D)
-            embeddings of the training set at the start of each epoch.
+        needs_embeddings: ``refresh`` must see the current (N, D) training embeddings each epoch.
     """
 
     needs_embeddings: bool = False
 
-    def __init__(self, labels: Sequence[int] | np.ndarray | torch.Tensor) -> None:
-        self.labels_ = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
-        self.weights_ = torch.ones(self.labels_.shape[0])
+    def __init__(
+        self, labels: Optional[LabelsLike] = None, label_fraction: float = 1.0, label_seed: int = 0, samples_per_class: int = 4
+    ) -> None:
+        if not 0 < label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+        if samples_per_class < 1:
+            raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+        self.label_fraction, self.label_seed, self.samples_per_class = label_fraction, label_seed, samples_per_class
+        self.labels_: Optional[torch.Tensor] = None
+        if labels is not None:
+            self.bind(labels)
+
+    def bind(self, labels: LabelsLike) -> None:
+        """Set the (N,) training labels (hiding all but ``label_fraction`` of each class)."""
+        y = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if self.label_fraction < 1:
+            y = keep_fraction_of_labels(y, self.label_fraction, self.label_seed)
+        self.given_ = torch.from_numpy(y)
+        self.labels_ = self.given_.clone()
+        self.weights_ = (self.given_ >= 0).float()
 
     def __len__(self) -> int:
-        return int(self.labels_.shape[0])
+        return 0 if self.labels_ is None else int(self.labels_.shape[0])
 
     def refresh(self, embeddings: torch.Tensor) -> Dict[str, float]:
         """Update the targets from (N, D) embeddings of the training set; returns logs."""
         return {}
 
-    def on_epoch_start(self, trainer: Any) -> Dict[str, float]:
-        """Trainer hook: refresh from the current embeddings when the setting needs them."""
-        if not self.needs_embeddings:
-            return {}
-        return self.refresh(trainer.embed_train())
-
-    def targets(self, indices: torch.Tensor) -> Targets:
+    def lookup(self, indices: torch.Tensor) -> Targets:
         """Labels and weights of the samples at dataset ``indices`` (B,)."""
+        if self.labels_ is None:
+            raise RuntimeError("supervision has no labels yet: call bind(labels) first")
         idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
         return Targets(self.labels_[idx], self.weights_[idx])
 
     def relevance(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, B) int8 relevance among the batch; a sample never counts itself."""
-        t = self.targets(indices)
+        t = self.lookup(indices)
         return relevance_from_labels(t.labels, t.labels, exclude_self=True)
 
-    def batches(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Optional[Iterator[List[int]]]:
-        """Batches of dataset indices for one epoch, or None to let the Trainer's sampler decide."""
-        return None
+    def batches(self, batch_size: int, num_batches: int, generator: Optional[torch.Generator] = None) -> List[List[int]]:
+        """P x K batches over the current targets; within a class, drawn in proportion to weight."""
+        if self.labels_ is None:
+            raise RuntimeError("supervision has no labels yet: call bind(labels) first")
+        return weighted_pk_batches(self.labels_, self.weights_, batch_size, self.samples_per_class, num_batches, generator)
+
+    # ---- Trainer hooks ---------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any) -> None:
+        """Bind the Trainer's training labels unless labels were given."""
+        if self.labels_ is None:
+            self.bind([s.label for s in trainer.train_samples])
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        """Refresh from the current training embeddings when the setting needs them."""
+        if self.needs_embeddings:
+            logs = self.refresh(trainer.embed(trainer.train_samples))
+            trainer._log({"event": "supervision", "epoch": epoch, **logs})
+
+    def batch_sampler(self, trainer: Any, epoch: int) -> List[List[int]]:
+        """The epoch's batches (as many as the Trainer's own sampler would give)."""
+        g = torch.Generator().manual_seed(trainer.recipe.train.seed * 1000003 + epoch)
+        return self.batches(trainer.recipe.data.batch_size, len(trainer.sampler), g)
+
+    def targets(self, trainer: Any, indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Labels the loss sees for the batch at ``indices``."""
+        return self.lookup(indices).labels
 
 
-@SUPERVISIONS.register("supervised")
-def supervised(labels: Sequence[int] | np.ndarray | torch.Tensor) -> Supervision:
-    """Plain labels (unlabeled samples, -1, are ignored)."""
-    return Supervision(labels)
+@SUPERVISIONS.register("partial_labels")
+def partial_labels(label_fraction: float = 1.0, label_seed: int = 0, samples_per_class: int = 4) -> Supervision:
+    """Labeled samples only: a fraction of each class keeps its label, the rest is unused."""
+    return Supervision(None, label_fraction, label_seed, samples_per_class)
+
+
+def weighted_pk_batches(
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    batch_size: int,
+    k: int,
+    num_batches: int,
+    generator: Optional[torch.Generator] = None,
+) -> List[List[int]]:
+    """Batches of P classes x K samples; classes uniformly, samples in proportion to weight.
+
+    Classes are drawn uniformly (the class-balanced sampling of long-tail learning);
+    samples with weight 0 or label -1 are never drawn; a class with fewer than K drawable
+    samples is drawn with replacement.
+
+    Args:
+        labels: (N,) int labels.
+        weights: (N,) non-negative weights.
+        batch_size: P * K.
+        k: samples per class.
+        num_batches: batches to return.
+    """
+    if k < 1 or batch_size % k:
+        raise ValueError(f"batch_size must be a positive multiple of k, got batch_size={batch_size}, k={k}")
+    usable = (labels >= 0) & (weights > 0)
+    classes = torch.unique(labels[usable])
+    p = batch_size // k
+    if len(classes) == 0:
+        raise ValueError("no sample has a label and a positive weight")
+    members = {int(c): usable.logical_and(labels == c).nonzero().squeeze(1) for c in classes}
+    out: List[List[int]] = []
+    order: List[int] = []
+    for _ in range(num_batches):
+        if len(order) < p:
+            order += classes[torch.randperm(len(classes), generator=generator)].tolist()
+        chosen, order = order[:p], order[p:]
+        batch: List[int] = []
+        for c in chosen:
+            idx = members[c]
+            w = weights[idx].double()
+            pick = torch.multinomial(w, k, replacement=len(idx) < k, generator=generator)
+            batch += idx[pick].tolist()
+        out.append(batch)
+    return out
 
 
 def keep_fraction_of_labels(labels: np.ndarray, fraction: float, seed: int = 0, min_per_class: int = 1) -> np.ndarray:
@@ -107,6 +198,5 @@ def keep_fraction_of_labels(labels: np.ndarray, fraction: float, seed: int = 0, 
     for c in np.unique(labels[labels >= 0]):
         idx = np.flatnonzero(labels == c)
         n = min(len(idx), max(min_per_class, int(round(fraction * len(idx)))))
-        keep = rng.choice(idx, size=n, replace=False)
-        out[keep] = c
+        out[rng.choice(idx, size=n, replace=False)] = c
     return out

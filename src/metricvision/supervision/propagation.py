@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional
 
-import numpy as np
 import torch
 
-from metricvision.supervision.base import SUPERVISIONS, Supervision
+from metricvision.supervision.base import SUPERVISIONS, LabelsLike, Supervision
 from metricvision.supervision.graph import diffuse, knn_graph, normalize_affinity
 
 
@@ -85,10 +84,12 @@ def propagate_labels(
 class LabelPropagation(Supervision):
     """Pseudo-labels by label propagation, refreshed from the embeddings each epoch.
 
-    Until the first ``refresh`` only the labeled samples have targets.
+    Until the first ``refresh`` only the labeled samples have targets. With
+    ``class_balance`` the weights include the inverse class frequency; ``batches`` draws
+    classes uniformly, which balances classes already, so recipes may turn it off.
 
     Args:
-        labels: (N,) int labels, -1 for unlabeled samples.
+        labels, label_fraction, label_seed, samples_per_class: see ``Supervision``.
         k: neighbours in the graph.
         gamma: similarity power.
         alpha: diffusion parameter.
@@ -100,21 +101,26 @@ class LabelPropagation(Supervision):
 
     def __init__(
         self,
-        labels: Sequence[int] | np.ndarray | torch.Tensor,
+        labels: Optional[LabelsLike] = None,
+        label_fraction: float = 1.0,
+        label_seed: int = 0,
+        samples_per_class: int = 4,
         k: int = 50,
         gamma: float = 3.0,
         alpha: float = 0.99,
         max_iter: int = 20,
         class_balance: bool = True,
     ) -> None:
-        super().__init__(labels)
-        self.given_ = self.labels_.clone()
+        self.k, self.gamma, self.alpha, self.max_iter = k, gamma, alpha, max_iter
+        self.class_balance = class_balance
+        super().__init__(labels, label_fraction, label_seed, samples_per_class)
+
+    def bind(self, labels: LabelsLike) -> None:
+        """Set the training labels (-1 = unlabeled)."""
+        super().bind(labels)
         if not bool((self.given_ >= 0).any()):
             raise ValueError("label propagation needs at least one labeled sample, got none")
         self.num_classes = int(self.given_.max()) + 1
-        self.k, self.gamma, self.alpha, self.max_iter = k, gamma, alpha, max_iter
-        self.class_balance = class_balance
-        self.weights_ = (self.given_ >= 0).float()
 
     def refresh(self, embeddings: torch.Tensor) -> Dict[str, float]:
         """Propagate the given labels on the (N, D) embeddings; returns logs."""
