@@ -1,0 +1,120 @@
+"""CLI: `metricvision kb build|add|align` and `metricvision search`."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Dict, List
+
+from metricvision.data import Sample
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the knowledge-base commands."""
+    kb = subparsers.add_parser("kb", help="build and grow knowledge bases")
+    kb_sub = kb.add_subparsers(dest="kb_command", required=True, metavar="KB_COMMAND")
+
+    for name, func, help_text in (("build", _build, "create a KB from a dataset or an image folder"),
+                                  ("add", _add, "append items to an existing KB")):
+        p = kb_sub.add_parser(name, help=help_text)
+        p.add_argument("dir", help="the KB folder")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--from-dataset", metavar="NAME", help="a registered dataset, e.g. emoji")
+        src.add_argument("--from-folder", metavar="DIR", help="an image folder")
+        p.add_argument("--captions", help="captions csv (image,caption[,label,...]) for --from-folder")
+        p.add_argument("--split", default="all", help="dataset split (default: all)")
+        p.add_argument("--dataset-path", help="dataset file / root (default: the dataset's own)")
+        if name == "build":
+            p.add_argument("--checkpoint", help="image model from `kb align` (text search needs it)")
+            p.add_argument("--backbone", default="mobilenet_v2", help="pretrained backbone when no checkpoint is given")
+            p.add_argument("--image-size", type=int, default=64, help="side images are resized to")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=func)
+
+    p = kb_sub.add_parser("align", help="align an image encoder to a text model's space and build a KB with it")
+    p.add_argument("dir", help="output folder: checkpoint, combiner, metrics (and KB/ with --build-kb)")
+    p.add_argument("--text-model", default="minilm")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--dataset-path", help="emoji dataset file (default: the packaged one)")
+    p.add_argument("--build-kb", action="store_true", help="also build DIR/kb from the test split")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_align)
+
+    p = subparsers.add_parser("search", help="query a KB with an image, a text, or both")
+    p.add_argument("kb", help="the KB folder")
+    p.add_argument("--image", help="query image file")
+    p.add_argument("--text", help="query text")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--text-weight", type=float, default=0.5, help="text weight of composed queries (weighted sum)")
+    p.add_argument("--combiner", choices=("auto", "none"), default="auto",
+                   help="use the KB's trained combiner for composed queries when it has one")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata filter (repeatable)")
+    p.add_argument("--boxes", action="store_true", help="localize the query in each hit")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_search)
+
+
+def _samples(args: argparse.Namespace) -> List[Sample]:
+    from metricvision.kb.sources import samples_from_dataset, samples_from_folder
+
+    if args.from_dataset:
+        return samples_from_dataset(args.from_dataset, args.split, args.dataset_path)
+    return samples_from_folder(args.from_folder, args.captions)
+
+
+def _build(args: argparse.Namespace) -> Dict[str, Any]:
+    from metricvision.kb.model import ImageTextModel, ModelCard
+    from metricvision.kb.store import KnowledgeBase
+
+    samples = _samples(args)
+    if args.checkpoint:
+        model = ImageTextModel.from_checkpoint(args.checkpoint)
+    else:
+        model = ImageTextModel(ModelCard(backbone=args.backbone, image_size=args.image_size))
+    kb = KnowledgeBase.create(args.dir, model)
+    kb.add(samples)
+    return {"kb": str(kb.path), "items": len(kb), "dim": model.dim, "text_model": model.card.text_model}
+
+
+def _add(args: argparse.Namespace) -> Dict[str, Any]:
+    from metricvision.kb.store import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.dir)
+    ids = kb.add(_samples(args))
+    return {"kb": str(kb.path), "added": len(ids), "items": len(kb), "version": kb.manifest["version"]}
+
+
+def _align(args: argparse.Namespace) -> Dict[str, Any]:
+    from metricvision.kb.align import run_alignment
+
+    return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs,
+                         dataset_path=args.dataset_path, build_kb=args.build_kb)
+
+
+def parse_filters(items: List[str]) -> Dict[str, Any]:
+    """["color=red", "label=3"] -> {"color": "red", "label": 3} (integers parsed)."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"filter must be KEY=VALUE, got '{item}'")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
+def _search(args: argparse.Namespace) -> Any:
+    from metricvision.kb.query import load_combiner, search
+    from metricvision.kb.store import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb)
+    combiner = load_combiner(kb) if args.combiner == "auto" else None
+    hits = search(kb, image=args.image, text=args.text, k=args.k, filters=parse_filters(args.filter),
+                  with_heatmap=args.boxes, text_weight=args.text_weight, combiner=combiner)
+    for h in hits:
+        h.pop("heatmap", None)
+    if args.json:
+        return hits
+    lines = [f"{'rank':>4}  {'id':>6}  {'score':>7}  caption"]
+    for r, h in enumerate(hits, 1):
+        extra = f"  boxes={json.dumps(h['boxes'][:2])}" if "boxes" in h else ""
+        lines.append(f"{r:>4}  {h['id']:>6}  {h['score']:7.4f}  {h['caption']}{extra}")
+    return "\n".join(lines)

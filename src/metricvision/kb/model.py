@@ -1,0 +1,183 @@
+"""The model behind a knowledge base: an image Embedder, an optional text encoder, and its card.
+
+A checkpoint written by ``save_image_model`` is a safetensors file whose metadata holds
+the card (backbone, pooling, dim, image size, text model), so a KB can rebuild the exact
+model that made its embeddings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from metricvision.data import load_image
+from metricvision.models import Embedder
+from metricvision.models.text import TextEncoder, create_text_encoder
+
+CARD_KEY = "metricvision_card"
+
+
+@dataclass
+class ModelCard:
+    """What made a KB's embeddings.
+
+    Attributes:
+        backbone: Embedder backbone name.
+        pooling: Embedder pooling.
+        dim: embedding size D (0 = the backbone's channels; resolved when the model is built).
+        head: whether a linear head maps backbone channels to D (False: D = channels).
+        image_size: side images are resized to before encoding.
+        pretrained: whether the backbone started from pretrained weights.
+        checkpoint: path of the weights file, None for the plain (pretrained) backbone.
+        checkpoint_sha256: hash of that file.
+        text_model: text encoder whose space the image embeddings live in, None when not aligned.
+    """
+
+    backbone: str = "mobilenet_v2"
+    pooling: str = "avg"
+    dim: int = 0
+    head: bool = False
+    image_size: int = 64
+    pretrained: bool = True
+    checkpoint: Optional[str] = None
+    checkpoint_sha256: Optional[str] = None
+    text_model: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelCard":
+        """Card from a dict; unknown keys are refused by name."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model card keys {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ImageTextModel:
+    """An image Embedder plus (lazily loaded) text encoder, described by a ModelCard.
+
+    Args:
+        card: the model card; when ``card.checkpoint`` is set its weights are loaded.
+        embedder: an already built Embedder (skips building from the card).
+    """
+
+    def __init__(self, card: ModelCard, embedder: Optional[Embedder] = None) -> None:
+        if embedder is None:
+            if not card.pretrained and not card.checkpoint:
+                raise ValueError(f"backbone '{card.backbone}' without pretrained weights needs a checkpoint; "
+                                 "a random initialisation cannot be rebuilt")
+            dim = card.dim if card.head else 0
+            embedder = Embedder(card.backbone, card.pooling, dim, pretrained=card.pretrained and not card.checkpoint)
+            if card.checkpoint:
+                from safetensors.torch import load_file
+
+                embedder.load_state_dict(load_file(card.checkpoint))
+        self.embedder = embedder.eval()
+        self.card = card
+        self.card.dim, self.card.head = embedder.dim, isinstance(embedder.head, torch.nn.Linear)
+        self._text: Optional[TextEncoder] = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> "ImageTextModel":
+        """Model from a checkpoint written by ``save_image_model``."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if CARD_KEY not in meta:
+            raise ValueError(f"{path} has no '{CARD_KEY}' metadata; write it with metricvision.kb.save_image_model")
+        card = ModelCard.from_dict(json.loads(meta[CARD_KEY]))
+        card.checkpoint, card.checkpoint_sha256 = str(path.resolve()), file_sha256(path)
+        return cls(card)
+
+    @property
+    def dim(self) -> int:
+        """Embedding size D."""
+        return self.card.dim
+
+    @property
+    def text(self) -> TextEncoder:
+        """The text encoder; refuses when the image embeddings are not in a text space."""
+        if self.card.text_model is None:
+            raise ValueError(
+                "this model's image embeddings are not aligned to a text model, so text queries are impossible; "
+                "build the KB with --checkpoint from `metricvision kb align`"
+            )
+        if self._text is None:
+            self._text = create_text_encoder(self.card.text_model)
+            if self._text.dim != self.dim:
+                raise ValueError(f"text model '{self.card.text_model}' has dim {self._text.dim}, images have {self.dim}")
+        return self._text
+
+    def to_tensor(self, images: Sequence[Any], size: Optional[int] = None) -> torch.Tensor:
+        """Paths / arrays / PIL images -> (N, 3, size, size) floats in [0, 1] (size: the card's)."""
+        size = size or self.card.image_size
+        arrays = [np.asarray(load_image(im).resize((size, size)), dtype=np.float32) / 255.0 for im in images]
+        if not arrays:
+            return torch.empty(0, 3, size, size)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def encode_images(self, images: Sequence[Any], batch_size: int = 128) -> torch.Tensor:
+        """(N,) images -> (N, D) normalized embeddings."""
+        out = [torch.empty(0, self.dim)]
+        for s in range(0, len(images), batch_size):
+            out.append(self.embedder.encode(self.to_tensor(images[s : s + batch_size])))
+        return torch.cat(out)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N,) strings -> (N, D) normalized embeddings in the images' space."""
+        return self.text.encode_text(texts)
+
+    def encode_dense(self, image: Any, max_side: int = 512) -> torch.Tensor:
+        """One image at its own resolution (longest side capped) -> (D, h, w) normalized features."""
+        im = load_image(image)
+        scale = min(1.0, max_side / max(im.size))
+        w, h = max(8, round(im.width * scale)), max(8, round(im.height * scale))
+        x = torch.from_numpy(np.asarray(im.resize((w, h)), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        return self.embedder.encode_dense(x)[0]
+
+
+def save_image_model(embedder: Embedder, path: str | os.PathLike, image_size: int, text_model: Optional[str] = None,
+                     pretrained: bool = True) -> ModelCard:
+    """Write the Embedder's weights with its card in the safetensors metadata (temp name, then rename)."""
+    from safetensors.torch import save_file
+
+    card = ModelCard(backbone=embedder.backbone_name, pooling=_pooling_name(embedder), dim=embedder.dim,
+                     head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained, text_model=text_model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    state = {k: v.contiguous() for k, v in embedder.state_dict().items()}
+    save_file(state, tmp, metadata={CARD_KEY: json.dumps(asdict(card))})
+    os.replace(tmp, path)
+    card.checkpoint, card.checkpoint_sha256 = str(path.resolve()), file_sha256(path)
+    return card
+
+
+def _pooling_name(embedder: Embedder) -> str:
+    from metricvision.models.pooling import POOLINGS
+
+    for name in POOLINGS.names():
+        if type(embedder.pool) is POOLINGS.get(name):
+            return name
+    raise ValueError(f"pooling {type(embedder.pool).__name__} is not registered")

@@ -1,0 +1,233 @@
+"""KnowledgeBase: a folder with an index, a SQLite table of items and the model card.
+
+Layout::
+
+    KB/kb.json              manifest: current version, its index and items files
+    KB/model_card.json      the model that made the embeddings
+    KB/index-<v>.npz        the vectors (FlatIndex format)
+    KB/items-<v>.sqlite     items(id, image, caption, label, metadata JSON)
+    KB/images/<id>.png      images of samples that came as arrays
+
+Every write makes version v+1 beside version v and then replaces kb.json (temp name,
+then rename), so a crash at any point leaves version v readable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+from contextlib import closing
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from metricvision.data import Sample
+from metricvision.index import FlatIndex
+from metricvision.kb.model import ImageTextModel, ModelCard
+
+MANIFEST = "kb.json"
+CARD = "model_card.json"
+SCHEMA = ("CREATE TABLE items (id INTEGER PRIMARY KEY, image TEXT NOT NULL, caption TEXT NOT NULL DEFAULT '', "
+          "label INTEGER NOT NULL DEFAULT -1, metadata TEXT NOT NULL DEFAULT '{}')")
+FILTER_COLUMNS = ("label", "caption")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary name in the same folder, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class KnowledgeBase:
+    """Images + text + metadata, searchable by embedding.
+
+    Use ``KnowledgeBase.create(path, model)`` for a new one and ``KnowledgeBase.open(path)``
+    for an existing one.
+    """
+
+    def __init__(self, path: Path, manifest: Dict[str, Any], card: ModelCard, model: Optional[ImageTextModel]) -> None:
+        self.path, self.manifest, self.card = path, manifest, card
+        self._model = model
+        self.index = FlatIndex.load(path / manifest["index"])
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, model: ImageTextModel) -> "KnowledgeBase":
+        """An empty KB (version 0) at ``path``, which must not hold one already."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise FileExistsError(f"{path} already holds a knowledge base; use `kb add` to append")
+        path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path / CARD, asdict(model.card))
+        with closing(sqlite3.connect(path / "items-0.sqlite")) as db:
+            db.execute(SCHEMA)
+            db.commit()
+        FlatIndex(model.dim, "ip").save(path / "index-0.npz")
+        write_json_atomic(path / MANIFEST, {"version": 0, "index": "index-0.npz", "items": "items-0.sqlite",
+                                            "count": 0, "next_id": 0})
+        return cls(path, json.loads((path / MANIFEST).read_text()), model.card, model)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, model: Optional[ImageTextModel] = None) -> "KnowledgeBase":
+        """Open the KB at ``path``; its model is built from the card on first use unless given."""
+        path = Path(path)
+        if not (path / MANIFEST).exists():
+            raise FileNotFoundError(f"no knowledge base at {path} ({MANIFEST} not found); create one with `kb build`")
+        card = ModelCard.from_dict(json.loads((path / CARD).read_text()))
+        return cls(path, json.loads((path / MANIFEST).read_text()), card, model)
+
+    @property
+    def model(self) -> ImageTextModel:
+        """The model of the card (loaded on first use)."""
+        if self._model is None:
+            self._model = ImageTextModel(ModelCard(**asdict(self.card)))
+        return self._model
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    def _db(self) -> sqlite3.Connection:
+        uri = f"file:{self.path / self.manifest['items']}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def add(self, samples: Sequence[Sample], batch_size: int = 128) -> List[int]:
+        """Embed and append samples as one new version; returns their ids.
+
+        Array images are written as PNG under images/; path images are stored as absolute paths.
+        """
+        if not samples:
+            return []
+        emb = self.model.encode_images([s.image for s in samples], batch_size).numpy()
+        return self.add_embedded(samples, emb)
+
+    def add_embedded(self, samples: Sequence[Sample], embeddings: np.ndarray) -> List[int]:
+        """Append samples whose (N, D) embeddings are already computed (one new version)."""
+        if len(samples) != len(embeddings):
+            raise ValueError(f"got {len(samples)} samples but {len(embeddings)} embeddings")
+        first, version = int(self.manifest["next_id"]), int(self.manifest["version"]) + 1
+        ids = list(range(first, first + len(samples)))
+        rows = [(i, self._store_image(i, s), s.caption, int(s.label), json.dumps(_metadata(s))) for i, s in zip(ids, samples)]
+        items_name, index_name = f"items-{version}.sqlite", f"index-{version}.npz"
+        tmp_db = self.path / f".{items_name}.tmp"
+        shutil.copyfile(self.path / self.manifest["items"], tmp_db)
+        with closing(sqlite3.connect(tmp_db)) as db:
+            db.executemany("INSERT INTO items (id, image, caption, label, metadata) VALUES (?, ?, ?, ?, ?)", rows)
+            db.commit()
+        os.replace(tmp_db, self.path / items_name)
+        index = FlatIndex.load(self.path / self.manifest["index"])
+        index.add(np.asarray(embeddings, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+        index.save(self.path / index_name)
+        old = dict(self.manifest)
+        manifest = {**old, "version": version, "index": index_name, "items": items_name,
+                    "count": len(index), "next_id": ids[-1] + 1}
+        write_json_atomic(self.path / MANIFEST, manifest)
+        self.manifest, self.index = manifest, index
+        self._drop_versions_before(version - 1)
+        return ids
+
+    def _store_image(self, item_id: int, sample: Sample) -> str:
+        if isinstance(sample.image, (str, os.PathLike)):
+            return str(Path(sample.image).resolve())
+        rel = Path("images") / f"{item_id}.png"
+        (self.path / "images").mkdir(exist_ok=True)
+        tmp = self.path / "images" / f".{item_id}.png.tmp"
+        img = sample.image if isinstance(sample.image, Image.Image) else Image.fromarray(np.asarray(sample.image))
+        img.save(tmp, format="PNG")
+        os.replace(tmp, self.path / rel)
+        return str(rel)
+
+    def _drop_versions_before(self, keep_from: int) -> None:
+        # the previous version stays so that a reader holding it keeps working
+        for f in list(self.path.glob("items-*.sqlite")) + list(self.path.glob("index-*.npz")):
+            v = f.stem.split("-")[-1]
+            if v.isdigit() and int(v) < keep_from:
+                f.unlink(missing_ok=True)
+
+    def get(self, item_id: int) -> Dict[str, Any]:
+        """The item with this id as a dict (id, image, caption, label, metadata).
+
+        Raises:
+            KeyError: when no item has this id.
+        """
+        with closing(self._db()) as db:
+            row = db.execute("SELECT * FROM items WHERE id = ?", (int(item_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no item with id {item_id} (the KB holds {len(self)} items)")
+        return _row(row)
+
+    def items(self, ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+        """Items by id (missing ids are left out)."""
+        if not ids:
+            return {}
+        with closing(self._db()) as db:
+            marks = ",".join("?" * len(ids))
+            rows = db.execute(f"SELECT * FROM items WHERE id IN ({marks})", [int(i) for i in ids]).fetchall()
+        return {r["id"]: _row(r) for r in rows}
+
+    def image_path(self, item_id: int) -> Path:
+        """Absolute path of the item's image."""
+        p = Path(self.get(item_id)["image"])
+        return p if p.is_absolute() else self.path / p
+
+    def allowed_ids(self, filters: Dict[str, Any]) -> np.ndarray:
+        """Ids of items matching every filter: "label", "caption" or a metadata key -> value (or list of values)."""
+        clauses, params = [], []
+        for key, value in filters.items():
+            if not key.replace("_", "").isalnum():
+                raise ValueError(f"filter key must be alphanumeric, got '{key}'")
+            column = key if key in FILTER_COLUMNS else f"json_extract(metadata, '$.{key}')"
+            values = value if isinstance(value, (list, tuple)) else [value]
+            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+            params += values
+        where = " AND ".join(clauses) or "1"
+        with closing(self._db()) as db:
+            return np.array([r[0] for r in db.execute(f"SELECT id FROM items WHERE {where}", params)], dtype=np.int64)
+
+    def search(self, queries: np.ndarray, k: int, filters: Optional[Dict[str, Any]] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k items for (Q, D) query vectors, optionally restricted by ``filters`` -> (scores, ids), -1 padded."""
+        if not filters:
+            return self.index.search(queries, k)
+        allowed = self.allowed_ids(filters)
+        scores, ids = self.index.search(queries, max(len(self.index), 1))
+        keep = np.isin(ids, allowed)
+        out_s = np.full((len(ids), k), -np.inf, dtype=np.float32)
+        out_i = np.full((len(ids), k), -1, dtype=np.int64)
+        for q in range(len(ids)):
+            kept_s, kept_i = scores[q][keep[q]][:k], ids[q][keep[q]][:k]
+            out_s[q, : len(kept_s)], out_i[q, : len(kept_i)] = kept_s, kept_i
+        return out_s, out_i
+
+
+def _metadata(s: Sample) -> Dict[str, Any]:
+    meta = {k: v for k, v in s.meta.items() if _jsonable(v)}
+    for key in ("instance_id", "camera"):
+        if getattr(s, key) != -1:
+            meta[key] = getattr(s, key)
+    if s.bbox is not None:
+        meta["bbox"] = list(s.bbox)
+    if s.split:
+        meta["split"] = s.split
+    return meta
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
+
+def _row(row: sqlite3.Row) -> Dict[str, Any]:
+    return {"id": row["id"], "image": row["image"], "caption": row["caption"], "label": row["label"],
+            "metadata": json.loads(row["metadata"])}
