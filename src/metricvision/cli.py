@@ -13,7 +13,7 @@ import sys
 from typing import Any, List, Optional
 
 COMMAND_MODULES = [
-    "metricvision.engine.commands",
+    "metricvision.commands",
     "metricvision.data.commands",
     "metricvision.kb.commands",
     "metricvision.serve.commands",

@@ -1,0 +1,187 @@
+"""Typed recipes: YAML files in recipes/ loaded into dataclasses, with dotted overrides.
+
+    recipe = load_recipe("default", overrides=["train.epochs=3", "loss.params.margin=0.2"])
+
+Unknown keys and wrong types are one-line errors naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass
+class DataConfig:
+    """Dataset, images and batches."""
+
+    dataset: str = "emoji"
+    path: Optional[str] = None
+    image_size: int = 48
+    train_transform: str = "train"
+    batch_size: int = 128
+    samples_per_class: int = 4
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The Embedder."""
+
+    backbone: str = "mobilenet_v2"
+    pretrained: bool = True
+    weights_path: Optional[str] = None
+    pooling: str = "gem"
+    dim: int = 128
+
+
+@dataclass
+class LossConfig:
+    """A registered loss and its keyword arguments (num_classes / embedding_dim are filled in)."""
+
+    name: str = "multi_similarity"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a cosine schedule and linear warm-up."""
+
+    lr: float = 3e-4
+    head_lr: float = 1e-3
+    loss_lr: float = 1e-2
+    weight_decay: float = 1e-4
+    warmup_steps: int = 30
+    grad_clip: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The loop."""
+
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    eval_every: int = 0
+    max_minutes: float = 0.0
+
+
+@dataclass
+class SupervisionConfig:
+    """Where relevance comes from: "supervised" (labels) or a registered setting."""
+
+    name: str = "supervised"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the unseen classes."""
+
+    ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    clustering: bool = True
+    protocol: str = "retrieval"
+
+
+@dataclass
+class Recipe:
+    """A whole experiment."""
+
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dict (for YAML / JSON)."""
+        return asdict(self)
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _check_type(value, args[0], key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return [_check_type(v, typing.get_args(tp)[0], key) for v in value]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(f"{key} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix or 'recipe'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ValueError(f"unknown key '{full}'; allowed: {', '.join(prefix + n for n in names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _check_type(value, tp, full)
+    return cls(**kwargs)
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply "a.b=value" overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override must look like key.sub=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"cannot set '{key}': '{p}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A recipe file path from a path or a name in recipes/."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise FileNotFoundError(f"recipe file {p} not found")
+        return p
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.exists() else []
+        raise FileNotFoundError(f"recipe '{name_or_path}' not found; known recipes: {', '.join(known)}")
+    return candidate
+
+
+def load_recipe(name_or_path: Optional[str] = None, overrides: Sequence[str] = ()) -> Recipe:
+    """Recipe from a YAML file (or the defaults when None), with overrides applied."""
+    data: Dict[str, Any] = {}
+    if name_or_path:
+        path = resolve_recipe_path(name_or_path)
+        data = yaml.safe_load(path.read_text()) or {}
+        data.setdefault("name", path.stem)
+    return from_dict(Recipe, apply_overrides(data, overrides))

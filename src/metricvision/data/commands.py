@@ -1,0 +1,67 @@
+"""`metricvision data list|fetch|check`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `data` and its sub-commands."""
+    p = sub.add_parser("data", help="list, fetch and check datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = dsub.add_parser("list", help="built-in datasets, readers for native formats, fetched variants")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=list_datasets)
+    q = dsub.add_parser("fetch", help="build a larger emoji variant into the cache (needs npm)")
+    q.add_argument("name", choices=["emoji"])
+    q.add_argument("--vendors", default="google,twitter", help="comma list of google,twitter,apple,facebook")
+    q.add_argument("--size", type=int, default=48, help="image side in pixels")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=fetch)
+    q = dsub.add_parser("check", help="validate a dataset folder in its native format")
+    q.add_argument("kind", help="reader name, e.g. cub, sop, market1501, roxford5k (see `data list`)")
+    q.add_argument("path", type=Path)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=check)
+
+
+def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
+    """Names of built-in datasets, readers and cached emoji variants."""
+    from metricvision.data import emoji
+    from metricvision.data.sample import DATASETS
+
+    out: Dict[str, Any] = {"built-in": ", ".join(DATASETS.names())}
+    try:
+        from metricvision.data.readers import READERS
+
+        out["readers"] = ", ".join(READERS.names())
+    except ImportError:
+        pass
+    cached = sorted(p.name for p in emoji.cache_dir().glob("*.npz")) if emoji.cache_dir().exists() else []
+    out["fetched"] = ", ".join(cached) or "(none)"
+    return out
+
+
+def fetch(args: argparse.Namespace) -> Dict[str, Any]:
+    """Build the emoji variant for --vendors / --size into the cache folder."""
+    from metricvision.data.emoji import variant_path
+    from metricvision.data.emoji_build import fetch_and_build
+
+    if args.size < 8:
+        raise ValueError(f"--size must be >= 8 pixels, got {args.size}")
+    out = variant_path(args.vendors, args.size)
+    counts = fetch_and_build(args.vendors.split(","), args.size, out)
+    return {**counts, "path": str(out)}
+
+
+def check(args: argparse.Namespace) -> Dict[str, Any]:
+    """Validate a dataset folder (or, for kind 'emoji', a dataset file)."""
+    if args.kind == "emoji":
+        from metricvision.data.emoji import load_emoji
+
+        samples = load_emoji("all", args.path)
+        return {"images": len(samples), "identities": len({s.label for s in samples})}
+    from metricvision.data.readers import check_dataset
+
+    return check_dataset(args.kind, args.path)

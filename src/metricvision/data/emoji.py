@@ -1,0 +1,92 @@
+"""The built-in emoji dataset: real renderings that ship with the package.
+
+A sample is one rendering (vendor x skin tone) of an emoji; its label is the emoji
+identity (instance level), shared across vendors and skin tones. ``meta`` carries the
+category and subcategory (category level) and the names (text). The standard split is
+class-disjoint and deterministic: identities in Unicode sort order alternate between
+train (even) and test (odd).
+"""
+from __future__ import annotations
+
+import json
+import lzma
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from metricvision.data.sample import DATASETS, Sample
+
+PACKAGED_FILE = Path(__file__).parent / "assets" / "emoji_google_twitter_40.npz"
+SPLITS = ("train", "test", "all")
+
+
+def cache_dir() -> Path:
+    """Where `metricvision data fetch emoji` writes larger variants."""
+    return Path(os.environ.get("METRICVISION_CACHE", Path.home() / ".cache" / "metricvision")) / "emoji"
+
+
+def variant_path(vendors: str, size: int) -> Path:
+    """File name of a fetched variant, e.g. emoji_apple-google_48.npz."""
+    return cache_dir() / f"emoji_{'-'.join(sorted(vendors.split(',')))}_{size}.npz"
+
+
+@lru_cache(maxsize=4)
+def _read(path: str) -> dict:
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"emoji dataset file {path} not found; build it with "
+            "`metricvision data fetch emoji --vendors google,twitter` or scripts/build_emoji.py"
+        )
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    raw = lzma.decompress(data.pop("images_lzma").tobytes())
+    data["images"] = np.frombuffer(raw, np.uint8).reshape(tuple(data.pop("images_shape")))
+    return data
+
+
+def load_emoji(split: str = "train", path: Optional[str | Path] = None, vendors: Optional[List[str]] = None) -> List[Sample]:
+    """Samples of the emoji dataset.
+
+    Args:
+        split: "train", "test" or "all".
+        path: a dataset file (default: the one shipped in the package).
+        vendors: keep only these vendors (default: all in the file).
+
+    Returns:
+        Samples with image (H, W, 3) uint8, label = identity id (global, not re-numbered),
+        caption = the emoji's name, meta = category, subcategory, short_names, vendor, tone.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+    z = _read(str(path or PACKAGED_FILE))
+    identities = json.loads(str(z["identities"]))
+    vendor_names = [str(v) for v in z["vendor_names"]]
+    if vendors:
+        bad = [v for v in vendors if v not in vendor_names]
+        if bad:
+            raise ValueError(f"vendors {bad} not in this file; expected some of {vendor_names}")
+    out = []
+    for i in range(len(z["labels"])):
+        label = int(z["labels"][i])
+        vendor = vendor_names[int(z["vendors"][i])]
+        if (split == "train" and label % 2) or (split == "test" and not label % 2):
+            continue
+        if vendors and vendor not in vendors:
+            continue
+        ident = identities[label]
+        out.append(Sample(
+            image=z["images"][i], label=label, caption=ident["name"], split="train" if label % 2 == 0 else "test",
+            meta={"category": ident["category"], "subcategory": ident["subcategory"], "name": ident["name"],
+                  "short_names": ident["short_names"], "unified": ident["unified"], "vendor": vendor,
+                  "tone": str(z["tones"][i])},
+        ))
+    return out
+
+
+@DATASETS.register("emoji")
+def emoji_splits(path: Optional[str] = None) -> dict:
+    """{"train": [...], "test": [...]} of the emoji dataset (class-disjoint halves)."""
+    return {"train": load_emoji("train", path), "test": load_emoji("test", path)}
