@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 from metricvision.data import Sample
 from metricvision.kb.model import ImageTextModel, save_image_model
 from metricvision.kb.store import KnowledgeBase
-from metricvision.models import Embedder
+from metricvision.kb.align import train_alignment
+from metricvision.models.text import create_text_encoder
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 200, 20)}
@@ -50,18 +51,23 @@ def write_folder(root: Path) -> Path:
     return root / "captions.csv"
 
 
-def tiny_model(tmp: Path) -> ImageTextModel:
-    """A small random CNN in the 'hashing' text space (384-d), saved and reloaded as a checkpoint."""
-    import torch
+def shape_classes() -> List[Sample]:
+    """The shape samples labelled by (colour, shape): 12 classes of 2 scales each."""
+    samples = shape_samples()
+    for i, s in enumerate(samples):
+        s.label = i // 2
+    return samples
 
-    torch.manual_seed(0)
-    emb = Embedder("small_cnn", pooling="avg", dim=384)
-    save_image_model(emb, tmp / "model.safetensors", image_size=32, text_model="hashing", pretrained=False)
+
+def aligned_model(tmp: Path) -> ImageTextModel:
+    """MobileNetV2 whose head is aligned to the 'hashing' text space on the shapes, saved and reloaded."""
+    model, _ = train_alignment(shape_classes(), create_text_encoder("hashing"), image_size=32, epochs=30, batch_size=8)
+    save_image_model(model.embedder, tmp / "model.safetensors", image_size=32, text_model="hashing")
     return ImageTextModel.from_checkpoint(tmp / "model.safetensors")
 
 
 def tiny_kb(tmp: Path) -> KnowledgeBase:
-    """A KB of the 24 shape samples."""
-    kb = KnowledgeBase.create(tmp / "kb", tiny_model(tmp))
-    kb.add(shape_samples())
+    """A KB of the 24 shape samples with an aligned model (text search works)."""
+    kb = KnowledgeBase.create(tmp / "kb", aligned_model(tmp))
+    kb.add(shape_classes())
     return kb

@@ -73,8 +73,8 @@ def search(
 
     Returns:
         hits, best first: the item's fields (id, image, caption, label, metadata) plus
-        score, and with ``with_heatmap`` the boxes [x0, y0, x1, y1, score] and the heat map
-        as base64 PNG (``heatmap``).
+        score, and with ``with_heatmap`` the boxes [x0, y0, x1, y1, score] in pixels of the
+        image (``size`` = [width, height]) and the heat map as base64 PNG (``heatmap``).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -87,7 +87,7 @@ def search(
         hit = {**items[i], "score": score}
         if with_heatmap:
             loc = localize_in_image(kb, q, kb.image_path(i))
-            hit["boxes"] = loc["boxes"]
+            hit["boxes"], hit["size"] = loc["boxes"], [loc["width"], loc["height"]]
             hit["heatmap"] = base64.b64encode(loc["heatmap_png"]).decode("ascii")
         hits.append(hit)
     return hits

@@ -1,0 +1,167 @@
+// metricvision search page: plain JS, no build step. Query state (text, k, item, heat, weight) lives in the URL.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let uploaded = null; // File chosen or dropped (not representable in the URL)
+let itemQuery = null; // id of a KB item used as the image query ("search with this result")
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+function showPreview(src) {
+  $("preview").hidden = !src;
+  $("clear-image").hidden = !src;
+  $("drop-label").hidden = !!src;
+  if (src) $("preview").src = src;
+}
+
+function setImage(file) {
+  uploaded = file;
+  itemQuery = null;
+  showPreview(file ? URL.createObjectURL(file) : null);
+}
+
+function stateToUrl() {
+  const p = new URLSearchParams();
+  const text = $("text").value.trim();
+  if (text) p.set("q", text);
+  if (itemQuery !== null) p.set("item", String(itemQuery));
+  p.set("k", $("k").value);
+  if (!$("heat").checked) p.set("heat", "0");
+  if ($("weight").value !== "0.5") p.set("w", $("weight").value);
+  history.pushState(null, "", "?" + p.toString());
+}
+
+function urlToState() {
+  const p = new URLSearchParams(location.search);
+  $("text").value = p.get("q") || "";
+  $("k").value = p.get("k") || "12";
+  $("heat").checked = p.get("heat") !== "0";
+  $("weight").value = p.get("w") || "0.5";
+  const item = p.get("item");
+  itemQuery = item !== null && /^\d+$/.test(item) ? Number(item) : null;
+  uploaded = null;
+  showPreview(itemQuery !== null ? `/v1/items/${itemQuery}/image` : null);
+  return Boolean(p.get("q") || itemQuery !== null);
+}
+
+function renderHits(hits) {
+  const grid = $("results");
+  grid.replaceChildren();
+  grid.classList.toggle("hide-heat", !$("heat").checked);
+  for (const h of hits) {
+    const card = document.createElement("article");
+    card.className = "hit";
+    card.dataset.id = h.id;
+    const frame = document.createElement("div");
+    frame.className = "frame";
+    const img = document.createElement("img");
+    img.src = h.image_url;
+    img.alt = h.caption;
+    frame.append(img);
+    if (h.heatmap) {
+      const heat = document.createElement("img");
+      heat.className = "heat";
+      heat.alt = "";
+      heat.src = "data:image/png;base64," + h.heatmap;
+      frame.append(heat);
+    }
+    if (h.boxes && h.size) {
+      const [w, hgt] = h.size;
+      for (const [x0, y0, x1, y1] of h.boxes) {
+        const b = document.createElement("div");
+        b.className = "box";
+        Object.assign(b.style, {
+          left: (100 * x0 / w) + "%", top: (100 * y0 / hgt) + "%",
+          width: (100 * (x1 - x0) / w) + "%", height: (100 * (y1 - y0) / hgt) + "%",
+        });
+        frame.append(b);
+      }
+    }
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const cap = document.createElement("div");
+    cap.className = "caption";
+    cap.textContent = h.caption || `item ${h.id}`;
+    cap.title = JSON.stringify(h.metadata);
+    const score = document.createElement("div");
+    score.className = "score";
+    score.textContent = `#${h.id} · score ${h.score.toFixed(3)}`;
+    const again = document.createElement("button");
+    again.type = "button";
+    again.className = "again";
+    again.textContent = "search with this result";
+    again.addEventListener("click", () => {
+      uploaded = null;
+      itemQuery = h.id;
+      $("text").value = "";
+      showPreview(h.image_url);
+      runSearch(true);
+    });
+    meta.append(cap, score, again);
+    card.append(frame, meta);
+    grid.append(card);
+  }
+}
+
+async function runSearch(pushUrl) {
+  const text = $("text").value.trim();
+  if (!text && !uploaded && itemQuery === null) {
+    setStatus("Type a text or give an image.", true);
+    return;
+  }
+  if (pushUrl) stateToUrl();
+  const form = new FormData();
+  if (text) form.append("text", text);
+  if (uploaded) form.append("image", uploaded);
+  else if (itemQuery !== null) form.append("item_id", String(itemQuery));
+  form.append("k", $("k").value);
+  form.append("with_heatmap", $("heat").checked ? "true" : "false");
+  form.append("text_weight", $("weight").value);
+  setStatus("Searching…");
+  const t0 = performance.now();
+  try {
+    const r = await fetch("/v1/search", { method: "POST", body: form });
+    const body = await r.json();
+    if (!r.ok) {
+      setStatus(body.error || body.detail || `error ${r.status}`, true);
+      return;
+    }
+    renderHits(body.hits);
+    setStatus(`${body.hits.length} results in ${Math.round(performance.now() - t0)} ms`);
+  } catch (e) {
+    setStatus("Search failed: " + e, true);
+  }
+}
+
+function wireDrop() {
+  const drop = $("drop");
+  drop.addEventListener("click", (e) => { if (e.target.id !== "clear-image") $("file").click(); });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
+  $("file").addEventListener("change", () => { if ($("file").files.length) { setImage($("file").files[0]); runSearch(true); } });
+  $("clear-image").addEventListener("click", () => { setImage(null); itemQuery = null; $("file").value = ""; });
+  for (const ev of ["dragenter", "dragover"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  drop.addEventListener("drop", (e) => {
+    const f = e.dataTransfer && e.dataTransfer.files[0];
+    if (f && f.type.startsWith("image/")) { setImage(f); runSearch(true); }
+    else setStatus("Drop an image file.", true);
+  });
+}
+
+async function init() {
+  wireDrop();
+  $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(true); });
+  $("heat").addEventListener("change", () => $("results").classList.toggle("hide-heat", !$("heat").checked));
+  window.addEventListener("popstate", () => { if (urlToState()) runSearch(false); });
+  try {
+    const info = await (await fetch("/v1/info")).json();
+    $("kb-info").textContent = `${info.items} items · ${info.model_card.backbone}` +
+      (info.model_card.text_model ? ` + ${info.model_card.text_model}` : " (image search only)");
+  } catch (e) { /* the page still works without the banner */ }
+  if (urlToState()) runSearch(false);
+}
+
+init();
