@@ -18,6 +18,8 @@ from metricvision.engine.distributed import (
 )
 from metricvision.index import FlatIndex
 from metricvision.losses import create_loss
+from metricvision.memory import CrossBatchMemory
+from metricvision.supervision.propagation import propagate_labels
 
 pytestmark = pytest.mark.distributed
 
@@ -100,10 +102,23 @@ def _gather_worker(rank: int, world: int) -> None:
     got_s, got_i = index.search(x[shard], 4)
     ref_s, ref_i = ref.search(x, 4)
     assert (got_i == ref_i[shard]).all()
+    # a cross-batch memory fed with gathered batches holds what one process would hold
+    memory, ref_memory = CrossBatchMemory(16, D), CrossBatchMemory(16, D)
+    labels = torch.arange(9) % 3
+    memory.enqueue(gathered, all_gather(labels[shard]))
+    ref_memory.enqueue(x, labels)
+    for got, want in zip(memory.contents(), ref_memory.contents()):
+        assert torch.equal(got, want)
+    # label propagation on the gathered embeddings equals the single-process one
+    partial = torch.tensor([0, -1, 2, -1, 1, -1, -1, 2, 0])
+    got_p = propagate_labels(gathered, all_gather(partial[shard]), 3, k=3)
+    ref_p = propagate_labels(x, partial, 3, k=3)
+    assert torch.equal(got_p.labels, ref_p.labels)
+    torch.testing.assert_close(got_p.scores, ref_p.scores)
     # equal batch sizes are required by gathered losses
     with pytest.raises(ValueError, match="same batch size"):
         gathered_loss(create_loss("multi_similarity"), x[shard], torch.zeros(shard.stop - shard.start, dtype=torch.long))
 
 
-def test_uneven_gather_builds_the_single_process_knn_graph() -> None:
+def test_uneven_gather_gives_single_process_knn_graph_memory_and_propagation() -> None:
     launch_local(_gather_worker, 2)

@@ -16,7 +16,6 @@ import torch.distributed as dist
 from torch import nn
 
 from metricvision.losses.base import LossOutput, MetricLoss, ProxyLoss
-from metricvision.similarity import relevance_from_labels, similarity
 
 GATHER_MODES = ("rows", "full")
 
@@ -201,15 +200,12 @@ def gathered_loss(
     all_labels = all_gather(labels)
     if mode == "full":
         return loss(all_emb, all_labels)
-    n = embeddings.shape[0]
-    start = global_offset(n)
-    S = similarity(embeddings, all_emb, loss.similarity_kind)
-    relevance = relevance_from_labels(
-        labels, all_labels,
+    n, start = embeddings.shape[0], global_offset(embeddings.shape[0])
+    return loss(
+        embeddings, labels, all_emb, all_labels,
         query_ids=torch.arange(start, start + n, device=labels.device),
         reference_ids=torch.arange(all_emb.shape[0], device=labels.device),
     )
-    return loss.compute(S, relevance)
 
 
 @torch.no_grad()
