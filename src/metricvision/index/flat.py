@@ -1,9 +1,19 @@
-"""FlatIndex: exact search in torch, chunked so that no (Q, N) matrix is ever held whole."""
+"""FlatIndex: exact search in torch, chunked so that no (Q, N) matrix is ever held whole.
+
+Inner-product search over large sets runs in two stages when the CPU multiplies bfloat16
+faster than float32 (AVX512-BF16 / AMX): a bfloat16 matmul scores every (query, vector) pair
+and keeps, per query, every vector whose approximate score lies within twice the proven
+error bound of the running k-th best; those candidates are then re-scored in float32 and
+ranked. The bound makes the result identical to a float32 brute-force search (up to float32
+rounding), so the fast path is still exact.
+"""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -13,6 +23,28 @@ import torch
 from metricvision.index.base import INDEXES, ArrayLike, as_float32, as_ids
 
 METRICS = ("ip", "l2")
+PREFILTERS = ("auto", "bf16", "none")
+# bfloat16 has 8 significant bits, so unit roundoff u = 2**-8. Rounding q and x (2u + u^2)
+# and the bfloat16 result (u (1 + 2u + u^2)) bound |approx - q.x| by ~3.02 u |q| |x|; the
+# float32 accumulation adds D * 2**-24 |q| |x|, covered by the extra 0.03 u for D < 2**10.
+_BF16_REL_ERR = 3.05 * 2.0**-8
+_MIN_PAIRS_FOR_BF16 = 1 << 26
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_matmul_is_fast() -> bool:
+    """True when a bfloat16 matmul runs at least twice as fast as float32 on this CPU."""
+    a, b = torch.randn(1024, 128), torch.randn(8192, 128)
+
+    def best(x: torch.Tensor, y: torch.Tensor) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            torch.mm(x, y.T)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return 2 * best(a.bfloat16(), b.bfloat16()) < best(a, b)
 
 
 @INDEXES.register("flat")
@@ -24,18 +56,25 @@ class FlatIndex:
         metric: "ip" (inner product; cosine on normalized vectors) or "l2" (scores are
             minus squared distances, so larger is better for both).
         query_chunk: queries scored at once.
-        db_chunk: database vectors scored at once.
+        db_chunk: database vectors scored at once (query_chunk x db_chunk scores are held).
+        prefilter: "auto" (bfloat16 candidate stage for large "ip" searches when the CPU
+            is fast at it), "bf16" (always, for "ip"), or "none" (plain float32).
     """
 
-    def __init__(self, dim: int, metric: str = "ip", query_chunk: int = 4096, db_chunk: int = 262144) -> None:
+    def __init__(
+        self, dim: int, metric: str = "ip", query_chunk: int = 2048, db_chunk: int = 16384, prefilter: str = "auto"
+    ) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        self.dim, self.metric = dim, metric
+        if prefilter not in PREFILTERS:
+            raise ValueError(f"prefilter must be one of {PREFILTERS}, got '{prefilter}'")
+        self.dim, self.metric, self.prefilter = dim, metric, prefilter
         self.query_chunk, self.db_chunk = query_chunk, db_chunk
         self._x = torch.empty(0, dim)
         self._ids = torch.empty(0, dtype=torch.int64)
+        self._xb: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self._x.shape[0])
@@ -51,6 +90,7 @@ class FlatIndex:
         ia = as_ids(ids, xa.shape[0], len(self))
         self._x = torch.cat([self._x, torch.from_numpy(xa)])
         self._ids = torch.cat([self._ids, torch.from_numpy(ia)])
+        self._xb = None
 
     def remove(self, ids: ArrayLike) -> int:
         """Remove vectors whose id is in ``ids``; returns how many were removed."""
@@ -58,6 +98,7 @@ class FlatIndex:
         keep = ~torch.isin(self._ids, drop)
         removed = int((~keep).sum())
         self._x, self._ids = self._x[keep], self._ids[keep]
+        self._xb = None
         return removed
 
     def _scores(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +106,13 @@ class FlatIndex:
         if self.metric == "l2":
             s = 2 * s - (q * q).sum(1, keepdim=True) - (x * x).sum(1)[None]
         return s
+
+    def _use_bf16(self, nq: int) -> bool:
+        if self.metric != "ip" or self.prefilter == "none":
+            return False
+        if self.prefilter == "bf16":
+            return True
+        return nq * len(self) >= _MIN_PAIRS_FOR_BF16 and bf16_matmul_is_fast()
 
     def search(self, q: ArrayLike, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k of (Q, D) queries -> (scores (Q, k), ids (Q, k)); missing entries are -1 / -inf."""
@@ -77,21 +125,64 @@ class FlatIndex:
         kk = min(k, n)
         if kk == 0 or nq == 0:
             return scores, ids
+        chunk_search = self._search_bf16 if self._use_bf16(nq) else self._search_exact
         for qs in range(0, nq, self.query_chunk):
             qc = qa[qs : qs + self.query_chunk]
-            best_s = torch.full((qc.shape[0], 0), -float("inf"))
-            best_i = torch.empty((qc.shape[0], 0), dtype=torch.int64)
-            for ds in range(0, n, self.db_chunk):
-                s = self._scores(qc, self._x[ds : ds + self.db_chunk])
-                top_s, top_i = s.topk(min(kk, s.shape[1]), dim=1)
-                best_s = torch.cat([best_s, top_s], 1)
-                best_i = torch.cat([best_i, top_i + ds], 1)
-                if best_s.shape[1] > kk:
-                    best_s, order = best_s.topk(kk, dim=1)
-                    best_i = best_i.gather(1, order)
+            best_s, best_i = chunk_search(qc, kk)
             scores[qs : qs + qc.shape[0], :kk] = best_s.numpy()
             ids[qs : qs + qc.shape[0], :kk] = self._ids[best_i].numpy()
         return scores, ids
+
+    def _search_exact(self, qc: torch.Tensor, kk: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Float32 top-kk of (B, D) queries over all stored vectors -> (scores, positions)."""
+        best_s = torch.full((qc.shape[0], 0), -float("inf"))
+        best_i = torch.empty((qc.shape[0], 0), dtype=torch.int64)
+        for ds in range(0, len(self), self.db_chunk):
+            s = self._scores(qc, self._x[ds : ds + self.db_chunk])
+            top_s, top_i = s.topk(min(kk, s.shape[1]), dim=1)
+            best_s = torch.cat([best_s, top_s], 1)
+            best_i = torch.cat([best_i, top_i + ds], 1)
+            if best_s.shape[1] > kk:
+                best_s, order = best_s.topk(kk, dim=1)
+                best_i = best_i.gather(1, order)
+        return best_s, best_i
+
+    def _search_bf16(self, qc: torch.Tensor, kk: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Exact inner-product top-kk via a bfloat16 candidate stage and float32 re-scoring."""
+        if self._xb is None:
+            self._xb = self._x.bfloat16()
+            self._max_norm = float(self._x.norm(dim=1).max())
+        band = 2 * _BF16_REL_ERR * qc.norm(dim=1) * self._max_norm + 1e-6
+        qb = qc.bfloat16()
+        cand = _Candidates(qc.shape[0], kk, band)
+        # reused buffers: a fresh large tensor per block costs more in page faults than the matmul
+        s_buf = torch.empty(qc.shape[0], min(self.db_chunk, len(self)), dtype=torch.bfloat16)
+        m_buf = torch.empty(s_buf.shape, dtype=torch.bool)
+        for ds in range(0, len(self), self.db_chunk):
+            block = self._xb[ds : ds + self.db_chunk]
+            s, mask = s_buf[:, : block.shape[0]], m_buf[:, : block.shape[0]]
+            torch.mm(qb, block.T, out=s)
+            if ds == 0 and s.shape[1] >= kk:
+                cand.raise_tau(s.float().topk(kk, dim=1).values[:, -1])
+            torch.ge(s, cand.threshold_bf16()[:, None], out=mask)
+            rows, cols = mask.nonzero(as_tuple=True)
+            cand.append(rows, cols + ds, s[rows, cols].float())
+        cand.compact()
+        return self._rescore(qc, cand.ids, cand.scores > -float("inf"), kk)
+
+    def _rescore(self, qc: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor, kk: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Float32 scores of (B, W) candidate positions, then the top-kk of each row."""
+        out_s = torch.empty(qc.shape[0], kk)
+        out_i = torch.empty(qc.shape[0], kk, dtype=torch.int64)
+        rows = max(1, (1 << 23) // max(1, cand.shape[1] * self.dim))
+        for r in range(0, qc.shape[0], rows):
+            c = cand[r : r + rows]
+            vecs = torch.index_select(self._x, 0, c.clamp_min(0).flatten()).view(*c.shape, self.dim)
+            exact = torch.bmm(vecs, qc[r : r + rows, :, None]).squeeze(-1)
+            exact.masked_fill_(~valid[r : r + rows], -float("inf"))
+            out_s[r : r + rows], j = exact.topk(kk, dim=1)
+            out_i[r : r + rows] = c.gather(1, j)
+        return out_s, out_i
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` (a .npz file) under a temporary name, then rename."""
@@ -112,3 +203,59 @@ class FlatIndex:
             index = cls(meta["dim"], meta["metric"])
             index.add(z["x"], z["ids"])
         return index
+
+
+class _Candidates:
+    """Per-query candidate lists (dense, -inf padded) whose approximate score is >= tau - band.
+
+    tau is a lower bound of each query's approximate k-th best score; it only rises, and
+    every true top-k vector has an approximate score >= tau - band, so none is ever dropped.
+    """
+
+    def __init__(self, nq: int, kk: int, band: torch.Tensor) -> None:
+        self.kk, self.band = kk, band
+        self.tau = torch.full((nq,), -float("inf"))
+        self.scores = torch.full((nq, 0), -float("inf"))
+        self.ids = torch.full((nq, 0), -1, dtype=torch.int64)
+        self.fill = torch.zeros(nq, dtype=torch.int64)
+
+    def raise_tau(self, kth: torch.Tensor) -> None:
+        self.tau = torch.maximum(self.tau, kth)
+
+    def threshold_bf16(self) -> torch.Tensor:
+        """tau - band rounded down to bfloat16, so comparing in bfloat16 keeps a superset."""
+        t = self.tau - self.band
+        return (t - t.abs() * 2.0**-7).bfloat16()
+
+    def append(self, rows: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor) -> None:
+        if rows.numel() == 0:
+            return
+        counts = torch.bincount(rows, minlength=len(self.fill))
+        if int((self.fill + counts).max()) > self.scores.shape[1]:
+            self.compact()
+            # head room, so that the next blocks append without compacting again
+            self._widen(max(int((self.fill + counts).max()), 2 * self.scores.shape[1], 2 * self.kk))
+        starts = torch.cumsum(counts, 0) - counts
+        pos = self.fill[rows] + torch.arange(len(rows)) - starts[rows]
+        self.scores[rows, pos] = scores
+        self.ids[rows, pos] = ids
+        self.fill += counts
+
+    def compact(self) -> None:
+        """Raise tau to each row's k-th best candidate and drop candidates below tau - band."""
+        if self.scores.shape[1] >= self.kk:
+            self.raise_tau(self.scores.topk(self.kk, dim=1).values[:, -1])
+        self.scores, order = self.scores.sort(dim=1, descending=True)
+        self.ids = self.ids.gather(1, order)
+        keep = self.scores >= (self.tau - self.band)[:, None]
+        self.scores.masked_fill_(~keep, -float("inf"))
+        self.fill = keep.sum(1)
+        width = int(self.fill.max()) if len(self.fill) else 0
+        self.scores, self.ids = self.scores[:, :width].contiguous(), self.ids[:, :width].contiguous()
+
+    def _widen(self, width: int) -> None:
+        extra = width - self.scores.shape[1]
+        if extra <= 0:
+            return
+        self.scores = torch.cat([self.scores, torch.full((len(self.fill), extra), -float("inf"))], 1)
+        self.ids = torch.cat([self.ids, torch.full((len(self.fill), extra), -1, dtype=torch.int64)], 1)

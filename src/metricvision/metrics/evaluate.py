@@ -1,4 +1,8 @@
-"""Streaming evaluation of category retrieval: queries go through an index in chunks."""
+"""Streaming evaluation of category retrieval: queries go through an index in chunks.
+
+Only (chunk, k) neighbour lists are ever held, with k = max(max(ks), largest R), and the
+metrics are accumulated as running sums, so 1M x 128 embeddings evaluate in a few GB.
+"""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -9,12 +13,14 @@ import torch
 from metricvision.index.base import Index
 from metricvision.index.flat import FlatIndex
 from metricvision.metrics.clustering import cluster_scores
-from metricvision.metrics.retrieval import hits_from_labels, map_at_r, r_precision, recall_at_k
+from metricvision.metrics.retrieval import ap_at_r_per_query, hits_from_labels, r_precision_per_query
+
+ArrayLike = np.ndarray | torch.Tensor
 
 
 def evaluate_retrieval(
-    embeddings: np.ndarray | torch.Tensor,
-    labels: np.ndarray | torch.Tensor,
+    embeddings: ArrayLike,
+    labels: ArrayLike,
     ks: Sequence[int] = (1, 2, 4, 8),
     clustering: bool = True,
     index: Optional[Index] = None,
@@ -31,32 +37,78 @@ def evaluate_retrieval(
         index: an empty index to fill; default FlatIndex(ip).
 
     Returns:
-        recall@k for each k, precision@1, r_precision, map@r, and nmi / ami.
+        recall@k for each k, precision@1, r_precision, map@r, and nmi / ami. Queries
+        without any relevant reference are left out, as in pytorch-metric-learning.
     """
-    x = embeddings.detach().cpu().float().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings, np.float32)
-    y = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"embeddings ({x.shape[0]}) and labels ({y.shape[0]}) differ in length")
-    n = x.shape[0]
-    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
-    num_relevant = counts[inverse] - 1
-    k = int(min(n - 1, max(max(ks), num_relevant.max(initial=0)))) + 1
-    if index is None:
-        index = FlatIndex(x.shape[1], "ip")
-    index.add(x, np.arange(n))
-    hits = np.zeros((n, k - 1), dtype=bool)
-    for s in range(0, n, query_chunk):
-        _, ids = index.search(x[s : s + query_chunk], k)
-        own = np.arange(s, min(s + query_chunk, n))[:, None]
-        ids = _drop_self(ids, own)
-        hits[s : s + len(ids)] = hits_from_labels(np.where(ids >= 0, y[ids], -1), y[s : s + len(ids)])
-    out = recall_at_k(hits, ks)
-    out["precision@1"] = out.get("recall@1", float(hits[:, 0].mean()))
-    out["r_precision"] = r_precision(hits, num_relevant)
-    out["map@r"] = map_at_r(hits, num_relevant)
+    x, y = _as_numpy(embeddings, np.float32), _as_numpy(labels, np.int64)
+    out = retrieval_scores(x, y, ks=ks, index=index, query_chunk=query_chunk)
     if clustering:
         out.update(cluster_scores(x, y, seed))
     return out
+
+
+def retrieval_scores(
+    queries: ArrayLike,
+    query_labels: ArrayLike,
+    references: Optional[ArrayLike] = None,
+    reference_labels: Optional[ArrayLike] = None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    index: Optional[Index] = None,
+    query_chunk: int = 2048,
+) -> Dict[str, float]:
+    """Recall@K, P@1, R-Precision and MAP@R, streamed over query chunks.
+
+    Args:
+        queries: (Q, D) query embeddings.
+        query_labels: (Q,) int labels.
+        references: (R, D) reference embeddings; None for leave-one-out on the queries.
+        reference_labels: (R,) int labels (with ``references``).
+        ks: Recall@K cut-offs.
+        index: an empty index to fill with the references; default FlatIndex(ip).
+        query_chunk: queries searched at once.
+
+    Returns:
+        recall@k for each k, precision@1, r_precision, map@r, num_queries (those with R > 0).
+    """
+    q, qy = _as_numpy(queries, np.float32), _as_numpy(query_labels, np.int64)
+    loo = references is None
+    r = q if loo else _as_numpy(references, np.float32)
+    ry = qy if loo else _as_numpy(reference_labels, np.int64)
+    if q.shape[0] != qy.shape[0] or r.shape[0] != ry.shape[0]:
+        raise ValueError(f"embeddings and labels differ in length: {q.shape[0]} vs {qy.shape[0]}, {r.shape[0]} vs {ry.shape[0]}")
+    classes, ref_counts = np.unique(ry, return_counts=True)
+    pos = np.searchsorted(classes, qy).clip(max=max(len(classes) - 1, 0))
+    num_relevant = np.where((len(classes) > 0) & (classes[pos] == qy), ref_counts[pos], 0) - int(loo)
+    num_relevant = num_relevant.clip(min=0)
+    k = int(min(len(r) - int(loo), max(max(ks), num_relevant.max(initial=0))))
+    if index is None:
+        index = FlatIndex(r.shape[1], "ip")
+    index.add(r, np.arange(len(r)))
+    sums = {f"recall@{kk}": 0.0 for kk in ks} | {"precision@1": 0.0, "r_precision": 0.0, "map@r": 0.0}
+    count = 0
+    for s in range(0, len(q), query_chunk):
+        _, ids = index.search(q[s : s + query_chunk], k + int(loo))
+        if loo:
+            ids = _drop_self(ids, np.arange(s, s + len(ids))[:, None])
+        hits = hits_from_labels(np.where(ids >= 0, ry[ids], -1), qy[s : s + len(ids)])
+        nr = num_relevant[s : s + len(ids)]
+        valid = nr > 0
+        hits, nr = hits[valid], nr[valid]
+        count += len(nr)
+        for kk in ks:
+            sums[f"recall@{kk}"] += float(hits[:, :kk].any(1).sum())
+        sums["precision@1"] += float(hits[:, 0].sum()) if hits.shape[1] else 0.0
+        sums["r_precision"] += float(r_precision_per_query(hits, nr).sum())
+        sums["map@r"] += float(ap_at_r_per_query(hits, nr).sum())
+    out = {name: v / count if count else 0.0 for name, v in sums.items()}
+    out["num_queries"] = float(count)
+    return out
+
+
+def _as_numpy(x: ArrayLike, dtype: type) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 def _drop_self(ids: np.ndarray, own: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Definitions follow Musgrave et al., "A Metric Learning Reality Check" (ECCV 2020) and
 pytorch-metric-learning's AccuracyCalculator: R is the number of references relevant to a
-query (the query itself excluded).
+query (the query itself excluded); queries with R = 0 are left out of the averages.
 """
 from __future__ import annotations
 
@@ -36,6 +36,34 @@ def recall_at_k(hits: np.ndarray, ks: Sequence[int]) -> Dict[str, float]:
     return out
 
 
+def r_precision_per_query(hits: np.ndarray, num_relevant: np.ndarray) -> np.ndarray:
+    """(Q,) (relevant items in the top R) / R; NaN where R = 0.
+
+    Args:
+        hits: (Q, K) bool with K >= max(num_relevant).
+        num_relevant: (Q,) R per query.
+    """
+    r = np.asarray(num_relevant)
+    within = np.arange(hits.shape[1])[None, :] < r[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(r > 0, (hits & within).sum(1) / r, np.nan)
+
+
+def ap_at_r_per_query(hits: np.ndarray, num_relevant: np.ndarray) -> np.ndarray:
+    """(Q,) AP@R = (1/R) sum_{i<=R} P(i) rel(i); NaN where R = 0.
+
+    Args:
+        hits: (Q, K) bool with K >= max(num_relevant).
+        num_relevant: (Q,) R per query.
+    """
+    r = np.asarray(num_relevant)
+    within = np.arange(hits.shape[1])[None, :] < r[:, None]
+    h = hits & within
+    precision_at_i = np.cumsum(h, axis=1, dtype=np.float64) / np.arange(1, hits.shape[1] + 1)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(r > 0, (precision_at_i * h).sum(1) / r, np.nan)
+
+
 def r_precision(hits: np.ndarray, num_relevant: np.ndarray) -> float:
     """Mean over queries of (relevant items in the top R) / R; queries with R = 0 are skipped.
 
@@ -43,12 +71,7 @@ def r_precision(hits: np.ndarray, num_relevant: np.ndarray) -> float:
         hits: (Q, K) bool with K >= max(num_relevant).
         num_relevant: (Q,) R per query.
     """
-    r = np.asarray(num_relevant)
-    valid = r > 0
-    if not valid.any():
-        return 0.0
-    within = np.arange(hits.shape[1])[None, :] < r[:, None]
-    return float(((hits & within).sum(1)[valid] / r[valid]).mean())
+    return _nanmean(r_precision_per_query(hits, num_relevant))
 
 
 def map_at_r(hits: np.ndarray, num_relevant: np.ndarray) -> float:
@@ -58,12 +81,9 @@ def map_at_r(hits: np.ndarray, num_relevant: np.ndarray) -> float:
         hits: (Q, K) bool with K >= max(num_relevant).
         num_relevant: (Q,) R per query.
     """
-    r = np.asarray(num_relevant)
-    valid = r > 0
-    if not valid.any():
-        return 0.0
-    within = np.arange(hits.shape[1])[None, :] < r[:, None]
-    h = hits & within
-    precision_at_i = np.cumsum(h, axis=1) / np.arange(1, hits.shape[1] + 1)[None, :]
-    ap = (precision_at_i * h).sum(1)[valid] / r[valid]
-    return float(ap.mean())
+    return _nanmean(ap_at_r_per_query(hits, num_relevant))
+
+
+def _nanmean(values: np.ndarray) -> float:
+    valid = ~np.isnan(values)
+    return float(values[valid].mean()) if valid.any() else 0.0
