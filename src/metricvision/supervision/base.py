@@ -156,14 +156,14 @@ def weighted_pk_batches(
     usable = (labels >= 0) & (weights > 0)
     classes = torch.unique(labels[usable])
     p = batch_size // k
-    if len(classes) == 0:
-        raise ValueError("no sample has a label and a positive weight")
+    if len(classes) < p:
+        raise ValueError(f"batch needs {p} classes with a label and a positive weight, found {len(classes)}")
     members = {int(c): usable.logical_and(labels == c).nonzero().squeeze(1) for c in classes}
     out: List[List[int]] = []
     order: List[int] = []
     for _ in range(num_batches):
-        if len(order) < p:
-            order += classes[torch.randperm(len(classes), generator=generator)].tolist()
+        if len(order) < p:  # a fresh permutation keeps the classes of a batch distinct
+            order = classes[torch.randperm(len(classes), generator=generator)].tolist()
         chosen, order = order[:p], order[p:]
         batch: List[int] = []
         for c in chosen:
