@@ -1,0 +1,150 @@
+"""IndexStore: numbered versions of an index in one folder, committed atomically.
+
+Layout::
+
+    DIR/v000001/index.bin + manifest.json
+    DIR/v000002/...
+    DIR/CURRENT          "v000002": the committed version, replaced atomically
+
+A version is written under ``DIR/.tmp-v000003-PID`` and renamed into place, and only
+then does CURRENT move, so a crash at any point leaves the previous version readable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from metricvision.index.atomic import atomic_write
+from metricvision.index.base import INDEXES, Index
+
+FORMAT = 1
+INDEX_FILE = "index.bin"
+MANIFEST = "manifest.json"
+_VERSION = re.compile(r"^v(\d{6})$")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def registered_name(index: Index) -> str:
+    """The INDEXES name under which ``type(index)`` is registered."""
+    for name in INDEXES.names():
+        if INDEXES.get(name) is type(index):
+            return name
+    raise ValueError(f"{type(index).__name__} is not a registered index; expected one of: {', '.join(INDEXES.names())}")
+
+
+class IndexStore:
+    """Versioned, crash-safe storage of an index (plus any extra files) in ``root``.
+
+    Args:
+        root: the store folder (created on first commit).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> List[int]:
+        """Committed or renamed-in version numbers, ascending."""
+        if not self.root.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir())
+
+    def current(self) -> Optional[int]:
+        """The version CURRENT points to, or None before the first commit."""
+        pointer = self.root / "CURRENT"
+        if not pointer.exists():
+            return None
+        name = pointer.read_text().strip()
+        if not _VERSION.match(name):
+            raise ValueError(f"{pointer} holds '{name}', expected a version like 'v000001'")
+        return int(name[1:])
+
+    def path(self, version: Optional[int] = None) -> Path:
+        """Folder of ``version`` (default: the current one)."""
+        version = self.current() if version is None else version
+        if version is None:
+            raise FileNotFoundError(f"no committed index version in {self.root}")
+        folder = self.root / f"v{version:06d}"
+        if not (folder / MANIFEST).exists():
+            raise FileNotFoundError(f"version {version} not found in {self.root} (have {self.versions()})")
+        return folder
+
+    def commit(self, write: Callable[[Path], Dict[str, Any]]) -> int:
+        """Write a new version through ``write(folder) -> manifest fields`` and make it current.
+
+        Returns:
+            The new version number.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".tmp-v*"):  # left by a crashed writer
+            shutil.rmtree(stale, ignore_errors=True)
+        version = max(self.versions(), default=0) + 1
+        tmp = self.root / f".tmp-v{version:06d}-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            fields = write(tmp)
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+            manifest = {"format": FORMAT, "version": version, "created": time.time(), "files": files, **fields}
+            with atomic_write(tmp / MANIFEST) as f:
+                f.write(json.dumps(manifest, indent=2).encode())
+            os.rename(tmp, self.root / f"v{version:06d}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with atomic_write(self.root / "CURRENT") as f:
+            f.write(f"v{version:06d}\n".encode())
+        return version
+
+    def save(self, index: Index, extra: Optional[Dict[str, Any]] = None) -> int:
+        """Commit ``index`` (any registered index with ``save``) as a new version.
+
+        Args:
+            index: the index.
+            extra: JSON-serializable fields stored in the manifest under "extra".
+
+        Returns:
+            The new version number.
+        """
+        kind = registered_name(index)
+
+        def write(folder: Path) -> Dict[str, Any]:
+            index.save(folder / INDEX_FILE)
+            return {"kind": kind, "dim": index.dim, "ntotal": len(index), "extra": extra or {}}
+
+        return self.commit(write)
+
+    def manifest(self, version: Optional[int] = None) -> Dict[str, Any]:
+        """The manifest of ``version`` (default: current)."""
+        return json.loads((self.path(version) / MANIFEST).read_text())
+
+    def load(self, version: Optional[int] = None, verify: bool = True) -> Index:
+        """Load ``version`` (default: current); ``verify`` checks every file's sha256."""
+        folder = self.path(version)
+        manifest = self.manifest(version)
+        if verify:
+            for name, info in manifest["files"].items():
+                if _sha256(folder / name) != info["sha256"]:
+                    raise ValueError(f"{folder / name} does not match its manifest checksum (corrupt)")
+        return INDEXES.get(manifest["kind"]).load(folder / INDEX_FILE)
+
+    def prune(self, keep: int = 2) -> List[int]:
+        """Delete all but the newest ``keep`` versions (never the current one); returns those deleted."""
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        current = self.current()
+        doomed = [v for v in self.versions()[:-keep] if v != current]
+        for v in doomed:
+            shutil.rmtree(self.root / f"v{v:06d}")
+        return doomed
