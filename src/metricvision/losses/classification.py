@@ -57,7 +57,7 @@ class CosFaceLoss(ProxyLoss):
         self.margin, self.scale = margin, scale
 
     def compute(self, S: torch.Tensor, relevance: torch.Tensor) -> LossOutput:
-        logits = self.scale * (S - self.margin * (relevance == 1))
+        logits = self.scale * (S - self.margin * (relevance == 1).to(S.dtype))
         return LossOutput(softmax_cross_entropy(logits, relevance))
 
 

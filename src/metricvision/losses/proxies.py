@@ -107,7 +107,7 @@ class SoftTripleLoss(ProxyLoss):
         return (F.softmax(S / self.gamma, dim=2) * S).sum(dim=2)
 
     def compute(self, S: torch.Tensor, relevance: torch.Tensor) -> LossOutput:
-        value = softmax_cross_entropy(self.la * (S - self.margin * (relevance == 1)), relevance)
+        value = softmax_cross_entropy(self.la * (S - self.margin * (relevance == 1).to(S.dtype)), relevance)
         if self.tau > 0 and self.centers_per_class > 1:
             value = value + self.tau * self._spread()
         return LossOutput(value)
