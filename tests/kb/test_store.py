@@ -13,11 +13,12 @@ from shapes import shape_classes, write_folder
 
 def test_layout_items_card_and_pngs(shapes_kb):
     root = shapes_kb.path
-    manifest = json.loads((root / "kb.json").read_text())
+    version = (root / "index" / "CURRENT").read_text().strip()
+    manifest = json.loads((root / "index" / version / "manifest.json").read_text())
     card = json.loads((root / "model_card.json").read_text())
-    assert manifest["count"] == 24 and card["dim"] == 384 and card["text_model"] == "hashing"
-    assert card["checkpoint_sha256"] and card["backbone"] == "mobilenet_v2"
-    with sqlite3.connect(root / manifest["items"]) as db:
+    assert manifest["ntotal"] == 24 and manifest["kind"] == "flat" and set(manifest["files"]) == {"index.bin", "items.sqlite"}
+    assert card["dim"] == 384 and card["text_model"] == "hashing" and card["checkpoint_sha256"]
+    with sqlite3.connect(root / "index" / version / "items.sqlite") as db:
         rows = db.execute("SELECT id, image, caption, label, metadata FROM items ORDER BY id").fetchall()
     assert len(rows) == 24 and rows[0][2] == "red circle" and json.loads(rows[0][4])["shape"] == "circle"
     png = Image.open(root / rows[0][1])
@@ -54,15 +55,24 @@ def test_add_appends_and_a_failed_write_leaves_previous_version(tmp_path, shapes
     kb = KnowledgeBase.create(tmp_path / "kb", shapes_kb.model)
     first = kb.add(samples_from_folder(tmp_path / "folder", csv_path)[:10])
     second = kb.add(samples_from_folder(tmp_path / "folder", csv_path)[10:])
-    assert first == list(range(10)) and second == list(range(10, 24)) and kb.manifest["version"] == 2
+    assert first == list(range(10)) and second == list(range(10, 24)) and kb.version == 3
     assert kb.get(12)["metadata"] == {"color": shape_classes()[12].meta["color"]}
     assert kb.image_path(12) == (tmp_path / "folder" / "12.png").resolve()
     with pytest.raises(ValueError, match="dimension 384"):  # fails after the new items table is written
         kb.add_embedded(shape_classes()[:2], np.zeros((2, 5), np.float32))
     reopened = KnowledgeBase.open(tmp_path / "kb")
-    assert len(reopened) == 24 and reopened.manifest["version"] == 2
+    assert len(reopened) == 24 and reopened.version == 3
     assert search(reopened, image=shape_classes()[5].image, k=1)[0]["id"] == 5
-    assert not (tmp_path / "kb" / "items-0.sqlite").exists()  # versions older than the previous one are dropped
+    assert reopened.store.versions() == [2, 3]  # older versions are pruned, the previous one stays
+
+
+def test_faiss_index_spec(tmp_path, shapes_kb):
+    pytest.importorskip("faiss")
+    kb = KnowledgeBase.create(tmp_path / "kb", shapes_kb.model, index_spec="HNSW16")
+    kb.add(shape_classes())
+    reopened = KnowledgeBase.open(tmp_path / "kb")
+    assert reopened.manifest["kind"] != "flat" and len(reopened) == 24
+    assert search(reopened, image=shape_classes()[9].image, k=1)[0]["id"] == 9
 
 
 def test_create_refuses_existing_and_open_missing(tmp_path, shapes_kb):

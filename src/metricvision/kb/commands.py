@@ -27,6 +27,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--checkpoint", help="image model from `kb align` (text search needs it)")
             p.add_argument("--backbone", default="mobilenet_v2", help="pretrained backbone when no checkpoint is given")
             p.add_argument("--image-size", type=int, default=64, help="side images are resized to")
+            p.add_argument("--index", default="Flat", help="index spec: Flat (exact) or a faiss factory string")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
@@ -70,7 +71,7 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
         model = ImageTextModel.from_checkpoint(args.checkpoint)
     else:
         model = ImageTextModel(ModelCard(backbone=args.backbone, image_size=args.image_size))
-    kb = KnowledgeBase.create(args.dir, model)
+    kb = KnowledgeBase.create(args.dir, model, index_spec=args.index)
     kb.add(samples)
     return {"kb": str(kb.path), "items": len(kb), "dim": model.dim, "text_model": model.card.text_model}
 
@@ -80,7 +81,7 @@ def _add(args: argparse.Namespace) -> Dict[str, Any]:
 
     kb = KnowledgeBase.open(args.dir)
     ids = kb.add(_samples(args))
-    return {"kb": str(kb.path), "added": len(ids), "items": len(kb), "version": kb.manifest["version"]}
+    return {"kb": str(kb.path), "added": len(ids), "items": len(kb), "version": kb.version}
 
 
 def _align(args: argparse.Namespace) -> Dict[str, Any]:

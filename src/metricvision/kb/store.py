@@ -2,14 +2,14 @@
 
 Layout::
 
-    KB/kb.json              manifest: current version, its index and items files
-    KB/model_card.json      the model that made the embeddings
-    KB/index-<v>.npz        the vectors (FlatIndex format)
-    KB/items-<v>.sqlite     items(id, image, caption, label, metadata JSON)
-    KB/images/<id>.png      images of samples that came as arrays
+    KB/model_card.json             the model that made the embeddings
+    KB/index/CURRENT               the committed version (metricvision.index.IndexStore)
+    KB/index/v000002/index.bin     the vectors (any registered index: Flat, faiss specs)
+    KB/index/v000002/items.sqlite  items(id, image, caption, label, metadata JSON)
+    KB/images/<id>.png             images of samples that came as arrays
 
-Every write makes version v+1 beside version v and then replaces kb.json (temp name,
-then rename), so a crash at any point leaves version v readable.
+Every write commits a new IndexStore version (index + items together, written under a
+temporary name and renamed) so a crash at any point leaves the previous version readable.
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ import numpy as np
 from PIL import Image
 
 from metricvision.data import Sample
-from metricvision.index import FlatIndex
+from metricvision.index import Index, IndexStore, create_index, filtered_search
+from metricvision.index.store import registered_name
 from metricvision.kb.model import ImageTextModel, ModelCard
 
-MANIFEST = "kb.json"
 CARD = "model_card.json"
+ITEMS = "items.sqlite"
 SCHEMA = ("CREATE TABLE items (id INTEGER PRIMARY KEY, image TEXT NOT NULL, caption TEXT NOT NULL DEFAULT '', "
           "label INTEGER NOT NULL DEFAULT -1, metadata TEXT NOT NULL DEFAULT '{}')")
 FILTER_COLUMNS = ("label", "caption")
@@ -54,35 +55,40 @@ class KnowledgeBase:
     for an existing one.
     """
 
-    def __init__(self, path: Path, manifest: Dict[str, Any], card: ModelCard, model: Optional[ImageTextModel]) -> None:
-        self.path, self.manifest, self.card = path, manifest, card
+    def __init__(self, path: Path, card: ModelCard, model: Optional[ImageTextModel]) -> None:
+        self.path, self.card = path, card
         self._model = model
-        self.index = FlatIndex.load(path / manifest["index"])
+        self.store = IndexStore(path / "index")
+        self.manifest = self.store.manifest()
+        self.index: Index = self.store.load()
 
     @classmethod
-    def create(cls, path: str | os.PathLike, model: ImageTextModel) -> "KnowledgeBase":
-        """An empty KB (version 0) at ``path``, which must not hold one already."""
+    def create(cls, path: str | os.PathLike, model: ImageTextModel, index_spec: str = "Flat") -> "KnowledgeBase":
+        """An empty KB at ``path`` (which must not hold one) with an index built by ``create_index(index_spec)``."""
         path = Path(path)
-        if (path / MANIFEST).exists():
+        if (path / CARD).exists():
             raise FileExistsError(f"{path} already holds a knowledge base; use `kb add` to append")
+        index = create_index(index_spec, model.dim, "ip")
         path.mkdir(parents=True, exist_ok=True)
+
+        def write(folder: Path) -> Dict[str, Any]:
+            with closing(sqlite3.connect(folder / ITEMS)) as db:
+                db.execute(SCHEMA)
+                db.commit()
+            return _version_fields(index, folder, 0, index_spec)
+
+        IndexStore(path / "index").commit(write)
         write_json_atomic(path / CARD, asdict(model.card))
-        with closing(sqlite3.connect(path / "items-0.sqlite")) as db:
-            db.execute(SCHEMA)
-            db.commit()
-        FlatIndex(model.dim, "ip").save(path / "index-0.npz")
-        write_json_atomic(path / MANIFEST, {"version": 0, "index": "index-0.npz", "items": "items-0.sqlite",
-                                            "count": 0, "next_id": 0})
-        return cls(path, json.loads((path / MANIFEST).read_text()), model.card, model)
+        return cls(path, model.card, model)
 
     @classmethod
     def open(cls, path: str | os.PathLike, model: Optional[ImageTextModel] = None) -> "KnowledgeBase":
         """Open the KB at ``path``; its model is built from the card on first use unless given."""
         path = Path(path)
-        if not (path / MANIFEST).exists():
-            raise FileNotFoundError(f"no knowledge base at {path} ({MANIFEST} not found); create one with `kb build`")
+        if not (path / CARD).exists():
+            raise FileNotFoundError(f"no knowledge base at {path} ({CARD} not found); create one with `kb build`")
         card = ModelCard.from_dict(json.loads((path / CARD).read_text()))
-        return cls(path, json.loads((path / MANIFEST).read_text()), card, model)
+        return cls(path, card, model)
 
     @property
     def model(self) -> ImageTextModel:
@@ -92,10 +98,15 @@ class KnowledgeBase:
         return self._model
 
     def __len__(self) -> int:
-        return int(self.manifest["count"])
+        return len(self.index)
+
+    @property
+    def version(self) -> int:
+        """The committed version this object reads."""
+        return int(self.manifest["version"])
 
     def _db(self) -> sqlite3.Connection:
-        uri = f"file:{self.path / self.manifest['items']}?mode=ro"
+        uri = f"file:{self.store.path(self.version) / ITEMS}?mode=ro"
         db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         db.row_factory = sqlite3.Row
         return db
@@ -114,25 +125,27 @@ class KnowledgeBase:
         """Append samples whose (N, D) embeddings are already computed (one new version)."""
         if len(samples) != len(embeddings):
             raise ValueError(f"got {len(samples)} samples but {len(embeddings)} embeddings")
-        first, version = int(self.manifest["next_id"]), int(self.manifest["version"]) + 1
+        first = int(self.manifest["extra"]["next_id"])
         ids = list(range(first, first + len(samples)))
         rows = [(i, self._store_image(i, s), s.caption, int(s.label), json.dumps(_metadata(s))) for i, s in zip(ids, samples)]
-        items_name, index_name = f"items-{version}.sqlite", f"index-{version}.npz"
-        tmp_db = self.path / f".{items_name}.tmp"
-        shutil.copyfile(self.path / self.manifest["items"], tmp_db)
-        with closing(sqlite3.connect(tmp_db)) as db:
-            db.executemany("INSERT INTO items (id, image, caption, label, metadata) VALUES (?, ?, ?, ?, ?)", rows)
-            db.commit()
-        os.replace(tmp_db, self.path / items_name)
-        index = FlatIndex.load(self.path / self.manifest["index"])
-        index.add(np.asarray(embeddings, dtype=np.float32), np.asarray(ids, dtype=np.int64))
-        index.save(self.path / index_name)
-        old = dict(self.manifest)
-        manifest = {**old, "version": version, "index": index_name, "items": items_name,
-                    "count": len(index), "next_id": ids[-1] + 1}
-        write_json_atomic(self.path / MANIFEST, manifest)
-        self.manifest, self.index = manifest, index
-        self._drop_versions_before(version - 1)
+        index = self.store.load(self.version)
+        x = np.asarray(embeddings, dtype=np.float32)
+        if not getattr(index, "is_trained", True):
+            index.train(x)
+        index.add(x, np.asarray(ids, dtype=np.int64))
+        previous = self.store.path(self.version) / ITEMS
+
+        def write(folder: Path) -> Dict[str, Any]:
+            shutil.copyfile(previous, folder / ITEMS)
+            with closing(sqlite3.connect(folder / ITEMS)) as db:
+                db.executemany("INSERT INTO items (id, image, caption, label, metadata) VALUES (?, ?, ?, ?, ?)", rows)
+                db.commit()
+            return _version_fields(index, folder, ids[-1] + 1, self.manifest["extra"]["index_spec"])
+
+        version = self.store.commit(write)
+        # the previous version stays so that a reader holding it keeps working
+        self.store.prune(keep=2)
+        self.manifest, self.index = self.store.manifest(version), index
         return ids
 
     def _store_image(self, item_id: int, sample: Sample) -> str:
@@ -145,13 +158,6 @@ class KnowledgeBase:
         img.save(tmp, format="PNG")
         os.replace(tmp, self.path / rel)
         return str(rel)
-
-    def _drop_versions_before(self, keep_from: int) -> None:
-        # the previous version stays so that a reader holding it keeps working
-        for f in list(self.path.glob("items-*.sqlite")) + list(self.path.glob("index-*.npz")):
-            v = f.stem.split("-")[-1]
-            if v.isdigit() and int(v) < keep_from:
-                f.unlink(missing_ok=True)
 
     def get(self, item_id: int) -> Dict[str, Any]:
         """The item with this id as a dict (id, image, caption, label, metadata).
@@ -197,15 +203,13 @@ class KnowledgeBase:
         """Top-k items for (Q, D) query vectors, optionally restricted by ``filters`` -> (scores, ids), -1 padded."""
         if not filters:
             return self.index.search(queries, k)
-        allowed = self.allowed_ids(filters)
-        scores, ids = self.index.search(queries, max(len(self.index), 1))
-        keep = np.isin(ids, allowed)
-        out_s = np.full((len(ids), k), -np.inf, dtype=np.float32)
-        out_i = np.full((len(ids), k), -1, dtype=np.int64)
-        for q in range(len(ids)):
-            kept_s, kept_i = scores[q][keep[q]][:k], ids[q][keep[q]][:k]
-            out_s[q, : len(kept_s)], out_i[q, : len(kept_i)] = kept_s, kept_i
-        return out_s, out_i
+        return filtered_search(self.index, queries, k, self.allowed_ids(filters))
+
+
+def _version_fields(index: Index, folder: Path, next_id: int, index_spec: str) -> Dict[str, Any]:
+    index.save(folder / "index.bin")
+    return {"kind": registered_name(index), "dim": index.dim, "ntotal": len(index),
+            "extra": {"next_id": next_id, "index_spec": index_spec}}
 
 
 def _metadata(s: Sample) -> Dict[str, Any]:
