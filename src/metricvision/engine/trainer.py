@@ -33,6 +33,7 @@ class Hook(Protocol):
 
     on_fit_start(trainer); on_epoch_start(trainer, epoch);
     targets(trainer, indices (B,), labels (B,)) -> labels (B,) used by the loss;
+    batch_sampler(trainer, epoch) -> the epoch's batches of dataset indices (default: PK on labels);
     on_epoch_end(trainer, epoch, record).
     """
 
@@ -162,7 +163,11 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         torch.manual_seed(self.recipe.train.seed * 100003 + epoch)
         self._call("on_epoch_start", epoch)
-        loader = torch.utils.data.DataLoader(_Indexed(self.train_set), batch_sampler=self.sampler, num_workers=self.recipe.data.num_workers)
+        sampler = self.sampler
+        for h in self.hooks:  # a supervision setting may draw its own batches (pseudo-labels, tuples)
+            if hasattr(h, "batch_sampler"):
+                sampler = h.batch_sampler(self, epoch)
+        loader = torch.utils.data.DataLoader(_Indexed(self.train_set), batch_sampler=sampler, num_workers=self.recipe.data.num_workers)
         losses, t0 = [], time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}", leave=False, dynamic_ncols=True)
         for x, y, idx in bar:
