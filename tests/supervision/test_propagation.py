@@ -117,6 +117,8 @@ def test_keep_fraction_of_labels_per_class():
         assert (kept == c).sum() == 2
         assert np.all(labels[kept == c] == c)
     assert (keep_fraction_of_labels(np.repeat(np.arange(3), 3), 0.1) >= 0).sum() == 3
+    kept = keep_fraction_of_labels(labels, 0.1, seed=0, per_class=False)
+    assert (kept >= 0).sum() == 5 and np.all(labels[kept >= 0] == kept[kept >= 0])
 
 
 def test_weighted_pk_batches_follow_weights_and_skip_unlabeled():

@@ -25,6 +25,7 @@ from metricvision.similarity import relevance_from_labels
 
 SUPERVISIONS: Registry["Supervision"] = Registry("supervision")
 LabelsLike = Sequence[int] | np.ndarray | torch.Tensor
+LABEL_MODES = ("per_class", "random")
 
 
 @dataclass
@@ -46,8 +47,10 @@ class Supervision:
     Args:
         labels: (N,) int labels of the training set, -1 for unlabeled; None to bind later
             (the Trainer binds its training labels in ``on_fit_start``).
-        label_fraction: keep the labels of this fraction of every class's samples.
+        label_fraction: keep the labels of this fraction of the samples.
         label_seed: seed of the choice of kept labels.
+        label_mode: "per_class" (that fraction of every class, at least one) or "random"
+            (that fraction of all samples, some classes keep none).
         samples_per_class: K of the P x K batches drawn by ``batches``.
 
     Attributes:
@@ -57,8 +60,16 @@ class Supervision:
     needs_embeddings: bool = False
 
     def __init__(
-        self, labels: Optional[LabelsLike] = None, label_fraction: float = 1.0, label_seed: int = 0, samples_per_class: int = 4
+        self,
+        labels: Optional[LabelsLike] = None,
+        label_fraction: float = 1.0,
+        label_seed: int = 0,
+        samples_per_class: int = 4,
+        label_mode: str = "per_class",
     ) -> None:
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {LABEL_MODES}, got '{label_mode}'")
+        self.label_mode = label_mode
         if not 0 < label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
         if samples_per_class < 1:
@@ -72,7 +83,7 @@ class Supervision:
         """Set the (N,) training labels (hiding all but ``label_fraction`` of each class)."""
         y = np.asarray(labels, dtype=np.int64).reshape(-1)
         if self.label_fraction < 1:
-            y = keep_fraction_of_labels(y, self.label_fraction, self.label_seed)
+            y = keep_fraction_of_labels(y, self.label_fraction, self.label_seed, self.label_mode == "per_class")
         self.given_ = torch.from_numpy(y)
         self.labels_ = self.given_.clone()
         self.weights_ = (self.given_ >= 0).float()
@@ -125,9 +136,11 @@ class Supervision:
 
 
 @SUPERVISIONS.register("partial_labels")
-def partial_labels(label_fraction: float = 1.0, label_seed: int = 0, samples_per_class: int = 4) -> Supervision:
-    """Labeled samples only: a fraction of each class keeps its label, the rest is unused."""
-    return Supervision(None, label_fraction, label_seed, samples_per_class)
+def partial_labels(
+    label_fraction: float = 1.0, label_seed: int = 0, samples_per_class: int = 4, label_mode: str = "per_class"
+) -> Supervision:
+    """Labeled samples only: a fraction of the samples keeps its label, the rest is unused."""
+    return Supervision(None, label_fraction, label_seed, samples_per_class, label_mode)
 
 
 def weighted_pk_batches(
@@ -175,17 +188,17 @@ def weighted_pk_batches(
     return out
 
 
-def keep_fraction_of_labels(labels: np.ndarray, fraction: float, seed: int = 0, min_per_class: int = 1) -> np.ndarray:
-    """Hide labels: keep ``fraction`` of the samples of every class labeled, the rest -1.
+def keep_fraction_of_labels(labels: np.ndarray, fraction: float, seed: int = 0, per_class: bool = True) -> np.ndarray:
+    """Hide labels: keep ``fraction`` of the samples labeled, the rest -1.
 
-    Keeping a fraction of each class (at least ``min_per_class``) suits metric learning with
-    class-disjoint test sets: every training identity contributes some labeled positives.
+    With ``per_class`` every class keeps round(fraction * n_c) of its samples, at least
+    one, so every training identity contributes labeled samples; otherwise a random
+    ``fraction`` of all samples keeps its label.
 
     Args:
         labels: (N,) int labels.
         fraction: in (0, 1].
         seed: random seed.
-        min_per_class: labeled samples kept per class at least.
 
     Returns:
         (N,) int64 labels with the hidden ones set to -1.
@@ -195,8 +208,13 @@ def keep_fraction_of_labels(labels: np.ndarray, fraction: float, seed: int = 0, 
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     out = np.full_like(labels, -1)
+    if not per_class:
+        idx = np.flatnonzero(labels >= 0)
+        keep = rng.choice(idx, size=int(round(fraction * len(idx))), replace=False)
+        out[keep] = labels[keep]
+        return out
     for c in np.unique(labels[labels >= 0]):
         idx = np.flatnonzero(labels == c)
-        n = min(len(idx), max(min_per_class, int(round(fraction * len(idx)))))
+        n = min(len(idx), max(1, int(round(fraction * len(idx)))))
         out[rng.choice(idx, size=n, replace=False)] = c
     return out

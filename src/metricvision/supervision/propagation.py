@@ -89,7 +89,7 @@ class LabelPropagation(Supervision):
     classes uniformly, which balances classes already, so recipes may turn it off.
 
     Args:
-        labels, label_fraction, label_seed, samples_per_class: see ``Supervision``.
+        labels, label_fraction, label_seed, samples_per_class, label_mode: see ``Supervision``.
         k: neighbours in the graph.
         gamma: similarity power.
         alpha: diffusion parameter.
@@ -105,6 +105,7 @@ class LabelPropagation(Supervision):
         label_fraction: float = 1.0,
         label_seed: int = 0,
         samples_per_class: int = 4,
+        label_mode: str = "per_class",
         k: int = 50,
         gamma: float = 3.0,
         alpha: float = 0.99,
@@ -113,7 +114,7 @@ class LabelPropagation(Supervision):
     ) -> None:
         self.k, self.gamma, self.alpha, self.max_iter = k, gamma, alpha, max_iter
         self.class_balance = class_balance
-        super().__init__(labels, label_fraction, label_seed, samples_per_class)
+        super().__init__(labels, label_fraction, label_seed, samples_per_class, label_mode)
 
     def bind(self, labels: LabelsLike) -> None:
         """Set the training labels (-1 = unlabeled)."""
