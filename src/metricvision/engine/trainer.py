@@ -23,6 +23,7 @@ from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS
 from metricvision.engine.builders import build_loss, build_model, build_optimizer, build_schedule, build_splits
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
+from metricvision.losses import LossOutput
 from metricvision.metrics import evaluate_retrieval
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -167,7 +168,8 @@ class Trainer:
         for h in self.hooks:  # a supervision setting may draw its own batches (pseudo-labels, tuples)
             if hasattr(h, "batch_sampler"):
                 sampler = h.batch_sampler(self, epoch)
-        loader = torch.utils.data.DataLoader(_Indexed(self.train_set), batch_sampler=sampler, num_workers=self.recipe.data.num_workers)
+        loader = torch.utils.data.DataLoader(_Indexed(self.train_set), batch_sampler=self.local_batches(sampler),
+                                             num_workers=self.recipe.data.num_workers)
         losses, t0 = [], time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}", leave=False, dynamic_ncols=True)
         for x, y, idx in bar:
@@ -175,7 +177,7 @@ class Trainer:
             for h in self.hooks:
                 if hasattr(h, "targets"):
                     y = h.targets(self, idx, y).to(self.device)
-            out = self.loss(self.model(x), y)
+            out = self.batch_loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             out.value.backward()
             if self.recipe.optim.grad_clip > 0:
@@ -187,6 +189,14 @@ class Trainer:
         self.history["step_loss"] += losses
         return {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
                 "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.time() - t0}
+
+    def local_batches(self, batches: Any) -> Any:
+        """The batches this process trains on (all of them; DistributedTrainer keeps its rank's share)."""
+        return batches
+
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
+        """Loss of one batch (DistributedTrainer scores it against the whole gathered batch)."""
+        return self.loss(self.model(x), y)
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
