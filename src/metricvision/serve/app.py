@@ -3,8 +3,6 @@
 Routes: POST /v1/search, GET /v1/items/{id}, GET /v1/items/{id}/image, GET /healthz,
 GET /metrics (Prometheus text), and the page at / (serve/static).
 """
-from __future__ import annotations
-
 import io
 import json
 import threading
@@ -12,7 +10,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
 
 from metricvision.kb.query import load_combiner, search
 from metricvision.kb.store import KnowledgeBase
@@ -62,13 +64,8 @@ def parse_item_id(raw: str) -> int:
     return int(raw)
 
 
-def create_app(kb_path: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> Any:
+def create_app(kb_path: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
     """The FastAPI application serving the KB at ``kb_path``."""
-    from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
-    from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
-
     kb = KnowledgeBase.open(kb_path)
     combiner = load_combiner(kb)
     lock = threading.Lock()  # Embedder.encode toggles train/eval mode: requests must not interleave on the model
@@ -143,13 +140,6 @@ def create_app(kb_path: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
             h.pop("image")
         return {"hits": hits, "query": {"text": text, "item_id": item_id, "image": query_image is not None, "k": k}}
 
-    @app.get("/v1/items/{raw_id}")
-    def item(raw_id: str) -> Dict[str, Any]:
-        it = _get(kb, parse_item_id(raw_id))
-        it["image_url"] = f"/v1/items/{it['id']}/image"
-        it.pop("image")
-        return it
-
     @app.get("/v1/items/{raw_id}/image")
     def item_image(raw_id: str) -> FileResponse:
         item_id = parse_item_id(raw_id)
@@ -158,6 +148,13 @@ def create_app(kb_path: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         if not path.exists():
             raise BadRequest(404, f"image file of item {item_id} is missing")
         return FileResponse(path)
+
+    @app.get("/v1/items/{raw_id:path}")  # after /image: path-like ids get a clear 400
+    def item(raw_id: str) -> Dict[str, Any]:
+        it = _get(kb, parse_item_id(raw_id))
+        it["image_url"] = f"/v1/items/{it['id']}/image"
+        it.pop("image")
+        return it
 
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:
