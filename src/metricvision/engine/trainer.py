@@ -184,7 +184,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            losses.append(float(out.value))
+            losses.append(float(out.value.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         self.history["step_loss"] += losses
         return {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
