@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+MIN_CONTRAST = 1e-3  # maps flatter than this (max - min) show nothing: their peaks are rounding noise
+
 
 @dataclass
 class Box:
@@ -101,7 +103,9 @@ def boxes_from_map(
     if not 0.0 < rel_threshold < 1.0:
         raise ValueError(f"rel_threshold must be in (0, 1), got {rel_threshold}")
     floor = float(np.median(heat))
-    boxes = []
+    boxes: List[Box] = []
+    if float(heat.max()) - float(heat.min()) < MIN_CONTRAST:  # a flat map has no instance
+        return boxes
     for y, x, v in find_peaks(heat, window, min_score)[: 4 * max_boxes]:
         if v <= floor:
             continue
@@ -126,7 +130,7 @@ def heatmap_png(heat: np.ndarray, alpha: float = 0.6) -> bytes:
     from PIL import Image
 
     lo, hi = float(heat.min()), float(heat.max())
-    v = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+    v = (heat - lo) / (hi - lo) if hi - lo >= MIN_CONTRAST else np.zeros_like(heat)
     rgba = colormaps["jet"](v)
     rgba[..., 3] = alpha * v
     buf = io.BytesIO()

@@ -148,9 +148,14 @@ class ImageTextModel:
         return self.text.encode_text(texts)
 
     def encode_dense(self, image: Any, max_side: int = 512) -> torch.Tensor:
-        """One image at its own resolution (longest side capped) -> (D, h, w) normalized features."""
+        """One image -> (D, h, w) normalized features.
+
+        The image keeps its resolution, except that its longest side is brought into
+        [4 * image_size, max_side] so that small images still give a map of several cells.
+        """
         im = load_image(image)
-        scale = min(1.0, max_side / max(im.size))
+        longest = max(im.size)
+        scale = min(max(longest, 4 * self.card.image_size), max_side) / longest
         w, h = max(8, round(im.width * scale)), max(8, round(im.height * scale))
         x = torch.from_numpy(np.asarray(im.resize((w, h)), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         return self.embedder.encode_dense(x)[0]

@@ -1,0 +1,125 @@
+"""Drive the web page in a real headless Chromium against the real server (uvicorn on loopback)."""
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from shapes import draw
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() or not DRIVER.exists(),
+                       reason="needs Debian packages chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(shapes_kb_path):
+    uvicorn = pytest.importorskip("uvicorn")
+    from metricvision.serve.app import create_app
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(shapes_kb_path), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        if time.time() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,900",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition, timeout=60.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def captions(driver):
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .caption")]
+
+
+def test_text_query_image_upload_boxes_and_url_state(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(server + "/")
+    wait_for(browser, lambda d: "24 items" in d.find_element(By.ID, "kb-info").text)
+    box = browser.find_element(By.ID, "text")
+    box.send_keys("yellow circle", Keys.ENTER)
+    wait_for(browser, lambda d: len(captions(d)) == 12)
+    assert captions(browser)[:2] == ["yellow circle", "yellow circle"]
+    assert "q=yellow+circle" in browser.current_url and "k=12" in browser.current_url
+
+    # upload an image: the results come back with heat maps and boxes
+    query = tmp_path / "query.png"
+    Image.fromarray(draw("triangle", "red")).save(query)
+    box.clear()
+    browser.find_element(By.ID, "file").send_keys(str(query))
+    wait_for(browser, lambda d: captions(d) and captions(d)[0] == "red triangle")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit .box"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#results .hit img.heat")
+    first_box = browser.find_element(By.CSS_SELECTOR, "#results .hit .box")
+    assert first_box.size["width"] > 5 and first_box.size["height"] > 5
+    browser.save_screenshot(str(tmp_path / "results.png"))
+
+    # "search with this result": the item becomes the query and lands in the URL
+    second = browser.find_elements(By.CSS_SELECTOR, "#results .hit")[1]
+    item_id = second.get_attribute("data-id")
+    second.find_element(By.CSS_SELECTOR, "button.again").click()
+    wait_for(browser, lambda d: f"item={item_id}" in d.current_url)
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit")[0].get_attribute("data-id") == item_id)
+
+    # the URL alone restores the query
+    browser.get(server + "/?q=blue+square&k=3")
+    wait_for(browser, lambda d: len(captions(d)) == 3)
+    assert browser.find_element(By.ID, "text").get_attribute("value") == "blue square"
+    assert captions(browser)[0] == "blue square"
+
+
+def test_errors_are_shown_and_the_page_keeps_working(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(server + "/")
+    bad = tmp_path / "not_an_image.png"
+    bad.write_bytes(b"definitely not a png")
+    browser.find_element(By.ID, "file").send_keys(str(bad))
+    wait_for(browser, lambda d: "not an image" in d.find_element(By.ID, "status").text)
+    assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+    browser.find_element(By.ID, "clear-image").click()
+    browser.find_element(By.ID, "text").send_keys("green square", Keys.ENTER)
+    wait_for(browser, lambda d: captions(d) and captions(d)[0] == "green square")
