@@ -163,7 +163,7 @@ def global_offset(n: int) -> int:
 
 
 def gathered_loss(
-    loss: MetricLoss, embeddings: torch.Tensor, labels: torch.Tensor, mode: Optional[str] = None
+    loss: MetricLoss | nn.Module, embeddings: torch.Tensor, labels: torch.Tensor, mode: Optional[str] = None
 ) -> LossOutput:
     """The loss of this rank's (B, D) embeddings against the whole global batch.
 
@@ -183,17 +183,18 @@ def gathered_loss(
     gather's backward sums the W ranks' contributions, the average divides by W.
 
     Args:
-        loss: a metric loss.
+        loss: a metric loss, or one wrapped in DistributedDataParallel.
         embeddings: (B, D) this rank's embeddings.
         labels: (B,) this rank's labels.
         mode: "rows", "full" or None (by loss type).
     """
-    mode = mode or ("full" if isinstance(loss, ProxyLoss) else "rows")
+    inner = getattr(loss, "module", loss)  # a loss wrapped in DDP (to keep its proxies in sync)
+    mode = mode or ("full" if isinstance(inner, ProxyLoss) else "rows")
     if mode not in GATHER_MODES:
         raise ValueError(f"mode must be one of {GATHER_MODES}, got '{mode}'")
     if not is_distributed():
         return loss(embeddings, labels)
-    if mode == "rows" and isinstance(loss, ProxyLoss):
+    if mode == "rows" and isinstance(inner, ProxyLoss):
         check_same_size(embeddings.shape[0])
         return loss(embeddings, labels)
     all_emb = all_gather_with_grad(embeddings)
