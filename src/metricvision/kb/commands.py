@@ -85,7 +85,7 @@ def _add(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _align(args: argparse.Namespace) -> Dict[str, Any]:
-    from metricvision.kb.align import run_alignment
+    from metricvision.kb.experiments import run_alignment
 
     return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs,
                          dataset_path=args.dataset_path, build_kb=args.build_kb)
