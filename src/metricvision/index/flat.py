@@ -28,7 +28,8 @@ PREFILTERS = ("auto", "bf16", "none")
 # and the bfloat16 result (u (1 + 2u + u^2)) bound |approx - q.x| by ~3.02 u |q| |x|; the
 # float32 accumulation adds D * 2**-24 |q| |x|, covered by the extra 0.03 u for D < 2**10.
 _BF16_REL_ERR = 3.05 * 2.0**-8
-_MIN_PAIRS_FOR_BF16 = 1 << 26
+_MIN_PAIRS_FOR_BF16 = 1 << 33
+_GROUP = 64
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,24 +150,38 @@ class FlatIndex:
 
     def _search_bf16(self, qc: torch.Tensor, kk: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Exact inner-product top-kk via a bfloat16 candidate stage and float32 re-scoring."""
+        g, n = _GROUP, len(self)
         if self._xb is None:
-            self._xb = self._x.bfloat16()
+            # zero rows pad to whole groups; their columns are dropped from the candidates
+            self._xb = torch.cat([self._x, torch.zeros(-n % g, self.dim)]).bfloat16()
             self._max_norm = float(self._x.norm(dim=1).max())
         band = 2 * _BF16_REL_ERR * qc.norm(dim=1) * self._max_norm + 1e-6
         qb = qc.bfloat16()
         cand = _Candidates(qc.shape[0], kk, band)
-        # reused buffers: a fresh large tensor per block costs more in page faults than the matmul
-        s_buf = torch.empty(qc.shape[0], min(self.db_chunk, len(self)), dtype=torch.bfloat16)
-        m_buf = torch.empty(s_buf.shape, dtype=torch.bool)
-        for ds in range(0, len(self), self.db_chunk):
-            block = self._xb[ds : ds + self.db_chunk]
-            s, mask = s_buf[:, : block.shape[0]], m_buf[:, : block.shape[0]]
+        chunk = -(-self.db_chunk // g) * g
+        # a reused buffer: a fresh large tensor per block costs more in page faults than the matmul
+        s_buf = torch.empty(qc.shape[0] * min(chunk, len(self._xb)), dtype=torch.bfloat16)
+        for ds in range(0, len(self._xb), chunk):
+            block = self._xb[ds : ds + chunk]
+            s = s_buf[: qc.shape[0] * block.shape[0]].view(qc.shape[0], -1)
             torch.mm(qb, block.T, out=s)
-            if ds == 0 and s.shape[1] >= kk:
+            groups = s.view(qc.shape[0], -1, g)
+            # group maxima in one cheap pass over the int16 view: for positive bfloat16 values the
+            # int16 order is the float order, and a negative group's "max" is one of its values
+            gmax = groups.view(torch.int16).amax(-1)
+            if ds == 0 and gmax.shape[1] >= kk:
+                # kk groups each hold a value >= their representative: a lower bound of the kk-th best
+                cand.raise_tau(gmax.view(torch.bfloat16).float().topk(kk, dim=1).values[:, -1])
+            elif ds == 0 and block.shape[0] >= kk:
                 cand.raise_tau(s.float().topk(kk, dim=1).values[:, -1])
-            torch.ge(s, cand.threshold_bf16()[:, None], out=mask)
-            rows, cols = mask.nonzero(as_tuple=True)
-            cand.append(rows, cols + ds, s[rows, cols].float())
+            thr = cand.threshold_bf16()
+            thr_i16 = torch.where(thr > 0, thr.view(torch.int16), torch.iinfo(torch.int16).min)
+            rows, gid = (gmax >= thr_i16[:, None]).nonzero(as_tuple=True)
+            vals = groups[rows, gid]
+            hit, j = (vals >= thr[rows][:, None]).nonzero(as_tuple=True)
+            cols = ds + gid[hit] * g + j
+            real = cols < n
+            cand.append(rows[hit][real], cols[real], vals[hit, j][real].float())
         cand.compact()
         return self._rescore(qc, cand.ids, cand.scores > -float("inf"), kk)
 
@@ -255,6 +270,8 @@ class _Candidates:
 
     def _widen(self, width: int) -> None:
         extra = width - self.scores.shape[1]
+        if extra <= 0:
+            return
         if extra <= 0:
             return
         self.scores = torch.cat([self.scores, torch.full((len(self.fill), extra), -float("inf"))], 1)

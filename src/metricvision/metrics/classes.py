@@ -1,0 +1,176 @@
+"""Class-level protocols: few-shot episodes, long-tail shot groups, open set, class-incremental.
+
+- few-shot: N-way K-shot episodes scored by prototypes (Snell et al. 2017), accuracy mean
+  +- 1.96 std / sqrt(episodes), as the miniImageNet literature reports it.
+- long-tail: OLTR's ``shot_acc`` (Liu et al. 2019, github.com/zhmiao/OpenLongTailRecognition-OLTR,
+  utils.py): per-class accuracy averaged within many / medium / few-shot groups; groups are
+  many >= 100 and few <= 20 training images, as the issue specifies (OLTR's code uses > 100 and < 20).
+- open set: OLTR's ``F_measure(openset=True)`` with rejection of low-confidence predictions
+  (softmax over class-mean similarities below a threshold -> unknown), and AUROC of the
+  confidence for known vs unknown.
+- class-incremental: average incremental accuracy (Rebuffi et al. 2017) and average
+  forgetting (Chaudhry et al. 2018) from the task accuracy matrix.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence, Union
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from metricvision.metrics.classify import class_means, ncm_predict, ncm_scores
+from metricvision.metrics.protocols import PROTOCOLS, EmbedFn, Splits, embed, labels_of, require_splits
+
+
+def few_shot_accuracy(
+    embeddings: torch.Tensor, labels: np.ndarray, n_way: int = 5, k_shot: int = 1, n_query: int = 15,
+    episodes: int = 600, seed: int = 0,
+) -> Dict[str, float]:
+    """Prototype accuracy over random episodes: mean, 95% interval half-width, episodes.
+
+    Args:
+        embeddings: (N, D) embeddings of the evaluation classes.
+        labels: (N,) labels; classes with fewer than k_shot + n_query items are not drawn.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    usable = classes[counts >= k_shot + n_query]
+    if len(usable) < n_way:
+        raise ValueError(f"{n_way}-way {k_shot}-shot with {n_query} queries needs {n_way} classes of >= {k_shot + n_query} items, found {len(usable)}")
+    members = {c: np.flatnonzero(labels == c) for c in usable}
+    rng = np.random.default_rng(seed)
+    accs = np.empty(episodes)
+    for e in range(episodes):
+        picked = [rng.permutation(members[c])[: k_shot + n_query] for c in rng.choice(usable, n_way, replace=False)]
+        idx = torch.as_tensor(np.stack(picked))  # (n_way, k_shot + n_query)
+        support, query = embeddings[idx[:, :k_shot]], embeddings[idx[:, k_shot:]].reshape(-1, embeddings.shape[1])
+        prototypes = support.mean(1)
+        pred = torch.cdist(query, prototypes).argmin(1)
+        accs[e] = float((pred == torch.arange(n_way).repeat_interleave(n_query)).float().mean())
+    return {"accuracy": float(accs.mean()), "ci95": float(1.96 * accs.std() / np.sqrt(episodes)), "episodes": float(episodes)}
+
+
+def shot_accuracy(pred: np.ndarray, labels: np.ndarray, train_labels: np.ndarray, many: int = 100, few: int = 20) -> Dict[str, float]:
+    """Overall accuracy and per-class accuracy averaged within many / medium / few-shot groups.
+
+    A group without classes reports NaN.
+    """
+    train_classes, train_counts = np.unique(train_labels, return_counts=True)
+    count_of = dict(zip(train_classes.tolist(), train_counts.tolist()))
+    groups: Dict[str, List[float]] = {"many": [], "medium": [], "few": []}
+    for c in np.unique(labels):
+        acc = float((pred[labels == c] == c).mean())
+        n = count_of.get(int(c), 0)
+        groups["many" if n >= many else "few" if n <= few else "medium"].append(acc)
+    out = {"accuracy": float((pred == labels).mean())}
+    out.update({f"{g}_shot": float(np.mean(v)) if v else float("nan") for g, v in groups.items()})
+    return out
+
+
+def open_set_f_measure(pred: np.ndarray, labels: np.ndarray) -> float:
+    """OLTR's open-set F-measure; label and prediction -1 mean "unknown"."""
+    known = labels != -1
+    tp = float(((pred == labels) & known).sum())
+    fp = float(((pred != labels) & known & (pred != -1)).sum())
+    fn = float(((pred != labels) & ~known).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return 2 * precision * recall / (precision + recall + 1e-12)
+
+
+def open_set_scores(scores: torch.Tensor, classes: np.ndarray, labels: np.ndarray, threshold: float = 0.1, temperature: float = 0.1) -> Dict[str, float]:
+    """F-measure with rejection and AUROC (known = positive) from (N, C) class similarities.
+
+    Args:
+        scores: (N, C) similarities to the known classes.
+        classes: (C,) class labels of the columns.
+        labels: (N,) true labels, -1 for unknown items.
+        threshold: reject (predict -1) when the softmax confidence is below it (OLTR: 0.1).
+        temperature: softmax temperature over the similarities.
+    """
+    probs = torch.softmax(scores / temperature, dim=1)
+    conf, arg = probs.max(1)
+    pred = np.where(conf.numpy() < threshold, -1, classes[arg.numpy()])
+    known = labels != -1
+    out = {"f_measure": open_set_f_measure(pred, labels), "closed_accuracy": float((pred[known] == labels[known]).mean())}
+    out["auroc"] = float(roc_auc_score(known, conf.numpy())) if known.any() and (~known).any() else float("nan")
+    return out
+
+
+def incremental_scores(accuracy: np.ndarray, seen_accuracy: Sequence[float]) -> Dict[str, float]:
+    """Average incremental accuracy and average forgetting.
+
+    Args:
+        accuracy: (T, T) accuracy on task j's test data after step t (lower triangle used).
+        seen_accuracy: (T,) accuracy on all classes seen so far after each step.
+    """
+    t = accuracy.shape[0]
+    out = {"average_incremental_accuracy": float(np.mean(seen_accuracy)), "final_accuracy": float(seen_accuracy[-1])}
+    if t > 1:
+        best = np.array([accuracy[j:t - 1, j].max() for j in range(t - 1)])
+        out["forgetting"] = float((best - accuracy[t - 1, : t - 1]).mean())
+    return out
+
+
+@PROTOCOLS.register("fewshot")
+@PROTOCOLS.register("miniimagenet")
+def few_shot(embed_fn: EmbedFn, splits: Splits, n_way: int = 5, k_shot: int = 1, n_query: int = 15,
+             episodes: int = 600, seed: int = 0, split: str = "test") -> Dict[str, float]:
+    """N-way K-shot episodes on the ``split`` split (miniImageNet "test", or any dataset)."""
+    require_splits(splits, [split], "fewshot")
+    return few_shot_accuracy(embed(embed_fn, splits[split]), labels_of(splits[split]), n_way, k_shot, n_query, episodes, seed)
+
+
+@PROTOCOLS.register("longtail")
+@PROTOCOLS.register("imagenet_lt")
+@PROTOCOLS.register("places_lt")
+def long_tail(embed_fn: EmbedFn, splits: Splits, many: int = 100, few: int = 20) -> Dict[str, float]:
+    """Nearest-class-mean accuracy on "test" by shot group of the "train" class sizes."""
+    require_splits(splits, ["train", "test"], "longtail")
+    train_labels, test_labels = labels_of(splits["train"]), labels_of(splits["test"])
+    pred = ncm_predict(embed(embed_fn, splits["train"]), train_labels, embed(embed_fn, splits["test"]))
+    return shot_accuracy(pred, test_labels, train_labels, many, few)
+
+
+@PROTOCOLS.register("openset")
+def open_set(embed_fn: EmbedFn, splits: Splits, threshold: float = 0.1, temperature: float = 0.1) -> Dict[str, float]:
+    """OLTR open set: class means from "train"; "test" (known) and "open" (unknown) are classified."""
+    require_splits(splits, ["train", "test", "open"], "openset")
+    classes, means = class_means(embed(embed_fn, splits["train"]), labels_of(splits["train"]))
+    samples = splits["test"] + splits["open"]
+    labels = np.concatenate([labels_of(splits["test"]), np.full(len(splits["open"]), -1)])
+    return open_set_scores(ncm_scores(embed(embed_fn, samples), means), classes, labels, threshold, temperature)
+
+
+@PROTOCOLS.register("incremental")
+def class_incremental(embed_fn: Union[EmbedFn, Sequence[EmbedFn]], splits: Splits, num_tasks: int = 0) -> Dict[str, float]:
+    """Class-incremental evaluation: classes in sorted order split into tasks; step t uses the t-th
+    embed function (the model after learning task t) with nearest class means of the seen classes.
+
+    Args:
+        embed_fn: one embed function per step (a single one evaluates only the last step).
+        num_tasks: number of tasks; default the number of embed functions.
+    """
+    require_splits(splits, ["train", "test"], "incremental")
+    fns: List[Callable] = list(embed_fn) if isinstance(embed_fn, (list, tuple)) else [embed_fn]
+    tasks = num_tasks or len(fns)
+    if tasks < len(fns):
+        raise ValueError(f"num_tasks ({tasks}) must be >= the number of embed functions ({len(fns)})")
+    train_y, test_y = labels_of(splits["train"]), labels_of(splits["test"])
+    task_of = {c: i for i, part in enumerate(np.array_split(np.unique(train_y), tasks)) for c in part.tolist()}
+    train_task = np.array([task_of[int(c)] for c in train_y])
+    test_task = np.array([task_of.get(int(c), -1) for c in test_y])
+    first = tasks - len(fns)  # a single function is the model after the last task
+    steps = len(fns)
+    accuracy = np.full((steps, steps), np.nan)
+    seen = []
+    for t, fn in enumerate(fns):
+        step_task = first + t
+        tr, te = train_task <= step_task, (test_task <= step_task) & (test_task >= 0)
+        pred = ncm_predict(embed(fn, [s for s, m in zip(splits["train"], tr) if m]), train_y[tr],
+                           embed(fn, [s for s, m in zip(splits["test"], te) if m]))
+        correct = pred == test_y[te]
+        seen.append(float(correct.mean()))
+        for j in range(t + 1):
+            accuracy[t, j] = float(correct[test_task[te] == first + j].mean())
+    return incremental_scores(accuracy, seen)

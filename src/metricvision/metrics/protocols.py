@@ -1,0 +1,73 @@
+"""Evaluation protocols: ``PROTOCOLS[name](embed_fn, splits, **opts) -> {metric: value}``.
+
+``embed_fn`` maps a list of samples to an (N, D) L2-normalized float tensor; ``splits`` is
+what a reader of ``metricvision.data.readers`` returns. A protocol decides which samples it
+embeds (revisited Oxford / Paris crops its queries to their boxes first) and then calls the
+pure metric functions of its module on the embeddings.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from metricvision._registry import Registry
+from metricvision.data.readers.base import crop_to_box
+from metricvision.data.sample import Sample
+from metricvision.metrics.clustering import cluster_scores
+from metricvision.metrics.evaluate import retrieval_scores
+
+EmbedFn = Callable[[List[Sample]], torch.Tensor]
+Splits = Dict[str, List[Sample]]
+PROTOCOLS: Registry[Dict[str, float]] = Registry("protocol")
+
+
+def embed(embed_fn: EmbedFn, samples: Sequence[Sample], batch: int = 256, crop: bool = False) -> torch.Tensor:
+    """(N, D) float32 embeddings of ``samples``, ``batch`` at a time, optionally cropped to their bbox."""
+    if not samples:
+        raise ValueError("no samples to embed")
+    parts = []
+    for s in range(0, len(samples), batch):
+        chunk = list(samples[s : s + batch])
+        parts.append(torch.as_tensor(embed_fn([crop_to_box(x) for x in chunk] if crop else chunk)).detach().float().cpu())
+    return torch.cat(parts)
+
+
+def require_splits(splits: Splits, names: Sequence[str], protocol: str) -> None:
+    """Error naming the splits a protocol needs when one is missing."""
+    missing = [n for n in names if n not in splits]
+    if missing:
+        raise KeyError(f"protocol '{protocol}' needs splits {list(names)}, missing {missing}; got {sorted(splits)}")
+
+
+def labels_of(samples: Sequence[Sample]) -> np.ndarray:
+    """(N,) int64 labels."""
+    return np.array([s.label for s in samples], dtype=np.int64)
+
+
+@PROTOCOLS.register("retrieval")
+@PROTOCOLS.register("cub")
+@PROTOCOLS.register("cars196")
+@PROTOCOLS.register("sop")
+@PROTOCOLS.register("inshop")
+def category_retrieval(
+    embed_fn: EmbedFn, splits: Splits, ks: Sequence[int] = (1, 2, 4, 8), clustering: bool = True, seed: int = 0
+) -> Dict[str, float]:
+    """Recall@K, P@1, R-Precision, MAP@R (Musgrave et al. 2020) and NMI / AMI.
+
+    Leave-one-out on the "test" split (CUB, Cars196, SOP), or "query" against "gallery"
+    (In-Shop, Liu et al. 2016). Clustering scores are computed on the test / gallery set.
+    """
+    if "query" in splits and "gallery" in splits:
+        q, g = embed(embed_fn, splits["query"]), embed(embed_fn, splits["gallery"])
+        qy, gy = labels_of(splits["query"]), labels_of(splits["gallery"])
+        out = retrieval_scores(q, qy, g, gy, ks=ks)
+        x, y = g, gy
+    else:
+        require_splits(splits, ["test"], "retrieval")
+        x, y = embed(embed_fn, splits["test"]), labels_of(splits["test"])
+        out = retrieval_scores(x, y, ks=ks)
+    if clustering:
+        out.update(cluster_scores(x.numpy(), y, seed))
+    return out
