@@ -195,3 +195,24 @@ def test_longtail_protocol():
     test = [Sample("q", label=c, meta={"vec": centers[c] if c != 2 else centers[0]}) for c in range(3)]
     out = PROTOCOLS.get("imagenet_lt")(vec_embed, {"train": train, "test": test})
     assert (out["many_shot"], out["medium_shot"], out["few_shot"]) == (1.0, 1.0, 0.0)
+
+
+def test_evaluate_dataset_reads_native_layout(tmp_path):
+    from PIL import Image
+
+    from metricvision.metrics import evaluate_dataset, model_embed_fn
+
+    lines = []
+    for i, (c, v) in enumerate([(150, 10), (150, 12), (160, 240), (160, 250), (170, 120), (170, 125)], start=1):
+        rel = f"{c}/{i}.png"
+        (tmp_path / "images" / str(c)).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (v, 255 - v, 0)).save(tmp_path / "images" / rel)
+        lines.append((f"{i} {rel}", f"{i} {c}"))
+    (tmp_path / "images.txt").write_text("\n".join(a for a, _ in lines) + "\n")
+    (tmp_path / "image_class_labels.txt").write_text("\n".join(b for _, b in lines) + "\n")
+    to_tensor = lambda im: torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1)  # noqa: E731
+    model = lambda x: F.normalize(x.mean((2, 3))[:, :2], dim=1)  # noqa: E731
+    out = evaluate_dataset("cub", model_embed_fn(model, to_tensor), tmp_path, ks=(1,), clustering=False)
+    assert out["recall@1"] == 1.0 and out["num_queries"] == 6
+    with pytest.raises(KeyError, match="no reader 'retrieval'"):
+        evaluate_dataset("retrieval", model_embed_fn(model, to_tensor), tmp_path)

@@ -7,14 +7,15 @@ pure metric functions of its module on the embeddings.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from metricvision._registry import Registry
-from metricvision.data.readers.base import crop_to_box
-from metricvision.data.sample import Sample
+from metricvision.data.readers.base import READERS, crop_to_box
+from metricvision.data.sample import Sample, SampleDataset
 from metricvision.metrics.clustering import cluster_scores
 from metricvision.metrics.evaluate import retrieval_scores
 
@@ -32,6 +33,33 @@ def embed(embed_fn: EmbedFn, samples: Sequence[Sample], batch: int = 256, crop: 
         chunk = list(samples[s : s + batch])
         parts.append(torch.as_tensor(embed_fn([crop_to_box(x) for x in chunk] if crop else chunk)).detach().float().cpu())
     return torch.cat(parts)
+
+
+def model_embed_fn(
+    model: Callable[[torch.Tensor], torch.Tensor], transform: Callable[[Any], torch.Tensor], device: str = "cpu"
+) -> EmbedFn:
+    """An embed_fn from a model ((N, 3, H, W) -> (N, D) normalized) and a PIL -> (3, H, W) transform."""
+
+    def embed_samples(samples: List[Sample]) -> torch.Tensor:
+        data = SampleDataset(samples, transform)
+        images = torch.stack([data[i][0] for i in range(len(data))]).to(device)
+        with torch.no_grad():
+            return model(images).float().cpu()
+
+    return embed_samples
+
+
+def evaluate_dataset(
+    protocol: str, embed_fn: EmbedFn, data: str | Path, reader: Optional[str] = None, **opts: Any
+) -> Dict[str, float]:
+    """Read ``data`` with READERS[reader] (default: the reader named like the protocol) and run it.
+
+    Example: ``evaluate_dataset("cub", model_embed_fn(embedder, eval_transform(224)), "/data/CUB_200_2011")``.
+    """
+    name = reader or protocol
+    if name not in READERS:
+        raise KeyError(f"no reader '{name}' for protocol '{protocol}'; pass reader= one of: {', '.join(READERS.names())}")
+    return PROTOCOLS.get(protocol)(embed_fn, READERS.get(name)(data), **opts)
 
 
 def require_splits(splits: Splits, names: Sequence[str], protocol: str) -> None:
