@@ -54,3 +54,15 @@ def test_two_process_training_matches_one_process(tmp_path: Path, loss: str) -> 
     log = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
     assert sum('"event": "epoch"' in line for line in log) == 2  # rank 0 alone writes the log
     assert (tmp_path / "ddp" / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_ray_train_runs_ddp_workers_into_one_run_folder(tmp_path: Path, ray_local) -> None:
+    from metricvision.engine.ray_train import ray_train
+
+    recipe = _recipe("multi_similarity")
+    recipe.train.epochs = 1
+    metrics = ray_train(recipe, tmp_path / "run", num_workers=2, cpus_per_worker=0.5)
+    assert metrics == json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["recall@1"] > 0.1
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()

@@ -8,6 +8,7 @@ single-process step on the global batch (up to batch-norm statistics, which stay
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -99,13 +100,9 @@ class DistributedTrainer(Trainer):
 
 
 def _ray_train_loop(config: Dict[str, Any]) -> None:
-    import ray.train
-
     from metricvision.config import from_dict
 
-    trainer = DistributedTrainer(from_dict(Recipe, config["recipe"]), config["run_dir"])
-    metrics = trainer.fit(resume=config["resume"])
-    ray.train.report(metrics)
+    DistributedTrainer(from_dict(Recipe, config["recipe"]), config["run_dir"]).fit(resume=config["resume"])
 
 
 def ray_train(
@@ -123,7 +120,7 @@ def ray_train(
     cluster). CPU workers use gloo, GPU workers nccl.
 
     Returns:
-        the final metrics (as ``Trainer.fit``).
+        the final metrics, as rank 0 wrote them to ``run_dir/metrics.json``.
     """
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -143,4 +140,4 @@ def ray_train(
     result = trainer.fit()
     if result.error:
         raise result.error
-    return dict(result.metrics)
+    return json.loads((run_dir / "metrics.json").read_text())
