@@ -94,13 +94,11 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     if args.protocol is None:
         _, test = build_splits(recipe)
         return evaluate_retrieval(fn(test), np.array([s.label for s in test]), ks=recipe.eval.ks, clustering=recipe.eval.clustering)
-    from metricvision.data.readers import READERS
-    from metricvision.metrics.protocols import PROTOCOLS, default_reader
+    from metricvision.metrics.protocols import evaluate_dataset
 
     if args.data is None:
         raise ValueError(f"--protocol {args.protocol} needs --data PATH (the dataset folder)")
-    splits = READERS.get(args.reader or default_reader(args.protocol))(args.data)
-    return PROTOCOLS.get(args.protocol)(fn, splits)
+    return evaluate_dataset(args.protocol, fn, args.data, args.reader)
 
 
 def embed(args: argparse.Namespace) -> Dict[str, Any]:
