@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True, help="image model from benchmarks/text_retrieval.py or `kb align`")
     ap.add_argument("--canvases", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--encode-side", type=int, default=768, help="canvas side the dense features are computed at")
+    ap.add_argument("--rel-threshold", type=float, default=0.5)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     model = ImageTextModel.from_checkpoint(a.checkpoint)
@@ -73,21 +75,24 @@ def main() -> None:
         by_vendor[s.label][s.meta["vendor"]] = s.image
         names[s.label] = s.caption
     labels = [lab for lab, v in by_vendor.items() if len(v) >= 2]
-    totals = {q: np.zeros(3) for q in ("other vendor image", "name (text)")}  # matched gt, gt, predictions
+    totals = {q: np.zeros(3) for q in ("other vendor image", "name (text)", "random boxes (baseline)")}  # matched, gt, predicted
     start = time.time()
     for _ in range(a.canvases):
         lab, *others = rng.choice(labels, size=5, replace=False)
         va, vb = rng.permutation(sorted(by_vendor[lab]))[:2]
         canvas, gt = make_canvas(by_vendor[lab][va], [by_vendor[o][va] for o in others], int(rng.integers(1, 4)), rng)
-        dense = model.encode_dense(canvas)
+        dense = model.encode_dense(Image.fromarray(canvas).resize((a.encode_side, a.encode_side)), max_side=a.encode_side)
         queries = {"other vendor image": model.encode_images([by_vendor[lab][vb]])[0],
                    "name (text)": model.encode_text([names[lab]])[0]}
         for qname, q in queries.items():
             heat = upsample(similarity_map(q, dense), canvas.shape[:2])
-            pred = [tuple(b.as_list()[:4]) for b in boxes_from_map(heat, max_boxes=len(gt))]
+            pred = [tuple(b.as_list()[:4]) for b in boxes_from_map(heat, rel_threshold=a.rel_threshold, max_boxes=len(gt))]
             m, _ = match(pred, gt)
             totals[qname] += (m, len(gt), len(pred))
-    print(f"{a.canvases} canvases of 384 px, 1-3 targets + 4 distractors, unseen identities ({time.time() - start:.0f} s)")
+        side = rng.integers(48, 97, size=len(gt))
+        rand = [(x, y, x + s, y + s) for s, x, y in zip(side, rng.integers(0, 384 - side), rng.integers(0, 384 - side))]
+        totals["random boxes (baseline)"] += (match(rand, gt)[0], len(gt), len(rand))
+    print(f"{a.canvases} canvases of 384 px (features at {a.encode_side} px), 1-3 targets + 4 distractors, unseen identities ({time.time() - start:.0f} s)")
     print("| query | boxes with IoU >= 0.5 (recall) | precision | targets |\n|---|---|---|---|")
     for qname, (m, g, p) in totals.items():
         print(f"| {qname} | {m / g:.3f} | {m / max(p, 1):.3f} | {int(g)} |")
