@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from metricvision.index.base import Index
+from metricvision.index.faiss_index import FaissIndex
 from metricvision.index.flat import FlatIndex
 from metricvision.metrics.clustering import cluster_scores
 from metricvision.metrics.retrieval import ap_at_r_per_query, hits_from_labels, r_precision_per_query
@@ -34,7 +35,7 @@ def evaluate_retrieval(
         labels: (N,) int labels.
         ks: Recall@K cut-offs; "precision@1" equals "recall@1".
         clustering: also compute NMI / AMI (k-means; costly for large N).
-        index: an empty index to fill; default FlatIndex(ip).
+        index: an empty index to fill; default exact_index().
 
     Returns:
         recall@k for each k, precision@1, r_precision, map@r, and nmi / ami. Queries
@@ -64,7 +65,7 @@ def retrieval_scores(
         references: (R, D) reference embeddings; None for leave-one-out on the queries.
         reference_labels: (R,) int labels (with ``references``).
         ks: Recall@K cut-offs.
-        index: an empty index to fill with the references; default FlatIndex(ip).
+        index: an empty index to fill with the references; default exact_index().
         query_chunk: queries searched at once.
 
     Returns:
@@ -82,7 +83,7 @@ def retrieval_scores(
     num_relevant = num_relevant.clip(min=0)
     k = int(min(len(r) - int(loo), max(max(ks), num_relevant.max(initial=0))))
     if index is None:
-        index = FlatIndex(r.shape[1], "ip")
+        index = exact_index(r.shape[1])
     index.add(r, np.arange(len(r)))
     sums = {f"recall@{kk}": 0.0 for kk in ks} | {"precision@1": 0.0, "r_precision": 0.0, "map@r": 0.0}
     count = 0
@@ -103,6 +104,15 @@ def retrieval_scores(
     out = {name: v / count if count else 0.0 for name, v in sums.items()}
     out["num_queries"] = float(count)
     return out
+
+
+def exact_index(dim: int) -> Index:
+    """Exact inner-product index: faiss's flat index when faiss is installed (its fused
+    matmul + heap top-k is the fastest exact search on CPU), else the torch FlatIndex."""
+    try:
+        return FaissIndex(dim, "Flat", "ip")
+    except ImportError:
+        return FlatIndex(dim, "ip")
 
 
 def _as_numpy(x: ArrayLike, dtype: type) -> np.ndarray:
