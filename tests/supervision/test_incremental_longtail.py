@@ -2,12 +2,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
-from metricvision.supervision.incremental import (
-    ExemplarMemory, class_incremental_tasks, class_means, herding, incremental_scores, nearest_mean_of_exemplars,
-)
-from metricvision.supervision.longtail import long_tail_subset, open_set_scores, pareto_counts, shot_accuracy
+from metricvision.supervision.incremental import ExemplarMemory, class_incremental_tasks, herding, icarl_loss
+from metricvision.supervision.longtail import fit_threshold, long_tail_subset, pareto_counts, reject_below
 
 
 def test_herding_first_pick_is_closest_to_mean_and_matches_loop():
@@ -45,20 +42,29 @@ def test_exemplar_memory_respects_budget_and_keeps_herding_prefix():
     assert torch.all(mem.exemplars_[2] >= 40)
 
 
-def test_nearest_mean_of_exemplars():
-    feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    means, classes = class_means(feats, torch.tensor([3, 3, 7, 7]))
-    pred = nearest_mean_of_exemplars(torch.tensor([[1.0, 0.2], [0.2, 1.0]]), means, classes)
-    assert pred.tolist() == [3, 7]
+def test_icarl_loss_matches_loop_and_distills_old_outputs():
+    g = torch.Generator().manual_seed(4)
+    logits, old = torch.randn(3, 5, generator=g), torch.randn(3, 2, generator=g)
+    labels = torch.tensor([2, 4, 3])
+    ref = 0.0
+    for i in range(3):
+        for c in range(5):
+            target = float(torch.sigmoid(old[i, c])) if c < 2 else float(c == labels[i])
+            p = float(torch.sigmoid(logits[i, c]))
+            ref -= target * np.log(p) + (1 - target) * np.log(1 - p)
+    assert float(icarl_loss(logits, labels, old)) == pytest.approx(ref / 3, rel=1e-5)
+    # without a previous model it is plain one-hot BCE, and it is minimal where the old outputs are kept
+    assert float(icarl_loss(logits, labels)) == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, 5).float(), reduction="sum") / 3))
+    kept = torch.cat([old, logits[:, 2:]], 1).requires_grad_()
+    icarl_loss(kept, labels, old).backward()
+    assert torch.allclose(kept.grad[:, :2], torch.zeros(3, 2), atol=1e-6)
 
 
-def test_tasks_and_incremental_scores():
+def test_class_incremental_tasks():
     tasks = class_incremental_tasks(range(10), 5, seed=0)
     assert len(tasks) == 5 and sorted(np.concatenate(tasks).tolist()) == list(range(10))
-    acc = np.array([[1.0, 0, 0], [0.5, 0.9, 0], [0.2, 0.6, 0.8]])
-    out = incremental_scores(acc)
-    assert out["average_incremental_accuracy"] == pytest.approx(np.mean([1.0, 0.7, (0.2 + 0.6 + 0.8) / 3]))
-    assert out["forgetting"] == pytest.approx(((1.0 - 0.2) + (0.9 - 0.6)) / 2)
+    assert [len(t) for t in tasks] == [2] * 5 and np.concatenate(tasks).tolist() != list(range(10))
     with pytest.raises(ValueError, match="num_tasks"):
         class_incremental_tasks(range(3), 4)
 
@@ -70,31 +76,27 @@ def test_pareto_counts_and_subset():
     idx = long_tail_subset(labels, max_count=30, min_count=2, seed=0)
     counts = np.sort(np.bincount(labels[idx], minlength=20))[::-1]
     assert counts[0] == 30 and counts[-1] == 2
+    # "size" gives the largest counts to the largest classes
+    unequal = np.repeat(np.arange(6), [3, 50, 8, 40, 20, 5])
+    got = np.bincount(unequal[long_tail_subset(unequal, max_count=40, min_count=2, order="size")], minlength=6)
+    assert got[1] == 40 and np.argsort(-got, kind="stable").tolist()[:3] == [1, 3, 4]
+    with pytest.raises(ValueError, match="order must be one of"):
+        long_tail_subset(labels, 30, order="tail")
 
 
-def test_shot_accuracy_groups():
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    pred = np.array([0, 0, 1, 0, 0, 0])
-    out = shot_accuracy(pred, labels, {0: 200, 1: 50, 2: 5})
-    assert out["many_accuracy"] == 1.0 and out["medium_accuracy"] == 0.5 and out["few_accuracy"] == 0.0
-    assert out["accuracy"] == pytest.approx(0.5)
+def test_reject_below_and_fit_threshold_against_a_loop():
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.7], [0.4, 0.3], [0.35, 0.1], [0.6, 0.2], [0.1, 0.65]])
+    classes = np.array([10, 20])
+    labels = np.array([10, 20, -1, -1, 20, -1])
+    assert reject_below(scores, classes, 0.5).tolist() == [10, 20, -1, -1, 10, 20]
 
+    def balanced(t):
+        pred = reject_below(scores, classes, t)
+        known = labels >= 0
+        return ((pred == labels) & known).sum() / known.sum() + ((pred == -1) & ~known).sum() / (~known).sum()
 
-def test_open_set_scores_against_sklearn_and_loop():
-    rng = np.random.default_rng(0)
-    labels = np.array([0, 1, 2, 0, -1, -1, -1, 1])
-    scores = rng.random(8)
-    pred = np.array([0, 1, 0, 0, 1, 2, 0, 1])
-    out = open_set_scores(scores, pred, labels, threshold=0.5)
-    assert out["auroc"] == pytest.approx(roc_auc_score(labels >= 0, scores))
-    tp = fp = fn = 0
-    for s, p, y in zip(scores, pred, labels):
-        ok = y >= 0 and p == y
-        if s >= 0.5:
-            tp, fp = tp + ok, fp + (not ok)
-        if y >= 0 and not (s >= 0.5 and ok):
-            fn += 1
-    assert out["f_measure"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
-    # a perfect separation gives AUROC 1 and the best threshold rejects every unknown
-    perfect = open_set_scores(np.where(labels >= 0, 0.9, 0.1), labels.clip(0), labels)
-    assert perfect["auroc"] == 1.0 and perfect["f_measure"] == 1.0
+    t = fit_threshold(scores, classes, labels)
+    assert balanced(t) == pytest.approx(max(balanced(float(c)) for c in scores.max(1).values))
+    assert t == pytest.approx(0.7)  # keeps 0.9 and 0.7 (right), rejects the three unknowns and the wrong 0.6
+    with pytest.raises(ValueError, match="both known"):
+        fit_threshold(scores[:2], classes, labels[:2])

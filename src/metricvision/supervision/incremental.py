@@ -1,15 +1,15 @@
 """Class-incremental learning (iCaRL, Rebuffi et al., CVPR 2017): tasks of new classes, an
-exemplar memory chosen by herding under a fixed budget, the nearest-mean-of-exemplars
-classifier, and the measures of the protocol (average incremental accuracy, forgetting)."""
+exemplar memory chosen by herding under a fixed budget, and iCaRL's binary cross-entropy
+loss with distillation from the previous model; the nearest-mean-of-exemplars classifier is
+``metricvision.metrics.classify.ncm_predict`` and the protocol's measures (average incremental
+accuracy, forgetting) are ``metricvision.metrics.incremental_scores``."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from metricvision.similarity import similarity
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
@@ -78,17 +78,21 @@ class ExemplarMemory:
         return int(sum(len(v) for v in self.exemplars_.values()))
 
 
-def class_means(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, D) normalized means of normalized features per class, and the (C,) classes."""
-    classes = torch.unique(labels)
-    x = F.normalize(features.float(), dim=1)
-    means = torch.stack([x[labels == c].mean(0) for c in classes])
-    return F.normalize(means, dim=1), classes
+def icarl_loss(logits: torch.Tensor, labels: torch.Tensor, old_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """iCaRL's representation loss: binary cross-entropy over the (B, C) logits of the seen classes.
 
+    The target of a new class is its one-hot label; the targets of the C_old classes of the
+    previous step are the previous model's sigmoid outputs (distillation).
 
-def nearest_mean_of_exemplars(queries: torch.Tensor, means: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """(Q,) predicted classes: the nearest (cosine) exemplar mean."""
-    return classes[similarity(queries, means, "cosine").argmax(1)]
+    Args:
+        logits: (B, C) logits of the current model over all seen classes.
+        labels: (B,) int labels in [0, C).
+        old_logits: (B, C_old) logits of the previous model, C_old <= C; None at the first step.
+    """
+    targets = F.one_hot(labels, logits.shape[1]).float()
+    if old_logits is not None:
+        targets[:, : old_logits.shape[1]] = torch.sigmoid(old_logits)
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
 
 
 def class_incremental_tasks(classes: Sequence[int], num_tasks: int, seed: int = 0) -> List[np.ndarray]:
@@ -97,23 +101,3 @@ def class_incremental_tasks(classes: Sequence[int], num_tasks: int, seed: int = 
     if not 1 <= num_tasks <= len(classes):
         raise ValueError(f"num_tasks must be in [1, {len(classes)}], got {num_tasks}")
     return np.array_split(np.random.default_rng(seed).permutation(classes), num_tasks)
-
-
-def incremental_scores(accuracy: np.ndarray) -> Dict[str, float]:
-    """Average incremental accuracy and forgetting from a (T, T) accuracy matrix.
-
-    ``accuracy[t, j]`` is the accuracy on task j's classes after training task t (j <= t).
-    Average incremental accuracy is the mean over t of the accuracy on all classes seen so
-    far (here the mean of the row's seen tasks, tasks being of equal size); forgetting is
-    the mean over old tasks j < T - 1 of max_{t < T - 1} accuracy[t, j] - accuracy[T - 1, j]
-    (Chaudhry et al., 2018).
-    """
-    a = np.asarray(accuracy, dtype=np.float64)
-    T = a.shape[0]
-    per_step = [a[t, : t + 1].mean() for t in range(T)]
-    forgetting = [a[j : T - 1, j].max() - a[T - 1, j] for j in range(T - 1)]
-    return {
-        "average_incremental_accuracy": float(np.mean(per_step)),
-        "final_accuracy": float(per_step[-1]),
-        "forgetting": float(np.mean(forgetting)) if forgetting else 0.0,
-    }

@@ -1,13 +1,14 @@
-"""Long-tail and open-set protocols: a Pareto long-tailed split, many/medium/few-shot
-accuracy, and open-set rejection by a similarity threshold (F-measure, AUROC)."""
+"""Long-tail and open-set settings: a Pareto long-tailed split, class-balanced sampling, and
+open-set rejection by a similarity threshold fitted on validation queries. Their measures
+(many / medium / few-shot accuracy, open-set F-measure, AUROC) are in ``metricvision.metrics``."""
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import numpy as np
-from sklearn.metrics import roc_auc_score
+import torch
 
 from metricvision.supervision.base import SUPERVISIONS, LabelsLike, Supervision
+
+LT_ORDERS = ("random", "size")
 
 
 def pareto_counts(num_classes: int, max_count: int, min_count: int = 1, alpha: float = 6.0) -> np.ndarray:
@@ -25,67 +26,62 @@ def pareto_counts(num_classes: int, max_count: int, min_count: int = 1, alpha: f
     return np.maximum(min_count, np.round(max_count * (1.0 + s * rank) ** -alpha)).astype(np.int64)
 
 
-def long_tail_subset(labels: LabelsLike, max_count: int, min_count: int = 1, alpha: float = 6.0, seed: int = 0) -> np.ndarray:
-    """Indices of a long-tailed subset: classes in random order get ``pareto_counts`` samples
-    (fewer when a class has fewer)."""
+def long_tail_subset(
+    labels: LabelsLike, max_count: int, min_count: int = 1, alpha: float = 6.0, seed: int = 0, order: str = "random"
+) -> np.ndarray:
+    """Indices of a long-tailed subset: the classes, in ``order``, get ``pareto_counts`` samples
+    (fewer when a class has fewer).
+
+    Args:
+        order: "random" (ImageNet-LT) or "size" (largest classes first, ties at random: keeps
+            the profile when the classes are themselves unequal).
+    """
+    if order not in LT_ORDERS:
+        raise ValueError(f"order must be one of {LT_ORDERS}, got '{order}'")
     y = np.asarray(labels).reshape(-1)
     rng = np.random.default_rng(seed)
     classes = rng.permutation(np.unique(y[y >= 0]))
+    if order == "size":
+        classes = classes[np.argsort([-np.sum(y == c) for c in classes], kind="stable")]
     counts = pareto_counts(len(classes), max_count, min_count, alpha)
     keep = [rng.permutation(np.flatnonzero(y == c))[:n] for c, n in zip(classes, counts)]
     return np.sort(np.concatenate(keep))
 
 
-def shot_accuracy(
-    predictions: np.ndarray, labels: np.ndarray, train_counts: Dict[int, int], many: int = 100, few: int = 20
-) -> Dict[str, float]:
-    """Accuracy over all test samples and per shot group of their class's training count:
-    many (> ``many``), medium, few (< ``few``); groups are averaged per class."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    per_class = {int(c): float((predictions[labels == c] == c).mean()) for c in np.unique(labels)}
-    groups: Dict[str, list] = {"many": [], "medium": [], "few": []}
-    for c, acc in per_class.items():
-        n = train_counts.get(c, 0)
-        groups["many" if n > many else "few" if n < few else "medium"].append(acc)
-    out = {"accuracy": float((predictions == labels).mean())}
-    out.update({f"{g}_accuracy": float(np.mean(v)) if v else float("nan") for g, v in groups.items()})
-    return out
-
-
-def open_set_scores(scores: np.ndarray, predictions: np.ndarray, labels: np.ndarray, threshold: Optional[float] = None) -> Dict[str, float]:
-    """Open-set recognition by thresholding the best similarity.
+def reject_below(scores: torch.Tensor, classes: np.ndarray, threshold: float) -> np.ndarray:
+    """Open-set prediction: the best-scoring class, or -1 ("unknown") when its score < threshold.
 
     Args:
-        scores: (Q,) best similarity of each query to the gallery.
-        predictions: (Q,) the gallery class of that best match.
-        labels: (Q,) true class, -1 for queries of unknown (unseen) classes.
-        threshold: accept when score >= threshold; None picks the F-measure-maximizing one.
-
-    Returns:
-        auroc (known vs unknown by score), f_measure (micro F1 over known classes: a
-        true positive is an accepted, correctly identified known query; accepting an
-        unknown or a wrong class is a false positive; rejecting or misidentifying a known
-        query is a false negative), the threshold and the closed-set accuracy.
+        scores: (N, C) similarities to the known classes (e.g. ``metrics.classify.ncm_scores``).
+        classes: (C,) class labels of the columns.
     """
-    scores, predictions, labels = map(np.asarray, (scores, predictions, labels))
+    best, arg = scores.max(1)
+    return np.where(best.numpy() < threshold, -1, np.asarray(classes)[arg.numpy()])
+
+
+def fit_threshold(scores: torch.Tensor, classes: np.ndarray, labels: np.ndarray) -> float:
+    """The rejection threshold maximizing balanced open-set accuracy on validation queries.
+
+    Balanced open-set accuracy is the mean of the fraction of known queries accepted with the
+    right class and the fraction of unknown queries rejected. (OLTR's open-set F-measure,
+    ``metrics.open_set_f_measure``, does not count a rejected known query as an error, so
+    maximizing it would reject all but the most confident queries.)
+
+    Args:
+        scores: (N, C) similarities of validation queries to the known classes.
+        classes: (C,) class labels of the columns.
+        labels: (N,) true labels, -1 for queries of unknown classes (both kinds needed).
+    """
+    labels = np.asarray(labels)
     known = labels >= 0
     if known.all() or not known.any():
-        raise ValueError("open-set scores need both known (label >= 0) and unknown (label -1) queries")
-    auroc = float(roc_auc_score(known, scores))
-
-    def f1(t: float) -> float:
-        accept = scores >= t
-        tp = float((accept & known & (predictions == labels)).sum())
-        fp = float((accept & ~(known & (predictions == labels))).sum())
-        fn = float((known & ~(accept & (predictions == labels))).sum())
-        return 2 * tp / max(2 * tp + fp + fn, 1e-12)
-
-    if threshold is None:
-        candidates = np.unique(scores)
-        values = [f1(t) for t in candidates]
-        threshold = float(candidates[int(np.argmax(values))])
-    return {"auroc": auroc, "f_measure": f1(threshold), "threshold": float(threshold),
-            "closed_set_accuracy": float((predictions[known] == labels[known]).mean())}
+        raise ValueError("fit_threshold needs both known (label >= 0) and unknown (label -1) queries")
+    best = scores.max(1).values.numpy()
+    right = np.asarray(classes)[scores.argmax(1).numpy()] == labels
+    candidates = np.unique(best)
+    accepted_right = [(right & known & (best >= t)).sum() / known.sum() for t in candidates]
+    rejected_unknown = [(~known & (best < t)).sum() / (~known).sum() for t in candidates]
+    return float(candidates[int(np.argmax(np.add(accepted_right, rejected_unknown)))])
 
 
 @SUPERVISIONS.register("class_balanced")
