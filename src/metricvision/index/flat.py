@@ -1,19 +1,19 @@
 """FlatIndex: exact search in torch, chunked so that no (Q, N) matrix is ever held whole.
 
-Inner-product search over large sets runs in two stages when the CPU multiplies bfloat16
-faster than float32 (AVX512-BF16 / AMX): a bfloat16 matmul scores every (query, vector) pair
-and keeps, per query, every vector whose approximate score lies within twice the proven
-error bound of the running k-th best; those candidates are then re-scored in float32 and
-ranked. The bound makes the result identical to a float32 brute-force search (up to float32
-rounding), so the fast path is still exact.
+With ``prefilter="bf16"`` inner-product search runs in two stages: a bfloat16 matmul
+(2-3x faster than float32 on AVX512-BF16 / AMX CPUs) scores every (query, vector) pair and
+keeps, per query, every vector whose approximate score lies within twice the proven error
+bound of the running k-th best; those candidates are re-scored in float32 and ranked. The
+bound makes the result identical to a float32 brute-force search (up to float32 rounding).
+It pays off only when few vectors crowd the k-th best score: on hard data (k-th neighbour
+in the bulk of the score distribution) the candidate lists grow and re-scoring dominates,
+so it is opt-in.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -23,29 +23,12 @@ import torch
 from metricvision.index.base import INDEXES, ArrayLike, as_float32, as_ids
 
 METRICS = ("ip", "l2")
-PREFILTERS = ("auto", "bf16", "none")
+PREFILTERS = ("none", "bf16")
 # bfloat16 has 8 significant bits, so unit roundoff u = 2**-8. Rounding q and x (2u + u^2)
 # and the bfloat16 result (u (1 + 2u + u^2)) bound |approx - q.x| by ~3.02 u |q| |x|; the
 # float32 accumulation adds D * 2**-24 |q| |x|, covered by the extra 0.03 u for D < 2**10.
 _BF16_REL_ERR = 3.05 * 2.0**-8
-_MIN_PAIRS_FOR_BF16 = 1 << 33
 _GROUP = 64
-
-
-@functools.lru_cache(maxsize=None)
-def bf16_matmul_is_fast() -> bool:
-    """True when a bfloat16 matmul runs at least twice as fast as float32 on this CPU."""
-    a, b = torch.randn(1024, 128), torch.randn(8192, 128)
-
-    def best(x: torch.Tensor, y: torch.Tensor) -> float:
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            torch.mm(x, y.T)
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    return 2 * best(a.bfloat16(), b.bfloat16()) < best(a, b)
 
 
 @INDEXES.register("flat")
@@ -58,12 +41,11 @@ class FlatIndex:
             minus squared distances, so larger is better for both).
         query_chunk: queries scored at once.
         db_chunk: database vectors scored at once (query_chunk x db_chunk scores are held).
-        prefilter: "auto" (bfloat16 candidate stage for large "ip" searches when the CPU
-            is fast at it), "bf16" (always, for "ip"), or "none" (plain float32).
+        prefilter: "none" (plain float32) or "bf16" (bfloat16 candidate stage, "ip" only).
     """
 
     def __init__(
-        self, dim: int, metric: str = "ip", query_chunk: int = 2048, db_chunk: int = 16384, prefilter: str = "auto"
+        self, dim: int, metric: str = "ip", query_chunk: int = 2048, db_chunk: int = 16384, prefilter: str = "none"
     ) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got '{metric}'")
@@ -108,13 +90,6 @@ class FlatIndex:
             s = 2 * s - (q * q).sum(1, keepdim=True) - (x * x).sum(1)[None]
         return s
 
-    def _use_bf16(self, nq: int) -> bool:
-        if self.metric != "ip" or self.prefilter == "none":
-            return False
-        if self.prefilter == "bf16":
-            return True
-        return nq * len(self) >= _MIN_PAIRS_FOR_BF16 and bf16_matmul_is_fast()
-
     def search(self, q: ArrayLike, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k of (Q, D) queries -> (scores (Q, k), ids (Q, k)); missing entries are -1 / -inf."""
         if k < 1:
@@ -126,7 +101,7 @@ class FlatIndex:
         kk = min(k, n)
         if kk == 0 or nq == 0:
             return scores, ids
-        chunk_search = self._search_bf16 if self._use_bf16(nq) else self._search_exact
+        chunk_search = self._search_bf16 if self.prefilter == "bf16" and self.metric == "ip" else self._search_exact
         for qs in range(0, nq, self.query_chunk):
             qc = qa[qs : qs + self.query_chunk]
             best_s, best_i = chunk_search(qc, kk)
