@@ -120,6 +120,7 @@ def test_errors_are_shown_and_the_page_keeps_working(server, browser, tmp_path):
     browser.find_element(By.ID, "file").send_keys(str(bad))
     wait_for(browser, lambda d: "not an image" in d.find_element(By.ID, "status").text)
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+    wait_for(browser, lambda d: d.find_element(By.ID, "clear-image").is_displayed())
     browser.find_element(By.ID, "clear-image").click()
     browser.find_element(By.ID, "text").send_keys("green square", Keys.ENTER)
     wait_for(browser, lambda d: captions(d) and captions(d)[0] == "green square")

@@ -81,7 +81,7 @@ def nms(boxes: List[Box], iou_threshold: float) -> List[Box]:
 def boxes_from_map(
     heat: np.ndarray,
     rel_threshold: float = 0.6,
-    min_score: float = 0.2,
+    min_score: float = -1.0,
     window: int = 9,
     iou_threshold: float = 0.3,
     max_boxes: int = 10,
@@ -92,7 +92,7 @@ def boxes_from_map(
         heat: the map (cosine similarities, in [-1, 1]).
         rel_threshold: a peak's region is its connected component of values >= floor +
             rel_threshold * (peak - floor), floor being the map's median.
-        min_score: peaks below this are ignored.
+        min_score: peaks below this are ignored (default: none; only the contrast of the map counts).
         window: peak neighbourhood (odd, pixels of the map).
         iou_threshold: NMS threshold.
         max_boxes: most boxes returned.
