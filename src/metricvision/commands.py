@@ -103,23 +103,11 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
 
 def embed(args: argparse.Namespace) -> Dict[str, Any]:
     """`metricvision embed`: writes embeddings, labels and image paths to an .npz file."""
-    from metricvision.data.sample import DATASETS, Sample
+    from metricvision.data.sample import load_samples
     from metricvision.engine.runs import load_run
 
     recipe, model = load_run(args.run)
-    if args.dataset:
-        import metricvision.data.emoji  # noqa: F401
-
-        splits = DATASETS.create(args.dataset)
-        if args.split not in splits:
-            raise ValueError(f"split must be one of {sorted(splits)}, got '{args.split}'")
-        samples = splits[args.split]
-    else:
-        exts = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
-        files = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in exts)
-        if not files:
-            raise FileNotFoundError(f"no images (*.png, *.jpg, ...) under {args.images}")
-        samples = [Sample(image=str(p)) for p in files]
+    samples = load_samples(args.dataset, args.images, args.split)
     emb = _embed_fn(model, recipe.data.image_size)(samples).numpy()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")

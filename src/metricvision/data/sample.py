@@ -103,3 +103,23 @@ def relabel(samples: Sequence[Sample]) -> List[Sample]:
             mapping[s.label] = len(mapping)
         out.append(Sample(**{**s.__dict__, "label": mapping.get(s.label, -1)}))
     return out
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
+
+
+def load_samples(dataset: Optional[str] = None, images: Optional[str | Path] = None, split: str = "test") -> List[Sample]:
+    """Samples of a registered dataset's split, or of every image file under a folder (recursively)."""
+    if (dataset is None) == (images is None):
+        raise ValueError("give exactly one of dataset (a registered name) or images (a folder)")
+    if dataset is not None:
+        import metricvision.data.emoji  # noqa: F401  (registers the built-in dataset)
+
+        splits = DATASETS.create(dataset)
+        if split not in splits:
+            raise ValueError(f"split must be one of {sorted(splits)}, got '{split}'")
+        return splits[split]
+    files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {images}")
+    return [Sample(image=str(p.resolve())) for p in files]

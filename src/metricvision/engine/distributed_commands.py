@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-from metricvision.data.sample import Sample
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -85,30 +84,14 @@ def distributed_train(args: argparse.Namespace) -> Dict[str, Any] | None:
     return metrics if trainer.rank == 0 else None
 
 
-def _samples(args: argparse.Namespace) -> List[Sample]:
-    from metricvision.data.sample import DATASETS
-
-    if args.dataset:
-        import metricvision.data.emoji  # noqa: F401  (registers the built-in dataset)
-
-        splits = DATASETS.create(args.dataset)
-        if args.split not in splits:
-            raise ValueError(f"split must be one of {sorted(splits)}, got '{args.split}'")
-        return splits[args.split]
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
-    files = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in exts)
-    if not files:
-        raise FileNotFoundError(f"no images (*.png, *.jpg, ...) under {args.images}")
-    return [Sample(image=str(p.resolve())) for p in files]
-
-
 def ray_embed_command(args: argparse.Namespace) -> Dict[str, Any]:
     """`metricvision ray-embed`."""
+    from metricvision.data.sample import load_samples
     from metricvision.engine.ray_embed import ray_embed
     from metricvision.engine.runs import load_run
 
     recipe, model = load_run(args.run)
-    return ray_embed(model, _samples(args), args.out, image_size=recipe.data.image_size, address=args.address,
+    return ray_embed(model, load_samples(args.dataset, args.images, args.split), args.out, image_size=recipe.data.image_size, address=args.address,
                      num_workers=args.workers, cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size)
 
 
