@@ -55,3 +55,15 @@ def test_unknown_supervision_names_the_choices(tmp_path, emoji_small):
     train, test = emoji_small
     with pytest.raises(Exception, match="label_propagation"):
         Trainer(load_recipe("default", TINY + ["supervision.name=propagation"]), tmp_path / "run", train, test)
+
+
+def test_episodic_recipe_trains_on_episodes(tmp_path, emoji_small):
+    train, test = emoji_small
+    recipe = load_recipe("fewshot_episodic", TINY + ["train.epochs=1", "supervision.params.n_way=3"])
+    t = Trainer(recipe, tmp_path / "run", train, test)
+    batches = []
+    t.hooks.append(type("Spy", (), {"targets": lambda self, tr, idx, y: batches.append(y.clone()) or y})())
+    metrics = t.fit()
+    assert len(batches) == len(t.sampler) and 0 < metrics["map@r"] <= 1
+    for y in batches:  # 3-way episodes of 1 support + 3 queries per class
+        assert len(y) == 12 and sorted(torch.bincount(y)[torch.bincount(y) > 0].tolist()) == [4, 4, 4]
