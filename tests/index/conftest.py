@@ -18,3 +18,4 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     """(database (4000, 32), queries (50, 32))."""
     x = clustered(4050, 32, 40, seed=0)
     return x[:4000], x[4000:]
+

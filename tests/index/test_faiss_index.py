@@ -27,7 +27,7 @@ def test_faiss_flat_equals_flat_index(data, metric):
 
 @pytest.mark.parametrize(
     "spec,params,min_recall",
-    [("HNSW32", "efSearch=64", 0.95), ("IVF16,Flat", "nprobe=4", 0.9), ("IVF16,PQ16", "nprobe=4", 0.45)],
+    [("HNSW32", "efSearch=64", 0.95), ("IVF16,Flat", "nprobe=4", 0.9), ("IVF16,SQ8", "nprobe=4", 0.9), ("IVF16,PQ16x4", "nprobe=4", 0.15)],
 )
 def test_fast_index_recall_against_exact(data, spec, params, min_recall):
     x, q = data

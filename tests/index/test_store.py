@@ -62,6 +62,7 @@ def _run_child(root: Path, body: str) -> int:
     return subprocess.run([sys.executable, "-c", code], timeout=120).returncode
 
 
+@pytest.mark.slow  # starts a Python process
 def test_process_killed_mid_write_keeps_previous_version(tmp_path):
     store = IndexStore(tmp_path)
     store.save(flat(5))
@@ -77,6 +78,7 @@ def test_process_killed_mid_write_keeps_previous_version(tmp_path):
     assert len(store.load()) == 9
 
 
+@pytest.mark.slow  # starts a Python process
 def test_killed_before_current_moves_keeps_previous_version(tmp_path):
     store = IndexStore(tmp_path)
     store.save(flat(5))
