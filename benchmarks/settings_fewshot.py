@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from metricvision.losses import create_loss
+from metricvision.metrics import few_shot_accuracy
 from metricvision.supervision import SUPERVISIONS
 from metricvision.supervision.fewshot import (
-    CosineClassifier, EpisodeSampler, dense_classification_loss, episode_accuracy, implant_episode, mean_and_interval,
+    CosineClassifier, EpisodeSampler, dense_classification_loss, implant_episode, mean_and_interval,
 )
 from settings_common import Timer, emoji_features, embed, make_head, print_table, train_head
 
@@ -54,13 +55,10 @@ def main() -> None:
              "dense classification head": (dense_head, t_dense)}
     rows = []
     for shots in (1, 5):
-        sampler = EpisodeSampler(test["y"], 5, shots, 5, a.episodes, seed=a.seed)
         for name, (head, secs) in heads.items():
-            e = embed(head, test["x"])
-            for clf_name in ("prototypical", "cosine"):
-                r = episode_accuracy(e, sampler, clf_name)
-                rows.append({"shots": shots, "embedding": name, "classifier": clf_name,
-                             "accuracy": f"{100 * r['accuracy']:.1f} +- {100 * r['ci95']:.1f}", "train s": secs})
+            r = few_shot_accuracy(embed(head, test["x"]), test["y"].numpy(), 5, shots, 5, a.episodes, a.seed)
+            rows.append({"shots": shots, "embedding": name, "classifier": "prototypical",
+                         "accuracy": f"{100 * r['accuracy']:.1f} +- {100 * r['ci95']:.1f}", "train s": secs})
         # implanting on the dense head's embedding, fewer episodes (each trains an implant)
         t = Timer()
         base = embed(dense_head, test["x"])

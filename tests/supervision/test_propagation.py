@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
@@ -140,3 +141,11 @@ def test_partial_labels_supervision_binds_and_hides():
     assert int((sup.labels_ >= 0).sum()) == 8
     for b in sup.batches(4, 10, torch.Generator().manual_seed(0)):
         assert all(int(sup.labels_[i]) >= 0 for i in b)
+
+
+def test_refresh_every_skips_epochs_between_refreshes():
+    sup = SUPERVISIONS.create("label_propagation", refresh_every=3)
+    assert [sup.refresh_due(e) for e in range(7)] == [True, False, False, True, False, False, True]
+    assert not SUPERVISIONS.create("partial_labels").refresh_due(0)
+    with pytest.raises(ValueError, match="refresh_every must be >= 1"):
+        SUPERVISIONS.create("label_propagation", refresh_every=0)

@@ -54,10 +54,12 @@ class Supervision:
         samples_per_class: K of the P x K batches drawn by ``batches``.
 
     Attributes:
-        needs_embeddings: ``refresh`` must see the current (N, D) training embeddings each epoch.
+        needs_embeddings: ``refresh`` must see the current (N, D) training embeddings.
+        refresh_every: refresh at epochs 0, refresh_every, 2 * refresh_every, ...
     """
 
     needs_embeddings: bool = False
+    refresh_every: int = 1
 
     def __init__(
         self,
@@ -119,9 +121,13 @@ class Supervision:
         if self.labels_ is None:
             self.bind([s.label for s in trainer.train_samples])
 
+    def refresh_due(self, epoch: int) -> bool:
+        """Whether the targets are refreshed from the embeddings at the start of ``epoch``."""
+        return self.needs_embeddings and epoch % self.refresh_every == 0
+
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         """Refresh from the current training embeddings when the setting needs them."""
-        if self.needs_embeddings:
+        if self.refresh_due(epoch):
             logs = self.refresh(trainer.embed(trainer.train_samples))
             trainer._log({"event": "supervision", "epoch": epoch, **logs})
 

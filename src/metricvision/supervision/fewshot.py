@@ -1,5 +1,6 @@
 """Few-shot learning: episodes, prototypical and cosine classifiers, dense classification
-and implanting (Snell et al., NeurIPS 2017; Lifchitz et al., CVPR 2019)."""
+and implanting (Snell et al., NeurIPS 2017; Lifchitz et al., CVPR 2019). Few-shot accuracy
+of fixed embeddings with its 95% interval is ``metricvision.metrics.few_shot_accuracy``."""
 from __future__ import annotations
 
 import math
@@ -74,25 +75,10 @@ def classify(queries: torch.Tensor, protos: torch.Tensor, classifier: str = "pro
     raise ValueError(f"classifier must be one of {CLASSIFIERS}, got '{classifier}'")
 
 
-def episode_accuracy(
-    embeddings: torch.Tensor, sampler: EpisodeSampler, classifier: str = "prototypical"
-) -> Dict[str, float]:
-    """Mean accuracy over episodes with its 95% confidence interval (1.96 std / sqrt(E)).
-
-    Args:
-        embeddings: (N, D) embeddings of the dataset the sampler indexes.
-    """
-    accs = []
-    q_labels = torch.arange(sampler.n_way).repeat_interleave(sampler.n_query)
-    for s, q in sampler:
-        protos = prototypes(embeddings[torch.from_numpy(s)], sampler.n_way, sampler.k_shot)
-        pred = classify(embeddings[torch.from_numpy(q)], protos, classifier).argmax(1)
-        accs.append(float((pred == q_labels).float().mean()))
-    return mean_and_interval(np.array(accs))
-
-
 def mean_and_interval(values: np.ndarray) -> Dict[str, float]:
-    """{"accuracy": mean, "ci95": 1.96 * std / sqrt(n), "episodes": n}."""
+    """{"accuracy": mean, "ci95": 1.96 * std / sqrt(n), "episodes": n} of per-episode accuracies
+    computed outside ``metrics.few_shot_accuracy`` (which scores fixed embeddings by prototypes),
+    e.g. when every episode trains an implant."""
     n = len(values)
     std = float(values.std(ddof=1)) if n > 1 else 0.0
     return {"accuracy": float(values.mean()), "ci95": 1.96 * std / math.sqrt(max(n, 1)), "episodes": float(n)}

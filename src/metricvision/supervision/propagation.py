@@ -95,6 +95,8 @@ class LabelPropagation(Supervision):
         alpha: diffusion parameter.
         max_iter: conjugate-gradient iterations.
         class_balance: multiply weights by the inverse class frequency.
+        refresh_every: propagate again every this many epochs (the pseudo-labels of the
+            epochs between are those of the last propagation).
     """
 
     needs_embeddings = True
@@ -111,8 +113,12 @@ class LabelPropagation(Supervision):
         alpha: float = 0.99,
         max_iter: int = 20,
         class_balance: bool = True,
+        refresh_every: int = 1,
     ) -> None:
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
         self.k, self.gamma, self.alpha, self.max_iter = k, gamma, alpha, max_iter
+        self.refresh_every = refresh_every
         self.class_balance = class_balance
         super().__init__(labels, label_fraction, label_seed, samples_per_class, label_mode)
 
