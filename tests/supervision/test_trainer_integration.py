@@ -6,7 +6,7 @@ import torch
 
 from metricvision.config import load_recipe
 from metricvision.engine.trainer import Trainer
-from metricvision.supervision import LabelPropagation, ManifoldMining
+from metricvision.supervision import SUPERVISIONS, LabelPropagation, ManifoldMining
 
 TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "data.image_size=24",
         "data.batch_size=16", "train.epochs=2", "optim.warmup_steps=2", "eval.clustering=false"]
@@ -48,6 +48,15 @@ def test_manifold_mining_recipe_trains_without_labels(tmp_path, emoji_small):
     assert event["anchors_with_tuples"] > 0 and bool((sup.labels_ == -1).all())
     losses = t.history["step_loss"]
     assert 0 < len(losses) <= event["anchors_with_tuples"] and all(l == l for l in losses)
+    assert 0 < metrics["map@r"] <= 1
+
+
+@pytest.mark.parametrize("name", SUPERVISIONS.names())
+def test_every_registered_supervision_trains_one_epoch_with_its_defaults(tmp_path, emoji_small, name):
+    train, test = emoji_small
+    t = Trainer(load_recipe("default", TINY + ["train.epochs=1", f"supervision.name={name}"]), tmp_path / "run", train, test)
+    metrics = t.fit()
+    assert len(t.history["step_loss"]) > 0 and all(v == v for v in t.history["step_loss"])
     assert 0 < metrics["map@r"] <= 1
 
 

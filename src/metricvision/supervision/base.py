@@ -15,7 +15,7 @@ The same objects work without a Trainer: ``bind(labels)``, ``refresh(embeddings)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch

@@ -5,7 +5,7 @@ Shared by label propagation (Iscen et al., CVPR 2019) and mining on manifolds
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
