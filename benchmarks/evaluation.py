@@ -9,6 +9,7 @@ counts every allocation (numpy, torch, faiss, OpenMP buffers), which tracemalloc
     python benchmarks/evaluation.py                      # 100k and 300k vs PML, 1M ours only
     python benchmarks/evaluation.py --sizes 20000 --ours-only-sizes ""   # quick run
     python benchmarks/evaluation.py --sizes "" --ours-only-sizes "" --probe-sizes 1000000
+    python benchmarks/evaluation.py --sizes "" --ours-only-sizes 100000,1000000 --index IVF4096,Flat
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ def rss(field):
             return int(line.split()[1]) * 1024
     return 0
 
-which, xpath, ypath = sys.argv[1:4]
+which, xpath, ypath, spec, params = sys.argv[1:6]
 x, y = np.load(xpath), np.load(ypath)
 if which == "pml":
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -58,7 +58,11 @@ elif which == "probe":  # the evaluation's index and one 2048-query chunk of its
     index.search(x[:2048], int(np.bincount(y).max()) + 1)
     out = {"chunks": len(x) / 2048}
 else:
-    r = evaluate_retrieval(x, y, ks=(1,), clustering=False)
+    index = None
+    if spec != "exact":
+        from metricvision.index.factory import create_index
+        index = create_index(spec, x.shape[1], "ip", params=params)
+    r = evaluate_retrieval(x, y, ks=(1,), clustering=False, index=index)
     out = {k: r[k] for k in ("precision@1", "r_precision", "map@r")}
 out["seconds"] = time.perf_counter() - t0
 out["peak_mb"] = (rss("VmHWM:") - base) / 2**20
@@ -77,10 +81,10 @@ def make_data(n: int, dim: int, per_class: int, noise: float = 2.0, seed: int = 
     return x, y.astype(np.int64)
 
 
-def run(which: str, x: np.ndarray, y: np.ndarray, tmp: Path, timeout: float) -> dict:
+def run(which: str, x: np.ndarray, y: np.ndarray, tmp: Path, timeout: float, spec: str = "exact", params: str = "") -> dict:
     np.save(tmp / "x.npy", x)
     np.save(tmp / "y.npy", y)
-    proc = subprocess.run([sys.executable, "-c", RUNNER, which, str(tmp / "x.npy"), str(tmp / "y.npy")],
+    proc = subprocess.run([sys.executable, "-c", RUNNER, which, str(tmp / "x.npy"), str(tmp / "y.npy"), spec, params],
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{which} run failed:\n{proc.stderr[-2000:]}")
@@ -95,6 +99,8 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--per-class", type=int, default=100, help="mean class size (k = largest class)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds allowed per run")
+    p.add_argument("--index", default="exact", help='our index for the --ours-only-sizes runs: "exact" or a faiss spec, e.g. "IVF4096,Flat"')
+    p.add_argument("--index-params", default="nprobe=32", help="faiss search parameters for --index")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     ours_only = [int(s) for s in args.ours_only_sizes.split(",") if s]
@@ -102,7 +108,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for n in sizes + ours_only:
             x, y = make_data(n, args.dim, args.per_class)
-            ours = run("ours", x, y, Path(d), args.timeout)
+            spec = args.index if n in ours_only else "exact"
+            ours = run("ours", x, y, Path(d), args.timeout, spec, args.index_params)
             peer = run("pml", x, y, Path(d), args.timeout) if n in sizes else None
             rows.append((n, ours, peer))
             print(json.dumps({"n": n, "ours": ours, "pml": peer}), flush=True)
