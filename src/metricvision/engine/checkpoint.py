@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from safetensors import safe_open
+from metricvision._atomic import atomic_write
 
 
 def _flatten_optimizer(state: Dict[str, Any]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -49,15 +49,8 @@ def save_checkpoint(path: str | os.PathLike, modules: Dict[str, torch.nn.Module]
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
         tensors.update({k: v.cpu() for k, v in opt_tensors.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"metricvision": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        f.write(save(tensors, metadata={"metricvision": json.dumps(meta)}))
 
 
 def load_checkpoint(path: str | os.PathLike, modules: Dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None = None) -> Dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from metricvision.index.atomic import atomic_write
+from metricvision._atomic import atomic_write
 from metricvision.index.base import INDEXES, ArrayLike, as_float32, as_ids
 from metricvision.index.filtered import overfetch_search
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
+from metricvision._atomic import atomic_write
 from metricvision.index.base import INDEXES, ArrayLike, as_float32, as_ids
 
 METRICS = ("ip", "l2")
@@ -176,12 +176,8 @@ class FlatIndex:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` (a .npz file) under a temporary name, then rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, x=self._x.numpy(), ids=self._ids.numpy(), meta=json.dumps({"dim": self.dim, "metric": self.metric}))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FlatIndex":

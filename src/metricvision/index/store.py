@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from metricvision.index.atomic import atomic_write
+from metricvision._atomic import atomic_write
 from metricvision.index.base import INDEXES, Index
 
 FORMAT = 1

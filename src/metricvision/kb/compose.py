@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metricvision._atomic import atomic_write
 from metricvision.losses import create_loss
 
 
@@ -53,14 +52,11 @@ class Combiner(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """safetensors with the constructor arguments in the metadata (temp name, then rename)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
         args = {"dim": self.dim, "hidden": self.hidden, "text_weight": self.text_weight}
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, tmp, metadata={"combiner": json.dumps(args)})
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            f.write(save({k: v.contiguous() for k, v in self.state_dict().items()}, metadata={"combiner": json.dumps(args)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Combiner":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -17,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from metricvision._atomic import atomic_write
 from metricvision.data import load_image
 from metricvision.models import Embedder
 from metricvision.models.text import TextEncoder, create_text_encoder
@@ -164,17 +164,14 @@ class ImageTextModel:
 def save_image_model(embedder: Embedder, path: str | os.PathLike, image_size: int, text_model: Optional[str] = None,
                      pretrained: bool = True) -> ModelCard:
     """Write the Embedder's weights with its card in the safetensors metadata (temp name, then rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     card = ModelCard(backbone=embedder.backbone_name, pooling=_pooling_name(embedder), dim=embedder.dim,
                      head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained, text_model=text_model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     state = {k: v.contiguous() for k, v in embedder.state_dict().items()}
-    save_file(state, tmp, metadata={CARD_KEY: json.dumps(asdict(card))})
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(save(state, metadata={CARD_KEY: json.dumps(asdict(card))}))
     card.checkpoint, card.checkpoint_sha256 = str(path.resolve()), file_sha256(path)
     return card
 

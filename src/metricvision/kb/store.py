@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sqlite3
-import tempfile
 from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from metricvision._atomic import atomic_write
 from metricvision.data import Sample
 from metricvision.index import Index, IndexStore, create_index, filtered_search
 from metricvision.index.store import registered_name
@@ -40,12 +40,8 @@ FILTER_COLUMNS = ("label", "caption")
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary name in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, indent=2).encode())
 
 
 class KnowledgeBase:

