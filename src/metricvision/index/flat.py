@@ -21,13 +21,10 @@ import torch
 
 from metricvision._atomic import atomic_write
 from metricvision.index.base import INDEXES, ArrayLike, as_float32, as_ids
+from metricvision.index.candidates import BF16_REL_ERR, Candidates, kth_lower_bound, rescore, row_survivors
 
 METRICS = ("ip", "l2")
 PREFILTERS = ("none", "bf16")
-# bfloat16 has 8 significant bits, so unit roundoff u = 2**-8. Rounding q and x (2u + u^2)
-# and the bfloat16 result (u (1 + 2u + u^2)) bound |approx - q.x| by ~3.02 u |q| |x|; the
-# float32 accumulation adds D * 2**-24 |q| |x|, covered by the extra 0.03 u for D < 2**10.
-_BF16_REL_ERR = 3.05 * 2.0**-8
 _GROUP = 64
 
 
@@ -130,9 +127,9 @@ class FlatIndex:
             # zero rows pad to whole groups; their columns are dropped from the candidates
             self._xb = torch.cat([self._x, torch.zeros(-n % g, self.dim)]).bfloat16()
             self._max_norm = float(self._x.norm(dim=1).max())
-        band = 2 * _BF16_REL_ERR * qc.norm(dim=1) * self._max_norm + 1e-6
+        band = 2 * BF16_REL_ERR * qc.norm(dim=1) * self._max_norm + 1e-6
         qb = qc.bfloat16()
-        cand = _Candidates(qc.shape[0], kk, band)
+        cand = Candidates(qc.shape[0], kk, band)
         chunk = -(-self.db_chunk // g) * g
         # a reused buffer: a fresh large tensor per block costs more in page faults than the matmul
         s_buf = torch.empty(qc.shape[0] * min(chunk, len(self._xb)), dtype=torch.bfloat16)
@@ -140,39 +137,14 @@ class FlatIndex:
             block = self._xb[ds : ds + chunk]
             s = s_buf[: qc.shape[0] * block.shape[0]].view(qc.shape[0], -1)
             torch.mm(qb, block.T, out=s)
-            groups = s.view(qc.shape[0], -1, g)
-            # group maxima in one cheap pass over the int16 view: for positive bfloat16 values the
-            # int16 order is the float order, and a negative group's "max" is one of its values
-            gmax = groups.view(torch.int16).amax(-1)
-            if ds == 0 and gmax.shape[1] >= kk:
-                # kk groups each hold a value >= their representative: a lower bound of the kk-th best
-                cand.raise_tau(gmax.view(torch.bfloat16).float().topk(kk, dim=1).values[:, -1])
-            elif ds == 0 and block.shape[0] >= kk:
-                cand.raise_tau(s.float().topk(kk, dim=1).values[:, -1])
-            thr = cand.threshold_bf16()
-            thr_i16 = torch.where(thr > 0, thr.view(torch.int16), torch.iinfo(torch.int16).min)
-            rows, gid = (gmax >= thr_i16[:, None]).nonzero(as_tuple=True)
-            vals = groups[rows, gid]
-            hit, j = (vals >= thr[rows][:, None]).nonzero(as_tuple=True)
-            cols = ds + gid[hit] * g + j
-            real = cols < n
-            cand.append(rows[hit][real], cols[real], vals[hit, j][real].float())
+            s[:, n - ds :] = -float("inf")  # padding columns (last block only)
+            if ds == 0:
+                cand.raise_tau(kth_lower_bound(s, kk, g))
+            rows, cols, vals = row_survivors(s, cand.threshold(torch.bfloat16), g)
+            real = cols + ds < n
+            cand.append(rows[real], cols[real] + ds, vals[real].float())
         cand.compact()
-        return self._rescore(qc, cand.ids, cand.scores > -float("inf"), kk)
-
-    def _rescore(self, qc: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor, kk: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Float32 scores of (B, W) candidate positions, then the top-kk of each row."""
-        out_s = torch.empty(qc.shape[0], kk)
-        out_i = torch.empty(qc.shape[0], kk, dtype=torch.int64)
-        rows = max(1, (1 << 23) // max(1, cand.shape[1] * self.dim))
-        for r in range(0, qc.shape[0], rows):
-            c = cand[r : r + rows]
-            vecs = torch.index_select(self._x, 0, c.clamp_min(0).flatten()).view(*c.shape, self.dim)
-            exact = torch.bmm(vecs, qc[r : r + rows, :, None]).squeeze(-1)
-            exact.masked_fill_(~valid[r : r + rows], -float("inf"))
-            out_s[r : r + rows], j = exact.topk(kk, dim=1)
-            out_i[r : r + rows] = c.gather(1, j)
-        return out_s, out_i
+        return rescore(qc, self._x, cand.ids, cand.scores > -float("inf"), kk)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` (a .npz file) under a temporary name, then rename."""
@@ -189,61 +161,3 @@ class FlatIndex:
             index = cls(meta["dim"], meta["metric"])
             index.add(z["x"], z["ids"])
         return index
-
-
-class _Candidates:
-    """Per-query candidate lists (dense, -inf padded) whose approximate score is >= tau - band.
-
-    tau is a lower bound of each query's approximate k-th best score; it only rises, and
-    every true top-k vector has an approximate score >= tau - band, so none is ever dropped.
-    """
-
-    def __init__(self, nq: int, kk: int, band: torch.Tensor) -> None:
-        self.kk, self.band = kk, band
-        self.tau = torch.full((nq,), -float("inf"))
-        self.scores = torch.full((nq, 0), -float("inf"))
-        self.ids = torch.full((nq, 0), -1, dtype=torch.int64)
-        self.fill = torch.zeros(nq, dtype=torch.int64)
-
-    def raise_tau(self, kth: torch.Tensor) -> None:
-        self.tau = torch.maximum(self.tau, kth)
-
-    def threshold_bf16(self) -> torch.Tensor:
-        """tau - band rounded down to bfloat16, so comparing in bfloat16 keeps a superset."""
-        t = self.tau - self.band
-        return (t - t.abs() * 2.0**-7).bfloat16()
-
-    def append(self, rows: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor) -> None:
-        if rows.numel() == 0:
-            return
-        counts = torch.bincount(rows, minlength=len(self.fill))
-        if int((self.fill + counts).max()) > self.scores.shape[1]:
-            self.compact()
-            # head room, so that the next blocks append without compacting again
-            self._widen(max(int((self.fill + counts).max()), 2 * self.scores.shape[1], 2 * self.kk))
-        starts = torch.cumsum(counts, 0) - counts
-        pos = self.fill[rows] + torch.arange(len(rows)) - starts[rows]
-        self.scores[rows, pos] = scores
-        self.ids[rows, pos] = ids
-        self.fill += counts
-
-    def compact(self) -> None:
-        """Raise tau to each row's k-th best candidate and drop candidates below tau - band."""
-        if self.scores.shape[1] >= self.kk:
-            self.raise_tau(self.scores.topk(self.kk, dim=1).values[:, -1])
-        self.scores, order = self.scores.sort(dim=1, descending=True)
-        self.ids = self.ids.gather(1, order)
-        keep = self.scores >= (self.tau - self.band)[:, None]
-        self.scores.masked_fill_(~keep, -float("inf"))
-        self.fill = keep.sum(1)
-        width = int(self.fill.max()) if len(self.fill) else 0
-        self.scores, self.ids = self.scores[:, :width].contiguous(), self.ids[:, :width].contiguous()
-
-    def _widen(self, width: int) -> None:
-        extra = width - self.scores.shape[1]
-        if extra <= 0:
-            return
-        if extra <= 0:
-            return
-        self.scores = torch.cat([self.scores, torch.full((len(self.fill), extra), -float("inf"))], 1)
-        self.ids = torch.cat([self.ids, torch.full((len(self.fill), extra), -1, dtype=torch.int64)], 1)

@@ -5,7 +5,7 @@ metrics are accumulated as running sums, so 1M x 128 embeddings evaluate in a fe
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ import torch
 from metricvision.index.base import Index
 from metricvision.index.faiss_index import FaissIndex
 from metricvision.index.flat import FlatIndex
+from metricvision.index.self_knn import self_knn
 from metricvision.metrics.clustering import cluster_scores
 from metricvision.metrics.retrieval import ap_at_r_per_query, hits_from_labels, r_precision_per_query
 
@@ -82,15 +83,9 @@ def retrieval_scores(
     num_relevant = np.where((len(classes) > 0) & (classes[pos] == qy), ref_counts[pos], 0) - int(loo)
     num_relevant = num_relevant.clip(min=0)
     k = int(min(len(r) - int(loo), max(max(ks), num_relevant.max(initial=0))))
-    if index is None:
-        index = exact_index(r.shape[1])
-    index.add(r, np.arange(len(r)))
     sums = {f"recall@{kk}": 0.0 for kk in ks} | {"precision@1": 0.0, "r_precision": 0.0, "map@r": 0.0}
     count = 0
-    for s in range(0, len(q), query_chunk):
-        _, ids = index.search(q[s : s + query_chunk], k + int(loo))
-        if loo:
-            ids = _drop_self(ids, np.arange(s, s + len(ids))[:, None])
+    for s, ids in _ranked(q, r, loo, k, index, query_chunk):
         hits = hits_from_labels(np.where(ids >= 0, ry[ids], -1), qy[s : s + len(ids)])
         nr = num_relevant[s : s + len(ids)]
         valid = nr > 0
@@ -104,6 +99,21 @@ def retrieval_scores(
     out = {name: v / count if count else 0.0 for name, v in sums.items()}
     out["num_queries"] = float(count)
     return out
+
+
+def _ranked(q: np.ndarray, r: np.ndarray, loo: bool, k: int, index: Optional[Index], query_chunk: int) -> Iterator[Tuple[int, np.ndarray]]:
+    """(start, (b, k) ranked reference ids) for consecutive query chunks. Leave-one-out with
+    no index given runs the symmetric ``self_knn`` (each pair of blocks scored once)."""
+    if loo and index is None and k >= 1:
+        for s, _, ids in self_knn(q, k):
+            yield s, ids
+        return
+    if index is None:
+        index = exact_index(r.shape[1])
+    index.add(r, np.arange(len(r)))
+    for s in range(0, len(q), query_chunk):
+        _, ids = index.search(q[s : s + query_chunk], k + int(loo))
+        yield s, _drop_self(ids, np.arange(s, s + len(ids))[:, None]) if loo else ids
 
 
 def exact_index(dim: int) -> Index:

@@ -1,0 +1,160 @@
+"""Exact leave-one-out k-NN of a set against itself, each pair of blocks scored once.
+
+Leave-one-out evaluation searches every item against all the others. The score matrix is
+symmetric, so block (i, j) serves the rows of block i (row-wise) and those of block j
+(column-wise): half the matmuls of a search through an index. Blocks are scored in
+bfloat16 where the CPU multiplies it faster (AVX512-BF16 / AMX) and the survivors of a
+proven error band are re-scored in float32 (see ``candidates``), so the neighbours equal a
+float32 brute-force search up to float32 rounding.
+
+Order of work: the diagonal blocks first (they seed each row's k-th best lower bound), then
+row block i against every later block j; after that sweep block i has met every other
+block, so its rows are final and are yielded while later rows still collect candidates.
+Memory: one (B, B) block plus a few candidates per row, O(N k), never N x N.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Iterator, Tuple
+
+import numpy as np
+import torch
+
+from metricvision.index import knn_scan
+
+PRECISIONS = ("auto", "bf16", "fp32")
+_SEED_GROUP = 16
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_is_faster() -> bool:
+    """Does this CPU multiply bfloat16 at least 1.3x faster than float32? (timed once, ~20 ms)"""
+    a, b = torch.randn(1024, 128), torch.randn(2048, 128)
+    seconds = {}
+    for dt in (torch.float32, torch.bfloat16):
+        x, y = a.to(dt), b.to(dt)
+        x @ y.T
+        t = time.perf_counter()
+        for _ in range(3):
+            x @ y.T
+        seconds[dt] = time.perf_counter() - t
+    return seconds[torch.bfloat16] * 1.3 < seconds[torch.float32]
+
+
+def self_knn(
+    x: torch.Tensor | np.ndarray, k: int, block: int = 4096, precision: str = "auto"
+) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
+    """Top-k inner-product neighbours of every row of ``x`` among the other rows.
+
+    Args:
+        x: (N, D) float32 vectors.
+        k: neighbours per row (at most N - 1 are found; the rest are -inf / -1).
+        block: rows per block (raised to 16 k so that the first lower bound exists).
+        precision: "bf16" (bfloat16 scoring + float32 re-scoring), "fp32", or "auto"
+            (bf16 when this CPU multiplies it faster).
+
+    Yields:
+        (start, scores (b, k) float32, ids (b, k) int64) for consecutive row blocks, in order.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got '{precision}'")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    x = torch.as_tensor(x, dtype=torch.float32).contiguous()
+    n, dim = x.shape
+    kk = min(k, n - 1)
+    dt = torch.bfloat16 if precision == "bf16" or (precision == "auto" and bf16_is_faster()) else torch.float32
+    if kk < 1:
+        for s0 in range(0, n, block):
+            b = min(block, n - s0)
+            yield s0, np.full((b, k), -np.inf, np.float32), np.full((b, k), -1, np.int64)
+        return
+    block = -(-min(block, n) // 64) * 64
+    xb = torch.cat([x, torch.zeros(-n % 64, dim)]).to(dt)  # whole groups; padding is never read
+    band = _input_error_band(x, xb[:n].float())
+    lists = _Lists(n, kk, band)
+    xn = x.numpy()
+    buf = torch.empty(block * block, dtype=dt)
+    starts = list(range(0, n, block))
+
+    def scan(i: int, j: int) -> None:
+        a, b = xb[starts[i] : starts[i] + block], xb[starts[j] : starts[j] + block]
+        s = buf[: len(a) * len(b)].view(len(a), len(b))
+        torch.mm(a, b.T, out=s)
+        if i == j:
+            s.diagonal().fill_(-float("inf"))
+        bits = s.bfloat16().view(torch.int16) if dt != torch.bfloat16 else s.view(torch.int16)
+        rows, cols = min(len(a), n - starts[i]), min(len(b), n - starts[j])
+        if i == j and cols // _SEED_GROUP >= kk:
+            # kk groups of _SEED_GROUP columns each hold a score >= their maximum, so the kk-th
+            # best group maximum is a lower bound of the kk-th best score: a first tau
+            seed = s[:rows, : cols - cols % _SEED_GROUP].reshape(rows, -1, _SEED_GROUP).amax(-1)
+            kth = seed.float().topk(kk, dim=1).values[:, -1].to(torch.bfloat16)
+            knn_scan.seed_tau(starts[i], kth.view(torch.int16).numpy(), lists.tau)
+            knn_scan.compact_rows(starts[i], rows, kk, *lists.state())
+        g = knn_scan.GROUP
+        gmax = bits[:rows].view(rows, -1, g).amax(-1)
+        lists.scan(knn_scan.scan_rows, bits.numpy(), *_passing(gmax, lists.thr[starts[i] : starts[i] + rows]), starts[i], starts[j], rows, cols, starts[i], rows)
+        if i != j:
+            gmax = bits[:, :cols].view(-1, g, cols).amax(1).T
+            lists.scan(knn_scan.scan_cols, bits.numpy(), *_passing(gmax, lists.thr[starts[j] : starts[j] + cols]), starts[i], starts[j], rows, cols, starts[j], cols)
+
+    for i in range(len(starts)):  # first each block against itself: every row gets a first tau
+        scan(i, i)
+    for i, s0 in enumerate(starts):
+        for j in range(i + 1, len(starts)):
+            scan(i, j)
+        rows = min(block, n - s0)
+        knn_scan.compact_rows(s0, rows, kk, *lists.state())
+        best_s, best_i = knn_scan.rescore_rows(xn, s0, rows, kk, lists.cid, lists.fill)
+        out_s = np.full((rows, k), -np.inf, np.float32)
+        out_i = np.full((rows, k), -1, np.int64)
+        out_s[:, :kk], out_i[:, :kk] = best_s, best_i
+        yield s0, out_s, out_i
+
+
+def _passing(gmax: torch.Tensor, thr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """CSR lists (ptr (M + 1,), groups) of the groups whose raw int16 maximum can reach each
+    of the M store rows' key threshold. Raw bits order as keys for positive floats; a row with
+    a threshold <= 0 reads every group."""
+    t = torch.from_numpy(thr)
+    hit = (gmax >= t.clamp(-32768, 32767).to(torch.int16)[:, None]) | (t <= 0)[:, None]
+    rows, grp = hit.nonzero(as_tuple=True)
+    ptr = np.zeros(len(thr) + 1, np.int64)
+    ptr[1:] = np.cumsum(torch.bincount(rows, minlength=len(thr)).numpy())
+    return ptr, grp.numpy()
+
+
+def _input_error_band(x: torch.Tensor, xr: torch.Tensor) -> np.ndarray:
+    """(N,) float32 2 E_i: E_i bounds |x_i.x_j - (computed x~_i.x~_j)| for every j before the
+    result is rounded, from the rounded vectors x~ = ``xr`` and their residuals e = x - x~:
+    |x~_i||e_j| + |e_i||x~_j| + |e_i||e_j| (Cauchy-Schwarz) + D 2**-24 |x~_i||x~_j| (float32
+    accumulation). The rounding of the result itself is the relative term REL_ROUND."""
+    e, nr = (x - xr).norm(dim=1).double(), xr.norm(dim=1).double()
+    err = nr * e.max() + e * nr.max() + e * e.max() + x.shape[1] * 2.0**-24 * nr * nr.max()
+    return (2 * err * (1 + 2.0**-7) + 1e-7).float().numpy()
+
+
+class _Lists:
+    """Every row's candidate list: keys (N, W) int16, ids (N, W) int32, fill, tau, threshold."""
+
+    def __init__(self, n: int, kk: int, band: np.ndarray) -> None:
+        self.kk, self.band, self.lut = kk, band.astype(np.float32), knn_scan.key_lut()
+        width = 2 * kk + 128
+        self.ckey = np.empty((n, width), np.int16)
+        self.cid = np.empty((n, width), np.int32)
+        self.fill = np.zeros(n, np.int32)
+        self.tau = np.full(n, knn_scan.NEG_INF_KEY, np.int32)
+        self.thr = np.full(n, knn_scan.NEG_INF_KEY + 1, np.int32)
+        self.pos = np.zeros(n, np.int64)
+
+    def state(self) -> tuple:
+        return self.ckey, self.cid, self.fill, self.tau, self.thr, self.band, self.lut
+
+    def scan(self, kernel, bits: np.ndarray, ptr: np.ndarray, grp: np.ndarray, row0: int, col0: int, rows: int, cols: int, store0: int, served: int) -> None:
+        """Run a scan over one block; widen the lists and resume while some list overflows."""
+        self.pos[store0 : store0 + served] = 0
+        while kernel(bits, ptr, grp, row0, col0, rows, cols, self.pos, self.kk, *self.state()):
+            self.ckey = np.concatenate([self.ckey, np.empty_like(self.ckey)], 1)
+            self.cid = np.concatenate([self.cid, np.empty_like(self.cid)], 1)
