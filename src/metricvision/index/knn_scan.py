@@ -21,7 +21,8 @@ NEVER = 32767  # a threshold no score reaches (the key of a NaN)
 # rounding a float32 score to bfloat16 moves it by <= 2**-8 of itself: twice, for tau's own
 # rounding and the candidate's, plus margin
 REL_ROUND = 2.0**-7 + 2.0**-12
-GROUP = 16  # entries per group maximum
+TILE = 64  # entries compared at once before any is read one by one
+SUB = 16  # the sub-tiles of a row tile with a hit, checked the same way
 
 
 def bf16_key(value: float) -> int:
@@ -71,7 +72,7 @@ def _compact(r, kk, ckey, cid, fill, tau, thr, band, lut):
     thr[r] = t
 
 
-@nb.njit(cache=True)
+@nb.njit(inline="always")
 def _push(r, key, ident, kk, ckey, cid, fill, tau, thr, band, lut):
     """Append (key, ident) to row r's list; False when the list is full of candidates."""
     if fill[r] == ckey.shape[1]:
@@ -86,14 +87,19 @@ def _push(r, key, ident, kk, ckey, cid, fill, tau, thr, band, lut):
     return True
 
 
-@nb.njit(parallel=True, cache=True)
-def scan_rows(s, ptr, grp, row0, col0, rows, cols, pos, kk, ckey, cid, fill, tau, thr, band, lut):
+@nb.njit(inline="always")
+def _raw_threshold(t):
+    """Raw-bits threshold equivalent to key t for positive floats; -32768 (read every entry)
+    when t <= 0, where raw bits do not order as keys."""
+    return np.int32(t) if t > 0 else np.int32(-32768)
+
+
+@nb.njit(parallel=True, cache=True, fastmath=True)
+def scan_rows(s, row0, col0, rows, cols, pos, kk, ckey, cid, fill, tau, thr, band, lut):
     """Row-wise scan: store row row0 + i takes s[i, c] (id col0 + c) if >= its threshold.
 
     Args:
         s: (B, C) int16 bits of bfloat16 scores; only the first ``rows`` x ``cols`` are real.
-        ptr, grp: for row i, the groups of GROUP columns worth reading are
-            grp[ptr[i]:ptr[i + 1]] (ascending; a superset is fine).
         pos: (N,) per store row, the column to start from; set to ``cols`` when done, or to
             the column where its list overflowed.
     Returns:
@@ -102,44 +108,86 @@ def scan_rows(s, ptr, grp, row0, col0, rows, cols, pos, kk, ckey, cid, fill, tau
     over = np.zeros(rows, np.bool_)
     for i in nb.prange(rows):
         r = row0 + i
-        for p in range(ptr[i], ptr[i + 1]):
-            c_hi = min((grp[p] + 1) * GROUP, cols)
-            for c in range(max(grp[p] * GROUP, pos[r]), c_hi):
-                v = _key(s[i, c])
-                if v >= thr[r] and not _push(r, v, col0 + c, kk, ckey, cid, fill, tau, thr, band, lut):
-                    over[i] = True
-                    pos[r] = c
-                    break
-            if over[i]:
-                break
+        c0 = pos[r]
+        while c0 < cols and not over[i]:
+            c1 = min(c0 + TILE, cols)
+            tile = s[i, c0:c1]
+            t = _raw_threshold(thr[r])
+            m = np.int32(-65536)
+            for q in range(c1 - c0):  # vectorized: the tile's best margin over the threshold
+                d = np.int32(tile[q]) - t
+                m = d if d > m else m
+            q_end = c1 - c0
+            q = 0 if m >= 0 else q_end
+            while q < q_end:
+                if q % SUB == 0 and q + SUB <= q_end:
+                    m = np.int32(-65536)
+                    for u in range(q, q + SUB):  # vectorized: does this sub-tile hold a hit?
+                        d = np.int32(tile[u]) - t
+                        m = d if d > m else m
+                    if m < 0:
+                        q += SUB
+                        continue
+                if np.int32(tile[q]) < t:
+                    q += 1
+                    continue
+                v = _key(tile[q])
+                if v >= thr[r]:
+                    if not _push(r, v, col0 + c0 + q, kk, ckey, cid, fill, tau, thr, band, lut):
+                        over[i] = True
+                        pos[r] = c0 + q
+                        break
+                    t = _raw_threshold(thr[r])
+                q += 1
+            c0 = c1
         if not over[i]:
             pos[r] = cols
     return over.any()
 
 
-@nb.njit(parallel=True, cache=True)
-def scan_cols(s, ptr, grp, row0, col0, rows, cols, pos, kk, ckey, cid, fill, tau, thr, band, lut):
+@nb.njit(parallel=True, cache=True, fastmath=True)
+def scan_cols(s, row0, col0, rows, cols, pos, kk, ckey, cid, fill, tau, thr, band, lut):
     """Column-wise scan: store row col0 + c takes s[i, c] (id row0 + i) if >= its threshold.
 
-    ``ptr``, ``grp``: for column c, the groups of GROUP rows worth reading. ``pos`` holds,
-    per store row, the row of ``s`` to start from (``rows`` when done).
-    Returns True when some list overflowed.
+    Threads take tiles of TILE columns and walk down the rows, comparing a row's TILE entries
+    with the TILE thresholds at once. ``pos`` holds, per store row, the row of ``s`` to start
+    from (``rows`` when done). Returns True when some list overflowed.
     """
+    ntiles = (cols + TILE - 1) // TILE
     over = np.zeros(cols, np.bool_)
-    for c in nb.prange(cols):
-        r = col0 + c
-        for p in range(ptr[c], ptr[c + 1]):
-            i_hi = min((grp[p] + 1) * GROUP, rows)
-            for i in range(max(grp[p] * GROUP, pos[r]), i_hi):
-                v = _key(s[i, c])
-                if v >= thr[r] and not _push(r, v, row0 + i, kk, ckey, cid, fill, tau, thr, band, lut):
-                    over[c] = True
-                    pos[r] = i
-                    break
-            if over[c]:
-                break
-        if not over[c]:
-            pos[r] = rows
+    for tile in nb.prange(ntiles):
+        c_lo, width = tile * TILE, min(TILE, cols - tile * TILE)
+        t = np.full(TILE, np.int32(65536))
+        start = rows
+        for q in range(width):
+            t[q] = _raw_threshold(thr[col0 + c_lo + q])
+            start = min(start, pos[col0 + c_lo + q])
+        for i in range(start, rows):
+            row = s[i, c_lo : c_lo + width]
+            m = np.int32(-65536)
+            if width == TILE:
+                for q in range(TILE):  # vectorized: the best margin over the TILE thresholds
+                    d = np.int32(row[q]) - t[q]
+                    m = d if d > m else m
+            else:
+                m = 0
+            if m < 0:
+                continue
+            for q in range(width):
+                if np.int32(row[q]) < t[q]:
+                    continue
+                r = col0 + c_lo + q
+                v = _key(row[q])
+                if v >= thr[r] and i >= pos[r] and not over[c_lo + q]:
+                    if _push(r, v, row0 + i, kk, ckey, cid, fill, tau, thr, band, lut):
+                        t[q] = _raw_threshold(thr[r])
+                    else:
+                        over[c_lo + q] = True
+                        pos[r] = i
+                        t[q] = 65536
+        for q in range(width):
+            if not over[c_lo + q]:
+                pos[col0 + c_lo + q] = rows
     return over.any()
 
 
@@ -151,11 +199,16 @@ def compact_rows(row0, rows, kk, ckey, cid, fill, tau, thr, band, lut):
 
 
 @nb.njit(parallel=True, cache=True)
-def seed_tau(row0, kth, tau):
-    """Raise the tau (keys) of store rows row0 .. row0 + len(kth) to the (B,) int16 bits
-    ``kth`` of known lower bounds of their k-th best scores."""
-    for i in nb.prange(len(kth)):
-        tau[row0 + i] = max(tau[row0 + i], _key(kth[i]))
+def seed_tau(row0, reps, kk, tau):
+    """Raise the tau of store rows row0 .. row0 + len(reps) to the kk-th best of their
+    (rows, G) int16 group representatives: each a value of its group, so kk groups hold a
+    score >= the kk-th best representative, a lower bound of the kk-th best score."""
+    for i in nb.prange(reps.shape[0]):
+        keys = np.empty(reps.shape[1], np.int16)
+        for g in range(reps.shape[1]):
+            keys[g] = _key(reps[i, g])
+        kth = np.partition(keys, reps.shape[1] - kk)[reps.shape[1] - kk]
+        tau[row0 + i] = max(tau[row0 + i], np.int32(kth))
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)

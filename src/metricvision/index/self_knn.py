@@ -89,16 +89,13 @@ def self_knn(
         if i == j and cols // _SEED_GROUP >= kk:
             # kk groups of _SEED_GROUP columns each hold a score >= their maximum, so the kk-th
             # best group maximum is a lower bound of the kk-th best score: a first tau
-            seed = s[:rows, : cols - cols % _SEED_GROUP].reshape(rows, -1, _SEED_GROUP).amax(-1)
-            kth = seed.float().topk(kk, dim=1).values[:, -1].to(torch.bfloat16)
-            knn_scan.seed_tau(starts[i], kth.view(torch.int16).numpy(), lists.tau)
+            # (the raw int16 maximum of a group is one of its values, a negative one at worst)
+            reps = bits[:rows, : cols - cols % _SEED_GROUP].reshape(rows, -1, _SEED_GROUP).amax(-1)
+            knn_scan.seed_tau(starts[i], reps.numpy(), kk, lists.tau)
             knn_scan.compact_rows(starts[i], rows, kk, *lists.state())
-        g = knn_scan.GROUP
-        gmax = bits[:rows].view(rows, -1, g).amax(-1)
-        lists.scan(knn_scan.scan_rows, bits.numpy(), *_passing(gmax, lists.thr[starts[i] : starts[i] + rows]), starts[i], starts[j], rows, cols, starts[i], rows)
+        lists.scan(knn_scan.scan_rows, bits.numpy(), starts[i], starts[j], rows, cols, starts[i], rows)
         if i != j:
-            gmax = bits[:, :cols].view(-1, g, cols).amax(1).T
-            lists.scan(knn_scan.scan_cols, bits.numpy(), *_passing(gmax, lists.thr[starts[j] : starts[j] + cols]), starts[i], starts[j], rows, cols, starts[j], cols)
+            lists.scan(knn_scan.scan_cols, bits.numpy(), starts[i], starts[j], rows, cols, starts[j], cols)
 
     for i in range(len(starts)):  # first each block against itself: every row gets a first tau
         scan(i, i)
@@ -112,18 +109,6 @@ def self_knn(
         out_i = np.full((rows, k), -1, np.int64)
         out_s[:, :kk], out_i[:, :kk] = best_s, best_i
         yield s0, out_s, out_i
-
-
-def _passing(gmax: torch.Tensor, thr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """CSR lists (ptr (M + 1,), groups) of the groups whose raw int16 maximum can reach each
-    of the M store rows' key threshold. Raw bits order as keys for positive floats; a row with
-    a threshold <= 0 reads every group."""
-    t = torch.from_numpy(thr)
-    hit = (gmax >= t.clamp(-32768, 32767).to(torch.int16)[:, None]) | (t <= 0)[:, None]
-    rows, grp = hit.nonzero(as_tuple=True)
-    ptr = np.zeros(len(thr) + 1, np.int64)
-    ptr[1:] = np.cumsum(torch.bincount(rows, minlength=len(thr)).numpy())
-    return ptr, grp.numpy()
 
 
 def _input_error_band(x: torch.Tensor, xr: torch.Tensor) -> np.ndarray:
@@ -152,9 +137,9 @@ class _Lists:
     def state(self) -> tuple:
         return self.ckey, self.cid, self.fill, self.tau, self.thr, self.band, self.lut
 
-    def scan(self, kernel, bits: np.ndarray, ptr: np.ndarray, grp: np.ndarray, row0: int, col0: int, rows: int, cols: int, store0: int, served: int) -> None:
+    def scan(self, kernel, bits: np.ndarray, row0: int, col0: int, rows: int, cols: int, store0: int, served: int) -> None:
         """Run a scan over one block; widen the lists and resume while some list overflows."""
         self.pos[store0 : store0 + served] = 0
-        while kernel(bits, ptr, grp, row0, col0, rows, cols, self.pos, self.kk, *self.state()):
+        while kernel(bits, row0, col0, rows, cols, self.pos, self.kk, *self.state()):
             self.ckey = np.concatenate([self.ckey, np.empty_like(self.ckey)], 1)
             self.cid = np.concatenate([self.cid, np.empty_like(self.cid)], 1)
