@@ -221,13 +221,14 @@ def rescore_rows(x, row0, rows, kk, cid, fill):
         r = row0 + i
         f = fill[r]
         sc = np.empty(f, np.float32)
+        xr = x[r]
         for m in range(f):
-            j = cid[r, m]
+            xj = x[cid[r, m]]
             acc = np.float32(0.0)
-            for d in range(x.shape[1]):
-                acc += x[r, d] * x[j, d]
+            for d in range(xr.shape[0]):  # vectorized (fastmath lets the sum reassociate)
+                acc += xr[d] * xj[d]
             sc[m] = acc
-        order = np.argsort(-sc, kind="mergesort")[:kk]
+        order = np.argsort(-sc)[:kk]
         for m in range(len(order)):
             out_s[i, m] = sc[order[m]]
             out_i[i, m] = cid[r, order[m]]

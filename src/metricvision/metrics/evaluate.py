@@ -85,9 +85,9 @@ def retrieval_scores(
     k = int(min(len(r) - int(loo), max(max(ks), num_relevant.max(initial=0))))
     sums = {f"recall@{kk}": 0.0 for kk in ks} | {"precision@1": 0.0, "r_precision": 0.0, "map@r": 0.0}
     count = 0
-    for s, ids in _ranked(q, r, loo, k, index, query_chunk):
-        hits = hits_from_labels(np.where(ids >= 0, ry[ids], -1), qy[s : s + len(ids)])
-        nr = num_relevant[s : s + len(ids)]
+    for rows, ids in _ranked(q, qy, r, loo, k, index, query_chunk):
+        hits = hits_from_labels(np.where(ids >= 0, ry[ids], -1), qy[rows])
+        nr = num_relevant[rows]
         valid = nr > 0
         hits, nr = hits[valid], nr[valid]
         count += len(nr)
@@ -101,19 +101,26 @@ def retrieval_scores(
     return out
 
 
-def _ranked(q: np.ndarray, r: np.ndarray, loo: bool, k: int, index: Optional[Index], query_chunk: int) -> Iterator[Tuple[int, np.ndarray]]:
-    """(start, (b, k) ranked reference ids) for consecutive query chunks. Leave-one-out with
-    no index given runs the symmetric ``self_knn`` (each pair of blocks scored once)."""
+def _ranked(q: np.ndarray, qy: np.ndarray, r: np.ndarray, loo: bool, k: int, index: Optional[Index], query_chunk: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """(query rows (b,), (b, k) ranked reference ids) for chunks covering every query once.
+
+    Leave-one-out with no index given runs the symmetric ``self_knn`` (each pair of blocks
+    scored once) on the queries ordered by label: a row's first block then holds its class
+    mates, so its threshold starts near its final value and fewer candidates are kept. The
+    order changes the speed only; the neighbours are exact either way.
+    """
     if loo and index is None and k >= 1:
-        for s, _, ids in self_knn(q, k):
-            yield s, ids
+        order = np.argsort(qy, kind="stable")
+        for s, _, ids in self_knn(q[order], k):
+            yield order[s : s + len(ids)], np.where(ids >= 0, order[ids.clip(min=0)], -1)
         return
     if index is None:
         index = exact_index(r.shape[1])
     index.add(r, np.arange(len(r)))
     for s in range(0, len(q), query_chunk):
         _, ids = index.search(q[s : s + query_chunk], k + int(loo))
-        yield s, _drop_self(ids, np.arange(s, s + len(ids))[:, None]) if loo else ids
+        rows = np.arange(s, s + len(ids))
+        yield rows, _drop_self(ids, rows[:, None]) if loo else ids
 
 
 def exact_index(dim: int) -> Index:
