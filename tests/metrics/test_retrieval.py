@@ -26,11 +26,13 @@ def pml(q, qy, r=None, ry=None):
     return calc.get_accuracy(*args, torch.from_numpy(r), torch.from_numpy(ry), ref_includes_query=False)
 
 
-@pytest.mark.parametrize("prefilter", ["none", "bf16"])
+@pytest.mark.parametrize("prefilter", ["none", "bf16", "default"])
 def test_leave_one_out_matches_pml(prefilter):
+    """FlatIndex search, and the default symmetric self_knn path (index=None)."""
     x, y = clustered(600, 12)
     y[0] = 99  # a lone query: left out of every average, as in PML
-    ours = evaluate_retrieval(x, y, ks=(1, 5), clustering=False, index=FlatIndex(16, prefilter=prefilter), query_chunk=128)
+    index = None if prefilter == "default" else FlatIndex(16, prefilter=prefilter)
+    ours = evaluate_retrieval(x, y, ks=(1, 5), clustering=False, index=index, query_chunk=128)
     ref = pml(x, y)
     assert ours["precision@1"] == pytest.approx(ref["precision_at_1"], abs=1e-6)
     assert ours["r_precision"] == pytest.approx(ref["r_precision"], abs=1e-6)

@@ -126,7 +126,7 @@ class _Lists:
 
     def __init__(self, n: int, kk: int, band: np.ndarray) -> None:
         self.kk, self.band, self.lut = kk, band.astype(np.float32), knn_scan.key_lut()
-        width = 2 * kk + 128
+        width = kk + 128
         self.ckey = np.empty((n, width), np.int16)
         self.cid = np.empty((n, width), np.int32)
         self.fill = np.zeros(n, np.int32)
