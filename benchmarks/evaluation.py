@@ -8,7 +8,6 @@ counts every allocation (numpy, torch, faiss, OpenMP buffers), which tracemalloc
 
     python benchmarks/evaluation.py                      # 100k and 300k vs PML, 1M ours only
     python benchmarks/evaluation.py --sizes 20000 --ours-only-sizes ""   # quick run
-    python benchmarks/evaluation.py --sizes "" --ours-only-sizes "" --probe-sizes 1000000
     python benchmarks/evaluation.py --sizes "" --ours-only-sizes 100000,1000000 --index IVF4096,Flat
 """
 from __future__ import annotations
@@ -40,7 +39,6 @@ if which == "pml":
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 else:
     from metricvision.metrics import evaluate_retrieval
-    from metricvision.metrics.evaluate import exact_index
 try:
     open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
 except OSError:
@@ -52,11 +50,6 @@ if which == "pml":
                               k="max_bin_count", device=torch.device("cpu"))
     r = calc.get_accuracy(xt, yt)
     out = {"precision@1": r["precision_at_1"], "r_precision": r["r_precision"], "map@r": r["mean_average_precision_at_r"]}
-elif which == "probe":  # the evaluation's index and one 2048-query chunk of its search
-    index = exact_index(x.shape[1])
-    index.add(x, np.arange(len(x)))
-    index.search(x[:2048], int(np.bincount(y).max()) + 1)
-    out = {"chunks": len(x) / 2048}
 else:
     index = None
     if spec != "exact":
@@ -95,11 +88,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100000,300000", help="comma-separated N compared with PML")
     p.add_argument("--ours-only-sizes", default="1000000", help="comma-separated N run by metricvision only")
-    p.add_argument("--probe-sizes", default="", help="comma-separated N: time one 2048-query chunk, extrapolate")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--per-class", type=int, default=100, help="mean class size (k = largest class)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds allowed per run")
-    p.add_argument("--index", default="exact", help='our index for the --ours-only-sizes runs: "exact" or a faiss spec, e.g. "IVF4096,Flat"')
+    p.add_argument("--index", default="exact", help='our index for the --ours-only-sizes runs: "exact" (symmetric self_knn) or a faiss spec, e.g. "IVF4096,Flat"')
     p.add_argument("--index-params", default="nprobe=32", help="faiss search parameters for --index")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -113,11 +105,6 @@ def main() -> None:
             peer = run("pml", x, y, Path(d), args.timeout) if n in sizes else None
             rows.append((n, ours, peer))
             print(json.dumps({"n": n, "ours": ours, "pml": peer}), flush=True)
-    for n in [int(s) for s in args.probe_sizes.split(",") if s]:
-        with tempfile.TemporaryDirectory() as d:
-            probe = run("probe", *make_data(n, args.dim, args.per_class), Path(d), args.timeout)
-        print(f"probe N={n:,}: one chunk {probe['seconds']:.1f} s -> full run ~{probe['seconds'] * probe['chunks'] / 3600:.2f} h, "
-              f"peak RSS growth {probe['peak_mb']:.0f} MB")
     print(f"\nN x {args.dim}, mean class size {args.per_class}, k = largest class; wall seconds and peak RSS growth (MB)\n")
     print("| N | ours s | PML s | time ratio | ours MB | PML MB | memory ratio | max abs diff (P@1, R-P, MAP@R) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -1,9 +1,10 @@
-"""Threshold filtering of score blocks, shared by the exact searches that prefilter in bfloat16.
+"""Threshold filtering of bfloat16 score blocks in torch, for FlatIndex(prefilter="bf16").
 
 A search that scores in bfloat16 keeps, per query, every vector whose approximate score lies
 within ``band`` (twice the proven rounding error) of a running lower bound ``tau`` of the
 query's k-th best approximate score; the survivors are re-scored in float32 afterwards, so
-the result equals a float32 brute-force search (up to float32 rounding).
+the result equals a float32 brute-force search (up to float32 rounding). ``self_knn`` does
+the same for leave-one-out search with compiled scans (``knn_scan``).
 """
 from __future__ import annotations
 
@@ -42,21 +43,6 @@ def row_survivors(s: torch.Tensor, thr: torch.Tensor, g: int) -> Survivors:
     vals = groups[rows, gid]
     hit, j = (vals >= thr[rows][:, None]).nonzero(as_tuple=True)
     return rows[hit], gid[hit] * g + j, vals[hit, j]
-
-
-def col_survivors(s: torch.Tensor, thr: torch.Tensor, g: int) -> Survivors:
-    """Entries with ``s[r, c] >= thr[c]`` of a (B, C) block, B a multiple of ``g``.
-
-    Returns:
-        rows (n,), cols (n,), values (n,) in ``s``'s dtype.
-    """
-    groups = s.view(-1, g, s.shape[1])
-    gmax = groups.view(_INT[s.dtype]).amax(1)
-    # transposed, so that the survivors come ordered by column (the row of whoever keeps them)
-    cols, gid = (gmax.T >= _int_threshold(thr)[:, None]).nonzero(as_tuple=True)
-    vals = groups[gid, :, cols]
-    hit, j = (vals >= thr[cols][:, None]).nonzero(as_tuple=True)
-    return gid[hit] * g + j, cols[hit], vals[hit, j]
 
 
 def kth_lower_bound(s: torch.Tensor, kk: int, g: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ A block S (B, C) of approximate scores is read once per direction. Each scan kee
 every row it serves, the entries whose score is at least the row's threshold
 ``tau - band``: ``tau`` is a lower bound of the row's k-th best approximate score, raised
 whenever the row's list fills up (the k-th best of the list), so it tracks the true k-th
-best with no lag, as faiss's heaps do. Work per entry is one integer compare, on 32
-entries at a time until one passes.
+best with no lag, as faiss's heaps do. Entries are compared TILE at a time (a vectorized
+maximum of margins over the thresholds); only a tile with a hit is read entry by entry.
 
 Scores are compared as order-preserving int16 keys of their bfloat16 bits; ``LUT`` maps a
 key back to its float value. A row whose list is full even after raising ``tau`` stops and
@@ -17,7 +17,6 @@ import numba as nb
 import numpy as np
 
 KEY_OFFSET = 32768
-NEVER = 32767  # a threshold no score reaches (the key of a NaN)
 # rounding a float32 score to bfloat16 moves it by <= 2**-8 of itself: twice, for tau's own
 # rounding and the candidate's, plus margin
 REL_ROUND = 2.0**-7 + 2.0**-12

@@ -3,14 +3,16 @@
 Leave-one-out evaluation searches every item against all the others. The score matrix is
 symmetric, so block (i, j) serves the rows of block i (row-wise) and those of block j
 (column-wise): half the matmuls of a search through an index. Blocks are scored in
-bfloat16 where the CPU multiplies it faster (AVX512-BF16 / AMX) and the survivors of a
-proven error band are re-scored in float32 (see ``candidates``), so the neighbours equal a
-float32 brute-force search up to float32 rounding.
+bfloat16 where the CPU multiplies it faster (AVX512-BF16 / AMX); compiled scans
+(``knn_scan``) keep every entry within a proven error band of each row's running k-th best,
+and those candidates are re-scored in float32, so the neighbours equal a float32
+brute-force search up to float32 rounding.
 
-Order of work: the diagonal blocks first (they seed each row's k-th best lower bound), then
-row block i against every later block j; after that sweep block i has met every other
-block, so its rows are final and are yielded while later rows still collect candidates.
-Memory: one (B, B) block plus a few candidates per row, O(N k), never N x N.
+Order of work: the diagonal blocks first (each row's first lower bound of its k-th best
+comes from its own block), then row block i against every later block j; after that sweep
+block i has met every other block, so its rows are final and are yielded while later rows
+still collect candidates. Memory: one (B, B) block plus about k + 128 candidates per row,
+O(N k), never N x N.
 """
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ _SEED_GROUP = 16
 
 
 @functools.lru_cache(maxsize=None)
-def bf16_is_faster() -> bool:
-    """Does this CPU multiply bfloat16 at least 1.3x faster than float32? (timed once, ~20 ms)"""
-    a, b = torch.randn(1024, 128), torch.randn(2048, 128)
+def bf16_matmul_pays() -> bool:
+    """Does this CPU multiply bfloat16 at least 1.3x faster than float32, rounding each
+    result to nearest (the error bound assumes it)? Checked once, ~20 ms."""
+    a = torch.randn(1024, 128)
+    b = torch.cat([a, a]) + torch.randn(2048, 128)  # half the pairs correlated: large scores
     seconds = {}
     for dt in (torch.float32, torch.bfloat16):
         x, y = a.to(dt), b.to(dt)
@@ -39,7 +43,14 @@ def bf16_is_faster() -> bool:
         for _ in range(3):
             x @ y.T
         seconds[dt] = time.perf_counter() - t
-    return seconds[torch.bfloat16] * 1.3 < seconds[torch.float32]
+    ab, bb = a.bfloat16(), b.bfloat16()
+    exact = ab.double() @ bb.double().T
+    big = exact.abs() >= 0.25 * ab.double().norm(dim=1)[:, None] * bb.double().norm(dim=1)[None]
+    # where |score| >= |a||b| / 4, float32 accumulation adds < 4 D 2**-24 relative: the rest
+    # of any error above 2**-8 would be the result's rounding
+    rel = ((ab @ bb.T).double() - exact).abs()[big] / exact.abs()[big]
+    nearest = bool((rel <= 2.0**-8 + 4 * 128 * 2.0**-24).all())
+    return nearest and seconds[torch.bfloat16] * 1.3 < seconds[torch.float32]
 
 
 def self_knn(
@@ -50,9 +61,10 @@ def self_knn(
     Args:
         x: (N, D) float32 vectors.
         k: neighbours per row (at most N - 1 are found; the rest are -inf / -1).
-        block: rows per block (raised to 16 k so that the first lower bound exists).
-        precision: "bf16" (bfloat16 scoring + float32 re-scoring), "fp32", or "auto"
-            (bf16 when this CPU multiplies it faster).
+        block: rows per block (B x B scores are held; a first lower bound of the k-th best
+            comes from the diagonal block when B >= 16 k).
+        precision: "bf16" (bfloat16 scoring + float32 re-scoring), "fp32" (float32 scoring,
+            rounded to bfloat16 for the scans), or "auto" (bf16 when ``bf16_matmul_pays``).
 
     Yields:
         (start, scores (b, k) float32, ids (b, k) int64) for consecutive row blocks, in order.
@@ -64,7 +76,7 @@ def self_knn(
     x = torch.as_tensor(x, dtype=torch.float32).contiguous()
     n, dim = x.shape
     kk = min(k, n - 1)
-    dt = torch.bfloat16 if precision == "bf16" or (precision == "auto" and bf16_is_faster()) else torch.float32
+    dt = torch.bfloat16 if precision == "bf16" or (precision == "auto" and bf16_matmul_pays()) else torch.float32
     if kk < 1:
         for s0 in range(0, n, block):
             b = min(block, n - s0)
