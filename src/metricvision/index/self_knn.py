@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from metricvision.index import knn_scan
 
@@ -54,7 +55,7 @@ def bf16_matmul_pays() -> bool:
 
 
 def self_knn(
-    x: torch.Tensor | np.ndarray, k: int, block: int = 4096, precision: str = "auto"
+    x: torch.Tensor | np.ndarray, k: int, block: int = 4096, precision: str = "auto", progress: Optional[bool] = None
 ) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
     """Top-k inner-product neighbours of every row of ``x`` among the other rows.
 
@@ -65,6 +66,8 @@ def self_knn(
             comes from the diagonal block when B >= 16 k).
         precision: "bf16" (bfloat16 scoring + float32 re-scoring), "fp32" (float32 scoring,
             rounded to bfloat16 for the scans), or "auto" (bf16 when ``bf16_matmul_pays``).
+        progress: a progress bar over the block pairs (stderr); None shows it from 100 pairs on
+            (N above ~55k at B = 4096).
 
     Yields:
         (start, scores (b, k) float32, ids (b, k) int64) for consecutive row blocks, in order.
@@ -73,7 +76,7 @@ def self_knn(
         raise ValueError(f"precision must be one of {PRECISIONS}, got '{precision}'")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    x = torch.as_tensor(x, dtype=torch.float32).contiguous()
+    x = torch.as_tensor(x, dtype=torch.float32).cpu().contiguous()
     n, dim = x.shape
     kk = min(k, n - 1)
     dt = torch.bfloat16 if precision == "bf16" or (precision == "auto" and bf16_matmul_pays()) else torch.float32
@@ -109,11 +112,15 @@ def self_knn(
         if i != j:
             lists.scan(knn_scan.scan_cols, bits.numpy(), starts[i], starts[j], rows, cols, starts[j], cols)
 
+    pairs = len(starts) * (len(starts) + 1) // 2
+    bar = tqdm(total=pairs, desc="exact kNN (block pairs)", disable=not (pairs >= 100 if progress is None else progress))
     for i in range(len(starts)):  # first each block against itself: every row gets a first tau
         scan(i, i)
+        bar.update()
     for i, s0 in enumerate(starts):
         for j in range(i + 1, len(starts)):
             scan(i, j)
+            bar.update()
         rows = min(block, n - s0)
         knn_scan.compact_rows(s0, rows, kk, *lists.state())
         best_s, best_i = knn_scan.rescore_rows(xn, s0, rows, kk, lists.cid, lists.fill)
@@ -121,6 +128,7 @@ def self_knn(
         out_i = np.full((rows, k), -1, np.int64)
         out_s[:, :kk], out_i[:, :kk] = best_s, best_i
         yield s0, out_s, out_i
+    bar.close()
 
 
 def _input_error_band(x: torch.Tensor, xr: torch.Tensor) -> np.ndarray:
