@@ -63,10 +63,23 @@ def test_hand_worked_ranked_list():
 
 def test_cluster_scores_match_sklearn_on_separable_data():
     x, y = clustered(300, 5, noise=0.05)
-    out = cluster_scores(x, y)
+    out = cluster_scores(x, y, backend="sklearn")
     # well separated clusters: k-means recovers the labels exactly
     assert out["nmi"] == pytest.approx(normalized_mutual_info_score(y, y))
     assert out["ami"] == pytest.approx(adjusted_mutual_info_score(y, y))
+
+
+def test_cluster_scores_equal_pml_nmi_ami():
+    """The faiss backend is AccuracyCalculator's k-means: same clusters, same NMI / AMI."""
+    x, y = clustered(2000, 40, noise=1.5)
+    ours = cluster_scores(x, y, backend="faiss")
+    calc = AccuracyCalculator(include=("NMI", "AMI"), device=torch.device("cpu"))
+    ref = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(y))
+    assert 0.1 < ours["nmi"] < 0.99  # a case where k-means does not just recover the labels
+    assert ours["nmi"] == pytest.approx(ref["NMI"], abs=1e-9)
+    assert ours["ami"] == pytest.approx(ref["AMI"], abs=1e-9)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        cluster_scores(x, y, backend="kmeans++")
 
 
 def test_length_mismatch_is_an_error():
