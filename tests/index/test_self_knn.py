@@ -75,3 +75,10 @@ def test_accepts_torch_and_checks_arguments():
         next(self_knn(x, 3, precision="fp8"))
     with pytest.raises(ValueError, match="k must be >= 1"):
         next(self_knn(x, 0))
+
+
+def test_non_finite_rows_are_named():
+    x = np.ones((10, 4), np.float32)
+    x[3, 1] = np.nan
+    with pytest.raises(ValueError, match="1 rows hold NaN or inf, the first is row 3"):
+        next(self_knn(x, 2))

@@ -40,6 +40,13 @@ def as_float32(x: ArrayLike, dim: Optional[int] = None, name: str = "x") -> np.n
     return x
 
 
+def check_finite(x: np.ndarray, name: str = "x") -> None:
+    """Error naming the first row of (N, D) ``x`` that holds NaN or inf."""
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{name} must be finite: {int(bad.sum())} rows hold NaN or inf, the first is row {int(np.argmax(bad))}")
+
+
 def as_ids(ids: Optional[ArrayLike], n: int, start: int) -> np.ndarray:
     """(n,) int64 ids; ``start..start+n`` when None."""
     if ids is None:

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from metricvision.index import knn_scan
+from metricvision.index.base import check_finite
 
 PRECISIONS = ("auto", "bf16", "fp32")
 _SEED_GROUP = 16
@@ -77,6 +78,7 @@ def self_knn(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     x = torch.as_tensor(x, dtype=torch.float32).cpu().contiguous()
+    check_finite(x.numpy())
     n, dim = x.shape
     kk = min(k, n - 1)
     dt = torch.bfloat16 if precision == "bf16" or (precision == "auto" and bf16_matmul_pays()) else torch.float32

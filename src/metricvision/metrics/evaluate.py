@@ -10,7 +10,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from metricvision.index.base import Index
+from metricvision.index.base import Index, check_finite
 from metricvision.index.faiss_index import FaissIndex
 from metricvision.index.flat import FlatIndex
 from metricvision.index.self_knn import self_knn
@@ -78,6 +78,9 @@ def retrieval_scores(
     ry = qy if loo else _as_numpy(reference_labels, np.int64)
     if q.shape[0] != qy.shape[0] or r.shape[0] != ry.shape[0]:
         raise ValueError(f"embeddings and labels differ in length: {q.shape[0]} vs {qy.shape[0]}, {r.shape[0]} vs {ry.shape[0]}")
+    check_finite(q, "queries")
+    if not loo:
+        check_finite(r, "references")
     classes, ref_counts = np.unique(ry, return_counts=True)
     pos = np.searchsorted(classes, qy).clip(max=max(len(classes) - 1, 0))
     num_relevant = np.where((len(classes) > 0) & (classes[pos] == qy), ref_counts[pos], 0) - int(loo)
