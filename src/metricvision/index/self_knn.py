@@ -163,5 +163,6 @@ class _Lists:
         """Run a scan over one block; widen the lists and resume while some list overflows."""
         self.pos[store0 : store0 + served] = 0
         while kernel(bits, row0, col0, rows, cols, self.pos, self.kk, *self.state()):
-            self.ckey = np.concatenate([self.ckey, np.empty_like(self.ckey)], 1)
-            self.cid = np.concatenate([self.cid, np.empty_like(self.cid)], 1)
+            extra = max(64, self.ckey.shape[1] // 2)  # every row grows: by half, not double
+            self.ckey = np.concatenate([self.ckey, np.empty((len(self.ckey), extra), np.int16)], 1)
+            self.cid = np.concatenate([self.cid, np.empty((len(self.cid), extra), self.cid.dtype)], 1)
