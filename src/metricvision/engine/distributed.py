@@ -73,6 +73,9 @@ def _local_worker(rank: int, fn: Callable[..., Any], world_size: int, port: int,
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        # both ranks done before either tears its gloo connections down: a rank that exits
+        # while its peer still talks to it aborts ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
