@@ -16,29 +16,27 @@ import torch
 # and the bfloat16 result (u (1 + 2u + u^2)) bound |approx - q.x| by ~3.02 u |q| |x|; the
 # float32 accumulation adds D * 2**-24 |q| |x|, covered by the extra 0.03 u for D < 2**10.
 BF16_REL_ERR = 3.05 * 2.0**-8
-_INT = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 
 Survivors = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _int_threshold(thr: torch.Tensor) -> torch.Tensor:
-    """Thresholds as the signed-int view of their float bits. For positive floats the int
-    order is the float order; a threshold <= 0 becomes the int minimum (every group passes)."""
-    ints = _INT[thr.dtype]
-    return torch.where(thr > 0, thr.view(ints), torch.iinfo(ints).min)
+    """bfloat16 thresholds as the int16 view of their bits. For positive floats the int order
+    is the float order; a threshold <= 0 becomes the int minimum (every group passes)."""
+    return torch.where(thr > 0, thr.view(torch.int16), torch.iinfo(torch.int16).min)
 
 
 def row_survivors(s: torch.Tensor, thr: torch.Tensor, g: int) -> Survivors:
-    """Entries with ``s[r, c] >= thr[r]`` of a (B, C) block, C a multiple of ``g``.
+    """Entries with ``s[r, c] >= thr[r]`` of a (B, C) bfloat16 block, C a multiple of ``g``.
 
     Group maxima over ``g`` neighbouring columns (one pass over the int view; the max of a
     group with negative values is still one of its values) pick the groups worth reading.
 
     Returns:
-        rows (n,), cols (n,), values (n,) in ``s``'s dtype.
+        rows (n,), cols (n,), values (n,) bfloat16.
     """
     groups = s.view(s.shape[0], -1, g)
-    gmax = groups.view(_INT[s.dtype]).amax(-1)
+    gmax = groups.view(torch.int16).amax(-1)
     rows, gid = (gmax >= _int_threshold(thr)[:, None]).nonzero(as_tuple=True)
     vals = groups[rows, gid]
     hit, j = (vals >= thr[rows][:, None]).nonzero(as_tuple=True)
@@ -46,10 +44,10 @@ def row_survivors(s: torch.Tensor, thr: torch.Tensor, g: int) -> Survivors:
 
 
 def kth_lower_bound(s: torch.Tensor, kk: int, g: int) -> torch.Tensor:
-    """(B,) lower bound of each row's kk-th best entry of a (B, C) block: the kk-th best group
-    maximum (kk groups each hold a value >= it), or the kk-th best entry when groups are few."""
+    """(B,) lower bound of each row's kk-th best entry of a (B, C) bfloat16 block: the kk-th best
+    group maximum (kk groups each hold a value >= it), or the kk-th best entry when groups are few."""
     if s.shape[1] // g >= kk:
-        gmax = s.view(s.shape[0], -1, g).view(_INT[s.dtype]).amax(-1).view(s.dtype)
+        gmax = s.view(s.shape[0], -1, g).view(torch.int16).amax(-1).view(torch.bfloat16)
         return gmax.float().topk(kk, dim=1).values[:, -1]
     if s.shape[1] >= kk:
         return s.float().topk(kk, dim=1).values[:, -1]
@@ -61,26 +59,22 @@ class Candidates:
 
     tau is a lower bound of each query's approximate k-th best score; it only rises, and
     every true top-k vector has an approximate score >= tau - band, so none is ever dropped.
-    Scores are held in ``dtype`` (the approximate scores are bfloat16 values, so bfloat16
-    loses nothing) and ids in int32 when they fit.
     """
 
-    def __init__(self, nq: int, kk: int, band: torch.Tensor, dtype: torch.dtype = torch.float32, id_dtype: torch.dtype = torch.int64) -> None:
+    def __init__(self, nq: int, kk: int, band: torch.Tensor) -> None:
         self.kk, self.band = kk, band
         self.tau = torch.full((nq,), -float("inf"))
-        self.scores = torch.full((nq, 0), -float("inf"), dtype=dtype)
-        self.ids = torch.full((nq, 0), -1, dtype=id_dtype)
+        self.scores = torch.full((nq, 0), -float("inf"))
+        self.ids = torch.full((nq, 0), -1, dtype=torch.int64)
         self.fill = torch.zeros(nq, dtype=torch.int64)
 
     def raise_tau(self, kth: torch.Tensor) -> None:
         self.tau = torch.maximum(self.tau, kth)
 
-    def threshold(self, dtype: torch.dtype) -> torch.Tensor:
-        """tau - band rounded down in ``dtype``, so comparing in ``dtype`` keeps a superset."""
+    def threshold_bf16(self) -> torch.Tensor:
+        """tau - band rounded down to bfloat16, so comparing in bfloat16 keeps a superset."""
         t = self.tau - self.band
-        if dtype == torch.bfloat16:
-            t = t - t.abs() * 2.0**-7
-        return t.to(dtype)
+        return (t - t.abs() * 2.0**-7).bfloat16()
 
     def append(self, rows: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor) -> None:
         """Add (n,) candidates; ``rows`` must be sorted (as ``nonzero`` returns them)."""
@@ -93,29 +87,27 @@ class Candidates:
             self._widen(max(int((self.fill + counts).max()), 2 * self.scores.shape[1], 2 * self.kk))
         starts = torch.cumsum(counts, 0) - counts
         pos = self.fill[rows] + torch.arange(len(rows)) - starts[rows]
-        self.scores[rows, pos] = scores.to(self.scores.dtype)
-        self.ids[rows, pos] = ids.to(self.ids.dtype)
+        self.scores[rows, pos] = scores
+        self.ids[rows, pos] = ids
         self.fill += counts
 
     def compact(self) -> None:
         """Raise tau to each row's k-th best candidate and drop candidates below tau - band."""
-        scores = self.scores.float()
-        if scores.shape[1] >= self.kk:
-            self.raise_tau(scores.topk(self.kk, dim=1).values[:, -1])
-        scores, order = scores.sort(dim=1, descending=True)
+        if self.scores.shape[1] >= self.kk:
+            self.raise_tau(self.scores.topk(self.kk, dim=1).values[:, -1])
+        scores, order = self.scores.sort(dim=1, descending=True)
         keep = scores >= (self.tau - self.band)[:, None]
         self.fill = keep.sum(1)
         width = int(self.fill.max()) if len(self.fill) else 0
-        scores = scores[:, :width].masked_fill(~keep[:, :width], -float("inf"))
+        self.scores = scores[:, :width].masked_fill(~keep[:, :width], -float("inf"))
         self.ids = self.ids.gather(1, order[:, :width])
-        self.scores = scores.to(self.scores.dtype)
 
     def _widen(self, width: int) -> None:
         extra = width - self.scores.shape[1]
         if extra <= 0:
             return
-        self.scores = torch.cat([self.scores, torch.full((len(self.fill), extra), -float("inf"), dtype=self.scores.dtype)], 1)
-        self.ids = torch.cat([self.ids, torch.full((len(self.fill), extra), -1, dtype=self.ids.dtype)], 1)
+        self.scores = torch.cat([self.scores, torch.full((len(self.fill), extra), -float("inf"))], 1)
+        self.ids = torch.cat([self.ids, torch.full((len(self.fill), extra), -1, dtype=torch.int64)], 1)
 
 
 def rescore(q: torch.Tensor, x: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor, kk: int) -> Tuple[torch.Tensor, torch.Tensor]:

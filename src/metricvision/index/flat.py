@@ -140,7 +140,7 @@ class FlatIndex:
             s[:, n - ds :] = -float("inf")  # padding columns (last block only)
             if ds == 0:
                 cand.raise_tau(kth_lower_bound(s, kk, g))
-            rows, cols, vals = row_survivors(s, cand.threshold(torch.bfloat16), g)
+            rows, cols, vals = row_survivors(s, cand.threshold_bf16(), g)
             real = cols + ds < n
             cand.append(rows[real], cols[real] + ds, vals[real].float())
         cand.compact()

@@ -28,7 +28,7 @@ from metricvision.index import knn_scan
 from metricvision.index.base import check_finite
 
 PRECISIONS = ("auto", "bf16", "fp32")
-_SEED_GROUP = 16
+_SEED_GROUP = 16  # columns per group maximum in the diagonal block's first lower bound
 
 
 @functools.lru_cache(maxsize=None)

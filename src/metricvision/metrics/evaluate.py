@@ -1,7 +1,9 @@
-"""Streaming evaluation of category retrieval: queries go through an index in chunks.
+"""Streaming evaluation of category retrieval, with k = max(max(ks), largest R).
 
-Only (chunk, k) neighbour lists are ever held, with k = max(max(ks), largest R), and the
-metrics are accumulated as running sums, so 1M x 128 embeddings evaluate in a few GB.
+Queries against separate references go through an index in chunks, holding one (chunk, k)
+neighbour list at a time; leave-one-out runs ``self_knn``, which yields finished row blocks
+and holds about k + 128 candidates per row. Metrics are running sums, never N x N: 1M x 128
+embeddings evaluate in a few GB.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import torch
 from metricvision.index.base import Index, check_finite
 from metricvision.index.faiss_index import FaissIndex
 from metricvision.index.flat import FlatIndex
-from metricvision.index.self_knn import self_knn
 from metricvision.metrics.clustering import cluster_scores
 from metricvision.metrics.retrieval import ap_at_r_per_query, hits_from_labels, r_precision_per_query
 
@@ -113,6 +114,8 @@ def _ranked(q: np.ndarray, qy: np.ndarray, r: np.ndarray, loo: bool, k: int, ind
     order changes the speed only; the neighbours are exact either way.
     """
     if loo and index is None and k >= 1:
+        from metricvision.index.self_knn import self_knn  # numba loads here, not at import
+
         order = np.argsort(qy, kind="stable")
         for s, _, ids in self_knn(q[order], k):
             yield order[s : s + len(ids)], np.where(ids >= 0, order[ids.clip(min=0)], -1)
@@ -127,8 +130,9 @@ def _ranked(q: np.ndarray, qy: np.ndarray, r: np.ndarray, loo: bool, k: int, ind
 
 
 def exact_index(dim: int) -> Index:
-    """Exact inner-product index: faiss's flat index when faiss is installed (its fused
-    matmul + heap top-k is the fastest exact search on CPU), else the torch FlatIndex."""
+    """Exact inner-product index for queries against separate references: faiss's flat index
+    when faiss is installed (BLAS matmul + fused heap top-k), else the torch FlatIndex.
+    (Leave-one-out, one set against itself, goes through the faster ``self_knn``.)"""
     try:
         return FaissIndex(dim, "Flat", "ip")
     except ImportError:
