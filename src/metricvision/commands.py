@@ -15,7 +15,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", nargs="?", default="default", help="recipe name in recipes/ or a YAML path (default: default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the latest run of this recipe)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default: the latest run of this recipe) with the run's recorded recipe")
+    p.add_argument("--allow-changes", action="store_true", help="with --resume: let --set change the recorded recipe")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=train)
@@ -42,15 +44,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """`metricvision train`."""
     from metricvision.config import load_recipe
-    from metricvision.engine.runs import latest_run_dir, new_run_dir
+    from metricvision.engine.runs import latest_run_dir, new_run_dir, resumed_recipe
     from metricvision.engine.trainer import Trainer
 
-    recipe = load_recipe(args.recipe, args.overrides)
     run_dir = args.out
-    if args.resume and run_dir is None:
-        run_dir = latest_run_dir(recipe.name)
+    if args.resume:
         if run_dir is None:
-            raise FileNotFoundError(f"--resume: no run of recipe '{recipe.name}' under runs/")
+            name = load_recipe(args.recipe).name
+            run_dir = latest_run_dir(name)
+            if run_dir is None:
+                raise FileNotFoundError(f"--resume: no run of recipe '{name}' under runs/")
+        recipe = resumed_recipe(run_dir, args.overrides, args.allow_changes)
+    else:
+        recipe = load_recipe(args.recipe, args.overrides)
     run_dir = run_dir or new_run_dir(recipe.name)
     print(f"run folder: {run_dir}", file=sys.stderr)
     trainer = Trainer(recipe, run_dir)

@@ -71,6 +71,13 @@ class TrainConfig:
     threads: int = 0
     eval_every: int = 0
     max_minutes: float = 0.0
+    nonfinite: str = "stop"
+
+    def __post_init__(self) -> None:
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"train.nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
+        if self.max_minutes < 0:
+            raise ValueError(f"train.max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
 
 
 @dataclass
@@ -115,6 +122,12 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         return None if value is None else _check_type(value, args[0], key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML reads "1e-4" (no dot) as a string; accept whatever Python's float() accepts
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{key} must be float, got {value!r}") from None
     if origin in (list, List):
         if not isinstance(value, list):
             raise ValueError(f"{key} must be a list, got {value!r}")

@@ -61,13 +61,23 @@ def build_optimizer(recipe: Recipe, model: Embedder, loss: MetricLoss) -> torch.
     return torch.optim.AdamW(groups, weight_decay=o.weight_decay)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up for ``warmup`` steps, then cosine decay to 0 at ``total`` steps."""
+class WarmupCosine:
+    """LR factor: linear warm-up for ``warmup`` steps, then cosine decay to 0 at ``total`` steps.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
+    A callable object rather than a closure so that LambdaLR's state_dict saves ``total``: a
+    schedule shortened by a time limit (``Trainer``) resumes shortened.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def build_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over ``WarmupCosine(warmup, total)``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
-from metricvision.config import Recipe, from_dict
+from metricvision.config import Recipe, apply_overrides, from_dict
 from metricvision.engine.builders import build_model
-from metricvision.engine.checkpoint import load_checkpoint
+from metricvision.engine.checkpoint import load_checkpoint, read_info
 from metricvision.engine.trainer import CHECKPOINT
 from metricvision.models import Embedder
 
@@ -43,3 +43,35 @@ def load_run(run_dir: str | Path) -> Tuple[Recipe, Embedder]:
     model = build_model(recipe)
     load_checkpoint(ckpt, {"model": model})
     return recipe, model.eval()
+
+
+def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def resumed_recipe(run_dir: str | Path, overrides: Sequence[str] = (), allow_changes: bool = False) -> Recipe:
+    """The recipe a run recorded (recipe.yaml, else its checkpoint), with ``overrides`` applied.
+
+    Raises:
+        FileNotFoundError: the folder has neither recipe.yaml nor a checkpoint.
+        ValueError: an override changes the recorded recipe and ``allow_changes`` is False.
+    """
+    run_dir = Path(run_dir)
+    recipe_file, ckpt = run_dir / "recipe.yaml", run_dir / CHECKPOINT
+    if recipe_file.exists():
+        recorded = yaml.safe_load(recipe_file.read_text())
+    elif ckpt.exists():
+        recorded = read_info(ckpt)["recipe"]
+    else:
+        raise FileNotFoundError(f"--resume: {run_dir} has no recipe.yaml and no {CHECKPOINT}; nothing to resume")
+    before = _flat(from_dict(Recipe, recorded).to_dict())
+    recipe = from_dict(Recipe, apply_overrides(recorded, overrides))
+    changed = {k: v for k, v in _flat(recipe.to_dict()).items() if before.get(k) != v}
+    if changed and not allow_changes:
+        diff = ", ".join(f"{k}={v!r} (recorded {before.get(k)!r})" for k, v in changed.items())
+        raise ValueError(f"--resume: --set would change the run's recorded recipe: {diff}; "
+                         "pass --allow-changes to resume with a changed recipe")
+    return recipe

@@ -8,7 +8,9 @@ same weights as an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence
@@ -27,6 +29,10 @@ from metricvision.losses import LossOutput
 from metricvision.metrics import evaluate_retrieval
 
 CHECKPOINT = "checkpoint.safetensors"
+
+
+class NonFiniteError(ValueError):
+    """Training produced a non-finite loss, gradient or weight; the last good checkpoint is kept."""
 
 
 class Hook(Protocol):
@@ -93,7 +99,7 @@ class Trainer:
         self.optimizer = build_optimizer(recipe, self.model, self.loss)
         self.total_steps = recipe.train.epochs * len(self.sampler)
         self.scheduler = build_schedule(self.optimizer, recipe.optim.warmup_steps, self.total_steps)
-        self.history: Dict[str, List[Any]] = {"step_loss": [], "epochs": []}
+        self.history: Dict[str, List[Any]] = {"step_loss": [], "epochs": [], "warnings": []}
         self.epoch = 0
 
     def _supervision_hooks(self) -> List[Any]:
@@ -115,10 +121,19 @@ class Trainer:
         return {"model": self.model, "loss": self.loss}
 
     def save(self) -> None:
-        """Checkpoint the end of epoch ``self.epoch`` (atomic)."""
+        """Checkpoint the end of epoch ``self.epoch`` (atomic); never replaces a good one with non-finite weights."""
+        bad = [f"{m}.{n}" for m, mod in self._modules().items() for n, t in mod.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise NonFiniteError(f"{len(bad)} weight tensors are non-finite after epoch {self.epoch} (e.g. {bad[0]}); "
+                                 f"not saved: {self._kept()}; lower optim.lr or set optim.grad_clip")
         info = {"epoch": self.epoch, "scheduler": self.scheduler.state_dict(), "history": self.history,
                 "recipe": self.recipe.to_dict(), "num_classes": self.num_classes}
         save_checkpoint(self.run_dir / CHECKPOINT, self._modules(), self.optimizer, info)
+
+    def _kept(self) -> str:
+        path = self.run_dir / CHECKPOINT
+        return f"the last good checkpoint {path} is kept" if path.exists() else "no checkpoint was written yet"
 
     def restore(self) -> bool:
         """Load the run folder's checkpoint if there is one; returns whether it did."""
@@ -128,21 +143,24 @@ class Trainer:
         info = load_checkpoint(path, self._modules(), self.optimizer)
         self.scheduler.load_state_dict(info["scheduler"])
         self.history, self.epoch = info["history"], int(info["epoch"])
+        self.history.setdefault("warnings", [])
         return True
 
     # ---- loop --------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> Dict[str, float]:
-        """Train the remaining epochs, then evaluate; returns the final metrics."""
+        """Train the remaining epochs, then evaluate; returns the final metrics.
+
+        Raises:
+            NonFiniteError: a non-finite loss or gradient with ``train.nonfinite: stop`` (the
+                default), or weights that became non-finite; the last good checkpoint is kept.
+        """
         r = self.recipe
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(r.to_dict(), sort_keys=False))
         if resume and self.restore():
             self._log({"event": "resume", "epoch": self.epoch})
-        start = time.time()
+        start, start_epoch = time.time(), self.epoch
         self._call("on_fit_start")
-        while self.epoch < r.train.epochs:
-            if r.train.max_minutes and (time.time() - start) / 60 > r.train.max_minutes:
-                self._log({"event": "time_limit", "epoch": self.epoch})
-                break
+        while self.epoch < self.planned_epochs():
             record = self.train_epoch(self.epoch)
             self.epoch += 1
             if r.train.eval_every and self.epoch % r.train.eval_every == 0 and self.epoch < r.train.epochs:
@@ -150,13 +168,44 @@ class Trainer:
             self.history["epochs"].append(record)
             self._call("on_epoch_end", self.epoch, record)
             self._log({"event": "epoch", **record})
+            if r.train.max_minutes:
+                self._apply_time_limit((time.time() - start) / (self.epoch - start_epoch), time.time() - start)
             self.save()
-        metrics = self.evaluate()
+        if self.epoch < r.train.epochs:
+            self._warn(f"stopped at epoch {self.epoch}/{r.train.epochs} by train.max_minutes={r.train.max_minutes:g}")
+        metrics: Dict[str, Any] = dict(self.evaluate())
         metrics["train_minutes"] = (time.time() - start) / 60
         metrics["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        metrics["epochs_trained"] = self.epoch
+        if self.history["warnings"]:
+            metrics["warnings"] = list(self.history["warnings"])
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         self._log({"event": "final", **metrics})
         return metrics
+
+    def planned_epochs(self) -> int:
+        """Epochs the schedule runs to: ``train.epochs``, fewer once a time limit shortened it."""
+        return math.ceil(self.scheduler.lr_lambdas[0].total / max(1, len(self.sampler)))
+
+    def _apply_time_limit(self, epoch_seconds: float, elapsed: float) -> None:
+        """Shorten the schedule to the epochs that fit in ``train.max_minutes``, so the LR still decays to 0.
+
+        Which epoch a run stops at depends on the machine's speed and load: the warning says so, and
+        metrics.json / report.html carry it.
+        """
+        r = self.recipe.train
+        fit = self.epoch + int(max(0.0, r.max_minutes * 60 - elapsed) // epoch_seconds)
+        if fit >= self.planned_epochs():
+            return
+        self.scheduler.lr_lambdas[0].total = fit * len(self.sampler)
+        self._warn(f"train.max_minutes={r.max_minutes:g}: {epoch_seconds:.0f} s per epoch, schedule shortened "
+                   f"to {fit}/{r.epochs} epochs (the result depends on this machine's speed and load)")
+
+    def _warn(self, message: str) -> None:
+        """A warning line on stderr, kept in the history (checkpoint) and metrics.json."""
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+        self.history["warnings"].append(message)
+        self._log({"event": "warning", "message": message})
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         """One epoch of PK batches; returns the epoch record (mean loss, lr, seconds)."""
@@ -170,9 +219,9 @@ class Trainer:
                 sampler = h.batch_sampler(self, epoch)
         loader = torch.utils.data.DataLoader(_Indexed(self.train_set), batch_sampler=self.local_batches(sampler),
                                              num_workers=self.recipe.data.num_workers)
-        losses, t0 = [], time.time()
+        losses, t0, skipped = [], time.time(), 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}", leave=False, dynamic_ncols=True)
-        for x, y, idx in bar:
+        for step, (x, y, idx) in enumerate(bar):
             x, y = x.to(self.device), y.to(self.device)
             for h in self.hooks:
                 if hasattr(h, "targets"):
@@ -180,15 +229,33 @@ class Trainer:
             out = self.batch_loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             out.value.backward()
-            if self.recipe.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
-            self.optimizer.step()
+            bad = self._nonfinite_step(out.value.detach())
+            if bad:
+                if self.recipe.train.nonfinite == "stop":
+                    raise NonFiniteError(
+                        f"non-finite {bad} at epoch {epoch + 1} step {step + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g}); "
+                        f"training stopped, {self._kept()}; lower optim.lr / set optim.grad_clip, or set train.nonfinite=skip to skip such steps")
+                skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                self.optimizer.step()
+                losses.append(float(out.value.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
             self.scheduler.step()
-            losses.append(float(out.value.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if skipped:
+            self._warn(f"epoch {epoch + 1}: skipped {skipped} step(s) with a non-finite loss or gradient (train.nonfinite=skip)")
         self.history["step_loss"] += losses
         return {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
                 "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.time() - t0}
+
+    def _nonfinite_step(self, loss: torch.Tensor) -> str:
+        """"loss" or "gradients" when either is non-finite (gradients clipped to optim.grad_clip first), else ""."""
+        if not bool(torch.isfinite(loss)):
+            return "loss"
+        clip = self.recipe.optim.grad_clip
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        return "" if bool(torch.isfinite(norm)) else "gradients"
 
     def local_batches(self, batches: Any) -> Any:
         """The batches this process trains on (all of them; DistributedTrainer keeps its rank's share)."""
