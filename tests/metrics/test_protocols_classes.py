@@ -134,11 +134,11 @@ def test_shot_accuracy_matches_oltr():
 
 
 def ref_f_measure(preds, labels):
-    """OLTR utils.py F_measure(openset=True)."""
+    """OLTR utils.py F_measure(openset=True), since commit 7decb38 (January 2020)."""
     tp = fp = fn = 0.0
     for i in range(len(labels)):
         tp += 1 if preds[i] == labels[i] and labels[i] != -1 else 0
-        fp += 1 if preds[i] != labels[i] and labels[i] != -1 and preds[i] != -1 else 0
+        fp += 1 if preds[i] != labels[i] and labels[i] != -1 else 0
         fn += 1 if preds[i] != labels[i] and labels[i] == -1 else 0
     precision, recall = tp / (tp + fp), tp / (tp + fn)
     return 2 * ((precision * recall) / (precision + recall + 1e-12))
@@ -157,6 +157,13 @@ def test_open_set_f_measure_and_protocol():
     assert out["f_measure"] == pytest.approx(1.0) and out["auroc"] == 1.0 and out["closed_accuracy"] == 1.0
     conf_known, conf_unknown = np.array([0.9, 0.4]), np.array([0.5, 0.1])
     assert roc_auc_score([1, 1, 0, 0], np.r_[conf_known, conf_unknown]) == 0.75
+
+
+def test_open_set_f_measure_counts_a_rejected_known_sample():
+    # 3 known right, 1 known rejected, 1 unknown accepted: P = 3/4, R = 3/4 (pre-2020 OLTR: P = 1)
+    labels, preds = np.array([0, 1, 2, 3, -1]), np.array([0, 1, 2, -1, 1])
+    assert open_set_f_measure(preds, labels) == pytest.approx(0.75)
+    assert open_set_f_measure(np.full(4, -1), np.array([0, 1, 2, -1])) == 0.0
 
 
 def test_incremental_scores_hand_worked():

@@ -5,9 +5,9 @@
 - long-tail: OLTR's ``shot_acc`` (Liu et al. 2019, github.com/zhmiao/OpenLongTailRecognition-OLTR,
   utils.py): per-class accuracy averaged within many / medium / few-shot groups; groups are
   many >= 100 and few <= 20 training images, as the issue specifies (OLTR's code uses > 100 and < 20).
-- open set: OLTR's ``F_measure(openset=True)`` with rejection of low-confidence predictions
-  (softmax over class-mean similarities below a threshold -> unknown), and AUROC of the
-  confidence for known vs unknown.
+- open set: OLTR's ``F_measure(openset=True)`` as fixed in January 2020, with rejection of
+  low-confidence predictions (softmax over class-mean similarities below a threshold ->
+  unknown), and AUROC of the confidence for known vs unknown.
 - class-incremental: average incremental accuracy (Rebuffi et al. 2017) and average
   forgetting (Chaudhry et al. 2018) from the task accuracy matrix.
 """
@@ -46,7 +46,7 @@ def few_shot_accuracy(
         support, query = embeddings[idx[:, :k_shot]], embeddings[idx[:, k_shot:]].reshape(-1, embeddings.shape[1])
         prototypes = support.mean(1)
         pred = torch.cdist(query, prototypes).argmin(1)
-        accs[e] = float((pred == torch.arange(n_way).repeat_interleave(n_query)).float().mean())
+        accs[e] = int((pred == torch.arange(n_way).repeat_interleave(n_query)).sum()) / len(pred)  # float64, not float32
     return {"accuracy": float(accs.mean()), "ci95": float(1.96 * accs.std() / np.sqrt(episodes)), "episodes": float(episodes)}
 
 
@@ -68,10 +68,17 @@ def shot_accuracy(pred: np.ndarray, labels: np.ndarray, train_labels: np.ndarray
 
 
 def open_set_f_measure(pred: np.ndarray, labels: np.ndarray) -> float:
-    """OLTR's open-set F-measure; label and prediction -1 mean "unknown"."""
+    """OLTR's open-set F-measure, current definition; label and prediction -1 mean "unknown".
+
+    Over (N,) predictions: TP = known samples classified right, FP = known samples not
+    classified right (a wrong class or rejected), FN = unknown samples not rejected. This is
+    ``F_measure(openset=True)`` since OLTR's commit "debug in f measurement calculation"
+    (January 2020), with which OLTR republished its numbers; the earlier code did not count a
+    rejected known sample as a false positive, which rewarded rejecting everything uncertain.
+    """
     known = labels != -1
     tp = float(((pred == labels) & known).sum())
-    fp = float(((pred != labels) & known & (pred != -1)).sum())
+    fp = float(((pred != labels) & known).sum())
     fn = float(((pred != labels) & ~known).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
