@@ -130,7 +130,7 @@ class NTXentLoss(MetricLoss):
         value = self._directional(L, pos, neg, dim=1) / n_pos
         if self.symmetric:
             value = (value + self._directional(L, pos, neg, dim=0) / n_pos) / 2
-        return LossOutput(value, {"scale": float(scale)})
+        return LossOutput(value, {"scale": float(scale.detach())})
 
     def _scale(self, S: torch.Tensor) -> torch.Tensor:
         """1 / t in S's dtype: the learned one (capped at 100), or the fixed one computed from t
