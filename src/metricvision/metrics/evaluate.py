@@ -108,17 +108,18 @@ def retrieval_scores(
 def _ranked(q: np.ndarray, qy: np.ndarray, r: np.ndarray, loo: bool, k: int, index: Optional[Index], query_chunk: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """(query rows (b,), (b, k) ranked reference ids) for chunks covering every query once.
 
-    Leave-one-out with no index given runs the symmetric ``self_knn`` (each pair of blocks
-    scored once) on the queries ordered by label: a row's first block then holds its class
-    mates, so its threshold starts near its final value and fewer candidates are kept. The
-    order changes the speed only; the neighbours are exact either way.
+    Equal scores rank the smaller reference index first. Leave-one-out with no index given
+    runs the symmetric ``self_knn`` (each pair of blocks scored once) on the queries ordered
+    by label: a row's first block then holds its class mates, so its threshold starts near its
+    final value and fewer candidates are kept. The order changes the speed only: ties are
+    broken by the original index, so the neighbours, and the metrics, do not depend on it.
     """
     if loo and index is None and k >= 1:
         from metricvision.index.self_knn import self_knn  # numba loads here, not at import
 
         order = np.argsort(qy, kind="stable")
-        for s, _, ids in self_knn(q[order], k):
-            yield order[s : s + len(ids)], np.where(ids >= 0, order[ids.clip(min=0)], -1)
+        for s, _, ids in self_knn(q[order], k, ids=order):
+            yield order[s : s + len(ids)], ids
         return
     if index is None:
         index = exact_index(r.shape[1])
