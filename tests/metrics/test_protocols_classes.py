@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from metricvision.data.sample import Sample
 from metricvision.metrics import (PROTOCOLS, few_shot_accuracy, fpr_at_recall, incremental_scores, kfold_accuracy,
                                   open_set_f_measure, shot_accuracy, tar_at_far)
+from metric_references import ref_f_measure, ref_fpr95
 
 
 def ref_kfold(sims, same, folds):
@@ -38,16 +39,6 @@ def test_tar_at_far_hand_worked():
     sims, same = np.concatenate([pos, neg]), np.concatenate([np.ones(4, bool), np.zeros(2000, bool)])
     t = np.sort(neg)[::-1][2]
     assert tar_at_far(sims, same, 1e-3) == (pos > t).mean() == 0.75
-
-
-def ref_fpr95(labels, scores):
-    """HardNet code/EvalMetrics.py ErrorRateAt95Recall (distances = 1 / scores, stable sort)."""
-    distances = 1.0 / (scores + 1e-8)
-    labels = labels[np.argsort(distances, kind="stable")]
-    threshold_index = np.argmax(np.cumsum(labels) >= 0.95 * np.sum(labels))
-    fp = np.sum(labels[:threshold_index] == 0)
-    tn = np.sum(labels[threshold_index:] == 0)
-    return float(fp) / float(fp + tn)
 
 
 def test_fpr95_matches_hardnet():
@@ -131,17 +122,6 @@ def test_shot_accuracy_matches_oltr():
     preds = np.where(rng.random(300) < 0.7, labels, rng.integers(0, 6, 300))
     out = shot_accuracy(preds, labels, train)
     assert (out["many_shot"], out["medium_shot"], out["few_shot"]) == pytest.approx(ref_shot_acc(preds, labels, train))
-
-
-def ref_f_measure(preds, labels):
-    """OLTR utils.py F_measure(openset=True), since commit 7decb38 (January 2020)."""
-    tp = fp = fn = 0.0
-    for i in range(len(labels)):
-        tp += 1 if preds[i] == labels[i] and labels[i] != -1 else 0
-        fp += 1 if preds[i] != labels[i] and labels[i] != -1 else 0
-        fn += 1 if preds[i] != labels[i] and labels[i] == -1 else 0
-    precision, recall = tp / (tp + fp), tp / (tp + fn)
-    return 2 * ((precision * recall) / (precision + recall + 1e-12))
 
 
 def test_open_set_f_measure_and_protocol():
