@@ -121,13 +121,30 @@ def _ranked(q: np.ndarray, qy: np.ndarray, r: np.ndarray, loo: bool, k: int, ind
         for s, _, ids in self_knn(q[order], k, ids=order):
             yield order[s : s + len(ids)], ids
         return
+    want = k + int(loo)
+    # an exact search looks one further: a tie across the last place is settled by index
+    extra = int(index is None and want < len(r))
     if index is None:
         index = exact_index(r.shape[1])
     index.add(r, np.arange(len(r)))
     for s in range(0, len(q), query_chunk):
-        _, ids = index.search(q[s : s + query_chunk], k + int(loo))
+        scores, ids = index.search(q[s : s + query_chunk], want + extra)
+        order = np.lexsort((ids, -scores))  # an index may return equal scores in any order
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        if extra:
+            ids = _settle_last_place(q[s : s + query_chunk], r, scores, ids, want)
         rows = np.arange(s, s + len(ids))
         yield rows, _drop_self(ids, rows[:, None]) if loo else ids
+
+
+def _settle_last_place(q: np.ndarray, r: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """(b, k) of the (b, k + 1) ranked ``ids``; a row whose (k+1)-th score ties its k-th is
+    ranked again over all of ``r`` (one (R,) score row at a time) by a stable sort, since an
+    index chooses among tied references in its own order, not by index."""
+    out = ids[:, :k].copy()
+    for i in np.flatnonzero(scores[:, k - 1] == scores[:, k]):
+        out[i] = np.argsort(-(r @ q[i]), kind="stable")[:k]
+    return out
 
 
 def exact_index(dim: int) -> Index:
