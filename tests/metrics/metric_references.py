@@ -62,7 +62,9 @@ def ref_compute_map(ranks, gnd, kappas=(1, 5, 10)):
 
 
 def ref_eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """torchreid eval_market1501 (argsort made stable for ties) -> (cmc (max_rank,), mAP, valid queries)."""
+    """torchreid eval_market1501 (argsort made stable for ties) -> (cmc (max_rank,), mAP, valid
+    queries); a query with fewer than max_rank kept gallery items holds its last CMC value
+    (torchreid assumes larger galleries)."""
     num_q, num_g = distmat.shape
     max_rank = min(max_rank, num_g)
     indices = np.argsort(distmat, axis=1, kind="stable")
@@ -76,7 +78,7 @@ def ref_eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50
             continue
         cmc = raw_cmc.cumsum()
         cmc[cmc > 1] = 1
-        all_cmc.append(cmc[:max_rank])
+        all_cmc.append(np.pad(cmc[:max_rank], (0, max(0, max_rank - len(cmc))), mode="edge"))
         num_valid_q += 1.0
         tmp_cmc = np.asarray([x / (i + 1.0) for i, x in enumerate(raw_cmc.cumsum())]) * raw_cmc
         all_ap.append(tmp_cmc.sum() / raw_cmc.sum())

@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from metricvision.metrics import cluster_scores, evaluate_retrieval, retrieval_scores
+from metric_cases import KINDS, grid_vectors
 from metric_references import ref_retrieval
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-KINDS = ("grid", "integers", "duplicates")
-
-
-def grid_vectors(rng: np.random.Generator, n: int, dim: int, kind: str, dtype: type) -> np.ndarray:
-    """(n, dim) vectors whose inner products are exact in float32."""
-    if kind == "grid":
-        x = rng.integers(-1024, 1025, (n, dim)) / 256
-    elif kind == "integers":
-        x = rng.integers(-2, 3, (n, dim))
-    else:
-        x = rng.integers(-2, 3, (max(1, n // 4), dim))[rng.integers(0, max(1, n // 4), n)]
-    return x.astype(dtype)
 
 
 def draw_labels(rng: np.random.Generator, n: int, layout: str) -> np.ndarray:
