@@ -6,7 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-from metricvision.metrics import cluster_scores, few_shot_accuracy, fpr_at_recall, reid_scores, revisited_scores, tar_at_far
+from metricvision.metrics import (cluster_scores, evaluate_retrieval, few_shot_accuracy, fpr_at_recall, kfold_accuracy, open_set_scores,
+                                  reid_scores, revisited_scores, tar_at_far)
 
 
 @pytest.mark.parametrize("labels", [np.zeros(6, int), np.arange(6)], ids=["one class", "singletons"])
@@ -87,6 +88,17 @@ def test_instance_scorers_accept_float32_and_float64(dtype, as_torch):
     assert 0 < reid_scores(q, np.arange(3), np.ones(3, int) * 5, g, ids, cams)["map"] <= 1
     sims, same = (q[:, :1] * 1).reshape(-1), np.array([True, False, True])
     assert 0 <= fpr_at_recall(sims, same) <= 1 and 0 <= tar_at_far(sims, same, 0.5) <= 1
+
+
+@pytest.mark.parametrize("convert", [np.float32, np.float64, torch.float32, torch.float64], ids=str)
+def test_class_and_pair_scorers_accept_float32_and_float64(convert):
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((40, 4)), np.repeat(np.arange(4), 10)
+    as_input = (lambda a: a.astype(convert)) if isinstance(convert, type) else (lambda a: torch.from_numpy(a).to(convert))
+    assert 0 <= few_shot_accuracy(as_input(x), y, 2, 1, 3, episodes=5)["accuracy"] <= 1
+    assert 0 <= open_set_scores(as_input(x), np.arange(4), np.r_[y[:-5], -np.ones(5, int)])["f_measure"] <= 1
+    assert 0 <= kfold_accuracy(as_input(x[:, 0]), y % 2 == 0, y)["accuracy"] <= 1
+    assert 0 <= evaluate_retrieval(as_input(x), y)["map@r"] <= 1
 
 
 def test_instance_scorers_refuse_nan_and_inf():

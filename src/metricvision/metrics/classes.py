@@ -20,19 +20,20 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from metricvision.metrics.classify import class_means, ncm_predict, ncm_scores
-from metricvision.metrics.protocols import PROTOCOLS, EmbedFn, Splits, embed, labels_of, require_splits
+from metricvision.metrics.protocols import PROTOCOLS, ArrayLike, EmbedFn, Splits, as_float_tensors, embed, labels_of, require_splits
 
 
 def few_shot_accuracy(
-    embeddings: torch.Tensor, labels: np.ndarray, n_way: int = 5, k_shot: int = 1, n_query: int = 15,
+    embeddings: ArrayLike, labels: np.ndarray, n_way: int = 5, k_shot: int = 1, n_query: int = 15,
     episodes: int = 600, seed: int = 0,
 ) -> Dict[str, float]:
     """Prototype accuracy over random episodes: mean, 95% interval half-width, episodes.
 
     Args:
-        embeddings: (N, D) embeddings of the evaluation classes.
+        embeddings: (N, D) float32 / float64 embeddings of the evaluation classes, finite.
         labels: (N,) labels; classes with fewer than k_shot + n_query items are not drawn.
     """
+    (embeddings,) = as_float_tensors(embeddings=embeddings)
     classes, counts = np.unique(labels, return_counts=True)
     usable = classes[counts >= k_shot + n_query]
     if len(usable) < n_way:
@@ -85,16 +86,17 @@ def open_set_f_measure(pred: np.ndarray, labels: np.ndarray) -> float:
     return 2 * precision * recall / (precision + recall + 1e-12)
 
 
-def open_set_scores(scores: torch.Tensor, classes: np.ndarray, labels: np.ndarray, threshold: float = 0.1, temperature: float = 0.1) -> Dict[str, float]:
+def open_set_scores(scores: ArrayLike, classes: np.ndarray, labels: np.ndarray, threshold: float = 0.1, temperature: float = 0.1) -> Dict[str, float]:
     """F-measure with rejection and AUROC (known = positive) from (N, C) class similarities.
 
     Args:
-        scores: (N, C) similarities to the known classes.
+        scores: (N, C) float32 / float64 similarities to the known classes, finite.
         classes: (C,) class labels of the columns.
         labels: (N,) true labels, -1 for unknown items.
         threshold: reject (predict -1) when the softmax confidence is below it (OLTR: 0.1).
         temperature: softmax temperature over the similarities.
     """
+    (scores,) = as_float_tensors(scores=scores)
     probs = torch.softmax(scores / temperature, dim=1)
     conf, arg = probs.max(1)
     pred = np.where(conf.numpy() < threshold, -1, classes[arg.numpy()])

@@ -35,8 +35,14 @@ def best_threshold(sims: np.ndarray, same: np.ndarray) -> float:
 
 
 def kfold_accuracy(sims: np.ndarray, same: np.ndarray, folds: np.ndarray) -> Dict[str, float]:
-    """Mean and std of per-fold accuracy, each fold thresholded by the best threshold of the others."""
-    same = np.asarray(same, bool)
+    """Mean and std of per-fold accuracy, each fold thresholded by the best threshold of the others.
+
+    Args:
+        sims: (P,) finite pair similarities, float32 / float64.
+        same: (P,) bool, True for genuine pairs.
+        folds: (P,) fold of each pair.
+    """
+    sims, same, folds = as_float_tensors(sims=sims)[0].numpy(), np.asarray(same, bool), np.asarray(folds)
     accs, thresholds = [], []
     for f in np.unique(folds):
         test = folds == f
