@@ -1,4 +1,5 @@
 """Each dataset reader on a tiny copy of its benchmark's native layout, plus its error messages."""
+import codecs
 import pickle
 
 import numpy as np
@@ -102,6 +103,40 @@ def test_revisited_refuses_code_in_pickle_and_bad_indices(tmp_path):
     with pytest.raises(FileNotFoundError, match="gnd_rparis6k.pkl not found.*imlist"):
         DATASETS.get("rparis6k")(tmp_path)
     assert load_plain_pickle(write_plain(tmp_path), "x") == {"a": [1, 2.5, "s", (1, 2)], "b": {3}}
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_revisited_gnd_pickle_of_any_protocol_with_arrays_and_sets(tmp_path, protocol):
+    """Re-saved gnd files: protocol 2 writes array data through _codecs.encode and sets as
+    __builtin__.set, protocol 5 arrays through numpy's _frombuffer; all are plain data."""
+    gnd = [{"bbx": np.array([1.0, 2.0, 30.5, 40.0]), "easy": np.array([0]), "hard": {1}, "junk": frozenset([2])}]
+    root = tmp_path / "roxford5k"
+    root.mkdir()
+    (root / "gnd_roxford5k.pkl").write_bytes(pickle.dumps({"gnd": gnd, "imlist": ["a", "b", "c"], "qimlist": ["a"]}, protocol=protocol))
+    q = DATASETS.get("roxford5k")(tmp_path)["query"][0]
+    assert q.bbox == (1.0, 2.0, 30.5, 40.0) and q.meta == {"easy": [0], "hard": [1], "junk": [2]}
+
+
+class _Calls:
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("payload,message", [
+    (_Calls(np.load, "x.npy"), "numpy.load' is not allowed"),
+    (_Calls(eval, "1"), "builtins.eval' is not allowed"),
+    (_Calls(codecs.encode, "abc", "rot13"), "only allowed as encode.str, 'latin1'"),
+    (_Calls(np.frombuffer, b"\0" * 8), "numpy.frombuffer' is not allowed"),
+])
+def test_plain_pickle_still_refuses_callables(tmp_path, payload, message):
+    for protocol in (2, 5):
+        p = tmp_path / "evil.pkl"
+        p.write_bytes(pickle.dumps({"gnd": [payload]}, protocol=protocol))
+        with pytest.raises(DatasetFormatError, match=message):
+            load_plain_pickle(p, "x")
 
 
 @pytest.mark.parametrize("kind,names", [

@@ -82,3 +82,23 @@ def test_non_finite_rows_are_named():
     x[3, 1] = np.nan
     with pytest.raises(ValueError, match="1 rows hold NaN or inf, the first is row 3"):
         next(self_knn(x, 2))
+
+
+def quantized(n: int, distinct: int, dim: int, seed: int) -> np.ndarray:
+    """(n, dim) float32 copies of ``distinct`` small-integer vectors: every dot product is
+    exact in any summation order, so equal scores tie exactly."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(-3, 4, (distinct, dim)).astype(np.float32)[rng.integers(0, distinct, n)]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_ties_are_broken_by_id_whatever_the_row_order(precision):
+    x = quantized(300, 26, 6, seed=0)
+    ref_s, ref_i = brute(x, 8)  # a stable sort over the rows in index order
+    order = np.random.default_rng(1).permutation(300)
+    scores, ids = collect(x[order], 8, block=64, precision=precision, ids=order)
+    back = np.argsort(order)
+    np.testing.assert_array_equal(ids[back], ref_i)
+    np.testing.assert_array_equal(scores[back], ref_s)
+    with pytest.raises(ValueError, match=r"ids must have one entry per row, shape \(300,\)"):
+        next(self_knn(x, 2, ids=order[:5]))

@@ -60,3 +60,11 @@ def test_learned_beta_is_an_own_lr_parameter():
     x, y = batch()
     loss(x.float(), y).value.backward()
     assert loss.beta.grad is not None
+
+
+def test_ntxent_fixed_temperature_is_exact_in_float64():
+    """1 / 0.07 in double precision, not a float32 copy (14.2857142518 instead of 14.2857142857)."""
+    x, y = batch(seed=4)
+    ours, ref = create_loss("ntxent", temperature=0.07), pml.NTXentLoss(temperature=0.07)
+    assert_same(lambda e: ours(e, y).value, lambda e: ref(e, y), x, rtol=1e-13)
+    assert ours(x, y).logs["scale"] == 1 / 0.07

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from metricvision.data.sample import Sample
 from metricvision.metrics import (PROTOCOLS, few_shot_accuracy, fpr_at_recall, incremental_scores, kfold_accuracy,
                                   open_set_f_measure, shot_accuracy, tar_at_far)
+from metric_references import ref_f_measure, ref_fpr95
 
 
 def ref_kfold(sims, same, folds):
@@ -38,16 +39,6 @@ def test_tar_at_far_hand_worked():
     sims, same = np.concatenate([pos, neg]), np.concatenate([np.ones(4, bool), np.zeros(2000, bool)])
     t = np.sort(neg)[::-1][2]
     assert tar_at_far(sims, same, 1e-3) == (pos > t).mean() == 0.75
-
-
-def ref_fpr95(labels, scores):
-    """HardNet code/EvalMetrics.py ErrorRateAt95Recall (distances = 1 / scores, stable sort)."""
-    distances = 1.0 / (scores + 1e-8)
-    labels = labels[np.argsort(distances, kind="stable")]
-    threshold_index = np.argmax(np.cumsum(labels) >= 0.95 * np.sum(labels))
-    fp = np.sum(labels[:threshold_index] == 0)
-    tn = np.sum(labels[threshold_index:] == 0)
-    return float(fp) / float(fp + tn)
 
 
 def test_fpr95_matches_hardnet():
@@ -133,17 +124,6 @@ def test_shot_accuracy_matches_oltr():
     assert (out["many_shot"], out["medium_shot"], out["few_shot"]) == pytest.approx(ref_shot_acc(preds, labels, train))
 
 
-def ref_f_measure(preds, labels):
-    """OLTR utils.py F_measure(openset=True)."""
-    tp = fp = fn = 0.0
-    for i in range(len(labels)):
-        tp += 1 if preds[i] == labels[i] and labels[i] != -1 else 0
-        fp += 1 if preds[i] != labels[i] and labels[i] != -1 and preds[i] != -1 else 0
-        fn += 1 if preds[i] != labels[i] and labels[i] == -1 else 0
-    precision, recall = tp / (tp + fp), tp / (tp + fn)
-    return 2 * ((precision * recall) / (precision + recall + 1e-12))
-
-
 def test_open_set_f_measure_and_protocol():
     rng = np.random.default_rng(6)
     labels = rng.integers(-1, 4, 200)
@@ -157,6 +137,13 @@ def test_open_set_f_measure_and_protocol():
     assert out["f_measure"] == pytest.approx(1.0) and out["auroc"] == 1.0 and out["closed_accuracy"] == 1.0
     conf_known, conf_unknown = np.array([0.9, 0.4]), np.array([0.5, 0.1])
     assert roc_auc_score([1, 1, 0, 0], np.r_[conf_known, conf_unknown]) == 0.75
+
+
+def test_open_set_f_measure_counts_a_rejected_known_sample():
+    # 3 known right, 1 known rejected, 1 unknown accepted: P = 3/4, R = 3/4 (pre-2020 OLTR: P = 1)
+    labels, preds = np.array([0, 1, 2, 3, -1]), np.array([0, 1, 2, -1, 1])
+    assert open_set_f_measure(preds, labels) == pytest.approx(0.75)
+    assert open_set_f_measure(np.full(4, -1), np.array([0, 1, 2, -1])) == 0.0
 
 
 def test_incremental_scores_hand_worked():

@@ -211,15 +211,17 @@ def seed_tau(row0, reps, kk, tau):
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
-def rescore_rows(x, row0, rows, kk, cid, fill):
+def rescore_rows(x, row0, rows, kk, cid, fill, ids):
     """Float32 scores of rows row0 .. row0 + rows of (N, D) ``x`` against their candidates,
-    then each row's top-kk -> (scores (rows, kk) float32, ids (rows, kk) int64)."""
+    then each row's top-kk, equal scores in increasing ``ids`` (N,) int64 order ->
+    (scores (rows, kk) float32, ``ids`` of the neighbours (rows, kk) int64)."""
     out_s = np.full((rows, kk), -np.inf, np.float32)
     out_i = np.full((rows, kk), -1, np.int64)
     for i in nb.prange(rows):
         r = row0 + i
         f = fill[r]
         sc = np.empty(f, np.float32)
+        cand = np.empty(f, np.int64)
         xr = x[r]
         for m in range(f):
             xj = x[cid[r, m]]
@@ -227,8 +229,11 @@ def rescore_rows(x, row0, rows, kk, cid, fill):
             for d in range(xr.shape[0]):  # vectorized (fastmath lets the sum reassociate)
                 acc += xr[d] * xj[d]
             sc[m] = acc
-        order = np.argsort(-sc)[:kk]
+            cand[m] = ids[cid[r, m]]
+        # ties by id, whatever order the scans met the candidates in: sort by id, then stably by score
+        by_id = np.argsort(cand, kind="mergesort")
+        order = by_id[np.argsort(-sc[by_id], kind="mergesort")[:kk]]
         for m in range(len(order)):
             out_s[i, m] = sc[order[m]]
-            out_i[i, m] = cid[r, order[m]]
+            out_i[i, m] = cand[order[m]]
     return out_s, out_i

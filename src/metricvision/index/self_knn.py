@@ -56,9 +56,14 @@ def bf16_matmul_pays() -> bool:
 
 
 def self_knn(
-    x: torch.Tensor | np.ndarray, k: int, block: int = 4096, precision: str = "auto", progress: Optional[bool] = None
+    x: torch.Tensor | np.ndarray, k: int, block: int = 4096, precision: str = "auto", progress: Optional[bool] = None,
+    ids: Optional[np.ndarray] = None,
 ) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
     """Top-k inner-product neighbours of every row of ``x`` among the other rows.
+
+    Equal scores are ordered by id, as a stable sort of the items in id order (and faiss)
+    orders them, whatever the order of the rows: a caller that reorders the rows for speed
+    passes their original indices as ``ids`` and gets the same neighbours.
 
     Args:
         x: (N, D) float32 vectors.
@@ -69,6 +74,8 @@ def self_knn(
             rounded to bfloat16 for the scans), or "auto" (bf16 when ``bf16_matmul_pays``).
         progress: a progress bar over the block pairs (stderr); None shows it from 100 pairs on
             (N above ~55k at B = 4096).
+        ids: (N,) distinct int64 id of each row, reported for its neighbours and breaking ties;
+            default 0 .. N - 1.
 
     Yields:
         (start, scores (b, k) float32, ids (b, k) int64) for consecutive row blocks, in order.
@@ -80,6 +87,9 @@ def self_knn(
     x = torch.as_tensor(x, dtype=torch.float32).cpu().contiguous()
     check_finite(x.numpy())
     n, dim = x.shape
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"ids must have one entry per row, shape ({n},), got {ids.shape}")
     kk = min(k, n - 1)
     dt = torch.bfloat16 if precision == "bf16" or (precision == "auto" and bf16_matmul_pays()) else torch.float32
     if kk < 1:
@@ -125,7 +135,7 @@ def self_knn(
             bar.update()
         rows = min(block, n - s0)
         knn_scan.compact_rows(s0, rows, kk, *lists.state())
-        best_s, best_i = knn_scan.rescore_rows(xn, s0, rows, kk, lists.cid, lists.fill)
+        best_s, best_i = knn_scan.rescore_rows(xn, s0, rows, kk, lists.cid, lists.fill, ids)
         out_s = np.full((rows, k), -np.inf, np.float32)
         out_i = np.full((rows, k), -1, np.int64)
         out_s[:, :kk], out_i[:, :kk] = best_s, best_i

@@ -117,23 +117,27 @@ class NTXentLoss(MetricLoss):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.similarity_kind = similarity
         self.symmetric = symmetric
-        log_scale = torch.tensor(math.log(1.0 / temperature))
-        self.log_scale = nn.Parameter(log_scale) if learn_temperature else None
-        self.register_buffer("_fixed_log_scale", log_scale, persistent=False)
+        self.temperature = temperature
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature))) if learn_temperature else None
 
     def compute(self, S: torch.Tensor, relevance: torch.Tensor) -> LossOutput:
         pos, neg = masks(relevance)
         n_pos = pos.sum()
+        scale = self._scale(S)
         if not n_pos or not neg.any():
-            return LossOutput(zero_loss(S) + zero_loss(self._scale()))
-        L = S * self._scale().to(S.dtype).clamp(max=100.0)
+            return LossOutput(zero_loss(S) + zero_loss(scale))
+        L = S * scale
         value = self._directional(L, pos, neg, dim=1) / n_pos
         if self.symmetric:
             value = (value + self._directional(L, pos, neg, dim=0) / n_pos) / 2
-        return LossOutput(value, {"scale": self._scale().item()})
+        return LossOutput(value, {"scale": float(scale.detach())})
 
-    def _scale(self) -> torch.Tensor:
-        return (self.log_scale if self.log_scale is not None else self._fixed_log_scale).exp()
+    def _scale(self, S: torch.Tensor) -> torch.Tensor:
+        """1 / t in S's dtype: the learned one (capped at 100), or the fixed one computed from t
+        in double precision (a float32 copy of t would be off by ~3e-8 relative even in float64)."""
+        if self.log_scale is not None:
+            return self.log_scale.exp().to(S.dtype).clamp(max=100.0)
+        return torch.tensor(1.0 / self.temperature, dtype=S.dtype, device=S.device)
 
     @staticmethod
     def _directional(L: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, dim: int) -> torch.Tensor:

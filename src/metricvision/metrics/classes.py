@@ -5,9 +5,9 @@
 - long-tail: OLTR's ``shot_acc`` (Liu et al. 2019, github.com/zhmiao/OpenLongTailRecognition-OLTR,
   utils.py): per-class accuracy averaged within many / medium / few-shot groups; groups are
   many >= 100 and few <= 20 training images, as the issue specifies (OLTR's code uses > 100 and < 20).
-- open set: OLTR's ``F_measure(openset=True)`` with rejection of low-confidence predictions
-  (softmax over class-mean similarities below a threshold -> unknown), and AUROC of the
-  confidence for known vs unknown.
+- open set: OLTR's ``F_measure(openset=True)`` as fixed in January 2020, with rejection of
+  low-confidence predictions (softmax over class-mean similarities below a threshold ->
+  unknown), and AUROC of the confidence for known vs unknown.
 - class-incremental: average incremental accuracy (Rebuffi et al. 2017) and average
   forgetting (Chaudhry et al. 2018) from the task accuracy matrix.
 """
@@ -20,19 +20,20 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from metricvision.metrics.classify import class_means, ncm_predict, ncm_scores
-from metricvision.metrics.protocols import PROTOCOLS, EmbedFn, Splits, embed, labels_of, require_splits
+from metricvision.metrics.protocols import PROTOCOLS, ArrayLike, EmbedFn, Splits, as_float_tensors, embed, labels_of, require_splits
 
 
 def few_shot_accuracy(
-    embeddings: torch.Tensor, labels: np.ndarray, n_way: int = 5, k_shot: int = 1, n_query: int = 15,
+    embeddings: ArrayLike, labels: np.ndarray, n_way: int = 5, k_shot: int = 1, n_query: int = 15,
     episodes: int = 600, seed: int = 0,
 ) -> Dict[str, float]:
     """Prototype accuracy over random episodes: mean, 95% interval half-width, episodes.
 
     Args:
-        embeddings: (N, D) embeddings of the evaluation classes.
+        embeddings: (N, D) float32 / float64 embeddings of the evaluation classes, finite.
         labels: (N,) labels; classes with fewer than k_shot + n_query items are not drawn.
     """
+    (embeddings,) = as_float_tensors(embeddings=embeddings)
     classes, counts = np.unique(labels, return_counts=True)
     usable = classes[counts >= k_shot + n_query]
     if len(usable) < n_way:
@@ -46,7 +47,7 @@ def few_shot_accuracy(
         support, query = embeddings[idx[:, :k_shot]], embeddings[idx[:, k_shot:]].reshape(-1, embeddings.shape[1])
         prototypes = support.mean(1)
         pred = torch.cdist(query, prototypes).argmin(1)
-        accs[e] = float((pred == torch.arange(n_way).repeat_interleave(n_query)).float().mean())
+        accs[e] = int((pred == torch.arange(n_way).repeat_interleave(n_query)).sum()) / len(pred)  # float64, not float32
     return {"accuracy": float(accs.mean()), "ci95": float(1.96 * accs.std() / np.sqrt(episodes)), "episodes": float(episodes)}
 
 
@@ -68,26 +69,34 @@ def shot_accuracy(pred: np.ndarray, labels: np.ndarray, train_labels: np.ndarray
 
 
 def open_set_f_measure(pred: np.ndarray, labels: np.ndarray) -> float:
-    """OLTR's open-set F-measure; label and prediction -1 mean "unknown"."""
+    """OLTR's open-set F-measure, current definition; label and prediction -1 mean "unknown".
+
+    Over (N,) predictions: TP = known samples classified right, FP = known samples not
+    classified right (a wrong class or rejected), FN = unknown samples not rejected. This is
+    ``F_measure(openset=True)`` since OLTR's commit "debug in f measurement calculation"
+    (January 2020), with which OLTR republished its numbers; the earlier code did not count a
+    rejected known sample as a false positive, which rewarded rejecting everything uncertain.
+    """
     known = labels != -1
     tp = float(((pred == labels) & known).sum())
-    fp = float(((pred != labels) & known & (pred != -1)).sum())
+    fp = float(((pred != labels) & known).sum())
     fn = float(((pred != labels) & ~known).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     return 2 * precision * recall / (precision + recall + 1e-12)
 
 
-def open_set_scores(scores: torch.Tensor, classes: np.ndarray, labels: np.ndarray, threshold: float = 0.1, temperature: float = 0.1) -> Dict[str, float]:
+def open_set_scores(scores: ArrayLike, classes: np.ndarray, labels: np.ndarray, threshold: float = 0.1, temperature: float = 0.1) -> Dict[str, float]:
     """F-measure with rejection and AUROC (known = positive) from (N, C) class similarities.
 
     Args:
-        scores: (N, C) similarities to the known classes.
+        scores: (N, C) float32 / float64 similarities to the known classes, finite.
         classes: (C,) class labels of the columns.
         labels: (N,) true labels, -1 for unknown items.
         threshold: reject (predict -1) when the softmax confidence is below it (OLTR: 0.1).
         temperature: softmax temperature over the similarities.
     """
+    (scores,) = as_float_tensors(scores=scores)
     probs = torch.softmax(scores / temperature, dim=1)
     conf, arg = probs.max(1)
     pred = np.where(conf.numpy() < threshold, -1, classes[arg.numpy()])

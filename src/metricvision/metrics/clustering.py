@@ -26,10 +26,23 @@ def cluster_scores(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0, ba
         raise ValueError(f"backend must be one of {BACKENDS}, got '{backend}'")
     labels = np.asarray(labels)
     n_classes = len(np.unique(labels))
-    if n_classes < 2 or len(labels) <= n_classes:
-        return {"nmi": 0.0, "ami": 0.0}
-    x = np.ascontiguousarray(embeddings, np.float32)
-    if backend == "auto" and len(labels) * n_classes <= AUTO_FAISS_ABOVE:
+    if n_classes == 0:
+        raise ValueError("cluster_scores needs at least one sample, got 0")
+    if n_classes in (1, len(labels)):
+        # k = 1 puts every point in one cluster, k = N each (distinct) point in its own: the
+        # clustering equals the labelling, NMI = AMI = 1 as scikit-learn and PML report
+        pred = np.zeros(len(labels), np.int64) if n_classes == 1 else np.arange(len(labels))
+    else:
+        pred = _kmeans(np.ascontiguousarray(embeddings, np.float32), n_classes, seed, backend)
+    return {
+        "nmi": float(normalized_mutual_info_score(labels, pred)),
+        "ami": float(adjusted_mutual_info_score(labels, pred)),
+    }
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int, backend: str) -> np.ndarray:
+    """(N,) cluster of each row of (N, D) ``x`` by k-means with ``k`` clusters."""
+    if backend == "auto" and len(x) * k <= AUTO_FAISS_ABOVE:
         backend = "sklearn"
     if backend == "auto":
         try:
@@ -40,14 +53,9 @@ def cluster_scores(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0, ba
     if backend == "faiss":
         import faiss
 
-        kmeans = faiss.Kmeans(x.shape[1], n_classes, niter=20, seed=1234 + seed, verbose=False)
+        kmeans = faiss.Kmeans(x.shape[1], k, niter=20, seed=1234 + seed, verbose=False)
         kmeans.train(x)
-        pred = kmeans.index.search(x, 1)[1][:, 0]
-    else:
-        from sklearn.cluster import KMeans
+        return kmeans.index.search(x, 1)[1][:, 0]
+    from sklearn.cluster import KMeans
 
-        pred = KMeans(n_clusters=n_classes, n_init=1, random_state=seed).fit_predict(x)
-    return {
-        "nmi": float(normalized_mutual_info_score(labels, pred)),
-        "ami": float(adjusted_mutual_info_score(labels, pred)),
-    }
+    return KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(x)

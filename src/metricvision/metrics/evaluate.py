@@ -108,25 +108,43 @@ def retrieval_scores(
 def _ranked(q: np.ndarray, qy: np.ndarray, r: np.ndarray, loo: bool, k: int, index: Optional[Index], query_chunk: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """(query rows (b,), (b, k) ranked reference ids) for chunks covering every query once.
 
-    Leave-one-out with no index given runs the symmetric ``self_knn`` (each pair of blocks
-    scored once) on the queries ordered by label: a row's first block then holds its class
-    mates, so its threshold starts near its final value and fewer candidates are kept. The
-    order changes the speed only; the neighbours are exact either way.
+    Equal scores rank the smaller reference index first. Leave-one-out with no index given
+    runs the symmetric ``self_knn`` (each pair of blocks scored once) on the queries ordered
+    by label: a row's first block then holds its class mates, so its threshold starts near its
+    final value and fewer candidates are kept. The order changes the speed only: ties are
+    broken by the original index, so the neighbours, and the metrics, do not depend on it.
     """
     if loo and index is None and k >= 1:
         from metricvision.index.self_knn import self_knn  # numba loads here, not at import
 
         order = np.argsort(qy, kind="stable")
-        for s, _, ids in self_knn(q[order], k):
-            yield order[s : s + len(ids)], np.where(ids >= 0, order[ids.clip(min=0)], -1)
+        for s, _, ids in self_knn(q[order], k, ids=order):
+            yield order[s : s + len(ids)], ids
         return
+    want = k + int(loo)
+    # an exact search looks one further: a tie across the last place is settled by index
+    extra = int(index is None and want < len(r))
     if index is None:
         index = exact_index(r.shape[1])
     index.add(r, np.arange(len(r)))
     for s in range(0, len(q), query_chunk):
-        _, ids = index.search(q[s : s + query_chunk], k + int(loo))
+        scores, ids = index.search(q[s : s + query_chunk], want + extra)
+        order = np.lexsort((ids, -scores))  # an index may return equal scores in any order
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        if extra:
+            ids = _settle_last_place(q[s : s + query_chunk], r, scores, ids, want)
         rows = np.arange(s, s + len(ids))
         yield rows, _drop_self(ids, rows[:, None]) if loo else ids
+
+
+def _settle_last_place(q: np.ndarray, r: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """(b, k) of the (b, k + 1) ranked ``ids``; a row whose (k+1)-th score ties its k-th is
+    ranked again over all of ``r`` (one (R,) score row at a time) by a stable sort, since an
+    index chooses among tied references in its own order, not by index."""
+    out = ids[:, :k].copy()
+    for i in np.flatnonzero(scores[:, k - 1] == scores[:, k]):
+        out[i] = np.argsort(-(r @ q[i]), kind="stable")[:k]
+    return out
 
 
 def exact_index(dim: int) -> Index:

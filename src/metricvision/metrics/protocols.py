@@ -9,7 +9,7 @@ pure metric functions of its module on the embeddings.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,9 +18,11 @@ from metricvision._registry import Registry
 from metricvision.data.readers.base import crop_to_box
 from metricvision.data.registry import DATASETS
 from metricvision.data.sample import Sample, SampleDataset
+from metricvision.index.base import check_finite
 from metricvision.metrics.clustering import cluster_scores
 from metricvision.metrics.evaluate import evaluate_retrieval, retrieval_scores
 
+ArrayLike = np.ndarray | torch.Tensor
 EmbedFn = Callable[[List[Sample]], torch.Tensor]
 Splits = Dict[str, List[Sample]]
 PROTOCOLS: Registry[Dict[str, float]] = Registry("protocol")
@@ -74,6 +76,19 @@ def require_splits(splits: Splits, names: Sequence[str], protocol: str) -> None:
     missing = [n for n in names if n not in splits]
     if missing:
         raise KeyError(f"protocol '{protocol}' needs splits {list(names)}, missing {missing}; got {sorted(splits)}")
+
+
+def as_float_tensors(**arrays: ArrayLike) -> Tuple[torch.Tensor, ...]:
+    """The given (N, D) or (N,) arrays / tensors as CPU tensors of one dtype (float64 if any is
+    float64, else float32), in keyword order; an error names the first non-finite row."""
+    ts = {n: x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)) for n, x in arrays.items()}
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in ts.values()) else torch.float32
+    out = []
+    for name, t in ts.items():
+        t = t.to(dtype)
+        check_finite(t.numpy().reshape(t.shape[0], -1) if t.ndim > 1 else t.numpy()[:, None], name)
+        out.append(t)
+    return tuple(out)
 
 
 def labels_of(samples: Sequence[Sample]) -> np.ndarray:

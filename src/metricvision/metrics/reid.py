@@ -13,24 +13,26 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
-from metricvision.metrics.protocols import PROTOCOLS, EmbedFn, Splits, embed, labels_of, require_splits
+from metricvision.metrics.protocols import PROTOCOLS, ArrayLike, EmbedFn, Splits, as_float_tensors, embed, labels_of, require_splits
 
 RANKS = (1, 5, 10, 20)
 
 
 def reid_scores(
-    query: torch.Tensor, query_ids: np.ndarray, query_cams: np.ndarray,
-    gallery: torch.Tensor, gallery_ids: np.ndarray, gallery_cams: np.ndarray,
+    query: ArrayLike, query_ids: np.ndarray, query_cams: np.ndarray,
+    gallery: ArrayLike, gallery_ids: np.ndarray, gallery_cams: np.ndarray,
     ranks: Sequence[int] = RANKS, query_chunk: int = 256,
 ) -> Dict[str, float]:
     """rank-k CMC and mAP, streamed over query chunks (one (chunk, G) score block at a time).
 
     Args:
-        query: (Q, D) embeddings, L2-normalized (cosine ranking = Euclidean ranking).
+        query: (Q, D) float32 / float64 embeddings, L2-normalized (cosine ranking = Euclidean
+            ranking), finite.
         query_ids, query_cams: (Q,) identities and cameras.
         gallery: (G, D) embeddings.
         gallery_ids, gallery_cams: (G,) identities and cameras.
     """
+    query, gallery = as_float_tensors(query=query, gallery=gallery)
     gid, gcam = torch.as_tensor(gallery_ids), torch.as_tensor(gallery_cams)
     qid_all, qcam_all = torch.as_tensor(query_ids), torch.as_tensor(query_cams)
     cmc_hits = torch.zeros(len(ranks), dtype=torch.float64)

@@ -5,15 +5,19 @@ python/evaluate.py): AP by the trapezoid rule over positive positions after disc
 junk ranked before each positive, mP@k with k' = min(max(positive position), k), and
 queries without positives left out of the means. Protocols easy (ok = easy; junk = junk +
 hard), medium (ok = easy + hard; junk = junk) and hard (ok = hard; junk = junk + easy).
+As there, a ground-truth list is a set of images (``np.in1d``: an image listed twice, or in
+both ok and junk, holds one position) while the recall step is 1 / len(ok list); a protocol
+in which no query has a positive has no mAP (0 / 0 there): NaN here, with a warning.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from metricvision.metrics.protocols import PROTOCOLS, EmbedFn, Splits, embed, require_splits
+from metricvision.metrics.protocols import PROTOCOLS, ArrayLike, EmbedFn, Splits, as_float_tensors, embed, require_splits
 
 KAPPAS = (1, 5, 10)
 SETUPS = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)), "hard": (("hard",), ("junk", "easy"))}
@@ -23,15 +27,15 @@ def average_precision(positions: np.ndarray, junk: np.ndarray, num_positives: in
     """revisitop's AP of one query from 0-based ranked positions.
 
     Args:
-        positions: (P,) positions of the positives in the ranking.
-        junk: (J,) positions of the junk items.
+        positions: (P,) positions of the positives in the ranking (a repeated one counts once).
+        junk: (J,) positions of the junk items (a repeated one counts once).
         num_positives: number of positives (the recall step is 1 / num_positives).
 
     Returns:
-        AP, and the (P,) junk-discounted 0-based positions of the positives, sorted.
+        AP, and the (P',) junk-discounted 0-based positions of the distinct positives, sorted.
     """
-    pos = np.sort(np.asarray(positions, dtype=np.int64))
-    pos = pos - np.searchsorted(np.sort(np.asarray(junk, dtype=np.int64)), pos)
+    pos = np.unique(np.asarray(positions, dtype=np.int64))
+    pos = pos - np.searchsorted(np.unique(np.asarray(junk, dtype=np.int64)), pos)
     j = np.arange(len(pos), dtype=np.float64)
     precision_0 = np.where(pos == 0, 1.0, j / np.maximum(pos, 1))
     precision_1 = (j + 1) / (pos + 1)
@@ -39,13 +43,18 @@ def average_precision(positions: np.ndarray, junk: np.ndarray, num_positives: in
 
 
 def mean_average_precision(
-    positions: Sequence[np.ndarray], junk: Sequence[np.ndarray], kappas: Sequence[int] = KAPPAS
+    positions: Sequence[np.ndarray], junk: Sequence[np.ndarray], kappas: Sequence[int] = KAPPAS, name: str = "mAP"
 ) -> Dict[str, float]:
     """mAP and mP@k over queries; a query with no positive is left out (NaN in revisitop).
 
     Args:
-        positions: per query, 0-based ranked positions of its positives.
+        positions: per query, 0-based ranked positions of its positives, one per entry of its
+            ok list (the recall step is 1 / len; a repeated position counts once).
         junk: per query, 0-based ranked positions of its junk items.
+        name: what the warning calls these figures.
+
+    Returns:
+        "map" and "mp@k"; NaN, with a warning, when no query has a positive.
     """
     aps, prs = [], []
     for pos, jk in zip(positions, junk):
@@ -55,9 +64,12 @@ def mean_average_precision(
         aps.append(ap)
         one_based = adjusted + 1
         prs.append([(one_based <= min(one_based.max(), k)).sum() / min(one_based.max(), k) for k in kappas])
-    out = {"map": float(np.mean(aps)) if aps else 0.0}
+    if not aps:
+        warnings.warn(f"{name}: no query has a positive, so mAP and mP@k are undefined; reported as NaN", stacklevel=2)
+        return {"map": float("nan")} | {f"mp@{k}": float("nan") for k in kappas}
+    out = {"map": float(np.mean(aps))}
     for i, k in enumerate(kappas):
-        out[f"mp@{k}"] = float(np.mean([p[i] for p in prs])) if prs else 0.0
+        out[f"mp@{k}"] = float(np.mean([p[i] for p in prs]))
     return out
 
 
@@ -68,11 +80,11 @@ def ranked_positions(queries: torch.Tensor, db: torch.Tensor, items: Sequence[np
     filled ``db_chunk`` vectors at a time.
 
     Args:
-        queries: (Q, D) embeddings.
+        queries: (Q, D) embeddings, float32 or float64 like ``db``.
         db: (N, D) embeddings.
         items: per query, (M,) db indices whose positions are wanted.
     """
-    row = torch.empty(db.shape[0])
+    row = torch.empty(db.shape[0], dtype=db.dtype)
     out = []
     for i in range(queries.shape[0]):
         for s in range(0, db.shape[0], db_chunk):
@@ -84,14 +96,21 @@ def ranked_positions(queries: torch.Tensor, db: torch.Tensor, items: Sequence[np
     return out
 
 
-def revisited_scores(queries: torch.Tensor, db: torch.Tensor, gnd: Sequence[Dict[str, Sequence[int]]], kappas: Sequence[int] = KAPPAS) -> Dict[str, float]:
+def revisited_scores(queries: ArrayLike, db: ArrayLike, gnd: Sequence[Dict[str, Sequence[int]]], kappas: Sequence[int] = KAPPAS) -> Dict[str, float]:
     """{easy,medium,hard}_map and _mp@k (fractions, not percent) from embeddings and ground truth.
 
     Args:
-        queries: (Q, D) embeddings of the cropped queries.
+        queries: (Q, D) float32 / float64 embeddings of the cropped queries, finite.
         db: (N, D) embeddings of the database (distractors appended after the dataset images).
         gnd: per query, "easy" / "hard" / "junk" lists of db indices.
+
+    Returns:
+        A protocol in which no query has a positive reports NaN (with a warning); an error
+        when no query has any easy or hard image.
     """
+    queries, db = as_float_tensors(queries=queries, db=db)
+    if not any(len(g.get("easy", [])) or len(g.get("hard", [])) for g in gnd):
+        raise ValueError("no query has an easy or hard image: every protocol's mAP is undefined; check the ground truth")
     kinds = ("easy", "hard", "junk")
     items = [np.concatenate([np.asarray(g.get(k, []), dtype=np.int64) for k in kinds]) for g in gnd]
     found = ranked_positions(queries, db, items)
@@ -103,7 +122,7 @@ def revisited_scores(queries: torch.Tensor, db: torch.Tensor, gnd: Sequence[Dict
     for setup, (ok, junk) in SETUPS.items():
         positions = [np.concatenate([p[k] for k in ok]) for p in by_kind]
         junk_positions = [np.concatenate([p[k] for k in junk]) for p in by_kind]
-        for name, v in mean_average_precision(positions, junk_positions, kappas).items():
+        for name, v in mean_average_precision(positions, junk_positions, kappas, name=f"revisited {setup}").items():
             out[f"{setup}_{name}"] = v
     return out
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from metricvision.data.sample import Sample
-from metricvision.metrics.protocols import PROTOCOLS, EmbedFn, Splits, embed, require_splits
+from metricvision.metrics.protocols import PROTOCOLS, EmbedFn, Splits, as_float_tensors, embed, require_splits
 
 
 def best_threshold(sims: np.ndarray, same: np.ndarray) -> float:
@@ -35,8 +35,14 @@ def best_threshold(sims: np.ndarray, same: np.ndarray) -> float:
 
 
 def kfold_accuracy(sims: np.ndarray, same: np.ndarray, folds: np.ndarray) -> Dict[str, float]:
-    """Mean and std of per-fold accuracy, each fold thresholded by the best threshold of the others."""
-    same = np.asarray(same, bool)
+    """Mean and std of per-fold accuracy, each fold thresholded by the best threshold of the others.
+
+    Args:
+        sims: (P,) finite pair similarities, float32 / float64.
+        same: (P,) bool, True for genuine pairs.
+        folds: (P,) fold of each pair.
+    """
+    sims, same, folds = as_float_tensors(sims=sims)[0].numpy(), np.asarray(same, bool), np.asarray(folds)
     accs, thresholds = [], []
     for f in np.unique(folds):
         test = folds == f
@@ -49,20 +55,40 @@ def kfold_accuracy(sims: np.ndarray, same: np.ndarray, folds: np.ndarray) -> Dic
 def tar_at_far(sims: np.ndarray, same: np.ndarray, far: float = 1e-3) -> float:
     """True accept rate at the strictest threshold whose false accept rate is <= ``far``.
 
-    Accept when sim > t, t = the (floor(far * negatives) + 1)-th highest impostor similarity.
+    Accept when sim > t, t = the (m + 1)-th highest of the n impostor similarities, m the
+    largest count with m / n <= far as scikit-learn's ``roc_curve`` computes the rate (so
+    far = 0.29 allows 29 of 100, where floor(0.29 * 100) = 28).
+
+    Args:
+        sims: (P,) finite pair similarities.
+        same: (P,) bool, True for genuine pairs.
     """
-    same = np.asarray(same, bool)
+    if not 0 <= far <= 1:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    (sims,) = as_float_tensors(sims=sims)
+    sims, same = sims.numpy(), np.asarray(same, bool)
     neg = np.sort(sims[~same])[::-1]
     if len(neg) == 0 or not same.any():
         raise ValueError("TAR@FAR needs both genuine and impostor pairs")
-    allowed = int(np.floor(far * len(neg)))
-    t = neg[allowed] if allowed < len(neg) else -np.inf
+    n = len(neg)
+    allowed = int(np.floor(far * n))  # within one of the exact count: step to it
+    while allowed < n and (allowed + 1) / n <= far:
+        allowed += 1
+    while allowed > 0 and allowed / n > far:
+        allowed -= 1
+    t = neg[allowed] if allowed < n else -np.inf
     return float((sims[same] > t).mean())
 
 
 def fpr_at_recall(sims: np.ndarray, same: np.ndarray, recall: float = 0.95) -> float:
-    """HardNet's ErrorRateAt95Recall: FPR at the first rank where recall >= ``recall``."""
-    labels = np.asarray(same, bool)[np.argsort(-np.asarray(sims), kind="stable")]
+    """HardNet's ErrorRateAt95Recall: FPR at the first rank where recall >= ``recall``.
+
+    Args:
+        sims: (P,) finite pair similarities.
+        same: (P,) bool, True for matching pairs.
+    """
+    (sims,) = as_float_tensors(sims=sims)
+    labels = np.asarray(same, bool)[np.argsort(-sims.numpy(), kind="stable")]
     if not labels.any() or labels.all():
         raise ValueError("FPR95 needs both matching and non-matching pairs")
     threshold_index = int(np.argmax(np.cumsum(labels) >= recall * labels.sum()))

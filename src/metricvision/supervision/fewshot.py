@@ -1,6 +1,10 @@
-"""Few-shot learning: episodes, prototypical and cosine classifiers, dense classification
-and implanting (Snell et al., NeurIPS 2017; Lifchitz et al., CVPR 2019). Few-shot accuracy
-of fixed embeddings with its 95% interval is ``metricvision.metrics.few_shot_accuracy``."""
+"""Few-shot learning: episodes, prototypical and cosine classifiers (Snell et al., NeurIPS
+2017), and simplified versions of dense classification and implanting (after Lifchitz et
+al., CVPR 2019): here a cosine classifier over the locations of given (frozen) feature maps,
+and a single 1x1 convolution trained on an episode's support set beside the frozen features,
+not the paper's end-to-end training of the backbone nor its implants in the backbone's
+last layers. Few-shot accuracy of fixed embeddings with its 95% interval is
+``metricvision.metrics.few_shot_accuracy``."""
 from __future__ import annotations
 
 import math
@@ -106,16 +110,19 @@ class CosineClassifier(nn.Module):
 
 
 def dense_classification_loss(dense: torch.Tensor, labels: torch.Tensor, classifier: CosineClassifier) -> torch.Tensor:
-    """Dense classification (Lifchitz et al.): every location of the (N, D, h, w) feature map
-    is classified into the image's class; cross-entropy averaged over locations."""
+    """A simplified dense classification (after Lifchitz et al.): every location of the given
+    (N, D, h, w) feature map is classified into the image's class by ``classifier``;
+    cross-entropy averaged over locations. Only what produces ``dense`` (and the classifier)
+    learns: the paper trains the whole backbone this way."""
     n, d, h, w = dense.shape
     logits = classifier(dense.permute(0, 2, 3, 1).reshape(-1, d))
     return F.cross_entropy(logits, labels.repeat_interleave(h * w))
 
 
 class Implant(nn.Module):
-    """Implanting (Lifchitz et al.): a new 1x1 convolution beside the frozen last layer, its
-    pooled output concatenated to the frozen embedding; trained on the support set only.
+    """A simplified implant (after Lifchitz et al.): one new 1x1 convolution on frozen feature
+    maps, its pooled output concatenated to the frozen embedding; trained on the support set
+    only (the paper implants convolutions beside the backbone's last layers).
 
     Args:
         in_channels: C of the frozen feature maps.

@@ -63,9 +63,9 @@ def fit_threshold(scores: torch.Tensor, classes: np.ndarray, labels: np.ndarray)
     """The rejection threshold maximizing balanced open-set accuracy on validation queries.
 
     Balanced open-set accuracy is the mean of the fraction of known queries accepted with the
-    right class and the fraction of unknown queries rejected. (OLTR's open-set F-measure,
-    ``metrics.open_set_f_measure``, does not count a rejected known query as an error, so
-    maximizing it would reject all but the most confident queries.)
+    right class and the fraction of unknown queries rejected: it weighs the two kinds of
+    queries equally whatever their numbers, which OLTR's open-set F-measure
+    (``metrics.open_set_f_measure``, known samples are its positives) does not.
 
     Args:
         scores: (N, C) similarities of validation queries to the known classes.

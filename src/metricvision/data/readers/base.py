@@ -1,10 +1,12 @@
 """Shared pieces of the dataset readers: file checks, safe pickle loading, boxes."""
 from __future__ import annotations
 
+import _compat_pickle
+import collections
 import io
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Iterable, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -56,20 +58,45 @@ def as_int(value: str, path: Path, expected: str) -> int:
         raise DatasetFormatError(f"{path}: expected {expected}, got non-integer '{value}'") from None
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds only containers, numbers, strings and numpy arrays; no other global."""
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """Stands in for ``_codecs.encode``, which protocol 2 uses to write bytes (numpy array
+    data among them): a str to latin-1 bytes, nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode is only allowed as encode(str, 'latin1'), got ({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
 
-    ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("collections", "OrderedDict"),
+
+def _safe_globals() -> Dict[Tuple[str, str], Any]:
+    """The globals a plain-data pickle may name: numpy array, dtype and scalar reconstruction
+    (under numpy 1 and 2 module names), sets, slices, OrderedDict, protocol 2's bytes."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: Dict[Tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+        ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "slice"): slice,
+        ("collections", "OrderedDict"): collections.OrderedDict, ("_codecs", "encode"): _latin1_bytes,
     }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds only containers, numbers, strings, sets and numpy arrays / dtypes / scalars, from
+    pickles of any protocol (Python 2's module names included); no other global."""
+
+    ALLOWED = _safe_globals()
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (__builtin__.set, copy_reg...) as Unpickler.find_class maps them
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
-        return getattr(np, name) if module == "numpy" else super().find_class(module, name)
+        return self.ALLOWED[(module, name)]
 
 
 def load_plain_pickle(path: Path, expected: str) -> Any:
