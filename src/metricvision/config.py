@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
@@ -23,10 +23,12 @@ class DataConfig:
 
     dataset: str = "emoji"
     path: Optional[str] = None
-    image_size: int = 48
+    image_size: Union[int, List[int]] = 48  # or [height, width]
     train_transform: str = "train"
+    train_transform_params: Dict[str, Any] = field(default_factory=dict)
     batch_size: int = 128
     samples_per_class: int = 4
+    sampler: str = "pk"  # or "camera_pk": an identity's K images from different cameras where possible
     num_workers: int = 0
 
 
@@ -39,6 +41,8 @@ class ModelConfig:
     weights_path: Optional[str] = None
     pooling: str = "gem"
     dim: int = 128
+    neck: str = "none"  # or "bnneck"
+    last_stride: int = 2  # 1: a ResNet's last stage at stride 1 (re-ID)
 
 
 @dataclass
@@ -71,6 +75,8 @@ class TrainConfig:
     threads: int = 0
     eval_every: int = 0
     max_minutes: float = 0.0
+    amp: str = "none"  # "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast with a gradient scaler)
+    channels_last: bool = True
 
 
 @dataclass
@@ -112,7 +118,18 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _check_type(value, args[0], key)
+        if value is None:
+            return None
+        for arg in args[:-1]:
+            try:
+                return _check_type(value, arg, key)
+            except ValueError:
+                continue
+        try:
+            return _check_type(value, args[-1], key)
+        except ValueError:
+            names = " or ".join(a.__name__ if isinstance(a, type) else str(a).replace("typing.", "") for a in args)
+            raise ValueError(f"{key} must be {names}, got {value!r}") from None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin in (list, List):

@@ -18,7 +18,7 @@ import yaml
 from tqdm import tqdm
 
 from metricvision.config import Recipe
-from metricvision.data.samplers import PKSampler
+from metricvision.data.samplers import SAMPLERS
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS
 from metricvision.engine.builders import build_loss, build_model, build_optimizer, build_schedule, build_splits
@@ -37,6 +37,18 @@ class Hook(Protocol):
     batch_sampler(trainer, epoch) -> the epoch's batches of dataset indices (default: PK on labels);
     on_epoch_end(trainer, epoch, record).
     """
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``train.amp`` ("none", "bf16", "fp16"); fp16 (with a gradient scaler) needs CUDA."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"train.amp must be one of {tuple(AMP_DTYPES)}, got '{amp}'")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.amp=fp16 needs a CUDA device, got {device}; use bf16 on CPU")
+    return AMP_DTYPES[amp]
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -85,11 +97,13 @@ class Trainer:
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
-        size = recipe.data.image_size
-        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(recipe.data.train_transform, size=size))
+        d, size = recipe.data, recipe.data.image_size
+        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params))
         self.eval_transform = TRANSFORMS.create("eval", size=size)
-        labels = [s.label for s in self.train_samples]
-        self.sampler = PKSampler(labels, recipe.data.batch_size, recipe.data.samples_per_class, recipe.train.seed)
+        self.sampler = SAMPLERS.create(d.sampler, samples=self.train_samples, batch_size=d.batch_size, k=d.samples_per_class,
+                                       seed=recipe.train.seed)
+        self.amp_dtype = amp_dtype(recipe.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = build_optimizer(recipe, self.model, self.loss)
         self.total_steps = recipe.train.epochs * len(self.sampler)
         self.scheduler = build_schedule(self.optimizer, recipe.optim.warmup_steps, self.total_steps)
@@ -177,12 +191,15 @@ class Trainer:
             for h in self.hooks:
                 if hasattr(h, "targets"):
                     y = h.targets(self, idx, y).to(self.device)
-            out = self.batch_loss(x, y)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.batch_loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            out.value.backward()
+            self.scaler.scale(out.value).backward()
             if self.recipe.optim.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
             losses.append(float(out.value.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -195,8 +212,13 @@ class Trainer:
         return batches
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
-        """Loss of one batch (DistributedTrainer scores it against the whole gathered batch)."""
-        return self.loss(self.model(x), y)
+        """Loss of one batch (DistributedTrainer scores it against the whole gathered batch).
+
+        Under mixed precision the model runs in the autocast dtype and the loss in float32.
+        """
+        z = self.model(x)
+        with torch.autocast(self.device.type, enabled=False):
+            return self.loss(z.float(), y)
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
