@@ -20,11 +20,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=train)
 
-    p = sub.add_parser("evaluate", help="evaluate a run folder (default: retrieval on its dataset's test split)")
+    p = sub.add_parser("evaluate", help="evaluate a run folder (default: rerun its protocol on its evaluation dataset)")
     p.add_argument("run", type=Path, help="run folder written by `metricvision train`")
-    p.add_argument("--protocol", default=None, help="evaluation protocol name (see metricvision.metrics.protocols)")
-    p.add_argument("--data", type=Path, default=None, help="dataset folder for --protocol")
-    p.add_argument("--reader", default=None, help="dataset reader for --data (default: the protocol's own)")
+    p.add_argument("--protocol", default=None, help="evaluation protocol (default: the run's, or --dataset's own)")
+    p.add_argument("--dataset", "--reader", dest="dataset", default=None,
+                   help="a registered dataset, read at --data (see `metricvision data list`; default: the run's)")
+    p.add_argument("--data", type=Path, default=None, help="the dataset's folder in its native layout")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=evaluate)
 
@@ -62,8 +63,9 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     if not args.no_report:
         from metricvision.report import query_grid, write_report
 
-        grid = query_grid(trainer.test_samples, trainer.last_test_embeddings, seed=recipe.train.seed)
-        path = write_report(run_dir, recipe.name, metrics, trainer.history, recipe.to_dict(), grid)
+        emb = trainer.last_test_embeddings
+        grid = query_grid(trainer.test_samples, emb, seed=recipe.train.seed) if emb is not None else ""
+        path = write_report(run_dir, recipe.name, metrics, trainer.history, trainer.recipe.to_dict(), grid)
         print(f"report: {path}", file=sys.stderr)
     return metrics
 
@@ -84,21 +86,30 @@ def _embed_fn(model: Any, image_size: int):
 
 
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
-    """`metricvision evaluate`."""
-    from metricvision.engine.builders import build_splits
+    """`metricvision evaluate`: the run's protocol on its evaluation dataset, or --protocol / --dataset / --data."""
+    from metricvision.data import DATASETS
+    from metricvision.engine.builders import build_eval_splits, resolve_eval, run_protocol
     from metricvision.engine.runs import load_run
-    from metricvision.metrics import evaluate_retrieval
+    from metricvision.metrics.protocols import PROTOCOLS
 
+    if args.protocol is not None and args.protocol not in PROTOCOLS:
+        raise KeyError(f"unknown protocol '{args.protocol}'; expected one of: {', '.join(PROTOCOLS.names())} "
+                       "(pick the dataset with --dataset NAME (alias --reader) and --data PATH; see `metricvision data list`)")
     recipe, model = load_run(args.run)
-    fn = _embed_fn(model, recipe.data.image_size)
-    if args.protocol is None:
-        _, test = build_splits(recipe)
-        return evaluate_retrieval(fn(test), np.array([s.label for s in test]), ks=recipe.eval.ks, clustering=recipe.eval.clustering)
-    from metricvision.metrics.protocols import evaluate_dataset
-
-    if args.data is None:
-        raise ValueError(f"--protocol {args.protocol} needs --data PATH (the dataset folder)")
-    return evaluate_dataset(args.protocol, fn, args.data, args.reader)
+    recipe = resolve_eval(recipe)
+    e = recipe.eval
+    if args.dataset is not None or args.data is not None:
+        dataset = args.dataset or (args.protocol if args.protocol in DATASETS else None)
+        if dataset is None:
+            raise ValueError(f"--data {args.data} needs --dataset NAME (one of: {', '.join(DATASETS.names())})")
+        changed = dataset != e.dataset or (args.data is not None and str(args.data) != e.path)
+        if changed:
+            e.dataset, e.path, e.options, e.params = dataset, None if args.data is None else str(args.data), {}, {}
+            e.protocol = None
+    if args.protocol is not None and args.protocol != e.protocol:
+        e.protocol, e.params = args.protocol, {}
+    recipe = resolve_eval(recipe)
+    return run_protocol(recipe, _embed_fn(model, recipe.data.image_size), build_eval_splits(recipe))
 
 
 def embed(args: argparse.Namespace) -> Dict[str, Any]:

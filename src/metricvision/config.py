@@ -19,10 +19,11 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 @dataclass
 class DataConfig:
-    """Dataset, images and batches."""
+    """Dataset (a DATASETS name, read at ``path`` with ``options``), images and batches."""
 
     dataset: str = "emoji"
     path: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
     image_size: Union[int, List[int]] = 48  # or [height, width]
     train_transform: str = "train"
     train_transform_params: Dict[str, Any] = field(default_factory=dict)
@@ -89,11 +90,21 @@ class SupervisionConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation on the unseen classes."""
+    """Evaluation: a PROTOCOLS name run on a dataset's splits.
+
+    ``dataset`` / ``path`` / ``options`` default to ``data``'s (path and options only when the
+    dataset is the same); ``protocol`` defaults to the one the dataset declares; ``params``
+    are the protocol's keyword arguments (``ks`` and ``clustering`` are passed to protocols
+    that take them).
+    """
 
     ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
     clustering: bool = True
-    protocol: str = "retrieval"
+    protocol: Optional[str] = None
+    dataset: Optional[str] = None
+    path: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    params: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

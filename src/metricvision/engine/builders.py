@@ -1,28 +1,102 @@
-"""Build the parts of a run (data, model, loss, optimizer, schedule) from a Recipe."""
+"""Build the parts of a run (data, evaluation, model, loss, optimizer, schedule) from a Recipe."""
 from __future__ import annotations
 
+import copy
 import inspect
 import math
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from metricvision.config import Recipe
-from metricvision.data.sample import DATASETS, Sample, check_class_disjoint, relabel
+from metricvision.data import DATASETS, Sample, check_class_disjoint, relabel
+from metricvision.data.registry import Splits
 from metricvision.losses import LOSSES, MetricLoss
+from metricvision.metrics.protocols import PROTOCOLS, EmbedFn
 from metricvision.models import Embedder
 
 
-def build_splits(recipe: Recipe) -> Tuple[List[Sample], List[Sample]]:
-    """(train, test) samples; train labels renumbered 0..C-1; refuses class overlap."""
-    import metricvision.data.emoji  # noqa: F401  (registers the built-in dataset)
+def resolve_eval(recipe: Recipe) -> Recipe:
+    """Copy of ``recipe`` with eval.dataset / path / options / protocol filled in.
 
-    splits: Dict[str, List[Sample]] = DATASETS.create(recipe.data.dataset, path=recipe.data.path)
-    for needed in ("train", "test"):
-        if needed not in splits:
-            raise ValueError(f"dataset '{recipe.data.dataset}' has no '{needed}' split; it has {sorted(splits)}")
-    check_class_disjoint(splits["train"], splits["test"])
-    return relabel(splits["train"]), splits["test"]
+    The evaluation dataset defaults to data.dataset (with data's path and options when it is
+    that dataset and eval.path is unset), the protocol to the one the dataset declares.
+    """
+    r = copy.deepcopy(recipe)
+    e, d = r.eval, r.data
+    if e.dataset is None or e.dataset == d.dataset:
+        e.dataset = d.dataset
+        e.path = d.path if e.path is None else e.path
+        e.options = e.options or dict(d.options)
+    info = DATASETS.info(e.dataset)
+    e.protocol = e.protocol or info.protocol
+    if e.protocol is None:
+        raise ValueError(f"dataset '{e.dataset}' declares no evaluation protocol ({info.description}); "
+                         f"set eval.protocol to one of: {', '.join(PROTOCOLS.names())}")
+    PROTOCOLS.get(e.protocol)
+    return r
+
+
+def build_eval_splits(recipe: Recipe) -> Splits:
+    """The evaluation dataset's splits (``recipe`` resolved by ``resolve_eval`` first)."""
+    e = resolve_eval(recipe).eval
+    return DATASETS.create(e.dataset, path=e.path, **e.options)
+
+
+def build_splits(recipe: Recipe) -> Tuple[List[Sample], Splits, Dict[str, Any]]:
+    """(train samples relabelled 0..C-1, evaluation splits, a record of both splits' classes).
+
+    Trains on the split the dataset declares; when evaluation reads the same dataset and
+    path and the dataset is class-disjoint, refuses any evaluation split sharing a class
+    with the training split.
+    """
+    r = resolve_eval(recipe)
+    d, e = r.data, r.eval
+    info = DATASETS.info(d.dataset)
+    if info.train_split is None:
+        raise ValueError(f"dataset '{d.dataset}' is for evaluation only ({info.description}); "
+                         f"train on another dataset and set eval.dataset={d.dataset}")
+    splits = DATASETS.create(d.dataset, path=d.path, **d.options)
+    if info.train_split not in splits or not splits[info.train_split]:
+        raise ValueError(f"dataset '{d.dataset}' has no (or an empty) '{info.train_split}' split to train on; it has {sorted(splits)}")
+    train = splits[info.train_split]
+    same = (e.dataset, e.path, e.options) == (d.dataset, d.path, d.options)
+    eval_splits = splits if same else DATASETS.create(e.dataset, path=e.path, **e.options)
+    if same and info.class_disjoint:
+        for name, part in eval_splits.items():
+            if name != info.train_split:
+                try:
+                    check_class_disjoint(train, part)
+                except ValueError as err:
+                    raise ValueError(f"dataset '{d.dataset}': splits '{info.train_split}' and '{name}' leak classes "
+                                     f"({err}); its protocol needs unseen classes") from None
+    record = {"train": {"dataset": d.dataset, "path": d.path, "split": info.train_split, **_classes(train)},
+              "eval": {"dataset": e.dataset, "path": e.path, "protocol": e.protocol,
+                       "splits": {name: _classes(part) for name, part in eval_splits.items()}}}
+    return relabel(train), eval_splits, record
+
+
+def _classes(samples: List[Sample]) -> Dict[str, Any]:
+    names = {s.meta.get("class", s.label) for s in samples if s.label >= 0}
+    return {"samples": len(samples), "classes": sorted(names, key=lambda c: (isinstance(c, str), c))}
+
+
+def run_protocol(recipe: Recipe, embed_fn: EmbedFn, splits: Splits, clustering: Optional[bool] = None) -> Dict[str, float]:
+    """Run eval.protocol on ``splits`` with eval.params; eval.ks, eval.clustering (or ``clustering``)
+    and train.seed go to protocols that take them."""
+    e = recipe.eval
+    if e.protocol is None:
+        raise ValueError("eval.protocol is unset; resolve the recipe with resolve_eval first")
+    fn: Callable[..., Dict[str, float]] = PROTOCOLS.get(e.protocol)
+    accepted = inspect.signature(fn).parameters
+    common = {"ks": list(e.ks), "clustering": e.clustering if clustering is None else clustering, "seed": recipe.train.seed}
+    kwargs = {**{k: v for k, v in common.items() if k in accepted}, **e.params}
+    try:
+        inspect.signature(fn).bind(embed_fn, splits, **kwargs)
+    except TypeError as err:
+        allowed = [p for p in accepted if p not in ("embed_fn", "splits")]
+        raise ValueError(f"bad eval.params for protocol '{e.protocol}': {err}; allowed: {allowed}") from None
+    return fn(embed_fn, splits, **kwargs)
 
 
 def build_model(recipe: Recipe) -> Embedder:

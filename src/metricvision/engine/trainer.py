@@ -21,10 +21,11 @@ from metricvision.config import Recipe
 from metricvision.data.samplers import SAMPLERS
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS
-from metricvision.engine.builders import build_loss, build_model, build_optimizer, build_schedule, build_splits
+from metricvision._atomic import atomic_write
+from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, resolve_eval,
+                                          run_protocol)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
 from metricvision.losses import LossOutput
-from metricvision.metrics import evaluate_retrieval
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -64,12 +65,14 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 class Trainer:
-    """Trains an Embedder with a loss over similarity matrices and evaluates it on unseen classes.
+    """Trains an Embedder with a loss over similarity matrices on a dataset's training split and
+    evaluates it with the evaluation dataset's protocol (``eval.protocol``, through PROTOCOLS).
 
     Args:
-        recipe: the experiment.
-        run_dir: the run folder (created).
-        train_samples / test_samples: override the recipe's dataset (labels of train must be 0..C-1).
+        recipe: the experiment (its eval section is resolved by ``resolve_eval``).
+        run_dir: the run folder (created); splits.json records the classes of every split used.
+        train_samples / test_samples: override the recipe's datasets (labels of train must be
+            0..C-1); the protocol then runs on {"test": test_samples}.
         hooks: supervision settings and other callbacks (see ``Hook``).
     """
 
@@ -81,7 +84,7 @@ class Trainer:
         test_samples: Optional[Sequence[Sample]] = None,
         hooks: Sequence[Any] = (),
     ) -> None:
-        self.recipe = recipe
+        self.recipe = recipe = resolve_eval(recipe)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if recipe.train.threads > 0:
@@ -90,8 +93,16 @@ class Trainer:
         self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
         torch.manual_seed(recipe.train.seed)
         if train_samples is None or test_samples is None:
-            train_samples, test_samples = build_splits(recipe)
-        self.train_samples, self.test_samples = list(train_samples), list(test_samples)
+            train_samples, self.eval_splits, record = build_splits(recipe)
+            with atomic_write(self.run_dir / "splits.json") as f:
+                f.write(json.dumps(record, indent=1).encode())
+        else:
+            self.eval_splits = {"test": list(test_samples)}
+        self.train_samples = list(train_samples)
+        # the labelled split the report's query grid shows; its embeddings are kept by evaluate()
+        labelled = [self.eval_splits.get(n, []) for n in ("test", "gallery")]
+        self.test_samples = next((p for p in labelled if any(s.label >= 0 for s in p)), [])
+        self.last_test_embeddings: Optional[torch.Tensor] = None
         self.num_classes = len({s.label for s in self.train_samples if s.label >= 0})
         self.model = build_model(recipe).to(self.device)
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
@@ -229,12 +240,19 @@ class Trainer:
         return self.model.encode((x for x, _ in loader))
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
-        """Retrieval metrics on the test (unseen) classes."""
-        emb = self.embed(self.test_samples)
-        self.last_test_embeddings = emb
-        labels = torch.tensor([s.label for s in self.test_samples])
-        use_clustering = self.recipe.eval.clustering if clustering is None else clustering
-        return evaluate_retrieval(emb, labels, ks=self.recipe.eval.ks, clustering=use_clustering, seed=self.recipe.train.seed)
+        """The eval protocol's metrics on the evaluation splits (clustering: override eval.clustering)."""
+        keep = {id(s) for s in self.test_samples}
+        kept: Dict[int, torch.Tensor] = {}
+
+        def embed_fn(samples: List[Sample]) -> torch.Tensor:
+            emb = self.embed(samples)
+            kept.update((id(s), e) for s, e in zip(samples, emb) if id(s) in keep)
+            return emb
+
+        metrics = run_protocol(self.recipe, embed_fn, self.eval_splits, clustering)
+        if keep and len(kept) == len(keep):
+            self.last_test_embeddings = torch.stack([kept[id(s)] for s in self.test_samples])
+        return metrics
 
     def _log(self, entry: Dict[str, Any]) -> None:
         with open(self.run_dir / "log.jsonl", "a") as f:
