@@ -27,6 +27,7 @@ class DataConfig:
     image_size: Union[int, List[int]] = 48  # or [height, width]
     train_transform: str = "train"
     train_transform_params: Dict[str, Any] = field(default_factory=dict)
+    crop_to_box: bool = False  # train on each sample's bbox (Brown's patches are tiles of 1024 x 1024 sheets)
     batch_size: int = 128
     samples_per_class: int = 4
     sampler: str = "pk"  # or "camera_pk": an identity's K images from different cameras where possible
@@ -105,6 +106,8 @@ class EvalConfig:
     path: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
     params: Dict[str, Any] = field(default_factory=dict)
+    scales: List[float] = field(default_factory=lambda: [1.0])  # multi-scale test descriptors, e.g. [1, 0.707, 0.5]
+    whitening: str = "none"  # "pca" or "learned" (Radenovic et al.): fitted on the training split's descriptors
 
 
 @dataclass

@@ -46,3 +46,19 @@ def test_channels_last_is_an_option_with_equal_outputs():
     x = torch.rand(2, 3, 24, 24)
     assert b.features(x).is_contiguous()
     torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-5)
+
+
+def test_multiscale_encode_equals_the_reference_combination():
+    from metricvision.models.multiscale import multiscale_embed
+
+    torch.manual_seed(0)
+    emb = Embedder("small_cnn", pooling="gem", dim=8).eval()
+    x = torch.rand(3, 3, 32, 32)
+    scales = [1.0, 0.75, 0.5]
+    with torch.no_grad():
+        reference = multiscale_embed(emb, x, scales, "gem", float(emb.pool.p))
+    torch.testing.assert_close(emb.encode(x, batch_size=2, scales=scales), reference)
+    torch.testing.assert_close(emb.encode(x, scales=[1.0]), emb.encode(x))
+    avg = Embedder("small_cnn", pooling="avg", dim=8).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(avg.encode(x, scales=scales), multiscale_embed(avg, x, scales, "sum"))

@@ -25,6 +25,7 @@ from metricvision._atomic import atomic_write
 from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, resolve_eval,
                                           run_protocol)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
+from metricvision.index.whitening import WHITENINGS, fit_whitening
 from metricvision.losses import LossOutput
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -109,11 +110,14 @@ class Trainer:
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
         d, size = recipe.data, recipe.data.image_size
-        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params))
+        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
+                                      crop=d.crop_to_box)
         self.eval_transform = TRANSFORMS.create("eval", size=size)
         self.sampler = SAMPLERS.create(d.sampler, samples=self.train_samples, batch_size=d.batch_size, k=d.samples_per_class,
                                        seed=recipe.train.seed)
         self.amp_dtype = amp_dtype(recipe.train.amp, self.device)
+        if recipe.eval.whitening not in WHITENINGS:
+            raise ValueError(f"eval.whitening must be one of {WHITENINGS}, got '{recipe.eval.whitening}'")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = build_optimizer(recipe, self.model, self.loss)
         self.total_steps = recipe.train.epochs * len(self.sampler)
@@ -237,15 +241,19 @@ class Trainer:
         """(N, D) embeddings of samples with the eval transform."""
         loader = torch.utils.data.DataLoader(SampleDataset(samples, self.eval_transform), batch_size=batch_size,
                                              num_workers=self.recipe.data.num_workers)
-        return self.model.encode((x for x, _ in loader))
+        return self.model.encode((x for x, _ in loader), scales=self.recipe.eval.scales)
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
         """The eval protocol's metrics on the evaluation splits (clustering: override eval.clustering)."""
         keep = {id(s) for s in self.test_samples}
         kept: Dict[int, torch.Tensor] = {}
+        e = self.recipe.eval
+        whiten = None
+        if e.whitening != "none":
+            whiten = fit_whitening(e.whitening, self.embed(self.train_samples), [s.label for s in self.train_samples])
 
         def embed_fn(samples: List[Sample]) -> torch.Tensor:
-            emb = self.embed(samples)
+            emb = self.embed(samples) if whiten is None else whiten.transform(self.embed(samples))
             kept.update((id(s), e) for s, e in zip(samples, emb) if id(s) in keep)
             return emb
 

@@ -1,14 +1,15 @@
 """Embedder: backbone -> pooling -> linear head -> optional BNNeck -> L2-normalized embedding."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metricvision.models.backbones import create_backbone
-from metricvision.models.pooling import POOLINGS
+from metricvision.models.multiscale import multiscale_embed
+from metricvision.models.pooling import POOLINGS, GeM
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,9 +97,20 @@ class Embedder(nn.Module):
         return F.normalize(f, dim=1) if self.normalize else f
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
-        """Embeddings (N, D) in eval mode, batched; accepts a tensor or an iterable of batches."""
-        return self._batched(self.forward, images, batch_size)
+    def encode(
+        self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256, scales: Sequence[float] = (1.0,)
+    ) -> torch.Tensor:
+        """Embeddings (N, D) in eval mode, batched; accepts a tensor or an iterable of batches.
+
+        With several ``scales`` each image is embedded at every scale and the embeddings are
+        combined as cirtorch's multi-scale test (``multiscale_embed``): a generalized mean with
+        the GeM pooling's exponent, a plain sum with other poolings.
+        """
+        if list(scales) == [1.0]:
+            return self._batched(self.forward, images, batch_size)
+        p = float(self.pool.p) if isinstance(self.pool, GeM) else 1.0
+        combine = "gem" if isinstance(self.pool, GeM) else "sum"
+        return self._batched(lambda b: multiscale_embed(self.forward, b, scales, combine, p), images, batch_size)
 
     @torch.no_grad()
     def encode_dense(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64) -> torch.Tensor:
