@@ -57,6 +57,8 @@ def test_timm_backbones_last_stride_grid_and_normalization():
     emb = Embedder("timm:vit_tiny_patch16_224", pooling="avg", dim=0).eval()
     assert emb.backbone(torch.rand(1, 3, 48, 32)).shape == (1, 192, 3, 2)
     assert emb.encode(torch.rand(2, 3, 48, 32)).shape == (2, 192)
+    swin, c = create_backbone("timm:swin_tiny_patch4_window7_224")  # channels-last (N, h, w, C) output
+    assert swin.eval()(torch.rand(1, 3, 224, 224)).shape == (1, c, 7, 7)
     incep = Embedder("timm:inception_v3", pooling="avg", dim=0)  # a model trained with mean = std = 0.5
     torch.testing.assert_close(incep.mean.flatten(), torch.full((3,), 0.5))
 

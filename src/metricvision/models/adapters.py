@@ -56,7 +56,8 @@ class TorchvisionViTGrid(nn.Module):
 
 
 class TokenGrid(nn.Module):
-    """A timm transformer returning (N, T, C) tokens -> (N, C, h, w) patch-token map."""
+    """A timm transformer's features -> (N, C, h, w): (N, T, C) tokens laid on the patch grid
+    (ViT, DeiT, EVA), or (N, h, w, C) channels-last maps (Swin) permuted."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -67,6 +68,8 @@ class TokenGrid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, C, H // patch, W // patch)."""
         tokens = self.model(x)
+        if tokens.dim() == 4:
+            return tokens.permute(0, 3, 1, 2)
         h, w = x.shape[-2] // self.patch[0], x.shape[-1] // self.patch[1]
         patches = tokens[:, self.prefix:]
         if patches.shape[1] != h * w:

@@ -105,9 +105,10 @@ def timm_backbone(
 
     def create(weights: bool) -> nn.Module:
         kwargs = {"pretrained": weights, "num_classes": 0, "global_pool": ""}
-        if "vit" in name or "deit" in name or "eva" in name:
-            kwargs["dynamic_img_size"] = True
-        return timm.create_model(name, **kwargs)
+        try:  # transformers: any input size
+            return timm.create_model(name, dynamic_img_size=True, **kwargs)
+        except TypeError:  # CNNs take any size already and refuse the argument
+            return timm.create_model(name, **kwargs)
 
     model = create(False)
     if pretrained:
