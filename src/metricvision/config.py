@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
@@ -24,10 +24,13 @@ class DataConfig:
     dataset: str = "emoji"
     path: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
-    image_size: int = 48
+    image_size: Union[int, List[int]] = 48  # or [height, width]
     train_transform: str = "train"
+    train_transform_params: Dict[str, Any] = field(default_factory=dict)
+    crop_to_box: bool = False  # train on each sample's bbox (Brown's patches are tiles of 1024 x 1024 sheets)
     batch_size: int = 128
     samples_per_class: int = 4
+    sampler: str = "pk"  # or "camera_pk": an identity's K images from different cameras where possible
     num_workers: int = 0
 
 
@@ -40,6 +43,8 @@ class ModelConfig:
     weights_path: Optional[str] = None
     pooling: str = "gem"
     dim: int = 128
+    neck: str = "none"  # or "bnneck"
+    last_stride: int = 2  # 1: a ResNet's last stage at stride 1 (re-ID)
 
 
 @dataclass
@@ -73,6 +78,8 @@ class TrainConfig:
     eval_every: int = 0
     max_minutes: float = 0.0
     nonfinite: str = "stop"
+    amp: str = "none"  # "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast with a gradient scaler)
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.nonfinite not in ("stop", "skip"):
@@ -106,6 +113,8 @@ class EvalConfig:
     path: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
     params: Dict[str, Any] = field(default_factory=dict)
+    scales: List[float] = field(default_factory=lambda: [1.0])  # multi-scale test descriptors, e.g. [1, 0.707, 0.5]
+    whitening: str = "none"  # "pca" or "learned" (Radenovic et al.): fitted on the training split's descriptors
 
 
 @dataclass
@@ -130,7 +139,18 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _check_type(value, args[0], key)
+        if value is None:
+            return None
+        for arg in args[:-1]:
+            try:
+                return _check_type(value, arg, key)
+            except ValueError:
+                continue
+        try:
+            return _check_type(value, args[-1], key)
+        except ValueError:
+            names = " or ".join(a.__name__ if isinstance(a, type) else str(a).replace("typing.", "") for a in args)
+            raise ValueError(f"{key} must be {names}, got {value!r}") from None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):

@@ -60,17 +60,25 @@ class SampleDataset(torch.utils.data.Dataset):
     Args:
         samples: the samples.
         transform: PIL image -> tensor; default converts to a float tensor in [0, 1].
+        crop: crop each image to its sample's bbox first (patches stored as tiles of a sheet).
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Optional[Callable[[Image.Image], torch.Tensor]] = None) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], transform: Optional[Callable[[Image.Image], torch.Tensor]] = None, crop: bool = False
+    ) -> None:
         self.samples: List[Sample] = list(samples)
         self.transform = transform
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         s = self.samples[i]
+        if self.crop and s.bbox is not None:
+            from metricvision.data.readers.base import crop_to_box  # readers import this module
+
+            s = crop_to_box(s)
         img = load_image(s.image)
         if self.transform is not None:
             x = self.transform(img)

@@ -1,10 +1,14 @@
-"""Batch samplers: class-balanced PK batches for metric learning."""
+"""Batch samplers: class-balanced PK batches for metric learning, optionally camera-aware (re-ID)."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import numpy as np
 import torch
+
+from metricvision._registry import Registry
+
+SAMPLERS: Registry["PKSampler"] = Registry("sampler")
 
 
 class PKSampler(torch.utils.data.Sampler[List[int]]):
@@ -49,6 +53,57 @@ class PKSampler(torch.utils.data.Sampler[List[int]]):
             chosen, order = order[: self.p], order[self.p :]
             batch: List[int] = []
             for c in chosen:
-                idx = self.by_class[c]
-                batch += rng.choice(idx, self.k, replace=len(idx) < self.k).tolist()
+                batch += self.draw(rng, c)
             yield batch
+
+    def draw(self, rng: np.random.Generator, c: int) -> List[int]:
+        """K dataset indices of class ``c`` (without replacement when it has K or more)."""
+        idx = self.by_class[c]
+        return rng.choice(idx, self.k, replace=len(idx) < self.k).tolist()
+
+
+class CameraPKSampler(PKSampler):
+    """PK batches whose K images of an identity come from as many different cameras as it has.
+
+    An identity's images are dealt round-robin over its cameras (cameras and images in a
+    random order), so the K drawn span min(K, its cameras) cameras; an identity with fewer
+    than K images is completed with repeats. Deterministic given (seed, epoch).
+
+    Args:
+        labels: (N,) identities; < 0 never drawn.
+        cameras: (N,) camera ids (-1 = unknown, one camera of its own).
+        batch_size, k, seed, batches_per_epoch: as PKSampler.
+    """
+
+    def __init__(
+        self, labels: Sequence[int], cameras: Sequence[int], batch_size: int, k: int = 4, seed: int = 0,
+        batches_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__(labels, batch_size, k, seed, batches_per_epoch)
+        if len(cameras) != len(labels):
+            raise ValueError(f"cameras must give one camera per sample: {len(cameras)} cameras for {len(labels)} labels")
+        cams = np.asarray(cameras)
+        self.by_camera: Dict[int, List[np.ndarray]] = {
+            c: [idx[cams[idx] == cam] for cam in np.unique(cams[idx])] for c, idx in self.by_class.items()
+        }
+
+    def draw(self, rng: np.random.Generator, c: int) -> List[int]:
+        """K indices of identity ``c``, one camera after the other."""
+        groups = [rng.permutation(g) for g in self.by_camera[c]]
+        order = rng.permutation(len(groups))
+        dealt = [int(groups[g][i]) for i in range(max(len(g) for g in groups)) for g in order if i < len(groups[g])]
+        if len(dealt) < self.k:
+            dealt += rng.choice(self.by_class[c], self.k - len(dealt)).tolist()
+        return dealt[: self.k]
+
+
+@SAMPLERS.register("pk")
+def pk_sampler(samples: Sequence[Any], batch_size: int, k: int = 4, seed: int = 0) -> PKSampler:
+    """PK batches over the samples' labels."""
+    return PKSampler([s.label for s in samples], batch_size, k, seed)
+
+
+@SAMPLERS.register("camera_pk")
+def camera_pk_sampler(samples: Sequence[Any], batch_size: int, k: int = 4, seed: int = 0) -> CameraPKSampler:
+    """PK batches over the samples' labels, each identity's K images from different cameras where possible."""
+    return CameraPKSampler([s.label for s in samples], [s.camera for s in samples], batch_size, k, seed)

@@ -1,7 +1,12 @@
-"""Image transforms: PIL image -> float tensor (3, H, W) in [0, 1]."""
+"""Image transforms: PIL image -> float tensor (3, H, W) in [0, 1].
+
+Each is registered by name and built with ``size`` (an int for H = W, or (H, W)) and its
+own keyword options (a recipe's ``data.train_transform_params``). Normalization happens in
+the Embedder, with the backbone's statistics.
+"""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
@@ -11,24 +16,94 @@ from metricvision._registry import Registry
 
 Transform = Callable[[Image.Image], torch.Tensor]
 TRANSFORMS: Registry[Transform] = Registry("transform")
+Size = Union[int, Sequence[int]]
+# ImageNet's mean colour: erased areas become 0 after the Embedder's normalization
+IMAGENET_MEAN_COLOUR = [0.485, 0.456, 0.406]
+
+
+def height_width(size: Size) -> Tuple[int, int]:
+    """(H, W) from an int or a pair of positive ints."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
+        raise ValueError(f"size must be a positive int or [height, width], got {size!r}")
+    return hw[0], hw[1]
 
 
 @TRANSFORMS.register("eval")
-def eval_transform(size: int = 48) -> Transform:
-    """Resize to size x size."""
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+def eval_transform(size: Size = 48) -> Transform:
+    """Resize to (H, W)."""
+    return v2.Compose([v2.ToImage(), v2.Resize(height_width(size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+
+
+def _check_probability(name: str, p: float) -> None:
+    if not 0 <= p <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
 
 
 @TRANSFORMS.register("train")
-def train_transform(size: int = 48, scale_min: float = 0.6, jitter: float = 0.3) -> Transform:
-    """Random resized crop, colour jitter, slight rotation; no flips (emoji and text are chiral)."""
+def train_transform(size: Size = 48, scale_min: float = 0.6, jitter: float = 0.3) -> Transform:
+    """Random resized crop, colour jitter, slight rotation; no flips (emoji and text are chiral).
+
+    Runs on float tensors, as when the main job's published figures were measured (the same ops
+    on PIL images are faster but round differently, and would change those figures).
+    """
     if not 0 < scale_min <= 1:
         raise ValueError(f"scale_min must be in (0, 1], got {scale_min}")
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop((size, size), scale=(scale_min, 1.0), ratio=(0.8, 1.25), antialias=True),
+        v2.RandomResizedCrop(height_width(size), scale=(scale_min, 1.0), ratio=(0.8, 1.25), antialias=True),
         v2.RandomApply([v2.RandomRotation(10, fill=255)], p=0.3),
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomApply([v2.ColorJitter(jitter, jitter, jitter, 0.05)], p=0.8),
         v2.RandomGrayscale(0.1),
+    ])
+
+
+@TRANSFORMS.register("reid")
+def reid_transform(size: Size = (256, 128), flip: float = 0.5, pad: int = 10, erasing: float = 0.5) -> Transform:
+    """The re-ID "bag of tricks" augmentation (Luo et al. 2019): resize, flip, pad + random crop, random erasing.
+
+    Erased rectangles (2-40 % of the area, aspect 0.3-3.3) take ImageNet's mean colour.
+    """
+    _check_probability("flip", flip)
+    _check_probability("erasing", erasing)
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    hw = height_width(size)
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(hw, antialias=True),
+        v2.RandomHorizontalFlip(flip),
+        v2.Pad(pad),
+        v2.RandomCrop(hw),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomErasing(erasing, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=IMAGENET_MEAN_COLOUR),
+    ])
+
+
+@TRANSFORMS.register("landmarks")
+def landmarks_transform(size: Size = 362, scale_min: float = 0.5, flip: float = 0.5, jitter: float = 0.2) -> Transform:
+    """Landmark training crops: random resized crop, horizontal flip, colour jitter (buildings are not chiral)."""
+    if not 0 < scale_min <= 1:
+        raise ValueError(f"scale_min must be in (0, 1], got {scale_min}")
+    _check_probability("flip", flip)
+    return v2.Compose([
+        v2.RandomResizedCrop(height_width(size), scale=(scale_min, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(flip),
+        v2.RandomApply([v2.ColorJitter(jitter, jitter, jitter)], p=0.8),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+@TRANSFORMS.register("patches")
+def patches_transform(size: Size = 32, flip: float = 0.0) -> Transform:
+    """Grey patches resized to (H, W) (HardNet: 64 -> 32 pixels), optionally flipped."""
+    _check_probability("flip", flip)
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Grayscale(num_output_channels=3),
+        v2.Resize(height_width(size), antialias=True),
+        v2.RandomHorizontalFlip(flip),
+        v2.ToDtype(torch.float32, scale=True),
     ])

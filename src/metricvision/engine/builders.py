@@ -102,7 +102,8 @@ def run_protocol(recipe: Recipe, embed_fn: EmbedFn, splits: Splits, clustering: 
 def build_model(recipe: Recipe) -> Embedder:
     """The Embedder of ``recipe.model``."""
     m = recipe.model
-    return Embedder(m.backbone, m.pooling, m.dim, m.pretrained, m.weights_path)
+    return Embedder(m.backbone, m.pooling, m.dim, m.pretrained, m.weights_path, neck=m.neck, last_stride=m.last_stride,
+                    channels_last=recipe.train.channels_last)
 
 
 def build_loss(recipe: Recipe, num_classes: int, embedding_dim: int) -> MetricLoss:

@@ -20,13 +20,14 @@ import yaml
 from tqdm import tqdm
 
 from metricvision.config import Recipe
-from metricvision.data.samplers import PKSampler
+from metricvision.data.samplers import SAMPLERS
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS
 from metricvision._atomic import atomic_write
 from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, resolve_eval,
                                           run_protocol)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
+from metricvision.index.whitening import WHITENINGS, fit_whitening
 from metricvision.losses import LossOutput
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -44,6 +45,18 @@ class Hook(Protocol):
     batch_sampler(trainer, epoch) -> the epoch's batches of dataset indices (default: PK on labels);
     on_epoch_end(trainer, epoch, record).
     """
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``train.amp`` ("none", "bf16", "fp16"); fp16 (with a gradient scaler) needs CUDA."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"train.amp must be one of {tuple(AMP_DTYPES)}, got '{amp}'")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.amp=fp16 needs a CUDA device, got {device}; use bf16 on CPU")
+    return AMP_DTYPES[amp]
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -102,11 +115,16 @@ class Trainer:
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
-        size = recipe.data.image_size
-        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(recipe.data.train_transform, size=size))
+        d, size = recipe.data, recipe.data.image_size
+        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
+                                      crop=d.crop_to_box)
         self.eval_transform = TRANSFORMS.create("eval", size=size)
-        labels = [s.label for s in self.train_samples]
-        self.sampler = PKSampler(labels, recipe.data.batch_size, recipe.data.samples_per_class, recipe.train.seed)
+        self.sampler = SAMPLERS.create(d.sampler, samples=self.train_samples, batch_size=d.batch_size, k=d.samples_per_class,
+                                       seed=recipe.train.seed)
+        self.amp_dtype = amp_dtype(recipe.train.amp, self.device)
+        if recipe.eval.whitening not in WHITENINGS:
+            raise ValueError(f"eval.whitening must be one of {WHITENINGS}, got '{recipe.eval.whitening}'")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = build_optimizer(recipe, self.model, self.loss)
         self.total_steps = recipe.train.epochs * len(self.sampler)
         self.scheduler = build_schedule(self.optimizer, recipe.optim.warmup_steps, self.total_steps)
@@ -237,9 +255,11 @@ class Trainer:
             for h in self.hooks:
                 if hasattr(h, "targets"):
                     y = h.targets(self, idx, y).to(self.device)
-            out = self.batch_loss(x, y)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.batch_loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            out.value.backward()
+            self.scaler.scale(out.value).backward()
+            self.scaler.unscale_(self.optimizer)
             bad = self._nonfinite_step(out.value.detach())
             if bad:
                 if self.recipe.train.nonfinite == "stop":
@@ -249,9 +269,10 @@ class Trainer:
                 skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
             else:
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)
                 losses.append(float(out.value.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            self.scaler.update()
             self.scheduler.step()
         if skipped:
             self._warn(f"epoch {epoch + 1}: skipped {skipped} step(s) with a non-finite loss or gradient (train.nonfinite=skip)")
@@ -266,15 +287,21 @@ class Trainer:
         clip = self.recipe.optim.grad_clip
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        return "" if bool(torch.isfinite(norm)) else "gradients"
+        # fp16: the gradient scaler skips overflowing steps itself and lowers its scale
+        return "" if bool(torch.isfinite(norm)) or self.scaler.is_enabled() else "gradients"
 
     def local_batches(self, batches: Any) -> Any:
         """The batches this process trains on (all of them; DistributedTrainer keeps its rank's share)."""
         return batches
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
-        """Loss of one batch (DistributedTrainer scores it against the whole gathered batch)."""
-        return self.loss(self.model(x), y)
+        """Loss of one batch (DistributedTrainer scores it against the whole gathered batch).
+
+        Under mixed precision the model runs in the autocast dtype and the loss in float32.
+        """
+        z = self.model(x)
+        with torch.autocast(self.device.type, enabled=False):
+            return self.loss(z.float(), y)
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -282,15 +309,19 @@ class Trainer:
         """(N, D) embeddings of samples with the eval transform."""
         loader = torch.utils.data.DataLoader(SampleDataset(samples, self.eval_transform), batch_size=batch_size,
                                              num_workers=self.recipe.data.num_workers)
-        return self.model.encode((x for x, _ in loader))
+        return self.model.encode((x for x, _ in loader), scales=self.recipe.eval.scales)
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
         """The eval protocol's metrics on the evaluation splits (clustering: override eval.clustering)."""
         keep = {id(s) for s in self.test_samples}
         kept: Dict[int, torch.Tensor] = {}
+        e = self.recipe.eval
+        whiten = None
+        if e.whitening != "none":
+            whiten = fit_whitening(e.whitening, self.embed(self.train_samples), [s.label for s in self.train_samples])
 
         def embed_fn(samples: List[Sample]) -> torch.Tensor:
-            emb = self.embed(samples)
+            emb = self.embed(samples) if whiten is None else whiten.transform(self.embed(samples))
             kept.update((id(s), e) for s, e in zip(samples, emb) if id(s) in keep)
             return emb
 

@@ -116,3 +116,34 @@ class LearnedWhitening(_Whitening):
         _, vectors = _eig_desc(whitened.T @ whitened)
         self.projection_ = (vectors.T @ inv_chol)[:d].T
         return self
+
+
+WHITENINGS = ("none", "pca", "learned")
+
+
+def label_pairs(labels: ArrayLike) -> np.ndarray:
+    """(P, 2) index pairs of matching items: each item with the first item of its label (labels < 0 skipped)."""
+    first: dict = {}
+    pairs = []
+    for i, y in enumerate(np.asarray(labels).tolist()):
+        if y < 0:
+            continue
+        if y in first:
+            pairs.append((first[y], i))
+        else:
+            first[y] = i
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def fit_whitening(kind: str, x: ArrayLike, labels: ArrayLike, dim: Optional[int] = None) -> Optional[_Whitening]:
+    """A whitening fitted on (N, D) descriptors: "pca", "learned" (from ``label_pairs``) or "none" (None)."""
+    if kind not in WHITENINGS:
+        raise ValueError(f"whitening must be one of {WHITENINGS}, got '{kind}'")
+    if kind == "none":
+        return None
+    if kind == "pca":
+        return PCAWhitening(dim).fit(x)
+    pairs = label_pairs(labels)
+    if len(pairs) == 0:
+        raise ValueError("learned whitening needs matching pairs: no label has two or more items")
+    return LearnedWhitening(dim).fit(x, pairs)

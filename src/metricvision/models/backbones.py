@@ -1,7 +1,10 @@
 """Backbones: modules mapping (N, 3, H, W) images to (N, C, h, w) feature maps.
 
-Names: registered small CNNs ("small_cnn"), "mobilenet_v2" (ImageNet weights resolved
-offline), any torchvision model as "torchvision:NAME" and any timm model as "timm:NAME".
+Names: registered networks ("small_cnn", "l2net", "mobilenet_v2" with ImageNet weights
+resolved offline), any torchvision model by its name ("resnet50", "convnext_tiny",
+"vit_b_16", or "torchvision:NAME") and any timm model as "timm:NAME". A backbone may set
+``input_mean`` / ``input_std`` (per-channel, images in [0, 1]); the Embedder normalizes
+with them (ImageNet statistics otherwise).
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import torch
 from torch import nn
 
 from metricvision._registry import Registry
-from metricvision.models.weights import WeightsNotFound, resolve_state_dict
+from metricvision.models.adapters import TokenGrid, TorchvisionViTGrid, set_last_stride
+from metricvision.models.l2net import l2net
+from metricvision.models.weights import WeightsNotFound, hf_cache_dir, resolve_state_dict
 
 BackboneFactory = Callable[..., Tuple[nn.Module, int]]
 BACKBONES: Registry[Tuple[nn.Module, int]] = Registry("backbone")
@@ -48,8 +53,22 @@ def mobilenet_v2(pretrained: bool = True, weights_path: str | None = None) -> Tu
     return net, 1280
 
 
-def torchvision_backbone(name: str, pretrained: bool = False, weights_path: str | None = None) -> Tuple[nn.Module, int]:
-    """Any torchvision classification model, cut before its pooling / classifier."""
+@BACKBONES.register("l2net")
+def l2net_backbone(pretrained: bool = False, weights_path: str | None = None) -> Tuple[nn.Module, int]:
+    """L2-Net / HardNet patch network (see ``l2net``); weights from ``weights_path`` or the caches."""
+    net, channels = l2net()
+    if pretrained:
+        net.load_state_dict(resolve_state_dict("l2net", weights_path))
+    return net, channels
+
+
+def torchvision_backbone(
+    name: str, pretrained: bool = False, weights_path: str | None = None, last_stride: int = 2
+) -> Tuple[nn.Module, int]:
+    """Any torchvision classification model, cut before its pooling / classifier.
+
+    Weights: ``weights_path``, the local caches (torch hub's included), else one download.
+    """
     import torchvision
 
     if name not in torchvision.models.list_models():
@@ -58,6 +77,11 @@ def torchvision_backbone(name: str, pretrained: bool = False, weights_path: str 
     if pretrained:
         sd = _hub_or_local(name, weights_path, lambda: torchvision.models.get_model(name, weights="DEFAULT").state_dict())
         model.load_state_dict(sd)
+    if last_stride != 2:
+        set_last_stride(model, last_stride, name)
+    if isinstance(model, torchvision.models.VisionTransformer):
+        net: nn.Module = TorchvisionViTGrid(model)
+        return net, int(model.hidden_dim)
     if hasattr(model, "features"):
         net = model.features
     else:  # ResNet-like: drop avgpool and fc
@@ -65,28 +89,53 @@ def torchvision_backbone(name: str, pretrained: bool = False, weights_path: str 
     return net, _out_channels(net)
 
 
-def timm_backbone(name: str, pretrained: bool = False, weights_path: str | None = None) -> Tuple[nn.Module, int]:
-    """Any timm model as a feature-map extractor (num_classes=0, no global pooling)."""
+def timm_backbone(
+    name: str, pretrained: bool = False, weights_path: str | None = None, last_stride: int = 2
+) -> Tuple[nn.Module, int]:
+    """Any timm model as a feature-map extractor (num_classes=0, no global pooling).
+
+    Transformers accept any input size (``dynamic_img_size``) and give their patch-token
+    grid. Weights: ``weights_path``, the local caches, else timm's own (its Hugging Face
+    cache, or a download). The model's own input mean / std are used.
+    """
     try:
         import timm
     except ImportError as e:
         raise ImportError("timm backbones need the 'timm' extra: pip install -e '.[timm]'") from e
-    model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+
+    def create(weights: bool) -> nn.Module:
+        kwargs = {"pretrained": weights, "num_classes": 0, "global_pool": ""}
+        try:  # transformers: any input size
+            return timm.create_model(name, dynamic_img_size=True, **kwargs)
+        except TypeError:  # CNNs take any size already and refuse the argument
+            return timm.create_model(name, **kwargs)
+
+    model = create(False)
     if pretrained:
-        sd = _hub_or_local(name, weights_path, lambda: timm.create_model(name, pretrained=True, num_classes=0, global_pool="").state_dict())
+        sd = _hub_or_local(name, weights_path, lambda: create(True).state_dict(), also=f"timm's cache {hf_cache_dir()}")
         model.load_state_dict(sd, strict=False)
-    return model, int(model.num_features)
+    if last_stride != 2:
+        set_last_stride(model, last_stride, f"timm:{name}")
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    net: nn.Module = TokenGrid(model) if hasattr(model, "patch_embed") else model
+    if "mean" in cfg and "std" in cfg:
+        net.input_mean, net.input_std = tuple(cfg["mean"]), tuple(cfg["std"])
+    return net, int(model.num_features)
 
 
-def _hub_or_local(name: str, weights_path: str | None, download: Callable[[], dict]) -> dict:
-    """Local weights if present, else one download attempt; offline fails at once with a clear message."""
+def _hub_or_local(name: str, weights_path: str | None, download: Callable[[], dict], also: str = "") -> dict:
+    """Local weights if present, else the library's own loader (its cache, then one download).
+
+    Offline and uncached, fails at once with a message listing every place looked at.
+    """
     try:
         return resolve_state_dict(name, weights_path)
     except WeightsNotFound as local_error:
         try:
             return download()
         except Exception as e:  # no network, hub refused, ...
-            raise WeightsNotFound(f"{local_error}; download failed too ({type(e).__name__}: {e})") from e
+            where = f"; {also}" if also else ""
+            raise WeightsNotFound(f"{local_error}{where}; download failed too ({type(e).__name__}: {e})") from e
 
 
 def _out_channels(net: nn.Module) -> int:
@@ -98,10 +147,24 @@ def _out_channels(net: nn.Module) -> int:
     return c
 
 
-def create_backbone(name: str, pretrained: bool = False, weights_path: str | None = None) -> Tuple[nn.Module, int]:
-    """(module, out_channels) for a registered name, "torchvision:NAME" or "timm:NAME"."""
-    if name.startswith("torchvision:"):
-        return torchvision_backbone(name.split(":", 1)[1], pretrained, weights_path)
+def create_backbone(
+    name: str, pretrained: bool = False, weights_path: str | None = None, last_stride: int = 2
+) -> Tuple[nn.Module, int]:
+    """(module, out_channels) for a registered name, a torchvision model name, "torchvision:NAME" or "timm:NAME".
+
+    Args:
+        last_stride: 1 sets the stride of a ResNet's last stage to 1 (re-ID); 2 leaves it.
+    """
     if name.startswith("timm:"):
-        return timm_backbone(name.split(":", 1)[1], pretrained, weights_path)
-    return BACKBONES.create(name, pretrained=pretrained, weights_path=weights_path)
+        return timm_backbone(name.split(":", 1)[1], pretrained, weights_path, last_stride)
+    if name in BACKBONES:
+        if last_stride != 2:
+            raise ValueError(f"last_stride applies to torchvision / timm ResNets, not '{name}'")
+        return BACKBONES.create(name, pretrained=pretrained, weights_path=weights_path)
+    import torchvision
+
+    tv_name = name.split(":", 1)[1] if name.startswith("torchvision:") else name
+    if tv_name not in torchvision.models.list_models():
+        raise KeyError(f"unknown backbone '{name}'; expected one of {', '.join(BACKBONES.names())}, "
+                       "a torchvision model name (e.g. resnet50), 'torchvision:NAME' or 'timm:NAME'")
+    return torchvision_backbone(tv_name, pretrained, weights_path, last_stride)

@@ -1,17 +1,19 @@
-"""Embedder: backbone -> pooling -> linear head -> L2-normalized embedding."""
+"""Embedder: backbone -> pooling -> linear head -> optional BNNeck -> L2-normalized embedding."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metricvision.models.backbones import create_backbone
-from metricvision.models.pooling import POOLINGS
+from metricvision.models.multiscale import multiscale_embed
+from metricvision.models.pooling import POOLINGS, GeM
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NECKS = ("none", "bnneck")
 
 
 class Embedder(nn.Module):
@@ -24,6 +26,16 @@ class Embedder(nn.Module):
         pretrained: load pretrained backbone weights (offline resolver).
         weights_path: explicit weights file for the backbone.
         normalize: L2-normalize the output.
+        neck: "none", or "bnneck" (Luo et al. 2019): batch norm without a learned shift after
+            the head. In training mode the output is then (N, 2 * D), the feature before the
+            norm (for a triplet term) next to the one after it (for an ID term), as the
+            "bnneck_id_triplet" loss expects; in eval mode it is the normalized feature
+            after the norm, (N, D).
+        last_stride: 1 for a ResNet's last stage at stride 1 (twice the final map); else 2.
+        channels_last: run the backbone in channels-last memory format (oneDNN's depthwise and
+            grouped convolutions are several times faster so on CPU; tensor cores prefer it on GPU).
+
+    Images are normalized with the backbone's ``input_mean`` / ``input_std`` (ImageNet's by default).
     """
 
     def __init__(
@@ -34,31 +46,47 @@ class Embedder(nn.Module):
         pretrained: bool = False,
         weights_path: Optional[str] = None,
         normalize: bool = True,
+        neck: str = "none",
+        last_stride: int = 2,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if dim < 0:
             raise ValueError(f"dim must be >= 0, got {dim}")
+        if neck not in NECKS:
+            raise ValueError(f"neck must be one of {NECKS}, got '{neck}'")
         self.backbone_name = backbone
-        self.backbone, channels = create_backbone(backbone, pretrained, weights_path)
-        # oneDNN's depthwise and grouped convolutions are several times faster in channels-last on CPU
-        self.backbone.to(memory_format=torch.channels_last)
+        self.backbone, channels = create_backbone(backbone, pretrained, weights_path, last_stride)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.backbone.to(memory_format=self.memory_format)
         self.pool = POOLINGS.create(pooling)
         self.head: nn.Module = nn.Linear(channels, dim) if dim else nn.Identity()
         self.dim = dim or channels
         self.normalize = normalize
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.neck: Optional[nn.BatchNorm1d] = None
+        if neck == "bnneck":
+            self.neck = nn.BatchNorm1d(self.dim)
+            self.neck.bias.requires_grad_(False)  # no shift, as in the paper
+        mean = getattr(self.backbone, "input_mean", IMAGENET_MEAN)
+        std = getattr(self.backbone, "input_std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, C, h, w) backbone feature maps."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
         return self.backbone(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, D)."""
+        """(N, 3, H, W) -> (N, D); (N, 2 * D) in training mode with a BNNeck (see the class)."""
         z = self.head(self.pool(self.features(images)))
+        if self.neck is not None:
+            after = self.neck(z)
+            if self.training:
+                return torch.cat([z, after], dim=1)
+            z = after
         return F.normalize(z, dim=1) if self.normalize else z
 
     def dense(self, images: torch.Tensor) -> torch.Tensor:
@@ -69,9 +97,20 @@ class Embedder(nn.Module):
         return F.normalize(f, dim=1) if self.normalize else f
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
-        """Embeddings (N, D) in eval mode, batched; accepts a tensor or an iterable of batches."""
-        return self._batched(self.forward, images, batch_size)
+    def encode(
+        self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256, scales: Sequence[float] = (1.0,)
+    ) -> torch.Tensor:
+        """Embeddings (N, D) in eval mode, batched; accepts a tensor or an iterable of batches.
+
+        With several ``scales`` each image is embedded at every scale and the embeddings are
+        combined as cirtorch's multi-scale test (``multiscale_embed``): a generalized mean with
+        the GeM pooling's exponent, a plain sum with other poolings.
+        """
+        if list(scales) == [1.0]:
+            return self._batched(self.forward, images, batch_size)
+        p = float(self.pool.p) if isinstance(self.pool, GeM) else 1.0
+        combine = "gem" if isinstance(self.pool, GeM) else "sum"
+        return self._batched(lambda b: multiscale_embed(self.forward, b, scales, combine, p), images, batch_size)
 
     @torch.no_grad()
     def encode_dense(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64) -> torch.Tensor:

