@@ -16,7 +16,7 @@ from metricvision.metrics import cluster_scores, evaluate_retrieval, retrieval_s
 from metric_cases import KINDS, grid_vectors
 from metric_references import ref_retrieval
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None)
 
 
 def draw_labels(rng: np.random.Generator, n: int, layout: str) -> np.ndarray:
@@ -111,7 +111,7 @@ def test_non_finite_rows_are_refused_with_the_first_row(case, bad):
         retrieval_scores(np.zeros((1, x.shape[1])), y[:1], x, y, ks=ks)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True)
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
 @given(st.integers(1, 30), st.integers(0, 2**32 - 1), st.sampled_from(["one class", "singletons"]))
 def test_degenerate_clusterings_score_one_like_sklearn(n, seed, layout):
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from metricvision.metrics import few_shot_accuracy, fpr_at_recall, open_set_f_measure, tar_at_far
 from metric_references import ref_f_measure, ref_fpr95, ref_tar_at_far
 
-SETTINGS = settings(max_examples=50, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=50, deadline=None, derandomize=True, database=None)
 
 
 @st.composite
@@ -95,7 +95,7 @@ def test_open_set_f_measure_ignores_class_names_and_order(case):
     assert open_set_f_measure(rename[pred + 1][p], rename[labels + 1][p]) == pytest.approx(open_set_f_measure(pred, labels), rel=1e-12)
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=20, deadline=None, derandomize=True, database=None)
 @given(st.integers(0, 2**32 - 1), st.integers(2, 4), st.integers(1, 3), st.integers(1, 4), st.sampled_from([torch.float32, torch.float64]))
 def test_few_shot_accuracy_equals_a_loop_over_the_same_episodes(seed, n_way, k_shot, n_query, dtype):
     rng = np.random.default_rng(seed)

@@ -78,15 +78,18 @@ def require_splits(splits: Splits, names: Sequence[str], protocol: str) -> None:
         raise KeyError(f"protocol '{protocol}' needs splits {list(names)}, missing {missing}; got {sorted(splits)}")
 
 
-def as_float_tensors(**arrays: ArrayLike) -> Tuple[torch.Tensor, ...]:
+def as_float_tensors(chunk: int = 65536, **arrays: ArrayLike) -> Tuple[torch.Tensor, ...]:
     """The given (N, D) or (N,) arrays / tensors as CPU tensors of one dtype (float64 if any is
-    float64, else float32), in keyword order; an error names the first non-finite row."""
+    float64, else float32), in keyword order; an error names the first non-finite row (rows
+    are checked ``chunk`` at a time: no (N, D) mask is held, whatever N, e.g. R-1M)."""
     ts = {n: x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x)) for n, x in arrays.items()}
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in ts.values()) else torch.float32
     out = []
     for name, t in ts.items():
         t = t.to(dtype)
-        check_finite(t.numpy().reshape(t.shape[0], -1) if t.ndim > 1 else t.numpy()[:, None], name)
+        rows = t.reshape(len(t), int(np.prod(t.shape[1:])))
+        finite = np.concatenate([torch.isfinite(c).all(1).numpy() for c in rows.split(chunk)] + [np.ones(0, bool)])
+        check_finite(np.where(finite, 0.0, np.nan)[:, None], name)
         out.append(t)
     return tuple(out)
 
