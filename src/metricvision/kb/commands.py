@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
-from metricvision.data import Sample
+if TYPE_CHECKING:
+    from metricvision.data import Sample
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
