@@ -60,12 +60,13 @@ def drop_unreadable(samples: Sequence[Sample], strict: bool = False, list_file: 
     message = describe(bad, len(samples))
     if strict:
         raise ValueError(f"{message}\n(--strict stops here; without it these files are skipped)")
+    listed = ""
     if list_file is not None:
         list_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = list_file.with_name(list_file.name + ".tmp")
         tmp.write_text("".join(f"{path}\t{reason}\n" for _, path, reason in bad))
         tmp.replace(list_file)
-        message += f"\n  (all of them in {list_file})"
-    print(f"skipping {message}", file=sys.stderr)
+        listed = f"all listed in {list_file}; "
+    print(f"warning: {message}\nthey are skipped ({listed}--strict stops instead)", file=sys.stderr)
     skip = {i for i, _, _ in bad}
     return [s for i, s in enumerate(samples) if i not in skip]
