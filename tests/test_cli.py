@@ -22,7 +22,7 @@ def test_train_evaluate_embed(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *FAST, "--out", str(run), "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
-    assert 0 < trained["precision@1"] <= 1 and (run / "report.html").exists()
+    assert 0 < trained["precision@1"] <= 1 and (run / "report.html").exists() and (run / "model_card.json").exists()
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64") == 3  # loss curve, Recall@K curve, query grid
     assert main(["evaluate", str(run), "--json"]) == 0

@@ -18,10 +18,13 @@ COMMAND_MODULES = [
     "metricvision.kb.commands",
     "metricvision.serve.commands",
     "metricvision.engine.distributed_commands",
+    "metricvision.engine.run_commands",
 ]
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "; ".join(_cell(v) for v in value) or "(none)"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
@@ -82,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"metricvision {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -61,6 +61,9 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     except KeyboardInterrupt:
         print(f"interrupted; continue with: metricvision train {args.recipe} --out {run_dir} --resume", file=sys.stderr)
         raise
+    from metricvision.engine.card import model_card, write_model_card
+
+    write_model_card(run_dir, model_card(recipe, metrics, trainer.train_samples, trainer.test_samples, trainer.epoch))
     if not args.no_report:
         from metricvision.report import query_grid, write_report
 
