@@ -68,7 +68,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         from metricvision.report import query_grid, write_report
 
         grid = query_grid(trainer.test_samples, trainer.last_test_embeddings, seed=recipe.train.seed)
-        path = write_report(run_dir, recipe.name, metrics, trainer.history, recipe.to_dict(), grid)
+        path = write_report(run_dir, recipe.name, metrics, trainer.history, recipe.to_dict(), grid,
+                            samples=trainer.test_samples, embeddings=trainer.last_test_embeddings, seed=recipe.train.seed)
         print(f"report: {path}", file=sys.stderr)
     return metrics
 

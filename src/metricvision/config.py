@@ -71,6 +71,7 @@ class TrainConfig:
     threads: int = 0
     eval_every: int = 0
     max_minutes: float = 0.0
+    tensorboard: bool = False  # also log each epoch's record to <run>/tensorboard (needs the tensorboard extra)
 
 
 @dataclass

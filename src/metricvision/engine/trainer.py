@@ -85,6 +85,10 @@ class Trainer:
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
+        if recipe.train.tensorboard:
+            from metricvision.engine.tensorboard import TensorBoardLogger
+
+            self.hooks.append(TensorBoardLogger(self.run_dir / "tensorboard"))
         size = recipe.data.image_size
         self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(recipe.data.train_transform, size=size))
         self.eval_transform = TRANSFORMS.create("eval", size=size)
@@ -204,7 +208,7 @@ class Trainer:
         """(N, D) embeddings of samples with the eval transform."""
         loader = torch.utils.data.DataLoader(SampleDataset(samples, self.eval_transform), batch_size=batch_size,
                                              num_workers=self.recipe.data.num_workers)
-        return self.model.encode((x for x, _ in loader))
+        return self.model.encode((x for x, _ in tqdm(loader, desc="embedding the test set", leave=False, dynamic_ncols=True)))
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
         """Retrieval metrics on the test (unseen) classes."""
