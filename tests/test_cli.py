@@ -24,7 +24,9 @@ def test_train_evaluate_embed(tmp_path, capsys):
     trained = json.loads(capsys.readouterr().out)
     assert 0 < trained["precision@1"] <= 1 and (run / "report.html").exists() and (run / "model_card.json").exists()
     html = (run / "report.html").read_text()
-    assert html.count("data:image/png;base64") == 3  # loss curve, Recall@K curve, query grid
+    for alt in ("loss curve", "recall curve", "query grid", "precision-recall curve"):
+        assert f"<img alt='{alt}' src='data:image/png;base64," in html
+    assert "<circle " in html and "Classes that fail most" in html
     assert main(["evaluate", str(run), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["map@r"] == pytest.approx(trained["map@r"], abs=1e-6)
