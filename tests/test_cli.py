@@ -21,7 +21,10 @@ def test_help_lists_commands():
 def test_train_evaluate_embed(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *FAST, "--out", str(run), "--json"]) == 0
-    trained = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    trained = json.loads(captured.out)
+    for bar in ("epoch 1/1", "embedding the test set", "evaluating: leave-one-out k-NN"):  # progress on stderr
+        assert bar in captured.err
     assert 0 < trained["precision@1"] <= 1 and (run / "report.html").exists() and (run / "model_card.json").exists()
     html = (run / "report.html").read_text()
     for alt in ("loss curve", "recall curve", "query grid", "precision-recall curve"):
