@@ -19,10 +19,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-if TYPE_CHECKING:
-    from metricvision.data import Sample, SampleDataset
-    from metricvision.index import FlatIndex
-    from metricvision.losses import LossOutput, MetricLoss, ProxyLoss, create_loss
-    from metricvision.metrics import evaluate_retrieval
-    from metricvision.models import Embedder
-    from metricvision.similarity import IGNORED, IRRELEVANT, RELEVANT, relevance_from_labels, similarity
+if TYPE_CHECKING:  # for type checkers and IDEs: the names as eager imports would give them
+    from metricvision.data import Sample, SampleDataset  # noqa: F401
+    from metricvision.index import FlatIndex  # noqa: F401
+    from metricvision.losses import LossOutput, MetricLoss, ProxyLoss, create_loss  # noqa: F401
+    from metricvision.metrics import evaluate_retrieval  # noqa: F401
+    from metricvision.models import Embedder  # noqa: F401
+    from metricvision.similarity import IGNORED, IRRELEVANT, RELEVANT, relevance_from_labels, similarity  # noqa: F401

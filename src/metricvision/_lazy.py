@@ -25,6 +25,6 @@ def lazy_exports(package: str, exports: Dict[str, str]) -> Tuple[Callable[[str],
         return value
 
     def __dir__() -> List[str]:
-        return sorted(exports)
+        return sorted(set(vars(importlib.import_module(package))) | set(exports))
 
     return __getattr__, __dir__
