@@ -17,10 +17,15 @@ class TensorBoardLogger:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise ImportError("train.tensorboard needs the 'tensorboard' extra: pip install -e '.[tensorboard]'") from e
-        self.writer = SummaryWriter(str(log_dir))
+        from metricvision.engine.distributed import get_rank
+
+        # one writer per run: in distributed training every rank holds the same record
+        self.writer = SummaryWriter(str(log_dir)) if get_rank() == 0 else None
 
     def on_epoch_end(self, trainer: Any, epoch: int, record: Dict[str, Any]) -> None:
         """Log the record of ``epoch`` (1-based, as the Trainer counts finished epochs)."""
+        if self.writer is None:
+            return
         for key, value in record.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, epoch)
