@@ -10,7 +10,7 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 COMMAND_MODULES = [
     "metricvision.commands",
@@ -18,7 +18,40 @@ COMMAND_MODULES = [
     "metricvision.kb.commands",
     "metricvision.serve.commands",
     "metricvision.engine.distributed_commands",
+    "metricvision.engine.run_commands",
 ]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "; ".join(_cell(v) for v in value) or "(none)"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_table(result: Dict[str, Any], indent: str = "") -> List[str]:
+    """Lines of a readable table: ``key  value`` rows; a nested dict is a titled block, and its dicts
+    of scalars with the same keys (e.g. one row of metrics per query kind) a grid, one column per key."""
+    lines: List[str] = []
+    width = max((len(str(k)) for k, v in result.items() if not isinstance(v, dict)), default=0)
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            lines.append(f"{indent}{str(key):<{width}}  {_cell(value)}")
+            continue
+        lines.append(f"{indent}{key}:")
+        rows = [v for v in value.values() if isinstance(v, dict) and not any(isinstance(x, dict) for x in v.values())]
+        grid = {k: v for k, v in value.items() if rows and isinstance(v, dict) and v.keys() == rows[0].keys()}
+        rest = {k: v for k, v in value.items() if k not in grid}
+        if len(grid) > 1:
+            columns = list(rows[0])
+            names = max(len(str(k)) for k in grid)
+            widths = [max(len(str(c)), *(len(_cell(r[c])) for r in grid.values())) for c in columns]
+            lines.append(f"{indent}  {'':<{names}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
+            for name, row in grid.items():
+                lines.append(f"{indent}  {str(name):<{names}}  " + "  ".join(f"{_cell(row[c]):>{w}}" for c, w in zip(columns, widths)))
+        else:
+            rest = value
+        lines += format_table(rest, indent + "  ") if rest else []
+    return lines
 
 
 def print_result(result: Any, as_json: bool) -> None:
@@ -26,9 +59,7 @@ def print_result(result: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     elif isinstance(result, dict):
-        width = max((len(str(k)) for k in result), default=0)
-        for k, v in result.items():
-            print(f"{str(k):<{width}}  {v:.4f}" if isinstance(v, float) else f"{str(k):<{width}}  {v}")
+        print("\n".join(format_table(result)))
     elif result is not None:
         print(result)
 
@@ -54,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"metricvision {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -28,17 +28,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", "--reader", dest="dataset", default=None,
                    help="a registered dataset, read at --data (see `metricvision data list`; default: the run's)")
     p.add_argument("--data", type=Path, default=None, help="the dataset's folder in its native layout")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=evaluate)
 
     p = sub.add_parser("embed", help="embed a dataset or an image folder with a run's model into an .npz file")
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, help="run folder written by `metricvision train`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="a registered dataset, e.g. emoji")
     src.add_argument("--images", type=Path, help="a folder of images (searched recursively)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split of --dataset (default: test)")
     p.add_argument("--out", type=Path, required=True, help="output .npz (embeddings, labels, paths)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at unreadable images (default: skip them, list them in <out>.unreadable.txt)")
+    p.add_argument("--json", action="store_true", help="print the counts and the output path as JSON")
     p.set_defaults(func=embed)
 
 
@@ -66,12 +68,16 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     except KeyboardInterrupt:
         print(f"interrupted; continue with: metricvision train {args.recipe} --out {run_dir} --resume", file=sys.stderr)
         raise
+    from metricvision.engine.card import model_card, write_model_card
+
+    write_model_card(run_dir, model_card(recipe, metrics, trainer.train_samples, trainer.test_samples, trainer.epoch))
     if not args.no_report:
         from metricvision.report import query_grid, write_report
 
         emb = trainer.last_test_embeddings
         grid = query_grid(trainer.test_samples, emb, seed=recipe.train.seed) if emb is not None else ""
-        path = write_report(run_dir, recipe.name, metrics, trainer.history, trainer.recipe.to_dict(), grid)
+        path = write_report(run_dir, recipe.name, metrics, trainer.history, trainer.recipe.to_dict(), grid,
+                            samples=trainer.test_samples, embeddings=emb, seed=recipe.train.seed)
         print(f"report: {path}", file=sys.stderr)
     return metrics
 
@@ -85,8 +91,10 @@ def _embed_fn(model: Any, image_size: int):
     transform = TRANSFORMS.create("eval", size=image_size)
 
     def fn(samples) -> "torch.Tensor":
+        from tqdm import tqdm
+
         loader = torch.utils.data.DataLoader(SampleDataset(samples, transform), batch_size=256)
-        return model.encode((x for x, _ in loader))
+        return model.encode((x for x, _ in tqdm(loader, desc="embedding", unit="batch", leave=False)))
 
     return fn
 
@@ -119,16 +127,21 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def embed(args: argparse.Namespace) -> Dict[str, Any]:
-    """`metricvision embed`: writes embeddings, labels and image paths to an .npz file."""
+    """`metricvision embed`: writes embeddings, labels and image paths to an .npz file.
+
+    Unreadable images are skipped and listed in ``<out>.unreadable.txt`` (``--strict``: refused).
+    """
+    from metricvision.data.check import drop_unreadable
     from metricvision.data.sample import load_samples
     from metricvision.engine.runs import load_run
 
     recipe, model = load_run(args.run)
-    samples = load_samples(args.dataset, args.images, args.split)
+    found = load_samples(args.dataset, args.images, args.split)
+    samples = drop_unreadable(found, args.strict, args.out.with_name(args.out.name + ".unreadable.txt"))
     emb = _embed_fn(model, recipe.data.image_size)(samples).numpy()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")
     np.savez(tmp, embeddings=emb, labels=np.array([s.label for s in samples]),
              paths=np.array([s.image if isinstance(s.image, str) else "" for s in samples]))
     tmp.replace(args.out)
-    return {"embedded": len(samples), "dim": int(emb.shape[1]), "out": str(args.out)}
+    return {"embedded": len(samples), "skipped": len(found) - len(samples), "dim": int(emb.shape[1]), "out": str(args.out)}

@@ -80,6 +80,7 @@ class TrainConfig:
     nonfinite: str = "stop"
     amp: str = "none"  # "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast with a gradient scaler)
     channels_last: bool = True
+    tensorboard: bool = False  # also log each epoch's record to <run>/tensorboard (needs the tensorboard extra)
 
     def __post_init__(self) -> None:
         if self.nonfinite not in ("stop", "skip"):

@@ -84,7 +84,8 @@ def test_text_query_image_upload_boxes_and_url_state(server, browser, tmp_path):
     assert captions(browser)[:2] == ["yellow circle", "yellow circle"]
     assert "q=yellow+circle" in browser.current_url and "k=12" in browser.current_url
 
-    # upload an image: the results come back with heat maps and boxes
+    # upload an image with heat maps switched on (off by default): the results come back with heat maps and boxes
+    browser.find_element(By.ID, "heat").click()
     query = tmp_path / "query.png"
     Image.fromarray(draw("triangle", "red")).save(query)
     box.clear()

@@ -11,18 +11,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="list, fetch and check datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = dsub.add_parser("list", help="every registered dataset (splits, protocol, licence) and fetched emoji variants")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the lists as JSON")
     q.set_defaults(func=list_datasets)
     q = dsub.add_parser("fetch", help="build a larger emoji variant into the cache (needs npm)")
-    q.add_argument("name", choices=["emoji"])
+    q.add_argument("name", choices=["emoji"], help="the dataset to build (only emoji)")
     q.add_argument("--vendors", default="google,twitter", help="comma list of google,twitter,apple,facebook")
     q.add_argument("--size", type=int, default=48, help="image side in pixels")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the counts and the output path as JSON")
     q.set_defaults(func=fetch)
-    q = dsub.add_parser("check", help="validate a dataset folder in its native format")
-    q.add_argument("kind", help="dataset name, e.g. cub, sop, market1501, roxford5k (see `data list`)")
-    q.add_argument("path", type=Path)
-    q.add_argument("--json", action="store_true")
+    q = dsub.add_parser("check", help="validate a dataset in its native format and open every image")
+    q.add_argument("kind", help="dataset name, e.g. folder, csv, cub, sop, market1501, roxford5k (see `data list`)")
+    q.add_argument("path", type=Path, help="the dataset folder (or file, for csv and emoji)")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=check)
 
 
@@ -60,12 +60,24 @@ def fetch(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def check(args: argparse.Namespace) -> Dict[str, Any]:
-    """Validate a dataset folder (or, for kind 'emoji', a dataset file)."""
+    """Validate a dataset folder (or, for kind 'emoji', a dataset file); every image is opened.
+
+    Raises:
+        ValueError: listing the unreadable images (missing, empty, not decodable).
+    """
     if args.kind == "emoji":
         from metricvision.data.emoji import load_emoji
 
         samples = load_emoji("all", args.path)
         return {"images": len(samples), "identities": len({s.label for s in samples})}
-    from metricvision.data import check_dataset
+    from metricvision.data import DATASETS, check_dataset
+    from metricvision.data.check import describe, unreadable_images
+    from metricvision.data.sample import Sample
 
-    return check_dataset(args.kind, args.path)
+    summary = check_dataset(args.kind, args.path)
+    images = {str(s.image) for part in DATASETS.create(args.kind, path=args.path).values() for s in part
+              if isinstance(s.image, (str, Path))}
+    bad = unreadable_images([Sample(p) for p in sorted(images)], desc="opening every image")
+    if bad:
+        raise ValueError(f"{args.path}: {describe(bad, len(images))}")
+    return {**summary, "unreadable": 0}

@@ -17,6 +17,7 @@ are never downloaded: one that needs a path and gets none says so.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,42 @@ def _first_param_required(fn: Callable[..., Any]) -> bool:
         inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
+# Modules whose import registers the built-in datasets and readers: imported on the registry's
+# first lookup, so that `import metricvision.data` (and `metricvision --help`) stays free of torch.
+BUILTIN_MODULES = ("metricvision.data.emoji", "metricvision.data.readers")
+
+
 class DatasetRegistry(Registry[Splits]):
     """A Registry of dataset functions ``(path, **options) -> {split: [Sample]}`` with their DatasetInfo."""
 
     def __init__(self) -> None:
         super().__init__("dataset")
         self._info: Dict[str, DatasetInfo] = {}
+        self._builtins_loaded = False
+
+    def _load_builtins(self) -> None:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            for module in BUILTIN_MODULES:
+                importlib.import_module(module)
+
+    def get(self, name: str) -> Callable[..., Splits]:
+        """The dataset function registered as ``name`` (KeyError listing the datasets when unknown)."""
+        self._load_builtins()
+        return super().get(name)
+
+    def names(self) -> List[str]:
+        """Sorted names of every registered dataset, built-ins included."""
+        self._load_builtins()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        self._load_builtins()
+        return super().__contains__(name)
+
+    def __len__(self) -> int:
+        self._load_builtins()
+        return super().__len__()
 
     def register(self, name: str, **info: Any) -> Callable[[Callable[..., Splits]], Callable[..., Splits]]:
         """Decorator registering a dataset function under ``name`` with DatasetInfo fields ``info``."""

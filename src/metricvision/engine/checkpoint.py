@@ -2,6 +2,8 @@
 
 Tensors: model and loss weights, optimizer state; everything else (epoch, optimizer
 hyper-parameters, scheduler state, history) goes in the JSON metadata of the same file.
+The version a save replaces stays beside it as ``<name>.prev`` (a hard link, so no copy),
+and a damaged checkpoint is refused with a message that points to it.
 """
 from __future__ import annotations
 
@@ -11,9 +13,47 @@ from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
-from safetensors import safe_open
+
 from metricvision._atomic import atomic_write
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read (truncated, empty, not safetensors)."""
+
+
+def previous_version(path: str | os.PathLike) -> Path:
+    """Where the version of ``path`` that the last save replaced is kept."""
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+def _damaged(path: Path, reason: str) -> CheckpointError:
+    prev = previous_version(path)
+    lines = [f"checkpoint {path} is damaged ({reason}) and cannot be loaded."]
+    try:
+        epoch = read_info(prev).get("epoch", "?")
+        lines.append(f"An earlier version (end of epoch {epoch}) is {prev}: `mv {prev} {path}`, then "
+                     f"`metricvision train {path.parent / 'recipe.yaml'} --out {path.parent} --resume` continues from it.")
+    except (FileNotFoundError, CheckpointError):
+        lines.append(f"No earlier version is kept beside it: copy back a good one from a backup, or delete it and "
+                     f"`metricvision train {path.parent / 'recipe.yaml'} --out {path.parent} --resume` retrains that run.")
+    return CheckpointError("\n".join(lines))
+
+
+def _read(path: Path, tensors: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(tensors or {}, metricvision metadata) of ``path``; CheckpointError when it is damaged."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    if path.stat().st_size == 0:
+        raise _damaged(path, "empty file, 0 bytes")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("metricvision", "{}"))
+        return (load_file(str(path)) if tensors else {}), meta
+    except (SafetensorError, json.JSONDecodeError) as e:
+        raise _damaged(path, f"{path.stat().st_size} bytes, {e}") from None
 
 
 def _flatten_optimizer(state: Dict[str, Any]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -39,7 +79,10 @@ def _unflatten_optimizer(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any])
 
 
 def save_checkpoint(path: str | os.PathLike, modules: Dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None, info: Dict[str, Any]) -> None:
-    """Write modules' state dicts, the optimizer and ``info`` (JSON-able) atomically to ``path``."""
+    """Write modules' state dicts, the optimizer and ``info`` (JSON-able) atomically to ``path``.
+
+    The file it replaces is kept as ``previous_version(path)``.
+    """
     path = Path(path)
     tensors: Dict[str, torch.Tensor] = {}
     for prefix, module in modules.items():
@@ -49,18 +92,25 @@ def save_checkpoint(path: str | os.PathLike, modules: Dict[str, torch.nn.Module]
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
         tensors.update({k: v.cpu() for k, v in opt_tensors.items()})
+    if path.exists():
+        prev = previous_version(path)
+        tmp = prev.with_name(prev.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        os.link(path, tmp)
+        os.replace(tmp, prev)
     with atomic_write(path) as f:
         f.write(save(tensors, metadata={"metricvision": json.dumps(meta)}))
 
 
 def load_checkpoint(path: str | os.PathLike, modules: Dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None = None) -> Dict[str, Any]:
-    """Restore modules (and the optimizer) from ``path``; returns the saved ``info``."""
+    """Restore modules (and the optimizer) from ``path``; returns the saved ``info``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is damaged; the message says what to do.
+    """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    tensors = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("metricvision", "{}"))
+    tensors, meta = _read(path, tensors=True)
     for prefix, module in modules.items():
         sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
         module.load_state_dict(sub)
@@ -71,6 +121,5 @@ def load_checkpoint(path: str | os.PathLike, modules: Dict[str, torch.nn.Module]
 
 
 def read_info(path: str | os.PathLike) -> Dict[str, Any]:
-    """The ``info`` of a checkpoint without loading its tensors."""
-    with safe_open(str(path), "pt") as f:
-        return json.loads((f.metadata() or {}).get("metricvision", "{}")).get("info", {})
+    """The ``info`` of a checkpoint without loading its tensors (errors as ``load_checkpoint``)."""
+    return _read(Path(path), tensors=False)[1].get("info", {})

@@ -17,14 +17,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the scale-out commands."""
     p = sub.add_parser("distributed-train", help="train a recipe with DDP: under torchrun, or on Ray workers with --ray")
     p.add_argument("recipe", nargs="?", default="default", help="recipe name in recipes/ or a YAML path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe>-<time>; shared by all workers)")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--ray", dest="address", nargs="?", const="local", default=None,
                    help="train with ray.train on the cluster at ADDRESS ('local' starts one here)")
     p.add_argument("--workers", type=int, default=2, help="ray.train workers (with --ray)")
     p.add_argument("--gpu", action="store_true", help="one GPU per ray.train worker")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=distributed_train)
 
     p = sub.add_parser("ray-embed", help="embed a dataset with a run's model on Ray actors into Parquet shards")
@@ -32,10 +32,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="a registered dataset, e.g. emoji")
     src.add_argument("--images", type=Path, help="a folder of images (searched recursively; visible to every node)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split of --dataset (default: test)")
     p.add_argument("--out", type=Path, required=True, help="output folder of *.parquet shards")
     _ray_args(p)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch of each actor")
     p.add_argument("--cpus-per-worker", type=float, default=0.5, help="CPUs each actor reserves (fractional)")
     p.set_defaults(func=ray_embed_command)
 
@@ -43,14 +43,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("embeddings", type=Path, help="folder of *.parquet shards (from ray-embed)")
     p.add_argument("--out", type=Path, required=True, help="index file (.npz, loaded with FaissIndex.load)")
     p.add_argument("--spec", default="IVF64,Flat", help="faiss IVF spec")
-    p.add_argument("--nprobe", type=int, default=8)
+    p.add_argument("--nprobe", type=int, default=8, help="inverted lists visited per query")
     p.add_argument("--on-disk", action="store_true", help="merge the inverted lists on disk (merge_ondisk)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=ray_index_command)
 
     p = sub.add_parser("ray-evaluate", help="leave-one-out retrieval metrics of Parquet embeddings, searched over Ray actor shards")
-    p.add_argument("embeddings", type=Path)
-    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("embeddings", type=Path, help="folder of *.parquet shards (from ray-embed)")
+    p.add_argument("--shards", type=int, default=2, help="number of index shards")
     p.add_argument("--spec", default="Flat", help="index of every shard (default exact)")
     _ray_args(p)
     p.set_defaults(func=ray_evaluate_command)
@@ -59,7 +59,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _ray_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", dest="address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--workers", type=int, default=2, help="Ray actors")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def distributed_train(args: argparse.Namespace) -> Dict[str, Any] | None:

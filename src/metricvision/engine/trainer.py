@@ -115,6 +115,10 @@ class Trainer:
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
+        if recipe.train.tensorboard:
+            from metricvision.engine.tensorboard import TensorBoardLogger
+
+            self.hooks.append(TensorBoardLogger(self.run_dir / "tensorboard"))
         d, size = recipe.data, recipe.data.image_size
         self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
                                       crop=d.crop_to_box)
@@ -309,7 +313,8 @@ class Trainer:
         """(N, D) embeddings of samples with the eval transform."""
         loader = torch.utils.data.DataLoader(SampleDataset(samples, self.eval_transform), batch_size=batch_size,
                                              num_workers=self.recipe.data.num_workers)
-        return self.model.encode((x for x, _ in loader), scales=self.recipe.eval.scales)
+        return self.model.encode((x for x, _ in tqdm(loader, desc="embedding", leave=False, dynamic_ncols=True)),
+                                 scales=self.recipe.eval.scales)
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
         """The eval protocol's metrics on the evaluation splits (clustering: override eval.clustering)."""

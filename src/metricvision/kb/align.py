@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from metricvision.data import Sample
 from metricvision.index import FlatIndex
@@ -39,7 +40,8 @@ def class_captions(samples: Sequence[Sample]) -> Tuple[np.ndarray, List[str]]:
 def pooled_features(embedder: Embedder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """(N, 3, H, W) -> (N, C) pooled backbone features (before the head), eval mode."""
     embedder.eval()
-    return torch.cat([embedder.pool(embedder.features(b)) for b in images.split(batch_size)])
+    batches = tqdm(images.split(batch_size), desc="backbone features", unit="batch", leave=False)
+    return torch.cat([embedder.pool(embedder.features(b)) for b in batches])
 
 
 def train_alignment(
@@ -84,7 +86,8 @@ def train_alignment(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     logs = []
     head.train()
-    for epoch in range(epochs):
+    bar = tqdm(range(epochs), desc="aligning the head", unit="epoch", leave=False)
+    for epoch in bar:
         order, total = torch.randperm(len(feats)), 0.0
         for s in range(0, len(feats), batch_size):
             b = order[s : s + batch_size]
@@ -95,6 +98,7 @@ def train_alignment(
             total += float(out.value.detach()) * len(b)
         sched.step()
         logs.append({"epoch": epoch, "loss": total / max(len(feats), 1)})
+        bar.set_postfix(loss=f"{logs[-1]['loss']:.4f}")
     embedder.eval()
     return model, logs
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
-from metricvision.data import Sample
+if TYPE_CHECKING:
+    from metricvision.data import Sample
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--captions", help="captions csv (image,caption[,label,...]) for --from-folder")
         p.add_argument("--split", default="all", help="dataset split (default: all)")
         p.add_argument("--dataset-path", help="dataset file / root (default: the dataset's own)")
+        p.add_argument("--strict", action="store_true",
+                       help="stop at unreadable images (default: skip them, list them in DIR/unreadable.txt)")
         if name == "build":
             p.add_argument("--checkpoint", help="image model from `kb align` (text search needs it)")
             p.add_argument("--backbone", default="mobilenet_v2", help="pretrained backbone when no checkpoint is given")
@@ -33,8 +36,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = kb_sub.add_parser("align", help="align an image encoder to a text model's space and build a KB with it")
     p.add_argument("dir", help="output folder: checkpoint, combiner, metrics (and KB/ with --build-kb)")
-    p.add_argument("--text-model", default="minilm")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--text-model", default="minilm", help="registered text encoder whose space images are aligned to (default: minilm)")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs of the linear head (default: 40)")
     p.add_argument("--dataset-path", help="emoji dataset file (default: the packaged one)")
     p.add_argument("--build-kb", action="store_true", help="also build DIR/kb from the test split")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -44,7 +47,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("kb", help="the KB folder")
     p.add_argument("--image", help="query image file")
     p.add_argument("--text", help="query text")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="number of hits (default: 10)")
     p.add_argument("--text-weight", type=float, default=0.5, help="text weight of composed queries (weighted sum)")
     p.add_argument("--combiner", choices=("auto", "none"), default="auto",
                    help="use the KB's trained combiner for composed queries when it has one")
@@ -54,34 +57,42 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_search)
 
 
-def _samples(args: argparse.Namespace) -> List[Sample]:
+def _samples(args: argparse.Namespace) -> Tuple[List[Sample], int]:
+    """The items of `kb build|add` and how many unreadable image files were skipped (refused with --strict)."""
+    from pathlib import Path
+
+    from metricvision.data.check import drop_unreadable
     from metricvision.kb.sources import samples_from_dataset, samples_from_folder
 
     if args.from_dataset:
-        return samples_from_dataset(args.from_dataset, args.split, args.dataset_path)
-    return samples_from_folder(args.from_folder, args.captions)
+        samples = samples_from_dataset(args.from_dataset, args.split, args.dataset_path)
+    else:
+        samples = samples_from_folder(args.from_folder, args.captions)
+    readable = drop_unreadable(samples, args.strict, Path(args.dir) / "unreadable.txt")
+    return readable, len(samples) - len(readable)
 
 
 def _build(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.model import ImageTextModel, ModelCard
     from metricvision.kb.store import KnowledgeBase
 
-    samples = _samples(args)
+    samples, skipped = _samples(args)
     if args.checkpoint:
         model = ImageTextModel.from_checkpoint(args.checkpoint)
     else:
         model = ImageTextModel(ModelCard(backbone=args.backbone, image_size=args.image_size))
     kb = KnowledgeBase.create(args.dir, model, index_spec=args.index)
     kb.add(samples)
-    return {"kb": str(kb.path), "items": len(kb), "dim": model.dim, "text_model": model.card.text_model}
+    return {"kb": str(kb.path), "items": len(kb), "skipped": skipped, "dim": model.dim, "text_model": model.card.text_model}
 
 
 def _add(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.store import KnowledgeBase
 
     kb = KnowledgeBase.open(args.dir)
-    ids = kb.add(_samples(args))
-    return {"kb": str(kb.path), "added": len(ids), "items": len(kb), "version": kb.version}
+    samples, skipped = _samples(args)
+    ids = kb.add(samples)
+    return {"kb": str(kb.path), "added": len(ids), "skipped": skipped, "items": len(kb), "version": kb.version}
 
 
 def _align(args: argparse.Namespace) -> Dict[str, Any]:

@@ -138,8 +138,11 @@ class ImageTextModel:
 
     def encode_images(self, images: Sequence[Any], batch_size: int = 128) -> torch.Tensor:
         """(N,) images -> (N, D) normalized embeddings."""
+        from tqdm import tqdm
+
         out = [torch.empty(0, self.dim)]
-        for s in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        for s in tqdm(starts, desc="embedding images", unit="batch", leave=False, disable=len(starts) < 2):
             out.append(self.embedder.encode(self.to_tensor(images[s : s + batch_size])))
         return torch.cat(out)
 

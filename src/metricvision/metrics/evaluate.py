@@ -43,10 +43,17 @@ def evaluate_retrieval(
         recall@k for each k, precision@1, r_precision, map@r, and nmi / ami. Queries
         without any relevant reference are left out, as in pytorch-metric-learning.
     """
+    from tqdm import tqdm
+
     x, y = _as_numpy(embeddings, np.float32), _as_numpy(labels, np.int64)
-    out = retrieval_scores(x, y, ks=ks, index=index, query_chunk=query_chunk)
-    if clustering:
-        out.update(cluster_scores(x, y, seed))
+    # two silent stages of up to a minute on 2 cores for a few thousand items: say which one runs
+    with tqdm(total=1 + clustering, desc="evaluating: leave-one-out k-NN", unit="stage", leave=False) as stages:
+        out = retrieval_scores(x, y, ks=ks, index=index, query_chunk=query_chunk)
+        stages.update()
+        if clustering:
+            stages.set_description("evaluating: k-means for NMI / AMI")
+            out.update(cluster_scores(x, y, seed))
+            stages.update()
     return out
 
 

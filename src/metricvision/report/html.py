@@ -1,5 +1,10 @@
+<<<<<<< HEAD
 """report.html of a run: loss curve, Recall@K curve (or a chart of whatever scores the protocol
 reports) and a grid of test queries with their top results."""
+=======
+"""report.html of a run: warnings, metrics, loss and Recall@K curves, a grid of test queries with
+their top results, the precision-recall curve, the classes that fail most and a 2-D map of the test set."""
+>>>>>>> newc
 from __future__ import annotations
 
 import base64
@@ -8,7 +13,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -19,6 +24,10 @@ import torch  # noqa: E402
 
 from metricvision.data.sample import Sample, load_image  # noqa: E402
 from metricvision.index import FlatIndex  # noqa: E402
+from metricvision.report.analysis import failing_classes, neighbours, precision_recall  # noqa: E402
+from metricvision.report.embedding_map import display_name, embedding_map  # noqa: E402
+
+NEIGHBOURS = 100  # ranked list length behind the precision-recall curve and the failing classes
 
 
 def _png(fig: plt.Figure) -> str:
@@ -57,6 +66,7 @@ def recall_plot(curves: Dict[str, Dict[str, float]]) -> str:
     return _png(fig)
 
 
+<<<<<<< HEAD
 def scores_plot(metrics: Dict[str, Any]) -> str:
     """Base64 PNG bar chart of the numeric metrics with values in [0, 1] (accuracy, mAP, FPR, ...); "" if none."""
     scores = {k: float(v) for k, v in metrics.items()
@@ -68,10 +78,15 @@ def scores_plot(metrics: Dict[str, Any]) -> str:
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3, axis="x")
     return _png(fig)
+=======
+def _short(text: str, width: int = 15) -> str:
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+>>>>>>> newc
 
 
 def query_grid(samples: Sequence[Sample], embeddings: torch.Tensor, n_queries: int = 8, k: int = 6, seed: int = 0) -> str:
-    """Base64 PNG: each row a query and its top-k results, green border = same label, red = not."""
+    """Base64 PNG: each row a query and its top-k results with their names and cosine scores,
+    green border = same label, red = not."""
     n = len(samples)
     if n < 2:
         return ""
@@ -80,9 +95,10 @@ def query_grid(samples: Sequence[Sample], embeddings: torch.Tensor, n_queries: i
     index = FlatIndex(embeddings.shape[1])
     index.add(embeddings)
     k = min(k, n - 1)
-    _, ids = index.search(embeddings[queries], k + 1)
-    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.3 * (k + 1), 1.4 * len(queries)), squeeze=False)
-    for row, (q, ranked) in enumerate(zip(queries, ids)):
+    scores, ids = index.search(embeddings[queries], k + 1)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.5 * (k + 1), 1.75 * len(queries)), squeeze=False)
+    for row, (q, ranked, sc) in enumerate(zip(queries, ids, scores)):
+        score = {int(i): float(v) for i, v in zip(ranked, sc)}
         ranked = [int(i) for i in ranked if i != q][:k]
         for col, i in enumerate([int(q)] + ranked):
             ax = axes[row, col]
@@ -93,24 +109,72 @@ def query_grid(samples: Sequence[Sample], embeddings: torch.Tensor, n_queries: i
             for spine in ax.spines.values():
                 spine.set_edgecolor(color)
                 spine.set_linewidth(3 if col else 1)
-            if col == 0:
-                ax.set_title("query", fontsize=8)
+            label = "query" if col == 0 else f"{score[i]:.3f}"
+            ax.set_title(f"{_short(display_name(samples[i]))}\n{label}", fontsize=6.5)
+    fig.tight_layout()
     return _png(fig)
 
 
-def write_report(run_dir: str | Path, title: str, metrics: Dict[str, float], history: Dict[str, List[Any]],
-                 recipe: Dict[str, Any], grid_png: str = "", baselines: Dict[str, Dict[str, float]] | None = None) -> Path:
-    """Write ``run_dir/report.html`` and return its path."""
+def pr_plot(recall: np.ndarray, precision: np.ndarray) -> str:
+    """Base64 PNG of mean interpolated precision against recall."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(recall, precision, "o-", ms=3)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("interpolated precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def analysis_sections(samples: Sequence[Sample], embeddings: torch.Tensor, seed: int = 0) -> List[str]:
+    """HTML of the precision-recall curve, the classes that fail most and the 2-D map of the test set."""
+    if len(samples) < 2:
+        return []
+    labels = np.array([s.label for s in samples])
+    _, ids = neighbours(embeddings, min(NEIGHBOURS, len(samples) - 1))
+    recall, precision = precision_recall(ids, labels)
+    parts = [f"<h2>Precision-recall</h2><p>Each test image queries all the others; mean interpolated precision over "
+             f"queries, from each query's top {ids.shape[1]} results.</p>"
+             f"<img alt='precision-recall curve' src='data:image/png;base64,{pr_plot(recall, precision)}'>"]
+    rows = failing_classes(ids, labels, [display_name(s) for s in samples])
+    if rows:
+        body = "".join(
+            f"<tr><td>{html.escape(r['name'])}</td><td>{r['errors']} / {r['queries']}</td><td>{r['precision@1']:.3f}</td>"
+            f"<td>{html.escape(', '.join(f'{n} ({c})' for n, c in r['confused_with']))}</td></tr>" for r in rows)
+        parts.append("<h2>Classes that fail most</h2><p>Queries whose nearest neighbour is of another class, and the "
+                     "classes those neighbours belong to (how many queries).</p><table class='fail'><tr><th>class</th>"
+                     f"<th>wrong nearest</th><th>P@1</th><th>nearest wrong classes</th></tr>{body}</table>")
+    parts.append("<h2>Map of the test embeddings</h2><p>t-SNE of a random subset, coloured by category; hover a point "
+                 f"for its image and name.</p>{embedding_map(samples, embeddings, seed=seed)}")
+    return parts
+
+
+def write_report(run_dir: str | Path, title: str, metrics: Dict[str, Any], history: Dict[str, List[Any]],
+                 recipe: Dict[str, Any], grid_png: str = "", baselines: Dict[str, Dict[str, float]] | None = None,
+                 samples: Optional[Sequence[Sample]] = None, embeddings: Optional[torch.Tensor] = None, seed: int = 0) -> Path:
+    """Write ``run_dir/report.html`` and return its path.
+
+    Each string in ``metrics["warnings"]`` (how the run differs from its recipe, e.g. stopped early)
+    becomes a banner at the top. With the test ``samples`` and their (N, D) ``embeddings``, the
+    precision-recall curve, the failing classes and the 2-D map are added.
+    """
     run_dir = Path(run_dir)
+    warnings = [str(w) for w in metrics.get("warnings", [])]
+    metrics = {k: v for k, v in metrics.items() if k != "warnings"}
     curves = dict(baselines or {})
     curves[title] = metrics
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" if isinstance(v, float) else
                    f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in metrics.items())
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}td{padding:2px 12px}"
-        "img{max-width:100%}pre{background:#f4f4f4;padding:1em}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><h2>Metrics (unseen classes)</h2><table>{rows}</table>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}td,th{padding:2px 12px;text-align:left}"
+        "img{max-width:100%}pre{background:#f4f4f4;padding:1em}.banner{background:#fff3cd;border:1px solid #e0b000;"
+        "padding:.6em 1em;margin:.5em 0;border-radius:4px}.legend .key{display:inline-block;margin:0 10px 2px 0;"
+        "font-size:12px}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        *(f"<div class='banner' role='alert'>&#9888; {html.escape(w)}</div>" for w in warnings),
+        f"<h2>Metrics (unseen classes)</h2><table>{rows}</table>",
     ]
     if history.get("step_loss"):
         parts.append(f"<h2>Loss</h2><img alt='loss curve' src='data:image/png;base64,{loss_plot(history['step_loss'], history.get('epochs', []))}'>")
@@ -119,8 +183,10 @@ def write_report(run_dir: str | Path, title: str, metrics: Dict[str, float], his
     elif chart := scores_plot(metrics):
         parts.append(f"<h2>Scores</h2><img alt='scores chart' src='data:image/png;base64,{chart}'>")
     if grid_png:
-        parts.append(f"<h2>Test queries and their top results</h2><p>green: same identity, red: wrong</p>"
-                     f"<img alt='query grid' src='data:image/png;base64,{grid_png}'>")
+        parts.append(f"<h2>Test queries and their top results</h2><p>name and cosine score of each result; green: same "
+                     f"identity, red: wrong</p><img alt='query grid' src='data:image/png;base64,{grid_png}'>")
+    if samples is not None and embeddings is not None:
+        parts += analysis_sections(samples, embeddings, seed)
     parts.append(f"<h2>Recipe</h2><pre>{html.escape(json.dumps(recipe, indent=2))}</pre></body></html>")
     path = run_dir / "report.html"
     tmp = path.with_suffix(".html.tmp")

@@ -8,8 +8,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `serve`."""
     p = subparsers.add_parser("serve", help="serve a knowledge base over HTTP (API + web page)")
     p.add_argument("kb", help="the KB folder")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload")
     p.set_defaults(func=_serve)
 

@@ -36,11 +36,20 @@ def require(path: Path, expected: str) -> Path:
     return path
 
 
+def read_text(path: Path, expected: str) -> str:
+    """The UTF-8 text of ``path``; a binary file raises DatasetFormatError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"{path} is not a UTF-8 text file (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                                 f"expected {expected}") from None
+
+
 def read_rows(path: Path, ncols: int, expected: str, skip: int = 0, sep: str | None = None) -> List[List[str]]:
     """Non-empty lines split on whitespace (or ``sep``), each with at least ``ncols`` fields."""
     require(path, expected)
     rows = []
-    for n, line in enumerate(path.read_text().splitlines()[skip:], start=skip + 1):
+    for n, line in enumerate(read_text(path, expected).splitlines()[skip:], start=skip + 1):
         if not line.strip():
             continue
         fields = line.strip().split(sep)

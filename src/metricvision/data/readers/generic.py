@@ -7,9 +7,10 @@ second half tests, as CUB and Cars196 are split.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
-from metricvision.data.readers.base import DatasetFormatError, Splits, label_ids
+from metricvision.data.readers.base import DatasetFormatError, Splits, label_ids, read_text
 from metricvision.data.registry import register_dataset, split_classes
 from metricvision.data.sample import Sample
 
@@ -69,8 +70,7 @@ def read_csv(root: str | Path, test_fraction: float = 0.5) -> Splits:
         path = found[0]
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; expected {CSV_FORMAT}")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(read_text(path, CSV_FORMAT), newline="")))
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DatasetFormatError(f"{path}: expected {CSV_FORMAT}")
     labels = [r["label"].strip() for r in rows]

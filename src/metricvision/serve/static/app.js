@@ -4,6 +4,8 @@
 const $ = (id) => document.getElementById(id);
 let uploaded = null; // File chosen or dropped (not representable in the URL)
 let itemQuery = null; // id of a KB item used as the image query ("search with this result")
+// boxes are drawn only on confident hits: a score of at least this fraction of the best hit's
+const BOX_CONFIDENCE = 0.75;
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -15,6 +17,20 @@ function showPreview(src) {
   $("clear-image").hidden = !src;
   $("drop-label").hidden = !!src;
   if (src) $("preview").src = src;
+  else $("preview").removeAttribute("src");
+}
+
+function previewFailed() {
+  // no broken-image icon: an unknown item id (e.g. from an old URL) is dropped and named;
+  // an uploaded file the browser cannot show keeps its × button (the server says what is wrong)
+  if (itemQuery === null) {
+    $("preview").hidden = true;
+    return;
+  }
+  const missing = itemQuery;
+  itemQuery = null;
+  showPreview(null);
+  setStatus(`Item ${missing} is not in this knowledge base.`, true);
 }
 
 function setImage(file) {
@@ -29,7 +45,7 @@ function stateToUrl() {
   if (text) p.set("q", text);
   if (itemQuery !== null) p.set("item", String(itemQuery));
   p.set("k", $("k").value);
-  if (!$("heat").checked) p.set("heat", "0");
+  if ($("heat").checked) p.set("heat", "1");
   if ($("weight").value !== "0.5") p.set("w", $("weight").value);
   history.pushState(null, "", "?" + p.toString());
 }
@@ -38,7 +54,7 @@ function urlToState() {
   const p = new URLSearchParams(location.search);
   $("text").value = p.get("q") || "";
   $("k").value = p.get("k") || "12";
-  $("heat").checked = p.get("heat") !== "0";
+  $("heat").checked = p.get("heat") === "1";
   $("weight").value = p.get("w") || "0.5";
   const item = p.get("item");
   itemQuery = item !== null && /^\d+$/.test(item) ? Number(item) : null;
@@ -51,6 +67,7 @@ function renderHits(hits) {
   const grid = $("results");
   grid.replaceChildren();
   grid.classList.toggle("hide-heat", !$("heat").checked);
+  const best = hits.length ? Math.max(...hits.map((h) => h.score)) : 0;
   for (const h of hits) {
     const card = document.createElement("article");
     card.className = "hit";
@@ -58,8 +75,15 @@ function renderHits(hits) {
     const frame = document.createElement("div");
     frame.className = "frame";
     const img = document.createElement("img");
-    img.src = h.image_url;
     img.alt = h.caption;
+    img.title = h.caption || `item ${h.id}`;
+    img.addEventListener("error", () => {
+      const gap = document.createElement("div");
+      gap.className = "missing";
+      gap.textContent = "image unavailable";
+      img.replaceWith(gap);
+    }, { once: true });
+    img.src = h.image_url;
     frame.append(img);
     if (h.heatmap) {
       const heat = document.createElement("img");
@@ -68,7 +92,7 @@ function renderHits(hits) {
       heat.src = "data:image/png;base64," + h.heatmap;
       frame.append(heat);
     }
-    if (h.boxes && h.size) {
+    if (h.boxes && h.size && best > 0 && h.score >= BOX_CONFIDENCE * best) {
       const [w, hgt] = h.size;
       for (const [x0, y0, x1, y1] of h.boxes) {
         const b = document.createElement("div");
@@ -85,7 +109,8 @@ function renderHits(hits) {
     const cap = document.createElement("div");
     cap.className = "caption";
     cap.textContent = h.caption || `item ${h.id}`;
-    cap.title = JSON.stringify(h.metadata);
+    const details = Object.entries(h.metadata || {}).map(([k, v]) => `${k}: ${v}`);
+    cap.title = [h.caption || `item ${h.id}`, ...details].join("\n");
     const score = document.createElement("div");
     score.className = "score";
     score.textContent = `#${h.id} · score ${h.score.toFixed(3)}`;
@@ -153,6 +178,7 @@ function wireDrop() {
 
 async function init() {
   wireDrop();
+  $("preview").addEventListener("error", previewFailed);
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(true); });
   $("heat").addEventListener("change", () => $("results").classList.toggle("hide-heat", !$("heat").checked));
   window.addEventListener("popstate", () => { if (urlToState()) runSearch(false); });
