@@ -1,10 +1,6 @@
-<<<<<<< HEAD
-"""report.html of a run: loss curve, Recall@K curve (or a chart of whatever scores the protocol
-reports) and a grid of test queries with their top results."""
-=======
-"""report.html of a run: warnings, metrics, loss and Recall@K curves, a grid of test queries with
-their top results, the precision-recall curve, the classes that fail most and a 2-D map of the test set."""
->>>>>>> newc
+"""report.html of a run: warnings, metrics, loss and Recall@K curves (or a chart of whatever scores the
+protocol reports), a grid of test queries with their top results, the precision-recall curve, the
+classes that fail most and a 2-D map of the test set."""
 from __future__ import annotations
 
 import base64
@@ -66,7 +62,6 @@ def recall_plot(curves: Dict[str, Dict[str, float]]) -> str:
     return _png(fig)
 
 
-<<<<<<< HEAD
 def scores_plot(metrics: Dict[str, Any]) -> str:
     """Base64 PNG bar chart of the numeric metrics with values in [0, 1] (accuracy, mAP, FPR, ...); "" if none."""
     scores = {k: float(v) for k, v in metrics.items()
@@ -78,10 +73,10 @@ def scores_plot(metrics: Dict[str, Any]) -> str:
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3, axis="x")
     return _png(fig)
-=======
+
+
 def _short(text: str, width: int = 15) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
->>>>>>> newc
 
 
 def query_grid(samples: Sequence[Sample], embeddings: torch.Tensor, n_queries: int = 8, k: int = 6, seed: int = 0) -> str:
