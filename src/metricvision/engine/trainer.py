@@ -309,11 +309,11 @@ class Trainer:
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
-    def embed(self, samples: Sequence[Sample], batch_size: int = 256) -> torch.Tensor:
+    def embed(self, samples: Sequence[Sample], batch_size: int = 256, desc: str = "embedding the test set") -> torch.Tensor:
         """(N, D) embeddings of samples with the eval transform."""
         loader = torch.utils.data.DataLoader(SampleDataset(samples, self.eval_transform), batch_size=batch_size,
                                              num_workers=self.recipe.data.num_workers)
-        return self.model.encode((x for x, _ in tqdm(loader, desc="embedding", leave=False, dynamic_ncols=True)),
+        return self.model.encode((x for x, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)),
                                  scales=self.recipe.eval.scales)
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
@@ -323,7 +323,7 @@ class Trainer:
         e = self.recipe.eval
         whiten = None
         if e.whitening != "none":
-            whiten = fit_whitening(e.whitening, self.embed(self.train_samples), [s.label for s in self.train_samples])
+            whiten = fit_whitening(e.whitening, self.embed(self.train_samples, desc="embedding the training set"), [s.label for s in self.train_samples])
 
         def embed_fn(samples: List[Sample]) -> torch.Tensor:
             emb = self.embed(samples) if whiten is None else whiten.transform(self.embed(samples))
