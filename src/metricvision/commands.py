@@ -102,15 +102,16 @@ def _embed_fn(model: Any, image_size: int):
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     """`metricvision evaluate`: the run's protocol on its evaluation dataset, or --protocol / --dataset / --data."""
     from metricvision.data import DATASETS
-    from metricvision.engine.builders import build_eval_splits, resolve_eval, run_protocol
-    from metricvision.engine.runs import load_run
+    from metricvision.engine.builders import resolve_eval
+    from metricvision.engine.runs import resumed_recipe
+    from metricvision.engine.trainer import Trainer
     from metricvision.metrics.protocols import PROTOCOLS
 
     if args.protocol is not None and args.protocol not in PROTOCOLS:
         raise KeyError(f"unknown protocol '{args.protocol}'; expected one of: {', '.join(PROTOCOLS.names())} "
                        "(pick the dataset with --dataset NAME (alias --reader) and --data PATH; see `metricvision data list`)")
-    recipe, model = load_run(args.run)
-    recipe = resolve_eval(recipe)
+    recipe = resolve_eval(resumed_recipe(args.run))
+    recipe.model.pretrained = False  # the checkpoint holds the weights
     e = recipe.eval
     if args.dataset is not None or args.data is not None:
         dataset = args.dataset or (args.protocol if args.protocol in DATASETS else None)
@@ -122,8 +123,11 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
             e.protocol = None
     if args.protocol is not None and args.protocol != e.protocol:
         e.protocol, e.params = args.protocol, {}
-    recipe = resolve_eval(recipe)
-    return run_protocol(recipe, _embed_fn(model, recipe.data.image_size), build_eval_splits(recipe))
+    # the Trainer's own evaluation: multi-scale descriptors and whitening as in training
+    trainer = Trainer(resolve_eval(recipe), args.run)
+    if not trainer.restore():
+        raise FileNotFoundError(f"{args.run} has no checkpoint: is it a run folder written by `metricvision train`?")
+    return trainer.evaluate()
 
 
 def embed(args: argparse.Namespace) -> Dict[str, Any]:

@@ -66,7 +66,7 @@ def resumed_recipe(run_dir: str | Path, overrides: Sequence[str] = (), allow_cha
     elif ckpt.exists():
         recorded = read_info(ckpt)["recipe"]
     else:
-        raise FileNotFoundError(f"--resume: {run_dir} has no recipe.yaml and no {CHECKPOINT}; nothing to resume")
+        raise FileNotFoundError(f"{recipe_file} not found (nor {CHECKPOINT}): is {run_dir} a run folder written by `metricvision train`?")
     before = _flat(from_dict(Recipe, recorded).to_dict())
     recipe = from_dict(Recipe, apply_overrides(recorded, overrides))
     changed = {k: v for k, v in _flat(recipe.to_dict()).items() if before.get(k) != v}
