@@ -15,6 +15,17 @@ import numpy as np
 from PIL import Image
 
 
+# overrides making any recipe train in seconds on a tiny dataset
+TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "model.dim=16", "data.image_size=16",
+        "data.num_workers=0", "data.batch_size=8", "data.samples_per_class=4", "train.epochs=1", "train.eval_every=0",
+        "optim.warmup_steps=1", "train.threads=1"]
+
+
+def sets(overrides: Sequence[str]) -> List[str]:
+    """["--set", o1, "--set", o2, ...] for `metricvision train`."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
 def touch(path: Path, size=(8, 8)) -> Path:
     """A flat-colour image file at ``path`` (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def resolve_eval(recipe: Recipe) -> Recipe:
     if e.protocol is None:
         raise ValueError(f"dataset '{e.dataset}' declares no evaluation protocol ({info.description}); "
                          f"set eval.protocol to one of: {', '.join(PROTOCOLS.names())}")
-    PROTOCOLS.get(e.protocol)
+    _protocol_kwargs(r, None)  # unknown protocol or bad eval.params fail here, before training
     return r
 
 
@@ -84,19 +84,23 @@ def _classes(samples: List[Sample]) -> Dict[str, Any]:
 def run_protocol(recipe: Recipe, embed_fn: EmbedFn, splits: Splits, clustering: Optional[bool] = None) -> Dict[str, float]:
     """Run eval.protocol on ``splits`` with eval.params; eval.ks, eval.clustering (or ``clustering``)
     and train.seed go to protocols that take them."""
-    e = recipe.eval
-    if e.protocol is None:
+    if recipe.eval.protocol is None:
         raise ValueError("eval.protocol is unset; resolve the recipe with resolve_eval first")
-    fn: Callable[..., Dict[str, float]] = PROTOCOLS.get(e.protocol)
+    return PROTOCOLS.get(recipe.eval.protocol)(embed_fn, splits, **_protocol_kwargs(recipe, clustering))
+
+
+def _protocol_kwargs(recipe: Recipe, clustering: Optional[bool]) -> Dict[str, Any]:
+    e = recipe.eval
+    fn: Callable[..., Dict[str, float]] = PROTOCOLS.get(str(e.protocol))
     accepted = inspect.signature(fn).parameters
     common = {"ks": list(e.ks), "clustering": e.clustering if clustering is None else clustering, "seed": recipe.train.seed}
     kwargs = {**{k: v for k, v in common.items() if k in accepted}, **e.params}
     try:
-        inspect.signature(fn).bind(embed_fn, splits, **kwargs)
+        inspect.signature(fn).bind(None, {}, **kwargs)
     except TypeError as err:
         allowed = [p for p in accepted if p not in ("embed_fn", "splits")]
         raise ValueError(f"bad eval.params for protocol '{e.protocol}': {err}; allowed: {allowed}") from None
-    return fn(embed_fn, splits, **kwargs)
+    return kwargs
 
 
 def build_model(recipe: Recipe) -> Embedder:
