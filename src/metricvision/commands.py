@@ -32,8 +32,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed a dataset or an image folder with a run's model into an .npz file")
     p.add_argument("run", type=Path)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="a registered dataset, e.g. emoji")
+    src.add_argument("--dataset", help="a registered dataset, e.g. emoji (see `metricvision data list`)")
     src.add_argument("--images", type=Path, help="a folder of images (searched recursively)")
+    p.add_argument("--data", type=Path, default=None, help="the --dataset's folder in its native layout")
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, required=True, help="output .npz (embeddings, labels, paths)")
     p.add_argument("--json", action="store_true")
@@ -118,7 +119,7 @@ def embed(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.engine.runs import load_run
 
     recipe, model = load_run(args.run)
-    samples = load_samples(args.dataset, args.images, args.split)
+    samples = load_samples(args.dataset, args.images, args.split, args.data)
     emb = _embed_fn(model, recipe.data.image_size)(samples).numpy()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")

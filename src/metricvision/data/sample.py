@@ -106,12 +106,13 @@ def relabel(samples: Sequence[Sample]) -> List[Sample]:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 
 
-def load_samples(dataset: Optional[str] = None, images: Optional[str | Path] = None, split: str = "test") -> List[Sample]:
-    """Samples of a registered dataset's split, or of every image file under a folder (recursively)."""
+def load_samples(dataset: Optional[str] = None, images: Optional[str | Path] = None, split: str = "test",
+                 path: Optional[str | Path] = None) -> List[Sample]:
+    """Samples of a registered dataset's split (read at ``path``), or of every image file under a folder (recursively)."""
     if (dataset is None) == (images is None):
         raise ValueError("give exactly one of dataset (a registered name) or images (a folder)")
     if dataset is not None:
-        splits = DATASETS.create(dataset)
+        splits = DATASETS.create(dataset, path=path)
         if split not in splits:
             raise ValueError(f"split must be one of {sorted(splits)}, got '{split}'")
         return splits[split]

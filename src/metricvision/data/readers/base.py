@@ -4,11 +4,10 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Iterable, Sequence
+from typing import Any, Dict, Iterable, List, Sequence
 
 import numpy as np
 
-from metricvision.data.registry import Splits
 from metricvision.data.sample import Sample, load_image
 
 
