@@ -181,3 +181,21 @@ def write_long_tail(root: Path, prefix: str, counts: Sequence[int] = (10, 6, 2),
                 lines.append(f"{rel} {c}")
         (root / f"{prefix}_{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def write_brown(root: Path, points: int = 4, per_point: int = 4, first: int = 0) -> Path:
+    """A Brown / UBC subset: patches0000.bmp (16 x 16 grid of 64 x 64 patches, row-major), info.txt
+    (3D point of each patch) and m50_100_100_0.txt (matching and non-matching pairs)."""
+    sheet = np.zeros((1024, 1024, 3), np.uint8)
+    info, index = [], 0
+    for p, pics in enumerate(pictures(points, per_point, first)):
+        for pic in pics:
+            row, col = divmod(index, 16)
+            sheet[row * 64 : row * 64 + 64, col * 64 : col * 64 + 64] = np.asarray(Image.fromarray(pic).resize((64, 64)))
+            info.append(f"{p} 0")
+            index += 1
+    save(root / "patches0000.bmp", sheet)
+    (root / "info.txt").write_text("\n".join(info) + "\n")
+    pairs = [(a, a + 1) for a in range(0, index, per_point)] + [(a, (a + per_point) % index) for a in range(0, index, per_point)]
+    (root / "m50_100_100_0.txt").write_text("".join(f"{a} {a // per_point} 0 {b} {b // per_point} 0 0\n" for a, b in pairs))
+    return root

@@ -89,7 +89,7 @@ def _embed_fn(model: Any, image_size: int):
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     """`metricvision evaluate`: the run's protocol on its evaluation dataset, or --protocol / --dataset / --data."""
     from metricvision.data import DATASETS
-    from metricvision.engine.builders import build_eval_splits, resolve_eval, run_protocol
+    from metricvision.engine.builders import build_eval_splits, eval_recipes, resolve_eval, run_evaluations
     from metricvision.engine.runs import load_run
     from metricvision.metrics.protocols import PROTOCOLS
 
@@ -105,12 +105,13 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
             raise ValueError(f"--data {args.data} needs --dataset NAME (one of: {', '.join(DATASETS.names())})")
         changed = dataset != e.dataset or (args.data is not None and str(args.data) != e.path)
         if changed:
-            e.dataset, e.path, e.options, e.params = dataset, None if args.data is None else str(args.data), {}, {}
+            e.dataset, e.path, e.options, e.params, e.also = dataset, None if args.data is None else str(args.data), {}, {}, {}
             e.protocol = None
     if args.protocol is not None and args.protocol != e.protocol:
-        e.protocol, e.params = args.protocol, {}
-    recipe = resolve_eval(recipe)
-    return run_protocol(recipe, _embed_fn(model, recipe.data.image_size), build_eval_splits(recipe))
+        e.protocol, e.params, e.also = args.protocol, {}, {}
+    recipes = eval_recipes(recipe)
+    splits = {name: build_eval_splits(sub) for name, sub in recipes.items()}
+    return run_evaluations(recipes, _embed_fn(model, recipe.data.image_size), splits)
 
 
 def embed(args: argparse.Namespace) -> Dict[str, Any]:

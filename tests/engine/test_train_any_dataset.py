@@ -3,7 +3,7 @@ datasets, and `metricvision evaluate` rerunning (or changing) a run's protocol."
 import json
 
 import pytest
-from native_datasets import TINY, sets, write_class_folder, write_cub, write_lfw
+from native_datasets import TINY, sets, write_brown, write_class_folder, write_cub, write_lfw
 
 from metricvision.cli import main
 
@@ -42,6 +42,24 @@ def test_train_on_identities_evaluate_on_lfw_pairs(tmp_path, capsys):
     assert {"accuracy", "accuracy_std", "threshold", "tar@far=0.001"} <= set(metrics) and "recall@1" not in metrics
     assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_train_on_one_brown_subset_evaluate_on_the_others(tmp_path, capsys):
+    liberty, notredame, yosemite = (write_brown(tmp_path / n, first=4 * i) for i, n in enumerate(("liberty", "notredame", "yosemite")))
+    run = tmp_path / "run"
+    overrides = TINY + ["data.dataset=brown", f"data.path={liberty}", "data.crop=true", f"eval.path={notredame}",
+                        f"eval.also={{yosemite: {{path: {yosemite}}}}}"]
+    assert main(["train", "default", *sets(overrides), "--out", str(run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"fpr95", "yosemite/fpr95"} <= set(metrics) and all(0 <= metrics[k] <= 1 for k in ("fpr95", "yosemite/fpr95"))
+    record = json.loads((run / "splits.json").read_text())
+    assert record["eval"]["path"] == str(notredame) and record["also"]["yosemite"]["protocol"] == "brown"
+    assert "<td>yosemite/fpr95</td>" in (run / "report.html").read_text()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx({k: v for k, v in metrics.items() if "/" in k or k == "fpr95"})
+    same = TINY + ["data.dataset=brown", f"data.path={liberty}"]  # evaluating on the training subset leaks 3D points
+    assert main(["train", "default", *sets(same), "--out", str(tmp_path / "leak")]) == 2
+    assert "splits 'patches' and 'left' leak classes" in capsys.readouterr().err
 
 
 def test_leaking_evaluation_only_and_pathless_datasets_are_refused(tmp_path, capsys):

@@ -22,8 +22,8 @@ from metricvision.data.samplers import PKSampler
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS
 from metricvision._atomic import atomic_write
-from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, resolve_eval,
-                                          run_protocol)
+from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, eval_recipes,
+                                          resolve_eval, run_evaluations)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
 from metricvision.losses import LossOutput
 
@@ -80,15 +80,17 @@ class Trainer:
         dev = recipe.train.device
         self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
         torch.manual_seed(recipe.train.seed)
+        self.eval_recipes = eval_recipes(recipe)
         if train_samples is None or test_samples is None:
             train_samples, self.eval_splits, record = build_splits(recipe)
             with atomic_write(self.run_dir / "splits.json") as f:
                 f.write(json.dumps(record, indent=1).encode())
         else:
-            self.eval_splits = {"test": list(test_samples)}
+            self.eval_recipes = {"": self.eval_recipes[""]}
+            self.eval_splits = {"": {"test": list(test_samples)}}
         self.train_samples = list(train_samples)
-        # the labelled split the report's query grid shows; its embeddings are kept by evaluate()
-        labelled = [self.eval_splits.get(n, []) for n in ("test", "gallery")]
+        # the labelled split of the main evaluation that the report's query grid shows; evaluate() keeps its embeddings
+        labelled = [self.eval_splits[""].get(n, []) for n in ("test", "gallery")]
         self.test_samples = next((p for p in labelled if any(s.label >= 0 for s in p)), [])
         self.last_test_embeddings: Optional[torch.Tensor] = None
         self.num_classes = len({s.label for s in self.train_samples if s.label >= 0})
@@ -97,7 +99,8 @@ class Trainer:
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
         size = recipe.data.image_size
-        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(recipe.data.train_transform, size=size))
+        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(recipe.data.train_transform, size=size),
+                                       crop=recipe.data.crop)
         self.eval_transform = TRANSFORMS.create("eval", size=size)
         labels = [s.label for s in self.train_samples]
         self.sampler = PKSampler(labels, recipe.data.batch_size, recipe.data.samples_per_class, recipe.train.seed)
@@ -218,7 +221,8 @@ class Trainer:
         return self.model.encode((x for x, _ in loader))
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
-        """The eval protocol's metrics on the evaluation splits (clustering: override eval.clustering)."""
+        """The eval protocol's metrics on the evaluation splits, then eval.also's as "name/metric"
+        (clustering: override eval.clustering)."""
         keep = {id(s) for s in self.test_samples}
         kept: Dict[int, torch.Tensor] = {}
 
@@ -227,7 +231,7 @@ class Trainer:
             kept.update((id(s), e) for s, e in zip(samples, emb) if id(s) in keep)
             return emb
 
-        metrics = run_protocol(self.recipe, embed_fn, self.eval_splits, clustering)
+        metrics = run_evaluations(self.eval_recipes, embed_fn, self.eval_splits, clustering)
         if keep and len(kept) == len(keep):
             self.last_test_embeddings = torch.stack([kept[id(s)] for s in self.test_samples])
         return metrics
