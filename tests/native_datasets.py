@@ -199,3 +199,43 @@ def write_brown(root: Path, points: int = 4, per_point: int = 4, first: int = 0)
     pairs = [(a, a + 1) for a in range(0, index, per_point)] + [(a, (a + per_point) % index) for a in range(0, index, per_point)]
     (root / "m50_100_100_0.txt").write_text("".join(f"{a} {a // per_point} 0 {b} {b // per_point} 0 0\n" for a, b in pairs))
     return root
+
+
+def write_market1501(root: Path, ids: int = 3, per_id: int = 4) -> Path:
+    """bounding_box_train/, query/, bounding_box_test/ with '<pid>_c<camera>s1_<frame>_00.jpg' files:
+    training identities first, then test identities seen by camera 1 (query) and 2 (gallery)."""
+    for p, pics in enumerate(pictures(2 * ids, per_id), start=1):
+        for j, pic in enumerate(pics):
+            folder = "bounding_box_train" if p <= ids else ("query" if j == 0 else "bounding_box_test")
+            save(root / folder / f"{p:04d}_c{1 if folder == 'query' else 2}s1_{j:06d}_00.jpg", pic)
+    return root
+
+
+def write_csv(root: Path, classes: int = 4, per_class: int = 4, first: int = 0) -> Path:
+    """root/images/<class>_<i>.jpg and root/train.csv ("path,label", no split column)."""
+    lines = ["path,label"]
+    for c, pics in enumerate(pictures(classes, per_class, first)):
+        for j, pic in enumerate(pics):
+            save(root / "images" / f"{c}_{j}.jpg", pic)
+            lines.append(f"images/{c}_{j}.jpg,landmark_{c}")
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_roxford5k(root: Path, landmarks: int = 3, per_landmark: int = 4) -> Path:
+    """roxford5k/gnd_roxford5k.pkl and jpg/: one query per landmark (its first image, boxed) whose
+    other images are "easy", one "hard" and the first of the next landmark "junk"."""
+    root = root / "roxford5k"
+    imlist, qimlist, gnd = [], [], []
+    for k, pics in enumerate(pictures(landmarks, per_landmark + 1, first=40)):
+        save(root / "jpg" / f"q{k}.jpg", pics[0])
+        qimlist.append(f"q{k}")
+        first = len(imlist)
+        for j, pic in enumerate(pics[1:]):
+            save(root / "jpg" / f"db{k}_{j}.jpg", pic)
+            imlist.append(f"db{k}_{j}")
+        members = list(range(first, first + per_landmark))
+        gnd.append({"bbx": [2.0, 2.0, 38.0, 38.0], "easy": members[1:], "hard": members[:1],
+                    "junk": [(first + per_landmark) % (landmarks * per_landmark)]})
+    write_gnd(root, "roxford5k", gnd, imlist, qimlist)
+    return root

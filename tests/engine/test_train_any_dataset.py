@@ -3,7 +3,8 @@ datasets, and `metricvision evaluate` rerunning (or changing) a run's protocol."
 import json
 
 import pytest
-from native_datasets import TINY, sets, write_brown, write_class_folder, write_cub, write_lfw
+from native_datasets import (TINY, sets, write_brown, write_class_folder, write_csv, write_cub, write_lfw, write_market1501,
+                             write_roxford5k)
 
 from metricvision.cli import main
 
@@ -60,6 +61,24 @@ def test_train_on_one_brown_subset_evaluate_on_the_others(tmp_path, capsys):
     same = TINY + ["data.dataset=brown", f"data.path={liberty}"]  # evaluating on the training subset leaks 3D points
     assert main(["train", "default", *sets(same), "--out", str(tmp_path / "leak")]) == 2
     assert "splits 'patches' and 'left' leak classes" in capsys.readouterr().err
+
+
+def test_train_on_a_landmark_csv_evaluate_on_revisited_oxford(tmp_path, capsys):
+    overrides = TINY + ["data.dataset=csv", f"data.path={write_csv(tmp_path / 'landmarks')}", "data.options={test_fraction: 0}",
+                        "eval.dataset=roxford5k", f"eval.path={write_roxford5k(tmp_path).parent}"]
+    assert main(["train", "default", *sets(overrides), "--out", str(tmp_path / "run"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for setup in ("easy", "medium", "hard"):
+        assert 0 < metrics[f"{setup}_map"] <= 1 and f"{setup}_mp@1" in metrics
+
+
+def test_train_and_evaluate_market1501_reid(tmp_path, capsys):
+    run = tmp_path / "run"
+    overrides = TINY + ["data.dataset=market1501", f"data.path={write_market1501(tmp_path / 'market')}"]
+    assert main(["train", "default", *sets(overrides), "--out", str(run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"rank1", "rank5", "map"} <= set(metrics) and metrics["num_queries"] == 3
+    assert json.loads((run / "splits.json").read_text())["eval"]["splits"]["query"]["classes"] == [4, 5, 6]
 
 
 def test_leaking_evaluation_only_and_pathless_datasets_are_refused(tmp_path, capsys):
