@@ -15,6 +15,17 @@ import numpy as np
 from PIL import Image
 
 
+# overrides making any recipe train in seconds on a tiny dataset
+TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "model.dim=16", "data.image_size=16",
+        "data.num_workers=0", "data.batch_size=8", "data.samples_per_class=4", "train.epochs=1", "train.eval_every=0",
+        "optim.warmup_steps=1", "train.threads=1"]
+
+
+def sets(overrides: Sequence[str]) -> List[str]:
+    """["--set", o1, "--set", o2, ...] for `metricvision train`."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
 def touch(path: Path, size=(8, 8)) -> Path:
     """A flat-colour image file at ``path`` (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,4 +180,62 @@ def write_long_tail(root: Path, prefix: str, counts: Sequence[int] = (10, 6, 2),
                 save(root / rel, pics[c][j % 12])
                 lines.append(f"{rel} {c}")
         (root / f"{prefix}_{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_brown(root: Path, points: int = 4, per_point: int = 4, first: int = 0) -> Path:
+    """A Brown / UBC subset: patches0000.bmp (16 x 16 grid of 64 x 64 patches, row-major), info.txt
+    (3D point of each patch) and m50_100_100_0.txt (matching and non-matching pairs)."""
+    sheet = np.zeros((1024, 1024, 3), np.uint8)
+    info, index = [], 0
+    for p, pics in enumerate(pictures(points, per_point, first)):
+        for pic in pics:
+            row, col = divmod(index, 16)
+            sheet[row * 64 : row * 64 + 64, col * 64 : col * 64 + 64] = np.asarray(Image.fromarray(pic).resize((64, 64)))
+            info.append(f"{p} 0")
+            index += 1
+    save(root / "patches0000.bmp", sheet)
+    (root / "info.txt").write_text("\n".join(info) + "\n")
+    pairs = [(a, a + 1) for a in range(0, index, per_point)] + [(a, (a + per_point) % index) for a in range(0, index, per_point)]
+    (root / "m50_100_100_0.txt").write_text("".join(f"{a} {a // per_point} 0 {b} {b // per_point} 0 0\n" for a, b in pairs))
+    return root
+
+
+def write_market1501(root: Path, ids: int = 3, per_id: int = 4) -> Path:
+    """bounding_box_train/, query/, bounding_box_test/ with '<pid>_c<camera>s1_<frame>_00.jpg' files:
+    training identities first, then test identities seen by camera 1 (query) and 2 (gallery)."""
+    for p, pics in enumerate(pictures(2 * ids, per_id), start=1):
+        for j, pic in enumerate(pics):
+            folder = "bounding_box_train" if p <= ids else ("query" if j == 0 else "bounding_box_test")
+            save(root / folder / f"{p:04d}_c{1 if folder == 'query' else 2}s1_{j:06d}_00.jpg", pic)
+    return root
+
+
+def write_csv(root: Path, classes: int = 4, per_class: int = 4, first: int = 0) -> Path:
+    """root/images/<class>_<i>.jpg and root/train.csv ("path,label", no split column)."""
+    lines = ["path,label"]
+    for c, pics in enumerate(pictures(classes, per_class, first)):
+        for j, pic in enumerate(pics):
+            save(root / "images" / f"{c}_{j}.jpg", pic)
+            lines.append(f"images/{c}_{j}.jpg,landmark_{c}")
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_roxford5k(root: Path, landmarks: int = 3, per_landmark: int = 4) -> Path:
+    """roxford5k/gnd_roxford5k.pkl and jpg/: one query per landmark (its first image, boxed) whose
+    other images are "easy", one "hard" and the first of the next landmark "junk"."""
+    root = root / "roxford5k"
+    imlist, qimlist, gnd = [], [], []
+    for k, pics in enumerate(pictures(landmarks, per_landmark + 1, first=40)):
+        save(root / "jpg" / f"q{k}.jpg", pics[0])
+        qimlist.append(f"q{k}")
+        first = len(imlist)
+        for j, pic in enumerate(pics[1:]):
+            save(root / "jpg" / f"db{k}_{j}.jpg", pic)
+            imlist.append(f"db{k}_{j}")
+        members = list(range(first, first + per_landmark))
+        gnd.append({"bbx": [2.0, 2.0, 38.0, 38.0], "easy": members[1:], "hard": members[:1],
+                    "junk": [(first + per_landmark) % (landmarks * per_landmark)]})
+    write_gnd(root, "roxford5k", gnd, imlist, qimlist)
     return root

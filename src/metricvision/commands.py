@@ -34,8 +34,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed a dataset or an image folder with a run's model into an .npz file")
     p.add_argument("run", type=Path, help="run folder written by `metricvision train`")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="a registered dataset, e.g. emoji")
+    src.add_argument("--dataset", help="a registered dataset, e.g. emoji (see `metricvision data list`)")
     src.add_argument("--images", type=Path, help="a folder of images (searched recursively)")
+    p.add_argument("--data", type=Path, default=None, help="the --dataset's folder in its native layout")
     p.add_argument("--split", default="test", help="split of --dataset (default: test)")
     p.add_argument("--out", type=Path, required=True, help="output .npz (embeddings, labels, paths)")
     p.add_argument("--strict", action="store_true",
@@ -119,10 +120,10 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
             raise ValueError(f"--data {args.data} needs --dataset NAME (one of: {', '.join(DATASETS.names())})")
         changed = dataset != e.dataset or (args.data is not None and str(args.data) != e.path)
         if changed:
-            e.dataset, e.path, e.options, e.params = dataset, None if args.data is None else str(args.data), {}, {}
+            e.dataset, e.path, e.options, e.params, e.also = dataset, None if args.data is None else str(args.data), {}, {}, {}
             e.protocol = None
     if args.protocol is not None and args.protocol != e.protocol:
-        e.protocol, e.params = args.protocol, {}
+        e.protocol, e.params, e.also = args.protocol, {}, {}
     # the Trainer's own evaluation: multi-scale descriptors and whitening as in training
     trainer = Trainer(resolve_eval(recipe), args.run)
     if not trainer.restore():
@@ -140,7 +141,7 @@ def embed(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.engine.runs import load_run
 
     recipe, model = load_run(args.run)
-    found = load_samples(args.dataset, args.images, args.split)
+    found = load_samples(args.dataset, args.images, args.split, args.data)
     samples = drop_unreadable(found, args.strict, args.out.with_name(args.out.name + ".unreadable.txt"))
     emb = _embed_fn(model, recipe.data.image_size)(samples).numpy()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,15 +19,16 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 @dataclass
 class DataConfig:
-    """Dataset (a DATASETS name, read at ``path`` with ``options``), images and batches."""
+    """Dataset (a DATASETS name, read at ``path`` with ``options``), images and batches;
+    ``crop`` cuts training images to their samples' boxes (Brown patches, for instance)."""
 
     dataset: str = "emoji"
     path: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
+    crop: bool = False  # train on each sample's bbox (e.g. Brown's patches are tiles of 1024 x 1024 sheets)
     image_size: Union[int, List[int]] = 48  # or [height, width]
     train_transform: str = "train"
     train_transform_params: Dict[str, Any] = field(default_factory=dict)
-    crop_to_box: bool = False  # train on each sample's bbox (Brown's patches are tiles of 1024 x 1024 sheets)
     batch_size: int = 128
     samples_per_class: int = 4
     sampler: str = "pk"  # or "camera_pk": an identity's K images from different cameras where possible
@@ -104,7 +105,8 @@ class EvalConfig:
     ``dataset`` / ``path`` / ``options`` default to ``data``'s (path and options only when the
     dataset is the same); ``protocol`` defaults to the one the dataset declares; ``params``
     are the protocol's keyword arguments (``ks`` and ``clustering`` are passed to protocols
-    that take them).
+    that take them). ``also`` adds evaluations, name -> {dataset, path, options, protocol,
+    params}, whose metrics are reported as "name/metric" (e.g. the other Brown subsets).
     """
 
     ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
@@ -116,6 +118,7 @@ class EvalConfig:
     params: Dict[str, Any] = field(default_factory=dict)
     scales: List[float] = field(default_factory=lambda: [1.0])  # multi-scale test descriptors, e.g. [1, 0.707, 0.5]
     whitening: str = "none"  # "pca" or "learned" (Radenovic et al.): fitted on the training split's descriptors
+    also: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -3,14 +3,10 @@ the native layout, and its protocol's metrics reach metrics.json and report.html
 import json
 
 import pytest
-from native_datasets import (write_cars196, write_class_folder, write_cub, write_inshop, write_lfw, write_long_tail,
-                             write_miniimagenet, write_sop)
+from native_datasets import (TINY, sets, write_cars196, write_class_folder, write_cub, write_inshop, write_lfw,
+                             write_long_tail, write_miniimagenet, write_sop)
 
 from metricvision.cli import main
-
-TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "model.dim=16", "data.image_size=16",
-        "data.num_workers=0", "data.batch_size=8", "data.samples_per_class=4", "train.epochs=1", "train.eval_every=0",
-        "optim.warmup_steps=1", "train.threads=1"]
 RETRIEVAL = {"recall@1", "precision@1", "r_precision", "map@r"}
 
 
@@ -49,15 +45,16 @@ CASES = [
 @pytest.mark.parametrize("recipe,layout,expected", CASES, ids=[c[0] for c in CASES])
 def test_recipe_trains_one_epoch_and_reports_its_protocol(tmp_path, capsys, recipe, layout, expected):
     run = tmp_path / "run"
-    sets = [a for kv in TINY + layout(tmp_path) for a in ("--set", kv)]
+    overrides = TINY + layout(tmp_path)
     if recipe.startswith("miniimagenet"):  # an episode sets the batch; keep 5-shot's support within 7 images
-        sets += ["--set", "supervision.params.k_shot=1", "--set", f"eval.params.k_shot={1 if '1shot' in recipe else 5}"]
-    assert main(["train", recipe, *sets, "--out", str(run), "--json"]) == 0
+        overrides += ["supervision.params.k_shot=1", f"eval.params.k_shot={1 if '1shot' in recipe else 5}"]
+    assert main(["train", recipe, *sets(overrides), "--out", str(run), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((run / "metrics.json").read_text())
     assert expected <= set(metrics) and printed == pytest.approx(metrics)
     html = (run / "report.html").read_text()
     assert all(f"<td>{k}</td>" in html for k in expected)
     assert html.count("data:image/png;base64") >= 2  # loss curve + Recall@K curve or scores chart
+    assert ("alt='recall curve'" if "recall@1" in expected else "alt='scores chart'") in html
     record = json.loads((run / "splits.json").read_text())
     assert record["eval"]["protocol"] and record["train"]["samples"] > 0

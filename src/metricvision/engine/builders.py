@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from metricvision.config import Recipe
+from metricvision.config import EvalConfig, Recipe, from_dict
 from metricvision.data import DATASETS, Sample, check_class_disjoint, relabel
 from metricvision.data.registry import Splits
 from metricvision.losses import LOSSES, MetricLoss
@@ -17,10 +17,12 @@ from metricvision.models import Embedder
 
 
 def resolve_eval(recipe: Recipe) -> Recipe:
-    """Copy of ``recipe`` with eval.dataset / path / options / protocol filled in.
+    """Copy of ``recipe`` with eval.dataset / path / options / protocol filled in, and each
+    eval.also entry resolved the same way (ks and clustering inherited from eval).
 
     The evaluation dataset defaults to data.dataset (with data's path and options when it is
-    that dataset and eval.path is unset), the protocol to the one the dataset declares.
+    that dataset and no path is given), the protocol to the one the dataset declares. An
+    unknown protocol or bad eval.params fail here, before training.
     """
     r = copy.deepcopy(recipe)
     e, d = r.eval, r.data
@@ -33,25 +35,46 @@ def resolve_eval(recipe: Recipe) -> Recipe:
     if e.protocol is None:
         raise ValueError(f"dataset '{e.dataset}' declares no evaluation protocol ({info.description}); "
                          f"set eval.protocol to one of: {', '.join(PROTOCOLS.names())}")
-    PROTOCOLS.get(e.protocol)
+    _protocol_kwargs(r, None)
+    for name, spec in e.also.items():
+        sub = _also_recipe(r, name, spec)
+        if sub.eval.also:
+            raise ValueError(f"eval.also.{name} cannot hold 'also'")
+        se = resolve_eval(sub).eval
+        e.also[name] = {"dataset": se.dataset, "path": se.path, "options": se.options, "protocol": se.protocol, "params": se.params}
     return r
 
 
+def _also_recipe(recipe: Recipe, name: str, spec: Dict[str, Any]) -> Recipe:
+    sub = copy.deepcopy(recipe)
+    sub.eval = from_dict(EvalConfig, {"ks": recipe.eval.ks, "clustering": recipe.eval.clustering, **spec}, f"eval.also.{name}.")
+    return sub
+
+
+def eval_recipes(recipe: Recipe) -> Dict[str, Recipe]:
+    """{"": the main evaluation, name: one per eval.also entry}, each a resolved recipe without ``also``."""
+    r = resolve_eval(recipe)
+    out = {name: _also_recipe(r, name, spec) for name, spec in r.eval.also.items()}
+    r.eval.also = {}
+    return {"": r, **out}
+
+
 def build_eval_splits(recipe: Recipe) -> Splits:
-    """The evaluation dataset's splits (``recipe`` resolved by ``resolve_eval`` first)."""
+    """The (main) evaluation dataset's splits."""
     e = resolve_eval(recipe).eval
     return DATASETS.create(e.dataset, path=e.path, **e.options)
 
 
-def build_splits(recipe: Recipe) -> Tuple[List[Sample], Splits, Dict[str, Any]]:
-    """(train samples relabelled 0..C-1, evaluation splits, a record of both splits' classes).
+def build_splits(recipe: Recipe) -> Tuple[List[Sample], Dict[str, Splits], Dict[str, Any]]:
+    """(train samples relabelled 0..C-1, {evaluation name: splits} as ``eval_recipes`` names them,
+    a record of every split's classes).
 
-    Trains on the split the dataset declares; when evaluation reads the same dataset and
-    path and the dataset is class-disjoint, refuses any evaluation split sharing a class
-    with the training split.
+    Trains on the split the dataset declares; an evaluation reading the same dataset, path
+    and options as training, when the dataset is class-disjoint, must not share a class with
+    the training split.
     """
     r = resolve_eval(recipe)
-    d, e = r.data, r.eval
+    d = r.data
     info = DATASETS.info(d.dataset)
     if info.train_split is None:
         raise ValueError(f"dataset '{d.dataset}' is for evaluation only ({info.description}); "
@@ -60,20 +83,27 @@ def build_splits(recipe: Recipe) -> Tuple[List[Sample], Splits, Dict[str, Any]]:
     if info.train_split not in splits or not splits[info.train_split]:
         raise ValueError(f"dataset '{d.dataset}' has no (or an empty) '{info.train_split}' split to train on; it has {sorted(splits)}")
     train = splits[info.train_split]
-    same = (e.dataset, e.path, e.options) == (d.dataset, d.path, d.options)
-    eval_splits = splits if same else DATASETS.create(e.dataset, path=e.path, **e.options)
-    if same and info.class_disjoint:
-        for name, part in eval_splits.items():
-            if name != info.train_split:
-                try:
-                    check_class_disjoint(train, part)
-                except ValueError as err:
-                    raise ValueError(f"dataset '{d.dataset}': splits '{info.train_split}' and '{name}' leak classes "
-                                     f"({err}); its protocol needs unseen classes") from None
-    record = {"train": {"dataset": d.dataset, "path": d.path, "split": info.train_split, **_classes(train)},
-              "eval": {"dataset": e.dataset, "path": e.path, "protocol": e.protocol,
-                       "splits": {name: _classes(part) for name, part in eval_splits.items()}}}
-    return relabel(train), eval_splits, record
+    record: Dict[str, Any] = {"train": {"dataset": d.dataset, "path": d.path, "split": info.train_split, **_classes(train)}}
+    evals: Dict[str, Splits] = {}
+    for name, sub in eval_recipes(r).items():
+        e = sub.eval
+        same = (e.dataset, e.path, e.options) == (d.dataset, d.path, d.options)
+        evals[name] = splits if same else DATASETS.create(e.dataset, path=e.path, **e.options)
+        if same and info.class_disjoint:
+            for split, part in evals[name].items():
+                if split != info.train_split:
+                    try:
+                        check_class_disjoint(train, part)
+                    except ValueError as err:
+                        raise ValueError(f"dataset '{d.dataset}': splits '{info.train_split}' and '{split}' leak classes "
+                                         f"({err}); its protocol needs unseen classes") from None
+        entry = {"dataset": e.dataset, "path": e.path, "protocol": e.protocol,
+                 "splits": {split: _classes(part) for split, part in evals[name].items()}}
+        if name:
+            record.setdefault("also", {})[name] = entry
+        else:
+            record["eval"] = entry
+    return relabel(train), evals, record
 
 
 def _classes(samples: List[Sample]) -> Dict[str, Any]:
@@ -84,19 +114,33 @@ def _classes(samples: List[Sample]) -> Dict[str, Any]:
 def run_protocol(recipe: Recipe, embed_fn: EmbedFn, splits: Splits, clustering: Optional[bool] = None) -> Dict[str, float]:
     """Run eval.protocol on ``splits`` with eval.params; eval.ks, eval.clustering (or ``clustering``)
     and train.seed go to protocols that take them."""
-    e = recipe.eval
-    if e.protocol is None:
+    if recipe.eval.protocol is None:
         raise ValueError("eval.protocol is unset; resolve the recipe with resolve_eval first")
-    fn: Callable[..., Dict[str, float]] = PROTOCOLS.get(e.protocol)
+    return PROTOCOLS.get(recipe.eval.protocol)(embed_fn, splits, **_protocol_kwargs(recipe, clustering))
+
+
+def run_evaluations(recipes: Dict[str, Recipe], embed_fn: EmbedFn, splits: Dict[str, Splits],
+                    clustering: Optional[bool] = None) -> Dict[str, float]:
+    """Every evaluation of ``eval_recipes``: the main one's metrics as they are, the others' as "name/metric"."""
+    metrics: Dict[str, float] = {}
+    for name, sub in recipes.items():
+        out = run_protocol(sub, embed_fn, splits[name], clustering)
+        metrics.update({f"{name}/{k}" if name else k: v for k, v in out.items()})
+    return metrics
+
+
+def _protocol_kwargs(recipe: Recipe, clustering: Optional[bool]) -> Dict[str, Any]:
+    e = recipe.eval
+    fn: Callable[..., Dict[str, float]] = PROTOCOLS.get(str(e.protocol))
     accepted = inspect.signature(fn).parameters
     common = {"ks": list(e.ks), "clustering": e.clustering if clustering is None else clustering, "seed": recipe.train.seed}
     kwargs = {**{k: v for k, v in common.items() if k in accepted}, **e.params}
     try:
-        inspect.signature(fn).bind(embed_fn, splits, **kwargs)
+        inspect.signature(fn).bind(None, {}, **kwargs)
     except TypeError as err:
         allowed = [p for p in accepted if p not in ("embed_fn", "splits")]
         raise ValueError(f"bad eval.params for protocol '{e.protocol}': {err}; allowed: {allowed}") from None
-    return fn(embed_fn, splits, **kwargs)
+    return kwargs
 
 
 def build_model(recipe: Recipe) -> Embedder:

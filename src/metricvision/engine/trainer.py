@@ -24,8 +24,8 @@ from metricvision.data.samplers import SAMPLERS
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS
 from metricvision._atomic import atomic_write
-from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, resolve_eval,
-                                          run_protocol)
+from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, eval_recipes,
+                                          resolve_eval, run_evaluations)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
 from metricvision.index.whitening import WHITENINGS, fit_whitening
 from metricvision.losses import LossOutput
@@ -99,15 +99,17 @@ class Trainer:
         dev = recipe.train.device
         self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
         torch.manual_seed(recipe.train.seed)
+        self.eval_recipes = eval_recipes(recipe)
         if train_samples is None or test_samples is None:
             train_samples, self.eval_splits, record = build_splits(recipe)
             with atomic_write(self.run_dir / "splits.json") as f:
                 f.write(json.dumps(record, indent=1).encode())
         else:
-            self.eval_splits = {"test": list(test_samples)}
+            self.eval_recipes = {"": self.eval_recipes[""]}
+            self.eval_splits = {"": {"test": list(test_samples)}}
         self.train_samples = list(train_samples)
-        # the labelled split the report's query grid shows; its embeddings are kept by evaluate()
-        labelled = [self.eval_splits.get(n, []) for n in ("test", "gallery")]
+        # the labelled split of the main evaluation that the report's query grid shows; evaluate() keeps its embeddings
+        labelled = [self.eval_splits[""].get(n, []) for n in ("test", "gallery")]
         self.test_samples = next((p for p in labelled if any(s.label >= 0 for s in p)), [])
         self.last_test_embeddings: Optional[torch.Tensor] = None
         self.num_classes = len({s.label for s in self.train_samples if s.label >= 0})
@@ -121,7 +123,7 @@ class Trainer:
             self.hooks.append(TensorBoardLogger(self.run_dir / "tensorboard"))
         d, size = recipe.data, recipe.data.image_size
         self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
-                                      crop=d.crop_to_box)
+                                      crop=d.crop)
         self.eval_transform = TRANSFORMS.create("eval", size=size)
         self.sampler = SAMPLERS.create(d.sampler, samples=self.train_samples, batch_size=d.batch_size, k=d.samples_per_class,
                                        seed=recipe.train.seed)
@@ -317,7 +319,8 @@ class Trainer:
                                  scales=self.recipe.eval.scales)
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
-        """The eval protocol's metrics on the evaluation splits (clustering: override eval.clustering)."""
+        """The eval protocol's metrics on the evaluation splits, then eval.also's as "name/metric"
+        (clustering: override eval.clustering)."""
         keep = {id(s) for s in self.test_samples}
         kept: Dict[int, torch.Tensor] = {}
         e = self.recipe.eval
@@ -330,7 +333,7 @@ class Trainer:
             kept.update((id(s), e) for s, e in zip(samples, emb) if id(s) in keep)
             return emb
 
-        metrics = run_protocol(self.recipe, embed_fn, self.eval_splits, clustering)
+        metrics = run_evaluations(self.eval_recipes, embed_fn, self.eval_splits, clustering)
         if keep and len(kept) == len(keep):
             self.last_test_embeddings = torch.stack([kept[id(s)] for s in self.test_samples])
         return metrics
