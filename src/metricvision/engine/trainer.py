@@ -208,7 +208,7 @@ class Trainer:
         """(N, D) embeddings of samples with the eval transform."""
         loader = torch.utils.data.DataLoader(SampleDataset(samples, self.eval_transform), batch_size=batch_size,
                                              num_workers=self.recipe.data.num_workers)
-        return self.model.encode((x for x, _ in tqdm(loader, desc="embedding", unit="batch", leave=False, dynamic_ncols=True)))
+        return self.model.encode((x for x, _ in tqdm(loader, desc="embedding the test set", leave=False, dynamic_ncols=True)))
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
         """Retrieval metrics on the test (unseen) classes."""
