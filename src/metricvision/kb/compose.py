@@ -15,6 +15,7 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from metricvision._atomic import atomic_write
 from metricvision.losses import create_loss
@@ -109,7 +110,7 @@ def train_combiner(
     criterion = create_loss(loss)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     logs = []
-    for epoch in range(epochs):
+    for epoch in tqdm(range(epochs), desc="training the combiner", unit="epoch", leave=False):
         model.train()
         order, total = torch.randperm(len(image)), 0.0
         for s in range(0, len(image), batch_size):
