@@ -28,7 +28,7 @@ def test_folder_trains_on_a_recorded_class_disjoint_split_and_evaluate_reruns_it
     assert json.loads(capsys.readouterr().out)["num_queries"] == 6
     out = tmp_path / "cub.npz"
     assert main(["embed", str(run), "--dataset", "cub", "--data", str(cub), "--out", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"embedded": 6, "dim": 16, "out": str(out)}
+    assert json.loads(capsys.readouterr().out) == {"embedded": 6, "dim": 16, "out": str(out), "skipped": 0}
     assert main(["evaluate", str(run), "--protocol", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "unknown protocol 'nosuch'; expected one of:" in err and "retrieval" in err and "lfw" in err

@@ -14,7 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List
 
-from metricvision.data.readers.base import DatasetFormatError, Splits, find_root, label_ids, load_plain_pickle, require
+from metricvision.data.readers.base import DatasetFormatError, find_root, label_ids, load_plain_pickle, require
+from metricvision.data.registry import Splits
 from metricvision.data.registry import register_dataset
 from metricvision.data.sample import Sample
 
