@@ -31,6 +31,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
+    p = kb_sub.add_parser("remove", help="delete items by id (one new version)")
+    p.add_argument("dir", help="the KB folder")
+    p.add_argument("ids", nargs="+", type=int, help="item ids")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_remove)
+
     p = kb_sub.add_parser("align", help="align an image encoder to a text model's space and build a KB with it")
     p.add_argument("dir", help="output folder: checkpoint, combiner, metrics (and KB/ with --build-kb)")
     p.add_argument("--text-model", default="minilm")
@@ -72,7 +78,7 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     else:
         model = ImageTextModel(ModelCard(backbone=args.backbone, image_size=args.image_size))
     kb = KnowledgeBase.create(args.dir, model, index_spec=args.index)
-    kb.add(samples)
+    kb.add(samples, image_root=args.from_folder)
     return {"kb": str(kb.path), "items": len(kb), "dim": model.dim, "text_model": model.card.text_model}
 
 
@@ -80,8 +86,16 @@ def _add(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.store import KnowledgeBase
 
     kb = KnowledgeBase.open(args.dir)
-    ids = kb.add(_samples(args))
+    ids = kb.add(_samples(args), image_root=args.from_folder)
     return {"kb": str(kb.path), "added": len(ids), "items": len(kb), "version": kb.version}
+
+
+def _remove(args: argparse.Namespace) -> Dict[str, Any]:
+    from metricvision.kb.store import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.dir)
+    removed = kb.remove(args.ids)
+    return {"kb": str(kb.path), "removed": len(removed), "items": len(kb), "version": kb.version}
 
 
 def _align(args: argparse.Namespace) -> Dict[str, Any]:

@@ -121,6 +121,13 @@ class KnowledgeBase:
         """The committed version this object reads."""
         return self._lease.version
 
+    def check(self) -> None:
+        """Raise when this version cannot serve: index and items table disagree, or search fails."""
+        rows = self._items.count()
+        if rows != len(self):
+            raise RuntimeError(f"version {self.version}: index holds {len(self)} vectors but the items table {rows} rows")
+        self.index.search(np.ones((1, self.index.dim), np.float32), 1)
+
     def latest(self) -> "KnowledgeBase":
         """This KB at the committed version (``self`` when that is the one it reads); shares the model."""
         if self.store.current() == self.version:
@@ -248,9 +255,17 @@ class KnowledgeBase:
         return self._items.items(ids)
 
     def image_path(self, item_id: int) -> Path:
-        """Path of the item's image (relative paths are under the KB folder)."""
+        """Path of the item's image, inside the KB folder.
+
+        Raises:
+            PermissionError: the stored path, symlinks resolved, leaves the KB folder.
+        """
         p = Path(self.get(item_id)["image"])
-        return p if p.is_absolute() else self.path / p
+        p = p if p.is_absolute() else self.path / p
+        root = self.path.resolve()
+        if not p.resolve().is_relative_to(root):
+            raise PermissionError(f"image of item {item_id} resolves to a file outside the KB folder {root}; not read")
+        return p
 
     def allowed_ids(self, filters: Dict[str, Any]) -> np.ndarray:
         """Sorted ids of items matching every filter: "label", "caption" or a metadata key -> value (or list of values)."""
