@@ -20,6 +20,7 @@ Scope = Dict[str, Any]
 Message = Dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 PUBLIC = ("/healthz", "/readyz", "/", "/favicon.ico")
+CLOSE = {"connection": "close"}  # the unread rest of an oversized body is not drained
 LOG = logging.getLogger("metricvision.serve")
 
 
@@ -86,7 +87,7 @@ class Guard:
             async def watched_send(message: Message) -> None:
                 if state["too_large"]:
                     if message["type"] == "http.response.start":
-                        await reply(413, f"request body passed {self.max_body} bytes (the limit)")
+                        await reply(413, f"request body passed {self.max_body} bytes (the limit)", CLOSE)
                     return
                 if message["type"] == "http.response.start":
                     state["status"] = message["status"]
@@ -97,7 +98,7 @@ class Guard:
             if state["status"]:
                 raise  # the response has begun: nothing clean is left to send
             if isinstance(e, BodyTooLarge) or state["too_large"]:
-                await reply(413, f"request body passed {self.max_body} bytes (the limit)")
+                await reply(413, f"request body passed {self.max_body} bytes (the limit)", CLOSE)
             else:
                 LOG.exception("error serving %s %s", method, path)
                 await reply(500, f"internal error ({type(e).__name__}); the server keeps serving")
@@ -109,7 +110,7 @@ class Guard:
         """(status, message[, headers]) when the request is refused before it reaches a route."""
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
-            return 413, f"request body is {length} bytes; the limit is {self.max_body}"
+            return 413, f"request body is {length} bytes; the limit is {self.max_body}", CLOSE
         presented = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip() or None
         needed = needed_scope(method, path)
         if self.keys is not None and needed is not None:
