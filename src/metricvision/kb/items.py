@@ -134,6 +134,13 @@ class ItemsReader:
         with closing(self._db()) as db:
             return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
 
+    def recent(self, n: int) -> List[Dict[str, Any]]:
+        """The ``n`` items with the largest ids (the newest), newest first."""
+        with closing(self._db()) as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM items ORDER BY id DESC LIMIT ?", (int(n),))]
+        found = self.items(ids)
+        return [found[i] for i in ids]
+
     def items(self, ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
         """Items by id (missing ids are left out)."""
         if not len(ids):

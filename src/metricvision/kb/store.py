@@ -254,6 +254,10 @@ class KnowledgeBase:
         """Items by id (missing ids are left out)."""
         return self._items.items(ids)
 
+    def recent(self, n: int = 8) -> List[Dict[str, Any]]:
+        """The ``n`` newest items, newest first."""
+        return self._items.recent(n)
+
     def image_path(self, item_id: int) -> Path:
         """Path of the item's image, inside the KB folder.
 

@@ -162,8 +162,9 @@ def create_app(
     @app.get("/v1/info")
     def info() -> Dict[str, Any]:
         kb = live.snapshot()
+        recent = [{"id": it["id"], "caption": it["caption"], "image_url": f"/v1/items/{it['id']}/image"} for it in kb.recent(8)]
         return {"items": len(kb), "version": kb.version, "model_card": kb.card.__dict__, "combiner": combiner is not None,
-                "max_upload_bytes": max_upload_bytes, "modes": list(MODES), "writable": True}
+                "max_upload_bytes": max_upload_bytes, "modes": list(MODES), "recent": recent}
 
     @app.post("/v1/search")
     async def search_route(
