@@ -65,15 +65,16 @@ class KnowledgeBase:
         self._items = ItemsReader(self.store.path(self._lease.version) / ITEMS)
 
     @classmethod
-    def create(cls, path: str | os.PathLike, model: ImageTextModel, index_spec: str = "Flat") -> "KnowledgeBase":
-        """An empty KB at ``path`` (which must not hold one) with an index built by ``create_index(index_spec)``.
+    def create(cls, path: str | os.PathLike, model: ImageTextModel, index_spec: str = "Flat",
+               index_params: Optional[str] = None) -> "KnowledgeBase":
+        """An empty KB at ``path`` (which must not hold one) with an index built by ``create_index(index_spec, params)``.
 
         The model's checkpoint is copied into the KB, so the folder can be moved.
         """
         path = Path(path)
         if (path / CARD).exists():
             raise FileExistsError(f"{path} already holds a knowledge base; use `kb add` to append")
-        index = create_index(index_spec, model.dim, "ip")
+        index = create_index(index_spec, model.dim, "ip", index_params)
         path.mkdir(parents=True, exist_ok=True)
 
         def write(folder: Path) -> Dict[str, Any]:
