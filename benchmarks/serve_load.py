@@ -1,6 +1,6 @@
 """Load test of `metricvision serve` on loopback: fixed-concurrency phases, p50/p95 latency, recall, live writes.
 
-Starts the real server (uvicorn, 127.0.0.1, free port) on a KB and, for each concurrency,
+Starts the real server (`metricvision serve` in its own process, 127.0.0.1, free port) on a KB and, for each concurrency,
 sends a bounded mix of requests; every request must succeed. With ``--exact`` (the vectors
 file of benchmarks/synthetic_kb.py) the text queries' top-10 is compared with exact search.
 With ``--writes-per-s`` a writer adds items during the phases, alternating POST /v1/items
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import io
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +24,11 @@ from typing import Dict, List, Tuple
 
 import httpx
 import numpy as np
-import uvicorn
 from PIL import Image
 
 from metricvision.data import Sample
 from metricvision.index.flat import FlatIndex
 from metricvision.kb.store import KnowledgeBase
-from metricvision.serve.app import create_app
 
 WORDS = ("red", "green", "blue", "yellow", "black", "orange", "circle", "square", "triangle", "wooden", "metal",
          "glass", "lamp", "chair", "cup", "bottle", "clock", "vase")
@@ -114,12 +114,19 @@ def main() -> None:
         exact = flat.search(kb.model.encode_text(texts).numpy(), a.k)[1]
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(a.kb, threads=a.threads), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    server = subprocess.Popen([sys.executable, "-c", "import sys; from metricvision.cli import main; sys.exit(main(sys.argv[1:]))",
+                               "serve", a.kb, "--port", str(port), "--threads", str(a.threads)])
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise SystemExit("the server did not become ready")
+        time.sleep(0.2)
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0, limits=limits)
     recall: List[float] = []
@@ -173,8 +180,8 @@ def main() -> None:
         errors += len(writer.errors)
         for e in writer.errors[:5]:
             print("  write error:", e)
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.terminate()
+    server.wait(timeout=30)
     if errors:
         raise SystemExit(f"{errors} requests failed")
 

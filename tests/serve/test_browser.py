@@ -134,7 +134,7 @@ def test_page_shows_items_added_live(kb_copy, browser):
     import httpx
     from selenium.webdriver.common.by import By
 
-    from conftest import running
+    from live_server import running
     from metricvision.serve.app import create_app
     from metricvision.kb.store import KnowledgeBase
 

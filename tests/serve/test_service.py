@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import running  # noqa: E402
+from live_server import running  # noqa: E402
 from metricvision.kb.store import KnowledgeBase  # noqa: E402
 from metricvision.serve.access import ApiKeys  # noqa: E402
 from metricvision.serve.app import create_app  # noqa: E402
@@ -102,7 +102,7 @@ def test_odd_filters_are_400_and_the_connection_stays(kb_copy, filters, message)
 def test_internal_errors_are_json_500s_on_a_kept_connection(kb_copy):
     with running(create_app(kb_copy)) as base:
         kb = KnowledgeBase.open(kb_copy)
-        (kb.store.path(kb.version) / "items.sqlite").unlink()  # damage under a running server
+        (kb.store.path(kb.version) / "items.sqlite").write_bytes(b"garbage" * 1000)  # damaged under a running server
         conn = http.client.HTTPConnection(base.removeprefix("http://"))
         conn.request("GET", "/v1/items/3")
         r = conn.getresponse()

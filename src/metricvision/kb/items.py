@@ -15,9 +15,10 @@ import json
 import math
 import re
 import sqlite3
-from contextlib import closing
+import threading
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -121,22 +122,33 @@ class ItemsReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with closing(self._db()) as db:
-            self.tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        self._local = threading.local()  # one connection per thread, opened on first use
+        self.tables = {r[0] for r in self._db().execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
     def _db(self) -> sqlite3.Connection:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        db.row_factory = sqlite3.Row
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            db.row_factory = sqlite3.Row
+            self._local.db = db
         return db
+
+    @contextmanager
+    def _cursor(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        try:
+            yield db
+        finally:
+            db.rollback()  # ends the read transaction (and drops temp tables' rows)
 
     def count(self) -> int:
         """Number of rows."""
-        with closing(self._db()) as db:
+        with self._cursor() as db:
             return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
 
     def recent(self, n: int) -> List[Dict[str, Any]]:
         """The ``n`` items with the largest ids (the newest), newest first."""
-        with closing(self._db()) as db:
+        with self._cursor() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM items ORDER BY id DESC LIMIT ?", (int(n),))]
         found = self.items(ids)
         return [found[i] for i in ids]
@@ -145,7 +157,7 @@ class ItemsReader:
         """Items by id (missing ids are left out)."""
         if not len(ids):
             return {}
-        with closing(self._db()) as db:
+        with self._cursor() as db:
             marks = ",".join("?" * len(ids))
             rows = db.execute(f"SELECT * FROM items WHERE id IN ({marks})", [int(i) for i in ids]).fetchall()
         return {r["id"]: {"id": r["id"], "image": r["image"], "caption": r["caption"], "label": r["label"],
@@ -165,7 +177,7 @@ class ItemsReader:
                 clauses.append(f"id IN (SELECT id FROM items WHERE json_extract(metadata, '$.{key}') IN ({marks}))")
             params += values
         where = " AND ".join(clauses) or "1"
-        with closing(self._db()) as db:
+        with self._cursor() as db:
             ids = np.array([r[0] for r in db.execute(f"SELECT id FROM items WHERE {where}", params)], dtype=np.int64)
         return np.sort(ids)
 
@@ -187,9 +199,10 @@ class ItemsReader:
             # a temp table keeps large allowed sets out of the SQL text
             sql += " AND rowid IN (SELECT id FROM allowed)"
         sql += " ORDER BY bm25(captions) LIMIT ?"
-        with closing(self._db()) as db:
+        with self._cursor() as db:
             if allowed is not None:
-                db.execute("CREATE TEMP TABLE allowed (id INTEGER PRIMARY KEY)")
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS allowed (id INTEGER PRIMARY KEY)")
+                db.execute("DELETE FROM allowed")
                 db.executemany("INSERT INTO allowed VALUES (?)", [(int(i),) for i in allowed])
             rows = db.execute(sql, params + [int(k)]).fetchall()
         return (np.array([-r[1] for r in rows], dtype=np.float32), np.array([r[0] for r in rows], dtype=np.int64))
