@@ -13,13 +13,13 @@ the server follows CURRENT), and measures how long each item takes to become sea
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import socket
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Tuple
 
 import httpx
@@ -131,23 +131,33 @@ def main() -> None:
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0, limits=limits)
     recall: List[float] = []
 
-    def one(n: int) -> Tuple[str, float, int]:
+    async def one(aclient: httpx.AsyncClient, n: int) -> Tuple[str, float, int]:
         kind = kinds[n % len(kinds)]
         t0 = time.perf_counter()
         if kind == "text":
-            r = client.post("/v1/search", data={"text": texts[n % len(texts)], "k": str(a.k)})
+            r = await aclient.post("/v1/search", data={"text": texts[n % len(texts)], "k": str(a.k)})
             if exact is not None and r.status_code == 200:
                 got = {h["id"] for h in r.json()["hits"]}
                 recall.append(len(got & set(exact[n % len(texts)].tolist())) / a.k)
         elif kind in ("image", "heat"):
             data = {"k": str(a.k), "with_heatmap": "true" if kind == "heat" else "false"}
-            r = client.post("/v1/search", files={"image": ("q.png", uploads[n % len(uploads)], "image/png")}, data=data)
+            r = await aclient.post("/v1/search", files={"image": ("q.png", uploads[n % len(uploads)], "image/png")}, data=data)
         else:
-            r = client.get(f"/v1/items/{ids[n % len(ids)]}")
+            r = await aclient.get(f"/v1/items/{ids[n % len(ids)]}")
         return kind, time.perf_counter() - t0, r.status_code
 
-    for n in range(2 * len(kinds)):  # warm-up
-        one(n)
+    async def phase(concurrency: int, requests: range) -> List[Tuple[str, float, int]]:
+        """``requests`` sent by ``concurrency`` clients from one event loop (no GIL contention in the client)."""
+        todo = iter(requests)
+        out: List[Tuple[str, float, int]] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60.0, limits=limits) as aclient:
+            async def worker() -> None:
+                for n in todo:
+                    out.append(await one(aclient, n))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return out
+
+    asyncio.run(phase(1, range(2 * len(kinds))))  # warm-up
     writer = None
     if a.writes_per_s > 0:
         writer = Writer(client, a.kb, a.writes_per_s, uploads[0])
@@ -158,8 +168,7 @@ def main() -> None:
     print("| concurrency | req/s | errors | request | n | p50 ms | p95 ms |\n|---|---|---|---|---|---|---|")
     for c in levels:
         start = time.perf_counter()
-        with ThreadPoolExecutor(c) as pool:
-            results = list(pool.map(one, range(a.requests)))
+        results = asyncio.run(phase(c, range(a.requests)))
         wall = time.perf_counter() - start
         bad = sum(status != 200 for _, _, status in results)
         errors += bad

@@ -78,7 +78,8 @@ def main() -> None:
         samples = [Sample(image=str(images[(list(COLORS).index(c) * 3 + SHAPES.index(s)) % len(images)]), caption=cap,
                           label=SHAPES.index(s), meta={"color": c, "shape": s, "vendor": VENDORS[v], "year": int(2000 + v)})
                    for c, s, cap, v in zip(colors, shapes, captions, pick[4])]
-        x = text.encode_text(captions).numpy() + a.noise * rng.standard_normal((n, text.dim)).astype(np.float32)
+        unique, inverse = np.unique(captions, return_inverse=True)  # a few thousand distinct captions
+        x = text.encode_text(list(unique)).numpy()[inverse] + a.noise * rng.standard_normal((n, text.dim)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         vectors[first : first + n] = x
         kb.add_embedded(samples, x)
