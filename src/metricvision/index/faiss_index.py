@@ -161,7 +161,7 @@ class FaissIndex:
         ivf = faiss.try_extract_index_ivf(self._index)
         if ivf is not None:
             params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
-        elif isinstance(self._base, faiss.IndexHNSW) or "HNSW" in self.spec:
+        elif "HNSW" in self.spec:
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=faiss.downcast_index(self._index.index).hnsw.efSearch)
         else:
             params = faiss.SearchParameters(sel=selector)
