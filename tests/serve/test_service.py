@@ -193,3 +193,32 @@ def test_heat_maps_only_for_the_top_results(shapes_kb_path):
     hits = client.post("/v1/search", data={"text": "red circle", "k": "20", "with_heatmap": "true", "heatmap_top": "3"}).json()["hits"]
     assert [("heatmap" in h) for h in hits] == [True] * 3 + [False] * 17
 
+
+
+def test_broken_new_version_keeps_the_old_one_serving(kb_copy):
+    from metricvision.index import IndexStore
+
+    def broken(folder):
+        (folder / "index.bin").write_bytes(b"not an index")
+        (folder / "items.sqlite").write_bytes(b"")
+        return {"kind": "flat", "dim": 384, "ntotal": 0, "extra": {"next_id": 0, "index_spec": "Flat"}}
+
+    with TestClient(create_app(kb_copy)) as client:
+        IndexStore(kb_copy / "index").commit(broken)
+        assert wait_until(lambda: client.get("/readyz").status_code == 503, 3.0)
+        health = client.get("/healthz").json()
+        assert health["status"] == "degraded" and "cannot load version 3" in health["reload_error"]
+        assert client.post("/v1/search", data={"text": "red circle"}).status_code == 200
+
+
+def test_api_keys_from_file_and_environment(tmp_path, monkeypatch):
+    (tmp_path / "keys.txt").write_text(f"# operators\n{READ} read\n{WRITE} write\n")
+    assert ApiKeys.load(tmp_path / "keys.txt").keys == {READ: "read", WRITE: "write"}
+    monkeypatch.setenv("METRICVISION_API_KEYS", f"{READ}:read,{WRITE}:write")
+    assert ApiKeys.load().scope(WRITE) == "write" and ApiKeys.load().scope("nope") is None
+    with pytest.raises(ValueError, match="scope must be one of"):
+        ApiKeys.parse(f"{READ} admin", "keys")
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        ApiKeys.parse("short read", "keys")
+    monkeypatch.delenv("METRICVISION_API_KEYS")
+    assert ApiKeys.load() is None
