@@ -156,3 +156,13 @@ def test_symlink_leaving_the_folder_is_refused(tmp_path, empty_kb):
     with pytest.raises(ValueError, match="outside the folder"):
         empty_kb.add_embedded(samples, np.ones((len(samples), 384), np.float32), image_root=tmp_path / "folder")
     assert len(KnowledgeBase.open(empty_kb.path)) == 0
+
+
+def test_unicode_digits_are_not_integers(tmp_path):
+    from metricvision.kb.commands import parse_filters
+
+    assert parse_filters(["a=²", "b=-3"]) == {"a": "²", "b": -3}
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    (tmp_path / "c.csv").write_text("image,caption,label\nx.png,a,²\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="label must be an integer, got '²'"):
+        samples_from_folder(tmp_path, tmp_path / "c.csv")

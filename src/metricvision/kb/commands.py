@@ -112,7 +112,7 @@ def parse_filters(items: List[str]) -> Dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"filter must be KEY=VALUE, got '{item}'")
-        out[key] = int(value) if value.lstrip("-").isdigit() else value
+        out[key] = int(value) if value.lstrip("-").isascii() and value.lstrip("-").isdigit() else value
     return out
 
 

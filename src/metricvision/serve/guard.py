@@ -109,7 +109,7 @@ class Guard:
     def _refuse(self, method: str, path: str, headers: Dict[str, str], scope: Scope) -> Optional[tuple]:
         """(status, message[, headers]) when the request is refused before it reaches a route."""
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
+        if length.isascii() and length.isdigit() and int(length) > self.max_body:
             return 413, f"request body is {length} bytes; the limit is {self.max_body}", CLOSE
         presented = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip() or None
         needed = needed_scope(method, path)
