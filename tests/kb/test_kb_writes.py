@@ -166,3 +166,15 @@ def test_unicode_digits_are_not_integers(tmp_path):
     (tmp_path / "c.csv").write_text("image,caption,label\nx.png,a,²\n", encoding="utf-8")
     with pytest.raises(ValueError, match="label must be an integer, got '²'"):
         samples_from_folder(tmp_path, tmp_path / "c.csv")
+
+
+@pytest.mark.slow
+def test_bulk_build_through_ray_matches_direct_embedding(tmp_path, shapes_kb):
+    pytest.importorskip("ray")
+    from metricvision.kb.bulk import add_with_ray
+
+    kb = KnowledgeBase.create(tmp_path / "kb", shapes_kb.model, index_spec="HNSW16")
+    ids = add_with_ray(kb, shape_classes(), num_workers=1, batch=10)
+    assert ids == list(range(24)) and kb.version == 4  # three batches, three versions
+    for i in (0, 11, 23):  # the stored vector is the image's own embedding (up to resizing differences)
+        assert search(kb, image=shape_classes()[i].image, k=1)[0]["id"] == i

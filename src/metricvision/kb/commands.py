@@ -28,6 +28,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--backbone", default="mobilenet_v2", help="pretrained backbone when no checkpoint is given")
             p.add_argument("--image-size", type=int, default=64, help="side images are resized to")
             p.add_argument("--index", default="Flat", help="index spec: Flat (exact) or a faiss factory string")
+            p.add_argument("--ray-workers", type=int, default=0, help="embed with this many Ray actors (bulk building)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
@@ -78,7 +79,12 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     else:
         model = ImageTextModel(ModelCard(backbone=args.backbone, image_size=args.image_size))
     kb = KnowledgeBase.create(args.dir, model, index_spec=args.index)
-    kb.add(samples, image_root=args.from_folder)
+    if args.ray_workers > 0:
+        from metricvision.kb.bulk import add_with_ray
+
+        add_with_ray(kb, samples, num_workers=args.ray_workers, image_root=args.from_folder)
+    else:
+        kb.add(samples, image_root=args.from_folder)
     return {"kb": str(kb.path), "items": len(kb), "dim": model.dim, "text_model": model.card.text_model}
 
 
