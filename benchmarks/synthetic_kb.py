@@ -66,7 +66,9 @@ def main() -> None:
     text = create_text_encoder("hashing")
     ckpt = out.parent / f"{out.name}.model.safetensors"
     save_image_model(Embedder("mobilenet_v2", "avg", text.dim, pretrained=True), ckpt, image_size=32, text_model="hashing")
-    kb = KnowledgeBase.create(out, ImageTextModel.from_checkpoint(ckpt), index_spec=a.index, index_params=a.params)
+    model = ImageTextModel.from_checkpoint(ckpt)
+    KnowledgeBase.create(out, model, index_spec=a.index, index_params=a.params)
+    kb = KnowledgeBase.open(out, model, writer=True)
     images = shape_images(out.parent / f"{out.name}.images")
     vectors = np.lib.format.open_memmap(str(out.parent / f"{out.name}.vectors.npy"), "w+", np.float32, (a.items, text.dim))
     start = time.perf_counter()

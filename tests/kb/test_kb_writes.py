@@ -178,3 +178,19 @@ def test_bulk_build_through_ray_matches_direct_embedding(tmp_path, shapes_kb):
     assert ids == list(range(24)) and kb.version == 4  # three batches, three versions
     for i in (0, 11, 23):  # the stored vector is the image's own embedding (up to resizing differences)
         assert search(kb, image=shape_classes()[i].image, k=1)[0]["id"] == i
+
+
+def test_writer_object_changes_its_index_in_place_and_recovers_from_a_failed_write(empty_kb):
+    kb = KnowledgeBase.open(empty_kb.path, empty_kb.model, writer=True)
+    kb.add_embedded(shape_classes()[:3], np.eye(3, 384, dtype=np.float32))
+    index = kb.index
+    kb.add_embedded(shape_classes()[3:5], np.eye(5, 384, dtype=np.float32)[3:])
+    assert kb.index is index and len(kb) == 5  # no reload between writes
+    KnowledgeBase.open(empty_kb.path).add_embedded(shape_classes()[:1], np.full((1, 384), 384 ** -0.5, np.float32))
+    kb.add_embedded(shape_classes()[5:6], np.eye(6, 384, dtype=np.float32)[5:])  # another writer came between
+    assert len(kb) == 7 and len(KnowledgeBase.open(empty_kb.path)) == 7
+    with pytest.raises(KeyError):
+        kb.remove([99])
+    with pytest.raises(ValueError, match="dimension 384"):
+        kb.add_embedded(shape_classes()[:1], np.ones((1, 5), np.float32))
+    assert len(kb) == 7 and (kb.search(np.eye(1, 384, dtype=np.float32), 1)[1] == 0).all()

@@ -52,11 +52,15 @@ class KnowledgeBase:
     """Images + text + metadata, searchable by embedding; reads the version it holds a lease on.
 
     Use ``KnowledgeBase.create(path, model)`` for a new one and ``KnowledgeBase.open(path)``
-    for an existing one.
+    for an existing one. With ``writer=True`` the object changes its in-memory index in place
+    when it writes on top of the version it holds (no reload: the cost of a write no longer
+    includes reading the index); such an object must not be searched from other threads
+    while it writes.
     """
 
-    def __init__(self, path: Path, card: ModelCard, model: Optional[ImageTextModel], lease: Optional[Lease] = None) -> None:
-        self.path, self.card = path, card
+    def __init__(self, path: Path, card: ModelCard, model: Optional[ImageTextModel], lease: Optional[Lease] = None,
+                 writer: bool = False) -> None:
+        self.path, self.card, self.writer = path, card, writer
         self._model = model
         self.store = IndexStore(path / "index")
         self._lease = lease or self.store.acquire()
@@ -91,8 +95,10 @@ class KnowledgeBase:
         return cls(path, card, model)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model: Optional[ImageTextModel] = None) -> "KnowledgeBase":
+    def open(cls, path: str | os.PathLike, model: Optional[ImageTextModel] = None, writer: bool = False) -> "KnowledgeBase":
         """Open the KB at ``path``; its model is built from the card on first use unless given.
+
+        ``writer``: see the class docstring.
 
         Raises:
             FileNotFoundError: no KB, or its checkpoint is missing.
@@ -104,7 +110,7 @@ class KnowledgeBase:
         card = ModelCard.from_dict(json.loads((path / CARD).read_text()))
         if model is None:
             verify_checkpoint(path, card)
-        return cls(path, card, model)
+        return cls(path, card, model, writer=writer)
 
     @property
     def model(self) -> ImageTextModel:
@@ -197,9 +203,9 @@ class KnowledgeBase:
         with self.store.writer(timeout):
             base = self.store.acquire()
             manifest = self.store.manifest(base.version)
-            index = self.store.load(base.version)
+            in_place = self.writer and base.version == self.version
+            index = self.index if in_place else self.store.load(base.version)
             previous = self.store.path(base.version) / ITEMS
-            rows, removed, next_id = change(index, int(manifest["extra"]["next_id"]), ItemsReader(previous))
 
             def write(folder: Path) -> Dict[str, Any]:
                 shutil.copyfile(previous, folder / ITEMS)
@@ -207,7 +213,13 @@ class KnowledgeBase:
                     write_items(db, rows, removed)
                 return _version_fields(index, folder, next_id, manifest["extra"]["index_spec"])
 
-            version = self.store.commit(write)
+            try:
+                rows, removed, next_id = change(index, int(manifest["extra"]["next_id"]), ItemsReader(previous))
+                version = self.store.commit(write)
+            except BaseException:
+                if in_place:  # the index may be half-changed: read the held version again
+                    self.index = self.store.load(self.version)
+                raise
             old, self._lease = self._lease, self.store.acquire(version)
             self.manifest, self.index = self.store.manifest(version), index
             self._items = ItemsReader(self.store.path(version) / ITEMS)

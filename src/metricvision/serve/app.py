@@ -106,7 +106,7 @@ def create_app(
     model = first.model  # built now: a broken model fails at start, not on every search
     if first.card.text_model is not None:
         model.text  # noqa: B018
-    writer = KnowledgeBase.open(first.path, model=model)
+    writer = KnowledgeBase.open(first.path, model=model, writer=True)  # used by the write pool only
     combiner = load_combiner(first)
     workers = Workers(threads, queue, budget_s)
     writes = ThreadPoolExecutor(1, thread_name_prefix="mv-write")
