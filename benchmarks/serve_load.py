@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import httpx
 import numpy as np
