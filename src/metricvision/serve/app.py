@@ -103,6 +103,12 @@ def create_app(
     """
     live = LiveKB(kb_path)
     first = live.snapshot()
+    if first.manifest["kind"] == "faiss":
+        from metricvision.index.faiss_index import import_faiss
+
+        # requests run in parallel on the worker threads; an OpenMP team inside each search
+        # would oversubscribe the cores (and spin), so faiss searches single-threaded here
+        import_faiss().omp_set_num_threads(1)
     model = first.model  # built now: a broken model fails at start, not on every search
     if first.card.text_model is not None:
         model.text  # noqa: B018
