@@ -38,11 +38,16 @@ class LiveKB:
         """The newest loaded version; hold the object for the whole request."""
         return self._kb
 
-    def refresh(self) -> KnowledgeBase:
-        """Load the committed version now if it is newer (writers call this after a commit)."""
+    def refresh(self, verify: bool = True) -> KnowledgeBase:
+        """Load the committed version now if it is newer (writers call this after a commit).
+
+        Args:
+            verify: check its checksums; a writer of this process that has just written and
+                hashed the files passes False.
+        """
         with self._lock:
             try:
-                latest = self._kb.latest()
+                latest = self._kb.latest(verify)
                 self.error = None
             except Exception as e:  # a broken new version must not stop the one being served
                 self.error = f"cannot load version {self._kb.store.current()}: {e}"

@@ -59,13 +59,13 @@ class KnowledgeBase:
     """
 
     def __init__(self, path: Path, card: ModelCard, model: Optional[ImageTextModel], lease: Optional[Lease] = None,
-                 writer: bool = False) -> None:
+                 writer: bool = False, verify: bool = True) -> None:
         self.path, self.card, self.writer = path, card, writer
         self._model = model
         self.store = IndexStore(path / "index")
         self._lease = lease or self.store.acquire()
         self.manifest = self.store.manifest(self._lease.version)
-        self.index: Index = self.store.load(self._lease.version)
+        self.index: Index = self.store.load(self._lease.version, verify=verify)
         self._items = ItemsReader(self.store.path(self._lease.version) / ITEMS)
 
     @classmethod
@@ -135,11 +135,14 @@ class KnowledgeBase:
             raise RuntimeError(f"version {self.version}: index holds {len(self)} vectors but the items table {rows} rows")
         self.index.search(np.ones((1, self.index.dim), np.float32), 1)
 
-    def latest(self) -> "KnowledgeBase":
-        """This KB at the committed version (``self`` when that is the one it reads); shares the model."""
+    def latest(self, verify: bool = True) -> "KnowledgeBase":
+        """This KB at the committed version (``self`` when that is the one it reads); shares the model.
+
+        ``verify``: check the version's files against their manifest checksums.
+        """
         if self.store.current() == self.version:
             return self
-        return KnowledgeBase(self.path, self.card, self.model, self.store.acquire())
+        return KnowledgeBase(self.path, self.card, self.model, self.store.acquire(), verify=verify)
 
     def close(self) -> None:
         """Release the version this object reads (it may then be pruned)."""
