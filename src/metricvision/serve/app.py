@@ -251,7 +251,7 @@ def create_app(
         im = await workers.run(decode_upload, data, max_upload_bytes, max_pixels)
         sample = Sample(image=np.asarray(im), label=label, caption=caption[:2000], meta=meta)
         ids = await _write(writes, lambda: writer.add([sample], timeout=min(budget_s, 30.0)))
-        _follow_own_write(live, writer)
+        await _write(writes, lambda: _follow_own_write(live, writer))  # loading is off the event loop too
         return {"id": ids[0], "version": writer.version, "image_url": f"/v1/items/{ids[0]}/image"}
 
     @app.delete("/v1/items/{raw_id}")
@@ -261,7 +261,7 @@ def create_app(
             await _write(writes, lambda: writer.remove([item_id], timeout=min(budget_s, 30.0)))
         except KeyError as e:
             raise BadRequest(404, str(e.args[0])) from None
-        _follow_own_write(live, writer)
+        await _write(writes, lambda: _follow_own_write(live, writer))  # loading is off the event loop too
         return {"removed": item_id, "version": writer.version}
 
     @app.get("/", include_in_schema=False)
