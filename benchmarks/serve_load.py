@@ -1,26 +1,37 @@
-"""Load test of `metricvision serve` on loopback: N requests at a fixed concurrency, p50/p95 latency.
+"""Load test of `metricvision serve` on loopback: fixed-concurrency phases, p50/p95 latency, recall, live writes.
 
-Starts the real server (uvicorn, 127.0.0.1, free port) on a KB and sends a bounded mix of
-text queries, image uploads and item lookups; every request must succeed.
+Starts the real server (`metricvision serve` in its own process, 127.0.0.1, free port) on a KB and, for each concurrency,
+sends a bounded mix of requests; every request must succeed. With ``--exact`` (the vectors
+file of benchmarks/synthetic_kb.py) the text queries' top-10 is compared with exact search.
+With ``--writes-per-s`` a writer adds items during the phases, alternating POST /v1/items
+and a separate in-process KnowledgeBase writer (what `kb add` does: writer lock, new version,
+the server follows CURRENT), and measures how long each item takes to become searchable.
 
-    python benchmarks/serve_load.py KB [--requests 500] [--concurrency 8]
+    python benchmarks/serve_load.py KB [--requests 500] [--concurrency 1,16] [--mix text,image,item]
+        [--exact KB.vectors.npy] [--writes-per-s 2]
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import socket
+import subprocess
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from typing import List, Tuple
 
 import httpx
 import numpy as np
-import uvicorn
 from PIL import Image
 
+from metricvision.data import Sample
+from metricvision.index.flat import FlatIndex
 from metricvision.kb.store import KnowledgeBase
-from metricvision.serve.app import create_app
+
+WORDS = ("red", "green", "blue", "yellow", "black", "orange", "circle", "square", "triangle", "wooden", "metal",
+         "glass", "lamp", "chair", "cup", "bottle", "clock", "vase")
 
 
 def free_port() -> int:
@@ -29,60 +40,157 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Writer(threading.Thread):
+    """Adds one item every 1 / rate seconds, alternating the HTTP write API and a second KB writer."""
+
+    def __init__(self, client: httpx.Client, kb_path: str, rate: float, png: bytes) -> None:
+        super().__init__(daemon=True)
+        self.client, self.rate, self.png = client, rate, png
+        self.kb = KnowledgeBase.open(kb_path)
+        self.stop = threading.Event()
+        self.visible_s: List[float] = []
+        self.errors: List[str] = []
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.wait(1.0 / self.rate):
+            token = f"zqx{n}w{int(time.time())}"
+            t0 = time.perf_counter()
+            try:
+                if n % 2 == 0:
+                    r = self.client.post("/v1/items", files={"image": ("w.png", self.png, "image/png")},
+                                         data={"caption": f"written {token}", "metadata": '{"source": "bench"}'})
+                    if r.status_code != 201:
+                        raise RuntimeError(f"POST /v1/items: {r.status_code} {r.text[:200]}")
+                    item_id = r.json()["id"]
+                else:
+                    x = self.kb.model.encode_text([f"written {token}"]).numpy()
+                    item_id = self.kb.add_embedded([Sample(image=np.asarray(Image.open(io.BytesIO(self.png)).convert("RGB")),
+                                                           caption=f"written {token}")], x)[0]
+                while True:  # searchable = found by a keyword search on its unique word
+                    hits = self.client.post("/v1/search", data={"text": token, "mode": "keyword", "k": "1"}).json()["hits"]
+                    if hits and hits[0]["id"] == item_id:
+                        break
+                    if time.perf_counter() - t0 > 30:
+                        raise RuntimeError(f"item {item_id} not searchable after 30 s")
+                    time.sleep(0.02)
+                self.visible_s.append(time.perf_counter() - t0)
+            except Exception as e:  # counted and reported, never hidden
+                self.errors.append(str(e))
+            n += 1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kb")
-    ap.add_argument("--requests", type=int, default=500)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=500, help="requests per phase")
+    ap.add_argument("--concurrency", default="1,16", help="comma-separated concurrencies, one phase each")
+    ap.add_argument("--mix", default="text,image,item", help="request kinds cycled through: text, image, item, heat")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--exact", help="vectors .npy (row i = item i) for recall@k of the text queries against exact search")
+    ap.add_argument("--writes-per-s", type=float, default=0.0, help="items written per second during the phases")
+    ap.add_argument("--threads", type=int, default=4, help="server worker threads")
     a = ap.parse_args()
-    if not 1 <= a.requests <= 10000 or not 1 <= a.concurrency <= 64:
-        raise SystemExit("requests must be in [1, 10000] and concurrency in [1, 64]")
+    levels = [int(c) for c in a.concurrency.split(",")]
+    kinds = a.mix.split(",")
+    if not 1 <= a.requests <= 20000 or not all(1 <= c <= 64 for c in levels):
+        raise SystemExit("requests must be in [1, 20000] and each concurrency in [1, 64]")
+    if set(kinds) - {"text", "image", "item", "heat"}:
+        raise SystemExit(f"--mix takes text, image, item, heat; got {a.mix}")
     kb = KnowledgeBase.open(a.kb)
-    items = [kb.get(i) for i in range(min(len(kb), 50))]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, 3, replace=False)) for _ in range(200)]
+    ids = [int(i) for i in rng.choice(len(kb), min(len(kb), 50), replace=False)]
     uploads = []
-    for it in items[:10]:
+    for i in ids[:10]:
         buf = io.BytesIO()
-        Image.open(kb.image_path(it["id"])).save(buf, format="PNG")
+        Image.open(kb.image_path(i)).save(buf, format="PNG")
         uploads.append(buf.getvalue())
+    exact = None
+    if a.exact:
+        vectors = np.load(a.exact, mmap_mode="r")
+        flat = FlatIndex(vectors.shape[1])
+        flat.add(np.array(vectors), np.arange(len(vectors)))
+        exact = flat.search(kb.model.encode_text(texts).numpy(), a.k)[1]
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(a.kb), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=base, timeout=60.0)
-    text = kb.card.text_model is not None
+    server = subprocess.Popen([sys.executable, "-c", "import sys; from metricvision.cli import main; sys.exit(main(sys.argv[1:]))",
+                               "serve", a.kb, "--port", str(port), "--threads", str(a.threads)])
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise SystemExit("the server did not become ready")
+        time.sleep(0.2)
+    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0, limits=limits)
+    recall: List[float] = []
 
-    def one(n: int) -> tuple[str, float, int]:
-        kind = ("text", "image", "item")[n % 3] if text else ("image", "item")[n % 2]
+    async def one(aclient: httpx.AsyncClient, n: int) -> Tuple[str, float, int]:
+        kind = kinds[n % len(kinds)]
         t0 = time.perf_counter()
         if kind == "text":
-            r = client.post("/v1/search", data={"text": items[n % len(items)]["caption"], "k": str(a.k)})
-        elif kind == "image":
-            r = client.post("/v1/search", files={"image": ("q.png", uploads[n % len(uploads)], "image/png")}, data={"k": str(a.k)})
+            r = await aclient.post("/v1/search", data={"text": texts[n % len(texts)], "k": str(a.k)})
+            if exact is not None and r.status_code == 200:
+                got = {h["id"] for h in r.json()["hits"]}
+                recall.append(len(got & set(exact[n % len(texts)].tolist())) / a.k)
+        elif kind in ("image", "heat"):
+            data = {"k": str(a.k), "with_heatmap": "true" if kind == "heat" else "false"}
+            r = await aclient.post("/v1/search", files={"image": ("q.png", uploads[n % len(uploads)], "image/png")}, data=data)
         else:
-            r = client.get(f"/v1/items/{items[n % len(items)]['id']}")
+            r = await aclient.get(f"/v1/items/{ids[n % len(ids)]}")
         return kind, time.perf_counter() - t0, r.status_code
 
-    for n in range(6):  # warm-up: load the models
-        one(n)
-    start = time.perf_counter()
-    with ThreadPoolExecutor(a.concurrency) as pool:
-        results = list(pool.map(one, range(a.requests)))
-    wall = time.perf_counter() - start
-    server.should_exit = True
-    thread.join(timeout=10)
-    errors = sum(status != 200 for _, _, status in results)
-    print(f"{a.requests} requests, concurrency {a.concurrency}, KB of {len(kb)} items, {wall:.1f} s, "
-          f"{a.requests / wall:.1f} req/s, errors: {errors}")
-    print("| request | n | p50 ms | p95 ms |\n|---|---|---|---|")
-    for kind in ("text", "image", "item", "all"):
-        lat = np.array([t for k, t, _ in results if kind in (k, "all")]) * 1000
-        if len(lat):
-            print(f"| {kind} | {len(lat)} | {np.percentile(lat, 50):.1f} | {np.percentile(lat, 95):.1f} |")
+    async def phase(concurrency: int, requests: range) -> List[Tuple[str, float, int]]:
+        """``requests`` sent by ``concurrency`` clients from one event loop (no GIL contention in the client)."""
+        todo = iter(requests)
+        out: List[Tuple[str, float, int]] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60.0, limits=limits) as aclient:
+            async def worker() -> None:
+                for n in todo:
+                    out.append(await one(aclient, n))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return out
+
+    asyncio.run(phase(1, range(2 * len(kinds))))  # warm-up
+    writer = None
+    if a.writes_per_s > 0:
+        writer = Writer(client, a.kb, a.writes_per_s, uploads[0])
+        writer.start()
+    errors, rates = 0, {}
+    print(f"KB of {len(kb)} items, {a.requests} requests per phase, mix {a.mix}, server threads {a.threads}"
+          + (f", {a.writes_per_s:g} writes/s" if writer else ""))
+    print("| concurrency | req/s | errors | request | n | p50 ms | p95 ms |\n|---|---|---|---|---|---|---|")
+    for c in levels:
+        start = time.perf_counter()
+        results = asyncio.run(phase(c, range(a.requests)))
+        wall = time.perf_counter() - start
+        bad = sum(status != 200 for _, _, status in results)
+        errors += bad
+        rates[c] = a.requests / wall
+        for kind in [*dict.fromkeys(k for k, _, _ in results), "all"]:
+            lat = np.array([t for k, t, _ in results if kind in (k, "all")]) * 1000
+            print(f"| {c} | {rates[c]:.1f} | {bad} | {kind} | {len(lat)} | {np.percentile(lat, 50):.1f} | {np.percentile(lat, 95):.1f} |")
+    if len(levels) > 1:
+        print(f"throughput at concurrency {levels[-1]} / concurrency {levels[0]}: {rates[levels[-1]] / rates[levels[0]]:.2f}x")
+    if recall:
+        print(f"recall@{a.k} of text queries against exact search: {np.mean(recall):.3f} ({len(recall)} queries)")
+    if writer:
+        writer.stop.set()
+        writer.join(timeout=60)
+        vis = np.array(writer.visible_s)
+        print(f"writes: {len(vis)} items searchable, errors {len(writer.errors)}; write-to-searchable "
+              f"p50 {np.percentile(vis, 50):.2f} s, max {vis.max():.2f} s" if len(vis) else "writes: none finished")
+        errors += len(writer.errors)
+        for e in writer.errors[:5]:
+            print("  write error:", e)
+    server.terminate()
+    server.wait(timeout=30)
     if errors:
         raise SystemExit(f"{errors} requests failed")
 

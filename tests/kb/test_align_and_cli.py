@@ -34,7 +34,7 @@ def test_class_captions_needs_captions():
 
 def test_cli_build_add_search(tmp_path, shapes_kb, capsys):
     csv_path = write_folder(tmp_path / "folder")
-    ckpt = shapes_kb.card.checkpoint
+    ckpt = str(shapes_kb.path / shapes_kb.card.checkpoint)  # stored relative to the KB folder
     assert main(["kb", "build", str(tmp_path / "kb"), "--from-folder", str(tmp_path / "folder"),
                  "--captions", str(csv_path), "--checkpoint", ckpt, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["items"] == 24

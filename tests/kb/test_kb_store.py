@@ -57,8 +57,10 @@ def test_add_appends_and_a_failed_write_leaves_previous_version(tmp_path, shapes
     second = kb.add(samples_from_folder(tmp_path / "folder", csv_path)[10:])
     assert first == list(range(10)) and second == list(range(10, 24)) and kb.version == 3
     assert kb.get(12)["metadata"] == {"color": shape_classes()[12].meta["color"]}
-    assert kb.image_path(12) == (tmp_path / "folder" / "12.png").resolve()
-    with pytest.raises(ValueError, match="dimension 384"):  # fails after the new items table is written
+    # images are copied in: the KB folder is self-contained
+    assert kb.image_path(12) == kb.path / "images" / "12.png"
+    assert kb.image_path(12).read_bytes() == (tmp_path / "folder" / "12.png").read_bytes()
+    with pytest.raises(ValueError, match="dimension 384"):
         kb.add_embedded(shape_classes()[:2], np.zeros((2, 5), np.float32))
     reopened = KnowledgeBase.open(tmp_path / "kb")
     assert len(reopened) == 24 and reopened.version == 3

@@ -34,7 +34,7 @@ def bomb_png(side: int = 20000) -> bytes:
 
 
 def test_health_text_image_and_item(client):
-    assert client.get("/healthz").json() == {"status": "ok", "items": 24, "text": True}
+    assert client.get("/healthz").json() == {"status": "ok", "items": 24, "text": True, "version": 2}
     r = client.post("/v1/search", data={"text": "green triangle", "k": "2"})
     assert r.status_code == 200 and [h["caption"] for h in r.json()["hits"]] == ["green triangle"] * 2
     r = client.post("/v1/search", files={"image": ("q.png", png_bytes(draw("square", "blue")), "image/png")},

@@ -1,13 +1,11 @@
 """Drive the web page in a real headless Chromium against the real server (uvicorn on loopback)."""
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from shapes import draw
+from live_server import running
+from shapes import draw, shape_classes
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = [
@@ -17,29 +15,12 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(shapes_kb_path):
-    uvicorn = pytest.importorskip("uvicorn")
     from metricvision.serve.app import create_app
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(shapes_kb_path), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        if time.time() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running(create_app(shapes_kb_path)) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +48,13 @@ def wait_for(driver, condition, timeout=60.0):
 
 
 def captions(driver):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .caption")]
+    try:
+        return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .caption")]
+    except StaleElementReferenceException:  # the results were re-rendered while being read
+        return []
 
 
 def test_text_query_image_upload_boxes_and_url_state(server, browser, tmp_path):
@@ -125,3 +110,24 @@ def test_errors_are_shown_and_the_page_keeps_working(server, browser, tmp_path):
     browser.find_element(By.ID, "clear-image").click()
     browser.find_element(By.ID, "text").send_keys("green square", Keys.ENTER)
     wait_for(browser, lambda d: captions(d) and captions(d)[0] == "green square")
+
+
+def test_page_shows_items_added_live(kb_copy, browser):
+    import io
+
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    from metricvision.kb.store import KnowledgeBase
+    from metricvision.serve.app import create_app
+
+    with running(create_app(kb_copy)) as base:
+        browser.get(base + "/")
+        wait_for(browser, lambda d: "24 items" in d.find_element(By.ID, "kb-info").text)
+        buf = io.BytesIO()
+        Image.fromarray(draw("circle", "blue")).save(buf, format="PNG")
+        r = httpx.post(base + "/v1/items", files={"image": ("a.png", buf.getvalue(), "image/png")}, data={"caption": "live zebra"})
+        assert r.status_code == 201
+        wait_for(browser, lambda d: "live zebra" in d.find_element(By.ID, "recent").text, timeout=15)
+        KnowledgeBase.open(kb_copy).add(shape_classes()[:1])  # a `kb add` from elsewhere shows too
+        wait_for(browser, lambda d: "26 items" in d.find_element(By.ID, "kb-info").text, timeout=15)

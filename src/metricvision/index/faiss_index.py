@@ -144,6 +144,32 @@ class FaissIndex:
             return overfetch_search(self._raw_search, qa, k, lambda i: ~np.isin(i, removed), int(self._index.ntotal))
         return self._raw_search(qa, k)
 
+    def search_allowed(self, q: ArrayLike, k: int, allowed: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k of (Q, D) queries among (n,) allowed ids, filtered inside the faiss search (an ID selector).
+
+        Returns:
+            (scores (Q, k) float32, ids (Q, k) int64), -inf / -1 padded.
+        """
+        faiss = import_faiss()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        qa = as_float32(q, self.dim, "queries")
+        keep = np.setdiff1d(np.asarray(allowed, dtype=np.int64), self._removed)
+        if not self.is_trained or self._index.ntotal == 0 or keep.size == 0:
+            return np.full((qa.shape[0], k), -np.inf, np.float32), np.full((qa.shape[0], k), -1, np.int64)
+        selector = faiss.IDSelectorBatch(keep)
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+        elif "HNSW" in self.spec:
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=faiss.downcast_index(self._index.index).hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        distances, ids = self._index.search(qa, k, params=params)
+        scores = (-distances if self.metric == "l2" else distances).astype(np.float32, copy=False)
+        scores[ids < 0] = -np.inf
+        return scores, ids.astype(np.int64, copy=False)
+
     def _config(self) -> dict[str, Any]:
         return {"dim": self.dim, "spec": self.spec, "metric": self.metric, "params": self.params,
                 "train_size": self.train_size, "seed": self.seed}

@@ -1,4 +1,7 @@
-"""Filtered search: keep only allowed ids, by over-fetching from any Index and filtering.
+"""Filtered search: keep only allowed ids.
+
+An index with ``search_allowed(q, k, allowed_ids)`` (FaissIndex: a faiss ID selector)
+filters inside its own search; any other Index is searched with over-fetching and filtering.
 
 A filter is either a collection of allowed ids or a predicate mapping an (n,) int64 id
 array to an (n,) bool mask; ``column_filter`` builds a predicate over a metadata column.
@@ -104,4 +107,6 @@ def filtered_search(index: Index, q: ArrayLike, k: int, allowed: IdFilter, overf
         (scores (Q, k) float32, ids (Q, k) int64), -inf / -1 padded.
     """
     qa = as_float32(q, index.dim, "queries")
+    if hasattr(index, "search_allowed") and not callable(allowed):
+        return index.search_allowed(qa, k, np.unique(np.asarray(list(allowed) if isinstance(allowed, (set, frozenset)) else allowed, dtype=np.int64)))
     return overfetch_search(index.search, qa, k, as_predicate(allowed), len(index), overfetch)

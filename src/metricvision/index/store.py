@@ -5,12 +5,18 @@ Layout::
     DIR/v000001/index.bin + manifest.json
     DIR/v000002/...
     DIR/CURRENT          "v000002": the committed version, replaced atomically
+    DIR/WRITER           the writer lock (flock) and the PID of the process holding it
+    DIR/v000002/LEASE    readers hold a shared flock on it while they use the version
 
 A version is written under ``DIR/.tmp-v000003-PID`` and renamed into place, and only
 then does CURRENT move, so a crash at any point leaves the previous version readable.
+One writer at a time (``writer()``); ``prune`` never deletes a version a reader holds
+(``acquire()``), in this process or another: the kernel drops a dead reader's lock.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +24,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from metricvision._atomic import atomic_write
 from metricvision.index.base import INDEXES, Index
@@ -26,6 +32,8 @@ from metricvision.index.base import INDEXES, Index
 FORMAT = 1
 INDEX_FILE = "index.bin"
 MANIFEST = "manifest.json"
+LEASE = "LEASE"
+WRITER = "WRITER"
 _VERSION = re.compile(r"^v(\d{6})$")
 
 
@@ -43,6 +51,30 @@ def registered_name(index: Index) -> str:
         if INDEXES.get(name) is type(index):
             return name
     raise ValueError(f"{type(index).__name__} is not a registered index; expected one of: {', '.join(INDEXES.names())}")
+
+
+class StoreBusy(RuntimeError):
+    """Another writer holds the store's writer lock."""
+
+
+class Lease:
+    """A reader's hold on one version: a shared flock on its LEASE file until ``release()``.
+
+    Attributes:
+        version: the version held.
+    """
+
+    def __init__(self, version: int, fd: int) -> None:
+        self.version, self._fd = version, fd
+
+    def release(self) -> None:
+        """Let ``prune`` delete the version (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class IndexStore:
@@ -88,7 +120,7 @@ class IndexStore:
             The new version number.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".tmp-v*"):  # left by a crashed writer
+        for stale in [*self.root.glob(".tmp-v*"), *self.root.glob(".trash-v*")]:  # left by a crashed writer
             shutil.rmtree(stale, ignore_errors=True)
         version = max(self.versions(), default=0) + 1
         tmp = self.root / f".tmp-v{version:06d}-{os.getpid()}"
@@ -100,6 +132,7 @@ class IndexStore:
             with atomic_write(tmp / MANIFEST) as f:
                 f.write(json.dumps(manifest, indent=2).encode())
             os.rename(tmp, self.root / f"v{version:06d}")
+            (self.root / f"v{version:06d}" / LEASE).touch()
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -140,11 +173,81 @@ class IndexStore:
         return INDEXES.get(manifest["kind"]).load(folder / INDEX_FILE)
 
     def prune(self, keep: int = 2) -> List[int]:
-        """Delete all but the newest ``keep`` versions (never the current one); returns those deleted."""
+        """Delete all but the newest ``keep`` versions, never the current one nor one a reader holds.
+
+        Returns:
+            The versions deleted.
+        """
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         current = self.current()
-        doomed = [v for v in self.versions()[:-keep] if v != current]
-        for v in doomed:
-            shutil.rmtree(self.root / f"v{v:06d}")
-        return doomed
+        deleted = []
+        for v in self.versions()[:-keep]:
+            folder = self.root / f"v{v:06d}"
+            if v == current:
+                continue
+            fd = os.open(folder / LEASE, os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a reader holds it: a later prune deletes it
+                os.close(fd)
+                continue
+            try:
+                trash = self.root / f".trash-v{v:06d}-{os.getpid()}"
+                os.rename(folder, trash)  # readers that look it up now find it gone and retry
+                shutil.rmtree(trash)
+                deleted.append(v)
+            finally:
+                os.close(fd)
+        return deleted
+
+    def acquire(self, version: Optional[int] = None) -> Lease:
+        """Hold ``version`` (default: the current one) so that ``prune`` keeps it until released.
+
+        Raises:
+            FileNotFoundError: when ``version`` (given explicitly) no longer exists.
+        """
+        for _ in range(100):
+            v = self.current() if version is None else version
+            if v is None:
+                raise FileNotFoundError(f"no committed index version in {self.root}")
+            folder = self.root / f"v{v:06d}"
+            try:
+                fd = os.open(folder / LEASE, os.O_RDONLY | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if (folder / MANIFEST).exists():  # still there once held: prune cannot take it now
+                    return Lease(v, fd)
+                os.close(fd)
+            if version is not None:
+                raise FileNotFoundError(f"version {version} not found in {self.root} (have {self.versions()})")
+        raise RuntimeError(f"could not hold a version of {self.root}: versions keep disappearing")
+
+    @contextlib.contextmanager
+    def writer(self, timeout: float = 60.0) -> Iterator[None]:
+        """Hold the store's writer lock (waiting up to ``timeout`` seconds) for the block.
+
+        Raises:
+            StoreBusy: naming the PID of the writer that kept it past ``timeout``.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / WRITER, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = (self.root / WRITER).read_text().strip() or "unknown"
+                        raise StoreBusy(f"{self.root.parent} is being written by PID {holder} "
+                                        f"(waited {timeout:g} s for its writer lock)") from None
+                    time.sleep(0.05)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)

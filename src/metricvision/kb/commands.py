@@ -31,8 +31,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--backbone", default="mobilenet_v2", help="pretrained backbone when no checkpoint is given")
             p.add_argument("--image-size", type=int, default=64, help="side images are resized to")
             p.add_argument("--index", default="Flat", help="index spec: Flat (exact) or a faiss factory string")
+            p.add_argument("--ray-workers", type=int, default=0, help="embed with this many Ray actors (bulk building)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
+
+    p = kb_sub.add_parser("remove", help="delete items by id (one new version)")
+    p.add_argument("dir", help="the KB folder")
+    p.add_argument("ids", nargs="+", type=int, help="item ids")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_remove)
 
     p = kb_sub.add_parser("align", help="align an image encoder to a text model's space and build a KB with it")
     p.add_argument("dir", help="output folder: checkpoint, combiner, metrics (and KB/ with --build-kb)")
@@ -82,7 +89,12 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     else:
         model = ImageTextModel(ModelCard(backbone=args.backbone, image_size=args.image_size))
     kb = KnowledgeBase.create(args.dir, model, index_spec=args.index)
-    kb.add(samples)
+    if args.ray_workers > 0:
+        from metricvision.kb.bulk import add_with_ray
+
+        add_with_ray(kb, samples, num_workers=args.ray_workers, image_root=args.from_folder)
+    else:
+        kb.add(samples, image_root=args.from_folder)
     return {"kb": str(kb.path), "items": len(kb), "skipped": skipped, "dim": model.dim, "text_model": model.card.text_model}
 
 
@@ -91,8 +103,16 @@ def _add(args: argparse.Namespace) -> Dict[str, Any]:
 
     kb = KnowledgeBase.open(args.dir)
     samples, skipped = _samples(args)
-    ids = kb.add(samples)
+    ids = kb.add(samples, image_root=args.from_folder)
     return {"kb": str(kb.path), "added": len(ids), "skipped": skipped, "items": len(kb), "version": kb.version}
+
+
+def _remove(args: argparse.Namespace) -> Dict[str, Any]:
+    from metricvision.kb.store import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.dir)
+    removed = kb.remove(args.ids)
+    return {"kb": str(kb.path), "removed": len(removed), "items": len(kb), "version": kb.version}
 
 
 def _align(args: argparse.Namespace) -> Dict[str, Any]:
@@ -109,7 +129,7 @@ def parse_filters(items: List[str]) -> Dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"filter must be KEY=VALUE, got '{item}'")
-        out[key] = int(value) if value.lstrip("-").isdigit() else value
+        out[key] = int(value) if value.lstrip("-").isascii() and value.lstrip("-").isdigit() else value
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -92,6 +93,9 @@ class ImageTextModel:
         self.card = card
         self.card.dim, self.card.head = embedder.dim, isinstance(embedder.head, torch.nn.Linear)
         self._text: Optional[TextEncoder] = None
+        # fast tokenizers refuse concurrent calls ("Already borrowed"): text encoding is serialized,
+        # image encoding (the Embedder stays in eval mode) runs in parallel
+        self._text_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> "ImageTextModel":
@@ -123,9 +127,10 @@ class ImageTextModel:
                 "build the KB with --checkpoint from `metricvision kb align`"
             )
         if self._text is None:
-            self._text = create_text_encoder(self.card.text_model)
-            if self._text.dim != self.dim:
-                raise ValueError(f"text model '{self.card.text_model}' has dim {self._text.dim}, images have {self.dim}")
+            text = create_text_encoder(self.card.text_model)
+            if text.dim != self.dim:
+                raise ValueError(f"text model '{self.card.text_model}' has dim {text.dim}, images have {self.dim}")
+            self._text = text
         return self._text
 
     def to_tensor(self, images: Sequence[Any], size: Optional[int] = None) -> torch.Tensor:
@@ -148,7 +153,8 @@ class ImageTextModel:
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(N,) strings -> (N, D) normalized embeddings in the images' space."""
-        return self.text.encode_text(texts)
+        with self._text_lock:
+            return self.text.encode_text(texts)
 
     def encode_dense(self, image: Any, max_side: int = 512) -> torch.Tensor:
         """One image -> (D, h, w) normalized features.

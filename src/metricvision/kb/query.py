@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from metricvision.data import load_image
@@ -13,6 +15,8 @@ from metricvision.kb.localize import boxes_from_map, heatmap_png, similarity_map
 from metricvision.kb.store import KnowledgeBase
 
 COMBINER_FILE = "combiner.safetensors"
+MODES = ("vector", "keyword", "hybrid")
+RRF_C = 60
 
 
 def load_combiner(kb: KnowledgeBase) -> Optional[Combiner]:
@@ -59,6 +63,24 @@ def localize_in_image(kb: KnowledgeBase, query: torch.Tensor, image: Any, **box_
     return {"heatmap_png": heatmap_png(heat), "boxes": [b.as_list() for b in boxes], "width": im.width, "height": im.height}
 
 
+def fuse_rrf(ranked: List[np.ndarray], k: int, c: int = RRF_C) -> Tuple[np.ndarray, np.ndarray]:
+    """Reciprocal rank fusion (Cormack et al. 2009): score(id) = sum over lists of 1 / (c + rank).
+
+    Args:
+        ranked: (n_i,) id arrays, best first (-1 entries are ignored).
+        k: results kept.
+
+    Returns:
+        (scores (n,), ids (n,)), best first, n <= k; ties keep first-seen order.
+    """
+    fused: Dict[int, float] = {}
+    for ids in ranked:
+        for rank, i in enumerate(int(i) for i in ids if i >= 0):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (c + rank + 1)
+    best = sorted(fused.items(), key=lambda t: -t[1])[:k]
+    return np.array([s for _, s in best], np.float32), np.array([i for i, _ in best], np.int64)
+
+
 def search(
     kb: KnowledgeBase,
     image: Any = None,
@@ -68,26 +90,51 @@ def search(
     with_heatmap: bool = False,
     text_weight: float = 0.5,
     combiner: Optional[Combiner] = None,
+    mode: str = "vector",
+    heatmap_top: Optional[int] = None,
+    deadline: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
     """Top-k items for a query.
+
+    Args:
+        mode: "vector" (embeddings), "keyword" (BM25 over captions, needs a text) or "hybrid"
+            (both ranked lists fused by reciprocal rank fusion; the score is the fused one).
+        heatmap_top: heat maps only for the first this many hits (default: all k).
+        deadline: ``time.monotonic()`` after which no further heat map is computed.
 
     Returns:
         hits, best first: the item's fields (id, image, caption, label, metadata) plus
         score, and with ``with_heatmap`` the boxes [x0, y0, x1, y1, score] in pixels of the
-        image (``size`` = [width, height]) and the heat map as base64 PNG (``heatmap``).
+        image (``size`` = [width, height]) and the heat map as base64 PNG (``heatmap``);
+        a hit whose map could not be made carries ``heatmap_error`` instead.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    q = embed_query(kb, image, text, text_weight, combiner)
-    scores, ids = kb.search(q[None].numpy(), k, filters)
-    valid = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got '{mode}'")
+    if mode != "vector" and not (text and text.strip()):
+        raise ValueError(f"mode '{mode}' needs a text")
+    q = embed_query(kb, image, text, text_weight, combiner) if mode != "keyword" or with_heatmap else None
+    if mode == "keyword":
+        scores, ids = kb.keyword_search(text, k, filters)
+    else:
+        fetch = k if mode == "vector" else max(k, 50)
+        vs, vi = kb.search(q[None].numpy(), fetch, filters)
+        scores, ids = (vs[0], vi[0]) if mode == "vector" else fuse_rrf([vi[0], kb.keyword_search(text, fetch, filters)[1]], k)
+    valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
     items = kb.items([i for _, i in valid])
     hits = []
-    for score, i in valid:
+    for rank, (score, i) in enumerate(valid):
         hit = {**items[i], "score": score}
-        if with_heatmap:
-            loc = localize_in_image(kb, q, kb.image_path(i))
-            hit["boxes"], hit["size"] = loc["boxes"], [loc["width"], loc["height"]]
-            hit["heatmap"] = base64.b64encode(loc["heatmap_png"]).decode("ascii")
+        if with_heatmap and rank < (k if heatmap_top is None else heatmap_top):
+            if deadline is not None and time.monotonic() > deadline:
+                hit["heatmap_error"] = "skipped: the request's time budget is spent"
+            else:
+                try:
+                    loc = localize_in_image(kb, q, kb.image_path(i))
+                    hit["boxes"], hit["size"] = loc["boxes"], [loc["width"], loc["height"]]
+                    hit["heatmap"] = base64.b64encode(loc["heatmap_png"]).decode("ascii")
+                except (OSError, ValueError) as e:  # image file gone or unreadable: the hit stays
+                    hit["heatmap_error"] = str(e)
         hits.append(hit)
     return hits

@@ -40,7 +40,7 @@ def samples_from_folder(folder: str | Path, captions: Optional[str | Path] = Non
             if not path.exists():
                 raise FileNotFoundError(f"{captions} line {n}: image {path} not found")
             label = row.pop("label", "") or "-1"
-            if not label.lstrip("-").isdigit():
+            if not (label.lstrip("-").isascii() and label.lstrip("-").isdigit()):
                 raise ValueError(f"{captions} line {n}: label must be an integer, got '{label}'")
             out.append(Sample(image=str(path), label=int(label), caption=row.pop("caption"), meta=dict(row)))
     return out

@@ -1,102 +1,165 @@
 """The HTTP API over a knowledge base (FastAPI) and its web page.
 
-Routes: POST /v1/search, GET /v1/items/{id}, GET /v1/items/{id}/image, GET /healthz,
-GET /metrics (Prometheus text), and the page at / (serve/static).
-"""
-import io
-import json
-import threading
-import time
-from pathlib import Path
-from typing import Any, Dict, Optional
+Routes: POST /v1/search, GET /v1/items/{id}, GET /v1/items/{id}/image, POST /v1/items,
+DELETE /v1/items/{id}, GET /v1/info, GET /healthz, GET /readyz, GET /metrics (Prometheus
+text), and the page at / (serve/static).
 
+Reads follow the committed version (LiveKB) and run concurrently in a bounded thread pool
+(decoding, embedding, search and heat maps never run on the event loop); writes go through
+the KB's writer lock and versioning, one at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Dict, Optional, Sequence
+
+import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
 
-from metricvision.kb.query import load_combiner, search
+from metricvision.data import Sample, load_image
+from metricvision.index.store import StoreBusy
+from metricvision.kb.live import LiveKB
+from metricvision.kb.query import MODES, load_combiner, search
 from metricvision.kb.store import KnowledgeBase
+from metricvision.serve.access import ApiKeys, RateLimiter
+from metricvision.serve.guard import Guard
+from metricvision.serve.inputs import (MAX_PIXELS, MAX_UPLOAD_BYTES, BadRequest, decode_upload, parse_filters,
+                                       parse_item_id, parse_metadata)
 from metricvision.serve.metrics import RequestMetrics
 
 STATIC = Path(__file__).parent / "static"
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-MAX_PIXELS = 16_000_000
 MAX_K = 100
+HEATMAP_TOP = 12
+FORM_OVERHEAD = 64 * 1024  # multipart headers and text fields around the image
 
 
-class BadRequest(Exception):
-    """A client error: HTTP status and message."""
+class Workers:
+    """A bounded pool for blocking work: at most ``threads`` run and ``queue`` wait; beyond, 503.
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+    Args:
+        threads: worker threads.
+        queue: requests allowed to wait for a thread.
+        budget_s: a request's time budget (waiting included); past it the client gets a 503.
+    """
 
+    def __init__(self, threads: int, queue: int, budget_s: float) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mv-serve")
+        self.slots = threads + queue
+        self.budget_s = budget_s
+        self._sem: Optional[asyncio.Semaphore] = None
 
-def decode_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Bytes of an uploaded image -> RGB PIL image, refusing oversize, non-image, bomb and truncated files."""
-    if len(data) > max_bytes:
-        raise BadRequest(413, f"image is {len(data)} bytes; the limit is {max_bytes}")
-    if not data:
-        raise BadRequest(400, "image is empty")
-    try:
-        im = Image.open(io.BytesIO(data))
-        # header-only check first: a decompression bomb is refused before any pixel is decoded
-        if im.width * im.height > max_pixels:
-            raise BadRequest(413, f"image is {im.width}x{im.height} pixels; the limit is {max_pixels} pixels")
-        im.load()
-        return im.convert("RGB")
-    except BadRequest:
-        raise
-    except UnidentifiedImageError:
-        raise BadRequest(400, "the upload is not an image (accepted: PNG, JPEG, GIF, BMP, WebP)") from None
-    except Image.DecompressionBombError as e:
-        raise BadRequest(413, f"image refused as a decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadRequest(400, f"image is truncated or corrupt: {e}") from None
-
-
-def parse_item_id(raw: str) -> int:
-    """A path segment -> item id; anything but a non-negative integer is a 400."""
-    if not raw.isdigit() or len(raw) > 18:
-        raise BadRequest(400, f"item id must be a non-negative integer, got '{raw[:64]}'")
-    return int(raw)
-
-
-def create_app(kb_path: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
-    """The FastAPI application serving the KB at ``kb_path``."""
-    kb = KnowledgeBase.open(kb_path)
-    combiner = load_combiner(kb)
-    lock = threading.Lock()  # Embedder.encode toggles train/eval mode: requests must not interleave on the model
-    metrics = RequestMetrics()
-    app = FastAPI(title="metricvision", version="1")
-    app.state.kb = kb
-
-    @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_upload_bytes + 65536:
-            # refused before the body is read or spooled
-            metrics.observe(request.method, _route(request), 413, time.perf_counter() - start)
-            return JSONResponse({"error": f"request body is {length} bytes; the image limit is {max_upload_bytes}"},
-                                status_code=413)
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on a worker thread, within the time budget."""
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.slots)
+        start = time.monotonic()
         try:
-            response = await call_next(request)
-        except Exception:
-            metrics.observe(request.method, _route(request), 500, time.perf_counter() - start)
-            raise
-        metrics.observe(request.method, _route(request), response.status_code, time.perf_counter() - start)
-        return response
+            await asyncio.wait_for(self._sem.acquire(), self.budget_s)
+        except asyncio.TimeoutError:
+            raise BadRequest(503, f"server busy: no worker free within {self.budget_s:g} s; retry later") from None
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+            left = self.budget_s - (time.monotonic() - start)
+            return await asyncio.wait_for(asyncio.shield(future), max(left, 0.001))
+        except asyncio.TimeoutError:
+            raise BadRequest(503, f"request exceeded its time budget of {self.budget_s:g} s") from None
+        finally:
+            self._sem.release()
+
+
+def create_app(
+    kb_path: str | Path,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    api_keys: Optional[ApiKeys] = None,
+    cors_origins: Sequence[str] = (),
+    rate_limit: Optional[float] = None,
+    rate_burst: int = 20,
+    threads: int = 4,
+    queue: int = 64,
+    budget_s: float = 10.0,
+) -> FastAPI:
+    """The FastAPI application serving the KB at ``kb_path``.
+
+    Args:
+        kb_path: the KB folder (its checkpoint is verified and its model loaded now).
+        max_upload_bytes: largest image upload; request bodies are cut off just above it.
+        max_pixels: largest image in pixels (checked from the header, before decoding).
+        api_keys: keys with read / write scopes; None leaves the API open.
+        cors_origins: origins allowed to call the API from a browser ("*" for any).
+        rate_limit: requests per second per client (API key, else address); None: unlimited.
+        rate_burst: requests a client may send at once above the rate.
+        threads: worker threads for decoding, embedding, search and heat maps.
+        queue: requests that may wait for a worker before the server answers 503.
+        budget_s: time budget of a request; heat maps past it are skipped.
+    """
+    live = LiveKB(kb_path)
+    first = live.snapshot()
+    if first.manifest["kind"] == "faiss":
+        from metricvision.index.faiss_index import import_faiss
+
+        # requests run in parallel on the worker threads; an OpenMP team inside each search
+        # would oversubscribe the cores (and spin), so faiss searches single-threaded here
+        import_faiss().omp_set_num_threads(1)
+    model = first.model  # built now: a broken model fails at start, not on every search
+    if first.card.text_model is not None:
+        model.text  # noqa: B018
+    writer = KnowledgeBase.open(first.path, model=model, writer=True)  # used by the write pool only
+    combiner = load_combiner(first)
+    workers = Workers(threads, queue, budget_s)
+    writes = ThreadPoolExecutor(1, thread_name_prefix="mv-write")
+    metrics = RequestMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        live.close()
+        workers.pool.shutdown(wait=False)
+        writes.shutdown(wait=False)
+
+    app = FastAPI(title="metricvision", version="1", lifespan=lifespan)
+    app.state.live, app.state.workers = live, workers
+    app.add_middleware(Guard, max_body=max_upload_bytes + FORM_OVERHEAD, metrics=metrics, keys=api_keys,
+                       limiter=RateLimiter(rate_limit, rate_burst) if rate_limit else None)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, e: BadRequest) -> JSONResponse:
         return JSONResponse({"error": e.message}, status_code=e.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"error": f"invalid request: {where}"}, status_code=400)
+
     @app.get("/healthz")
-    def healthz() -> Dict[str, Any]:
-        return {"status": "ok", "items": len(kb), "text": kb.card.text_model is not None}
+    def healthz() -> JSONResponse:
+        kb = live.snapshot()
+        try:
+            kb.check()
+        except Exception as e:
+            return JSONResponse({"status": "error", "error": f"{type(e).__name__}: {e}"}, status_code=503)
+        body = {"status": "ok", "items": len(kb), "version": kb.version, "text": kb.card.text_model is not None}
+        if live.error:
+            body.update(status="degraded", reload_error=live.error)
+        return JSONResponse(body)
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        lag = live.lag_s
+        ready = lag < 5.0 and live.error is None
+        return JSONResponse({"ready": ready, "version": live.snapshot().version, "reload_lag_s": round(lag, 3)},
+                            status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
@@ -104,8 +167,10 @@ def create_app(kb_path: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
 
     @app.get("/v1/info")
     def info() -> Dict[str, Any]:
-        return {"items": len(kb), "model_card": kb.card.__dict__, "combiner": combiner is not None,
-                "max_upload_bytes": max_upload_bytes}
+        kb = live.snapshot()
+        recent = [{"id": it["id"], "caption": it["caption"], "image_url": f"/v1/items/{it['id']}/image"} for it in kb.recent(8)]
+        return {"items": len(kb), "version": kb.version, "model_card": kb.card.__dict__, "combiner": combiner is not None,
+                "max_upload_bytes": max_upload_bytes, "modes": list(MODES), "recent": recent}
 
     @app.post("/v1/search")
     async def search_route(
@@ -115,46 +180,89 @@ def create_app(kb_path: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
         k: int = Form(10),
         filters: Optional[str] = Form(None),
         with_heatmap: bool = Form(False),
+        heatmap_top: int = Form(HEATMAP_TOP),
         text_weight: float = Form(0.5),
+        mode: str = Form("vector"),
     ) -> Dict[str, Any]:
         if not 1 <= k <= MAX_K:
             raise BadRequest(400, f"k must be in [1, {MAX_K}], got {k}")
+        if not 0 <= heatmap_top <= HEATMAP_TOP * 2:
+            raise BadRequest(400, f"heatmap_top must be in [0, {HEATMAP_TOP * 2}], got {heatmap_top}")
         if not 0.0 <= text_weight <= 1.0:
             raise BadRequest(400, f"text_weight must be in [0, 1], got {text_weight}")
-        query_image: Any = None
-        if image is not None and image.filename:
-            query_image = decode_upload(await image.read(max_upload_bytes + 1), max_upload_bytes, max_pixels)
-        elif item_id:
-            query_image = _item_image(kb, parse_item_id(item_id))
-        if query_image is None and not (text and text.strip()):
+        if mode not in MODES:
+            raise BadRequest(400, f"mode must be one of {MODES}, got '{mode[:32]}'")
+        kb, parsed = live.snapshot(), parse_filters(filters)
+        deadline = time.monotonic() + workers.budget_s * 0.8
+        upload = await image.read(max_upload_bytes + 1) if image is not None and image.filename else None
+        has_text = bool(text and text.strip())
+        if upload is None and not item_id and not has_text:
             raise BadRequest(400, "give an image, an item_id or a text")
-        if text and text.strip() and kb.card.text_model is None:
+        if has_text and kb.card.text_model is None and mode != "keyword":
             raise BadRequest(400, "this knowledge base has no text model; search with an image")
-        try:
-            hits = await run_in_threadpool(_locked_search, lock, kb, query_image, text, k, _filters(filters),
-                                           with_heatmap, text_weight, combiner)
-        except ValueError as e:
-            raise BadRequest(400, str(e)) from None
+
+        def run() -> list:
+            query_image: Any = None
+            if upload is not None:
+                query_image = decode_upload(upload, max_upload_bytes, max_pixels)
+            elif item_id:
+                query_image = _item_image(kb, parse_item_id(item_id))
+            try:
+                return search(kb, query_image, text, k, parsed, with_heatmap, text_weight, combiner, mode,
+                              heatmap_top, deadline)
+            except ValueError as e:
+                raise BadRequest(400, str(e)) from None
+
+        hits = await workers.run(run)
         for h in hits:
             h["image_url"] = f"/v1/items/{h['id']}/image"
             h.pop("image")
-        return {"hits": hits, "query": {"text": text, "item_id": item_id, "image": query_image is not None, "k": k}}
+        return {"hits": hits, "version": kb.version,
+                "query": {"text": text, "item_id": item_id, "image": upload is not None, "k": k, "mode": mode}}
 
     @app.get("/v1/items/{raw_id}/image")
     def item_image(raw_id: str) -> FileResponse:
-        item_id = parse_item_id(raw_id)
+        kb, item_id = live.snapshot(), parse_item_id(raw_id)
         _get(kb, item_id)
-        path = kb.image_path(item_id)
-        if not path.exists():
+        try:
+            path = kb.image_path(item_id)
+        except PermissionError as e:
+            raise BadRequest(404, str(e)) from None
+        if not path.is_file():
             raise BadRequest(404, f"image file of item {item_id} is missing")
         return FileResponse(path)
 
     @app.get("/v1/items/{raw_id:path}")  # after /image: path-like ids get a clear 400
     def item(raw_id: str) -> Dict[str, Any]:
-        it = _get(kb, parse_item_id(raw_id))
+        it = _get(live.snapshot(), parse_item_id(raw_id))
         it["image_url"] = f"/v1/items/{it['id']}/image"
         it.pop("image")
         return it
+
+    @app.post("/v1/items", status_code=201)
+    async def add_item(
+        image: UploadFile = File(...),
+        caption: str = Form(""),
+        label: int = Form(-1),
+        metadata: Optional[str] = Form(None),
+    ) -> Dict[str, Any]:
+        meta = parse_metadata(metadata)
+        data = await image.read(max_upload_bytes + 1)
+        im = await workers.run(decode_upload, data, max_upload_bytes, max_pixels)
+        sample = Sample(image=np.asarray(im), label=label, caption=caption[:2000], meta=meta)
+        ids = await _write(writes, lambda: writer.add([sample], timeout=min(budget_s, 30.0)))
+        await _write(writes, lambda: _follow_own_write(live, writer))  # loading is off the event loop too
+        return {"id": ids[0], "version": writer.version, "image_url": f"/v1/items/{ids[0]}/image"}
+
+    @app.delete("/v1/items/{raw_id}")
+    async def delete_item(raw_id: str) -> Dict[str, Any]:
+        item_id = parse_item_id(raw_id)
+        try:
+            await _write(writes, lambda: writer.remove([item_id], timeout=min(budget_s, 30.0)))
+        except KeyError as e:
+            raise BadRequest(404, str(e.args[0])) from None
+        await _write(writes, lambda: _follow_own_write(live, writer))  # loading is off the event loop too
+        return {"removed": item_id, "version": writer.version}
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -165,14 +273,16 @@ def create_app(kb_path: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, ma
     return app
 
 
-def _locked_search(lock: threading.Lock, kb: KnowledgeBase, *args: Any) -> list:
-    with lock:
-        return search(kb, *args)
+def _follow_own_write(live: LiveKB, writer: KnowledgeBase) -> None:
+    """Serve the version ``writer`` just committed; its files were checksummed as they were written."""
+    live.refresh(verify=writer.store.current() != writer.version)
 
 
-def _route(request: Any) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static") else "unmatched")
+async def _write(pool: ThreadPoolExecutor, fn: Callable[[], Any]) -> Any:
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+    except StoreBusy as e:
+        raise BadRequest(503, str(e)) from None
 
 
 def _get(kb: KnowledgeBase, item_id: int) -> Dict[str, Any]:
@@ -182,20 +292,9 @@ def _get(kb: KnowledgeBase, item_id: int) -> Dict[str, Any]:
         raise BadRequest(404, str(e.args[0])) from None
 
 
-def _item_image(kb: KnowledgeBase, item_id: int) -> Image.Image:
-    from metricvision.data import load_image
-
+def _item_image(kb: KnowledgeBase, item_id: int) -> Any:
     _get(kb, item_id)
-    return load_image(kb.image_path(item_id))
-
-
-def _filters(raw: Optional[str]) -> Dict[str, Any]:
-    if not raw:
-        return {}
     try:
-        filters = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise BadRequest(400, f"filters must be a JSON object, e.g. {{\"vendor\": \"google\"}}: {e}") from None
-    if not isinstance(filters, dict):
-        raise BadRequest(400, f"filters must be a JSON object, got {type(filters).__name__}")
-    return filters
+        return load_image(kb.image_path(item_id))
+    except (OSError, ValueError) as e:
+        raise BadRequest(404, f"image of item {item_id} cannot be read: {e}") from None

@@ -47,6 +47,7 @@ function stateToUrl() {
   p.set("k", $("k").value);
   if ($("heat").checked) p.set("heat", "1");
   if ($("weight").value !== "0.5") p.set("w", $("weight").value);
+  if ($("mode").value !== "vector") p.set("mode", $("mode").value);
   history.pushState(null, "", "?" + p.toString());
 }
 
@@ -56,6 +57,7 @@ function urlToState() {
   $("k").value = p.get("k") || "12";
   $("heat").checked = p.get("heat") === "1";
   $("weight").value = p.get("w") || "0.5";
+  $("mode").value = ["hybrid", "keyword"].includes(p.get("mode")) ? p.get("mode") : "vector";
   const item = p.get("item");
   itemQuery = item !== null && /^\d+$/.test(item) ? Number(item) : null;
   uploaded = null;
@@ -145,6 +147,7 @@ async function runSearch(pushUrl) {
   form.append("k", $("k").value);
   form.append("with_heatmap", $("heat").checked ? "true" : "false");
   form.append("text_weight", $("weight").value);
+  form.append("mode", $("mode").value);
   setStatus("Searching…");
   const t0 = performance.now();
   try {
@@ -182,12 +185,35 @@ async function init() {
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(true); });
   $("heat").addEventListener("change", () => $("results").classList.toggle("hide-heat", !$("heat").checked));
   window.addEventListener("popstate", () => { if (urlToState()) runSearch(false); });
+  await refreshInfo();
+  setInterval(refreshInfo, 2000); // items written by `kb add` or POST /v1/items appear without a reload
+  if (urlToState()) runSearch(false);
+}
+
+let shownVersion = null;
+
+async function refreshInfo() {
   try {
     const info = await (await fetch("/v1/info")).json();
+    if (info.version === shownVersion) return;
+    shownVersion = info.version;
     $("kb-info").textContent = `${info.items} items · ${info.model_card.backbone}` +
       (info.model_card.text_model ? ` + ${info.model_card.text_model}` : " (image search only)");
+    const strip = $("recent");
+    strip.replaceChildren();
+    for (const it of info.recent || []) {
+      const fig = document.createElement("figure");
+      fig.dataset.id = it.id;
+      const img = document.createElement("img");
+      img.src = it.image_url;
+      img.alt = it.caption;
+      const cap = document.createElement("figcaption");
+      cap.textContent = it.caption;
+      fig.append(img, cap);
+      strip.append(fig);
+    }
+    $("recent-box").hidden = !strip.children.length;
   } catch (e) { /* the page still works without the banner */ }
-  if (urlToState()) runSearch(false);
 }
 
 init();
