@@ -6,6 +6,9 @@ from metricvision.index import filtered_search
 from metricvision.index.flat import FlatIndex
 
 pytest.importorskip("faiss")
+# as pytorch-metric-learning does: this replaces faiss' search with a wrapper that has no params=
+import faiss.contrib.torch_utils  # noqa: E402,F401
+
 from metricvision.index.faiss_index import FaissIndex  # noqa: E402
 
 

@@ -165,7 +165,10 @@ class FaissIndex:
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=faiss.downcast_index(self._index.index).hnsw.efSearch)
         else:
             params = faiss.SearchParameters(sel=selector)
-        distances, ids = self._index.search(qa, k, params=params)
+        # faiss.contrib.torch_utils (imported by e.g. pytorch-metric-learning) replaces ``search`` with
+        # a torch-aware wrapper that drops ``params``; the numpy method it keeps takes them
+        search = getattr(self._index, "search_numpy", self._index.search)
+        distances, ids = search(qa, k, params=params)
         scores = (-distances if self.metric == "l2" else distances).astype(np.float32, copy=False)
         scores[ids < 0] = -np.inf
         return scores, ids.astype(np.int64, copy=False)
