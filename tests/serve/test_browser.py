@@ -75,7 +75,7 @@ def test_text_query_image_upload_boxes_and_url_state(server, browser, tmp_path):
     Image.fromarray(draw("triangle", "red")).save(query)
     box.clear()
     browser.find_element(By.ID, "file").send_keys(str(query))
-    wait_for(browser, lambda d: captions(d) and captions(d)[0] == "red triangle")
+    wait_for(browser, lambda d: captions(d)[:1] == ["red triangle"])
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit .box"))
     assert browser.find_elements(By.CSS_SELECTOR, "#results .hit img.heat")
     first_box = browser.find_element(By.CSS_SELECTOR, "#results .hit .box")
@@ -109,7 +109,7 @@ def test_errors_are_shown_and_the_page_keeps_working(server, browser, tmp_path):
     wait_for(browser, lambda d: d.find_element(By.ID, "clear-image").is_displayed())
     browser.find_element(By.ID, "clear-image").click()
     browser.find_element(By.ID, "text").send_keys("green square", Keys.ENTER)
-    wait_for(browser, lambda d: captions(d) and captions(d)[0] == "green square")
+    wait_for(browser, lambda d: captions(d)[:1] == ["green square"])
 
 
 def test_page_shows_items_added_live(kb_copy, browser):
