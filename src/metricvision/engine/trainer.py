@@ -43,7 +43,9 @@ class Hook(Protocol):
     on_fit_start(trainer); on_epoch_start(trainer, epoch);
     targets(trainer, indices (B,), labels (B,)) -> labels (B,) used by the loss;
     batch_sampler(trainer, epoch) -> the epoch's batches of dataset indices (default: PK on labels);
-    on_epoch_end(trainer, epoch, record).
+    extra_loss(trainer, indices (B,), embeddings (B, D)) -> LossOutput added to the loss (a teacher,
+        a previous model); on_epoch_end(trainer, epoch, record);
+    on_fit_end(trainer, metrics): may add entries to the final metrics before metrics.json is written.
     """
 
 
@@ -130,6 +132,7 @@ class Trainer:
         self.scheduler = build_schedule(self.optimizer, recipe.optim.warmup_steps, self.total_steps)
         self.history: Dict[str, List[Any]] = {"step_loss": [], "epochs": [], "warnings": []}
         self.epoch = 0
+        self.batch_indices = torch.empty(0, dtype=torch.int64)  # dataset indices of the batch being trained
 
     def _supervision_hooks(self) -> List[Any]:
         sup = self.recipe.supervision
@@ -203,6 +206,7 @@ class Trainer:
         if self.epoch < r.train.epochs:
             self._warn(f"stopped at epoch {self.epoch}/{r.train.epochs} by train.max_minutes={r.train.max_minutes:g}")
         metrics: Dict[str, Any] = dict(self.evaluate())
+        self._call("on_fit_end", metrics)
         metrics["train_minutes"] = (time.time() - start) / 60
         metrics["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         metrics["epochs_trained"] = self.epoch
@@ -252,6 +256,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}", leave=False, dynamic_ncols=True)
         for step, (x, y, idx) in enumerate(bar):
             x, y = x.to(self.device), y.to(self.device)
+            self.batch_indices = idx
             for h in self.hooks:
                 if hasattr(h, "targets"):
                     y = h.targets(self, idx, y).to(self.device)
@@ -301,7 +306,15 @@ class Trainer:
         """
         z = self.model(x)
         with torch.autocast(self.device.type, enabled=False):
-            return self.loss(z.float(), y)
+            return self.hook_losses(self.loss(z.float(), y), z.float())
+
+    def hook_losses(self, out: LossOutput, z: torch.Tensor) -> LossOutput:
+        """``out`` plus every hook's ``extra_loss`` on the (B, D) embeddings of the current batch."""
+        for h in self.hooks:
+            if hasattr(h, "extra_loss"):
+                extra = h.extra_loss(self, self.batch_indices, z)
+                out = LossOutput(out.value + extra.value, {**out.logs, **extra.logs})
+        return out
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
