@@ -10,7 +10,8 @@ from metricvision.supervision import SUPERVISIONS, LabelPropagation, ManifoldMin
 
 TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "data.image_size=24",
         "data.batch_size=16", "train.epochs=2", "optim.warmup_steps=2", "eval.clustering=false"]
-NEED_A_RUN = {"distillation"}  # needs a teacher run folder: test_distill_recipe.py
+# settings that need their recipe section: a teacher run (test_distill_recipe.py), a task sequence (test_incremental_metric.py)
+NEED_A_RUN = {"distillation", "incremental_metric"}
 
 
 def supervision_events(run_dir):
