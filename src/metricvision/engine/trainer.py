@@ -40,6 +40,8 @@ class NonFiniteError(ValueError):
 class Hook(Protocol):
     """Optional callbacks; a supervision setting implements the ones it needs.
 
+    setup(trainer): once the model and loss exist, before the optimizer; a hook that is an nn.Module
+        may create its parameters here (they train at optim.loss_lr and are checkpointed);
     on_fit_start(trainer); on_epoch_start(trainer, epoch);
     targets(trainer, indices (B,), labels (B,)) -> labels (B,) used by the loss;
     batch_sampler(trainer, epoch) -> the epoch's batches of dataset indices (default: PK on labels);
@@ -117,6 +119,7 @@ class Trainer:
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
+        self._call("setup")
         d, size = recipe.data, recipe.data.image_size
         self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
                                       crop=d.crop_to_box)
@@ -128,6 +131,9 @@ class Trainer:
             raise ValueError(f"eval.whitening must be one of {WHITENINGS}, got '{recipe.eval.whitening}'")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = build_optimizer(recipe, self.model, self.loss)
+        own = [p for h in self.hooks if isinstance(h, torch.nn.Module) for p in h.to(self.device).parameters() if p.requires_grad]
+        if own:
+            self.optimizer.add_param_group({"params": own, "lr": recipe.optim.loss_lr, "weight_decay": 0.0})
         self.total_steps = recipe.train.epochs * len(self.sampler)
         self.scheduler = build_schedule(self.optimizer, recipe.optim.warmup_steps, self.total_steps)
         self.history: Dict[str, List[Any]] = {"step_loss": [], "epochs": [], "warnings": []}
@@ -150,7 +156,8 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------
     def _modules(self) -> Dict[str, torch.nn.Module]:
-        return {"model": self.model, "loss": self.loss}
+        hooks = {f"hook_{type(h).__name__}": h for h in self.hooks if isinstance(h, torch.nn.Module)}
+        return {"model": self.model, "loss": self.loss, **hooks}
 
     def save(self) -> None:
         """Checkpoint the end of epoch ``self.epoch`` (atomic); never replaces a good one with non-finite weights."""
