@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "metricvision.kb.commands",
     "metricvision.serve.commands",
     "metricvision.engine.distributed_commands",
+    "metricvision.supervision.commands",
 ]
 
 

@@ -39,3 +39,27 @@ def test_dense_refuses_small_maps(tmp_path, emoji_small):
     train, test = emoji_small
     with pytest.raises(ValueError, match="maps of at least 5 x 5, got 3 x 3 at data.image_size=24"):
         Trainer(load_recipe("fewshot_dense", TINY + ["data.image_size=24"]), tmp_path / "run", train, test)
+
+
+@pytest.mark.slow  # embeds the emoji test split (about 30 s on a loaded 2-core machine)
+def test_implant_command_evaluates_a_dense_run(tmp_path, emoji_small):
+    import json
+
+    from metricvision.cli import main
+    from metricvision.engine.runs import load_run
+    from metricvision.supervision.implant import BackboneImplant, block_maps
+
+    train, test = emoji_small
+    run = tmp_path / "run"
+    Trainer(load_recipe("fewshot_dense", TINY + ["eval.clustering=false"]), run, train, test).fit()
+    # the implant sees the last block's input, strided to its output, and keeps the block's own maps first
+    _, model = load_run(run)
+    stem, last = block_maps(model.backbone, torch.rand(2, 3, 40, 40))
+    imp = BackboneImplant(stem.shape[1], 8, stem.shape[-1] // last.shape[-1])
+    out = imp(stem, last)
+    assert out.shape == (2, last.shape[1] + 8, *last.shape[-2:]) and torch.equal(out[:, : last.shape[1]], last)
+    # the command reads the run's evaluation dataset (emoji test: 2 renderings per identity in the real split)
+    assert main(["implant", str(run), "--n-way", "3", "--k-shot", "1", "--n-query", "1", "--episodes", "3",
+                 "--steps", "2", "--json"]) == 0
+    result = json.loads((run / "implant.json").read_text())
+    assert result["episodes"] == 3 and 0 <= result["accuracy"] <= 1 and 0 <= result["frozen_accuracy"] <= 1
