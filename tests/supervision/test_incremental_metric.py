@@ -71,3 +71,21 @@ def test_report_plots_the_accuracy_of_each_task_over_time(tmp_path):
     page = write_report(tmp_path, "inc", metrics, {"step_loss": []}, {}).read_text()
     assert "alt='task accuracy'" in page
     assert "alt='task accuracy'" not in write_report(tmp_path, "x", {"map@r": 0.5}, {"step_loss": []}, {}).read_text()
+
+
+def test_icarl_recipe_runs_the_same_task_sequence(tmp_path, emoji_small):
+    from metricvision.supervision.icarl import ICaRL
+
+    train, test = emoji_small
+    metric = Trainer(load_recipe("incremental_metric", TINY), tmp_path / "metric", train, test)
+    t = Trainer(load_recipe("incremental_icarl", TINY), tmp_path / "icarl", train, test)
+    (hook,) = [h for h in t.hooks if isinstance(h, ICaRL)]
+    seen = []
+    t.hooks.append(type("Spy", (), {"targets": lambda self, tr, idx, y: seen.append(y.clone()) or y})())
+    metrics = t.fit()
+    (m_hook,) = [h for h in metric.hooks if isinstance(h, IncrementalMetric)]
+    m_hook.on_fit_start(metric)
+    assert [a.tolist() for a in m_hook.tasks_] == [a.tolist() for a in hook.tasks_]
+    assert bool((torch.cat(seen) == -1).all())  # the metric loss sees no labels
+    assert 0 <= metrics["incremental_nme_average_incremental_accuracy"] <= 1 and hook.old_classifier_ is not None
+    assert "classifier.weight" in t._modules()["hook_ICaRL"].state_dict()  # checkpointed with the run

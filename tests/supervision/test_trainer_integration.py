@@ -10,9 +10,10 @@ from metricvision.supervision import SUPERVISIONS, LabelPropagation, ManifoldMin
 
 TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "data.image_size=24",
         "data.batch_size=16", "train.epochs=2", "optim.warmup_steps=2", "eval.clustering=false"]
-# settings that need their recipe: a teacher run (test_distill_recipe.py), a task sequence (test_incremental_metric.py),
+# settings that need their recipe: a teacher run (test_distill_recipe.py), a task sequence (test_incremental_metric.py:
+# incremental_metric, icarl),
 # the meta-embedding loss (test_oltr.py), maps of 5 x 5 (test_dense_implant.py)
-NEED_A_RUN = {"distillation", "incremental_metric", "oltr", "dense_classification"}
+NEED_A_RUN = {"distillation", "incremental_metric", "icarl", "oltr", "dense_classification"}
 
 
 def supervision_events(run_dir):
