@@ -12,7 +12,9 @@ compensation (SDC, Yu et al., CVPR 2020): the drift of an old mean is the Gaussi
 average of the drifts (new minus old embedding) of the current task's training samples.
 
 A fraction ``test_fraction`` of every class's training samples is held out for this per-task
-evaluation (never trained on); the recipe's own protocol still runs at the end.
+evaluation (never trained on); the recipe's own protocol still runs at the end. An epoch of a task
+draws as many P x K batches as the Trainer's epoch over the whole training set (so the LR schedule
+is unchanged), classes uniformly among the task's new classes and those of the memory.
 """
 from __future__ import annotations
 

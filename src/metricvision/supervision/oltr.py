@@ -39,8 +39,6 @@ class OLTR(Supervision):
         threshold: open-set rejection below this softmax confidence (OLTR: 0.1).
     """
 
-    needs_embeddings = True
-
     def __init__(self, samples_per_class: int = 4, threshold: float = 0.1) -> None:
         super().__init__(None, 1.0, 0, samples_per_class)
         self.threshold = threshold
