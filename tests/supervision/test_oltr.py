@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -67,3 +68,30 @@ def test_oltr_recipe_trains_and_reports_long_tail_and_open_set(tmp_path, capsys)
               "oltr_f_measure", "oltr_auroc"):
         assert k in metrics and (np.isnan(metrics[k]) or 0 <= metrics[k] <= 1), k
     assert (run / "report.html").exists()
+
+
+def test_emoji_lt_is_the_benchmark_split_and_holds_out_open_classes():
+    from metricvision.data import DATASETS
+    from metricvision.data.emoji import load_emoji
+    from metricvision.data.longtail import long_tail_subset
+
+    splits = DATASETS.create("emoji_lt")
+    train, test = load_emoji("train"), load_emoji("test")
+    names = sorted({s.meta["subcategory"] for s in train + test})
+    y = np.array([names.index(s.meta["subcategory"]) for s in train])
+    keep = long_tail_subset(y, 300, 2, seed=0, order="size")  # as benchmarks/settings_longtail.py
+    assert [s.label for s in splits["train"]] == y[keep].tolist() and splits["open"] == []
+    opened = DATASETS.create("emoji_lt", open_fraction=0.1)
+    known = {s.label for s in opened["train"]}
+    assert len(opened["open"]) > 0 and all(s.label == -1 for s in opened["open"])
+    assert {s.meta["subcategory"] for s in opened["open"]}.isdisjoint({names[c] for c in known})
+
+
+@pytest.mark.slow  # embeds the emoji test split (about a minute on a loaded 2-core machine)
+def test_emoji_lt_oltr_recipe_with_an_open_split(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = ["data.options.max_count=8", "data.options.open_fraction=0.1", "data.batch_size=64", "eval.params.many=6",
+            "eval.params.few=3", "data.image_size=16"] + [t for t in TINY if not t.startswith(("data.batch_size", "eval.params"))]
+    assert main(["train", "emoji_lt_oltr", *[a for kv in sets for a in ("--set", kv)], "--out", str(run), "--json"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"accuracy", "few_shot", "oltr_accuracy", "oltr_f_measure", "oltr_auroc"} <= set(metrics)
