@@ -99,14 +99,14 @@ class SupervisionConfig:
 @dataclass
 class DistillConfig:
     """Distillation (supervision "distillation"): a teacher run folder, a LOSSES distillation loss
-    (kd, rkd_distance, rkd_angle, rank_distillation) with its params, added with ``weight`` to the
-    student's own loss (``label_weight`` times it; 0 trains on the teacher alone)."""
+    (kd, rkd_distance, rkd_angle, rank_distillation, embedding_distillation) with its params, added
+    with ``weight`` to the student's own loss (which sees no labels with ``use_labels: false``)."""
 
     teacher: Optional[str] = None
     loss: str = "rank_distillation"
     params: Dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
-    label_weight: float = 1.0
+    use_labels: bool = True
 
 
 @dataclass
@@ -119,7 +119,9 @@ class IncrementalConfig:
     epochs_per_task: int = 2
     class_seed: int = 0
     memory: int = 200
-    distill: str = "rkd_distance"  # a LOSSES distillation loss towards the previous model, or "none"
+    # towards the previous model: embedding_distillation, rkd_distance / rkd_angle, kd (similarity),
+    # rank_distillation, or "none"
+    distill: str = "rkd_distance"
     distill_params: Dict[str, Any] = field(default_factory=dict)
     distill_weight: float = 1.0
     drift_compensation: bool = True  # semantic drift compensation of the old class means (Yu et al. 2020)

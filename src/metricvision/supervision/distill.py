@@ -59,7 +59,7 @@ class TeacherDistillation:
     """
 
     def __init__(self, teacher: Optional[str] = None, loss: Optional[str] = None, params: Optional[Dict[str, Any]] = None,
-                 weight: Optional[float] = None, use_labels: bool = True) -> None:
+                 weight: Optional[float] = None, use_labels: Optional[bool] = None) -> None:
         self.teacher, self.loss_name, self.params, self.weight = teacher, loss, params, weight
         self.use_labels = use_labels
         self.embeddings_: Optional[torch.Tensor] = None
@@ -74,10 +74,11 @@ class TeacherDistillation:
         self.loss_name = self.loss_name or d.loss
         self.params = d.params if self.params is None else self.params
         self.weight = d.weight if self.weight is None else self.weight
+        self.use_labels = d.use_labels if self.use_labels is None else self.use_labels
         loss = LOSSES.create(self.loss_name, **self.params)
         if not isinstance(loss, DistillationLoss):
-            raise ValueError(f"distill.loss must be a distillation loss (kd, rkd_distance, rkd_angle, rank_distillation), "
-                             f"got '{self.loss_name}'")
+            raise ValueError("distill.loss must be a distillation loss (kd, rkd_distance, rkd_angle, rank_distillation, "
+                             f"embedding_distillation), got '{self.loss_name}'")
         self.loss_ = loss.to(trainer.device)
         cache = trainer.run_dir / CACHE
         self.embeddings_ = teacher_embeddings(self.teacher, trainer.train_samples, trainer.device, cache)
