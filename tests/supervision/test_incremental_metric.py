@@ -89,3 +89,11 @@ def test_icarl_recipe_runs_the_same_task_sequence(tmp_path, emoji_small):
     assert bool((torch.cat(seen) == -1).all())  # the metric loss sees no labels
     assert 0 <= metrics["incremental_nme_average_incremental_accuracy"] <= 1 and hook.old_classifier_ is not None
     assert "classifier.weight" in t._modules()["hook_ICaRL"].state_dict()  # checkpointed with the run
+
+
+def test_incremental_refuses_to_resume_without_its_memory(tmp_path, emoji_small):
+    train, test = emoji_small
+    Trainer(load_recipe("incremental_metric", TINY + ["train.epochs=1", "incremental.tasks=1"]), tmp_path / "run", train, test).fit()
+    t = Trainer(load_recipe("incremental_metric", TINY + ["train.epochs=1", "incremental.tasks=1"]), tmp_path / "run", train, test)
+    with pytest.raises(ValueError, match="'incremental_metric' cannot resume \\(at epoch 1\\)"):
+        t.fit(resume=True)

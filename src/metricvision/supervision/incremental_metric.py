@@ -77,6 +77,9 @@ class IncrementalMetric:
     def on_fit_start(self, trainer: Any) -> None:
         """Split the classes into tasks and hold out the per-task test samples."""
         c, r = trainer.recipe.incremental, trainer.recipe
+        if trainer.epoch > 0:
+            raise ValueError(f"supervision '{r.supervision.name}' cannot resume (at epoch {trainer.epoch}): its exemplar "
+                             "memory, class means and task accuracies are not in the checkpoint; start the run again")
         if r.train.epochs != c.tasks * c.epochs_per_task:
             raise ValueError(f"train.epochs must be incremental.tasks x incremental.epochs_per_task = "
                              f"{c.tasks * c.epochs_per_task}, got {r.train.epochs}")
