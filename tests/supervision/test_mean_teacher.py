@@ -39,3 +39,11 @@ def test_mean_teacher_recipe_trains_with_consistency_to_an_ema(tmp_path, emoji_s
 def test_mean_teacher_checks_its_decay():
     with pytest.raises(ValueError, match="ema_decay must be in \\[0, 1\\), got 1.5"):
         MeanTeacherPropagation(ema_decay=1.5)
+
+
+def test_a_trainer_with_its_own_batch_loss_refuses_extra_loss_hooks(tmp_path, emoji_small):
+    from metricvision.engine.ray_train import DistributedTrainer
+
+    train, test = emoji_small
+    with pytest.raises(ValueError, match="'label_propagation_mean_teacher' adds a loss term .* DistributedTrainer"):
+        DistributedTrainer(load_recipe("semi_propagation_mean_teacher_10", TINY), tmp_path / "run", train, test)

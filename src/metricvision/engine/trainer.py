@@ -119,6 +119,9 @@ class Trainer:
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
+        if type(self).batch_loss is not Trainer.batch_loss and any(hasattr(h, "extra_loss") for h in self.hooks):
+            raise ValueError(f"supervision '{recipe.supervision.name}' adds a loss term (extra_loss), which "
+                             f"{type(self).__name__} does not support yet; train it with the plain Trainer")
         self._call("setup")
         d, size = recipe.data, recipe.data.image_size
         self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
