@@ -14,7 +14,10 @@ accuracy matrix -> average incremental accuracy and forgetting (metricvision.met
 - iCaRL: exemplars + binary cross-entropy with distillation of the previous model's outputs
   on the old classes, nearest-mean-of-exemplars classifier (and its classifier argmax);
 - joint: trained on all the data of the tasks so far (upper bound, not incremental);
-- NME on the frozen features with the same exemplar memory (no training at all).
+- NME on the frozen features with the same exemplar memory (no training at all);
+- metric: multi-similarity on new data + exemplars, RKD distance towards the previous model's
+  embeddings, classified by NME and by class means moved by SDC (the method of the
+  ``incremental_metric`` recipe, on frozen features).
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from metricvision.metrics import incremental_scores
-from metricvision.metrics.classify import ncm_predict
+from metricvision.losses import create_loss
+from metricvision.metrics.classify import ncm_predict, ncm_scores
 from metricvision.supervision.incremental import ExemplarMemory, class_incremental_tasks, icarl_loss
+from metricvision.supervision.incremental_metric import drift_compensation
 from settings_common import Timer, emoji_features, make_head, print_table
 
 
@@ -69,17 +74,19 @@ def run(method: str, x: torch.Tensor, y: torch.Tensor, train_idx: torch.Tensor, 
     model = Model(len(order), seed)
     memory = ExemplarMemory(budget)
     g = torch.Generator().manual_seed(seed)
-    classifiers = ["classifier"] + (["nme"] if method in ("icarl", "frozen") else [])
+    classifiers = ["nme", "sdc"] if method == "metric" else ["classifier"] + (["nme"] if method in ("icarl", "frozen") else [])
+    ms, rkd = create_loss("multi_similarity"), create_loss("rkd_distance")
+    means: Dict[int, torch.Tensor] = {}  # SDC class means (method "metric")
     acc = {c: np.full((len(tasks), len(tasks)), np.nan) for c in classifiers}
     seen_acc: Dict[str, List[float]] = {c: [] for c in classifiers}
     seen = 0
     for t, task in enumerate(tasks):
-        old: Optional[torch.nn.Module] = copy.deepcopy(model).eval() if t > 0 and method == "icarl" else None
+        old: Optional[torch.nn.Module] = copy.deepcopy(model).eval() if t > 0 and method in ("icarl", "metric") else None
         old_classes, seen = seen, seen + len(task)
         new = train_idx[(yy[train_idx] >= old_classes) & (yy[train_idx] < seen)]
         if method == "joint":
             data = train_idx[yy[train_idx] < seen]
-        elif method in ("replay", "icarl"):
+        elif method in ("replay", "icarl", "metric"):
             data = torch.cat([new, memory.indices()])
         else:
             data = new
@@ -87,6 +94,13 @@ def run(method: str, x: torch.Tensor, y: torch.Tensor, train_idx: torch.Tensor, 
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             for _ in range(epochs):
                 for b in data[torch.randperm(len(data), generator=g)].split(64):
+                    if method == "metric":  # metric loss + RKD distance towards the previous model's embeddings
+                        e = model.head(x[b])
+                        loss = ms(e, yy[b]).value + (rkd(e, old.head(x[b])).value if old is not None else 0.0)
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        continue
                     logits = model(x[b])[:, :seen]
                     if method == "icarl":
                         with torch.no_grad():
@@ -102,7 +116,15 @@ def run(method: str, x: torch.Tensor, y: torch.Tensor, train_idx: torch.Tensor, 
             emb = F.normalize(x, dim=1) if method == "frozen" else model.head(x)
             memory.update(emb[new], yy[new], new)
             te = test_idx[yy[test_idx] < seen]
-            preds = {"classifier": model(x[te])[:, :seen].argmax(1).numpy()}
+            preds = {"classifier": model(x[te])[:, :seen].argmax(1).numpy()} if "classifier" in classifiers else {}
+            if method == "metric":
+                if old is not None and means:
+                    keys = list(means)
+                    moved = drift_compensation(torch.stack([means[k] for k in keys]), old.head(x[new]), emb[new], 0.3)
+                    means.update(zip(keys, moved))
+                means.update({c: emb[new][yy[new] == c].mean(0) for c in range(old_classes, seen)})
+                keys = sorted(means)
+                preds["sdc"] = np.array(keys)[ncm_scores(emb[te], F.normalize(torch.stack([means[k] for k in keys]), dim=1)).argmax(1).numpy()]
             if "nme" in classifiers:
                 mem = memory.indices()
                 preds["nme"] = ncm_predict(emb[mem], yy[mem].numpy(), emb[te])
@@ -130,7 +152,8 @@ def main() -> None:
     tasks = class_incremental_tasks(torch.unique(y[train_idx]).tolist(), a.tasks, a.seed)
     rows = []
     names = {"frozen": "frozen features, exemplars", "finetune": "fine-tuning", "replay": "fine-tuning + exemplar replay",
-             "icarl": "iCaRL (exemplars + distillation)", "joint": "joint training (upper bound)"}
+             "icarl": "iCaRL (exemplars + distillation)", "metric": "metric (MS + replay + RKD self-distillation)",
+             "joint": "joint training (upper bound)"}
     for method, name in names.items():
         t = Timer()
         out = run(method, x, y, train_idx, test_idx, tasks, a.budget, a.epochs, a.seed)
@@ -138,7 +161,7 @@ def main() -> None:
         for clf, s in out.items():
             if method == "frozen" and clf == "classifier":
                 continue
-            rows.append({"method": name, "classifier": "NME" if clf == "nme" else "linear",
+            rows.append({"method": name, "classifier": {"nme": "NME", "sdc": "SDC means"}.get(clf, "linear"),
                          "avg incr. acc": 100 * s["average_incremental_accuracy"], "final acc": 100 * s["final_accuracy"],
                          "forgetting": 100 * s["forgetting"], "seconds": secs})
     print(f"{len(tasks)} tasks, {len(torch.unique(y[train_idx]))} identities, {len(train_idx)} train / "

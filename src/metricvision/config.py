@@ -99,6 +99,38 @@ class SupervisionConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation (supervision "distillation"): a teacher run folder, a LOSSES distillation loss
+    (kd, rkd_distance, rkd_angle, rank_distillation, embedding_distillation) with its params, added
+    with ``weight`` to the student's own loss (which sees no labels with ``use_labels: false``)."""
+
+    teacher: Optional[str] = None
+    loss: str = "rank_distillation"
+    params: Dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+    use_labels: bool = True
+
+
+@dataclass
+class IncrementalConfig:
+    """Class-incremental learning (supervision "incremental_metric" / "icarl"): the training classes,
+    in an order drawn with ``class_seed``, split into ``tasks`` tasks of ``epochs_per_task`` epochs
+    each (train.epochs is set to their product); ``memory`` exemplars kept by herding."""
+
+    tasks: int = 4
+    epochs_per_task: int = 2
+    class_seed: int = 0
+    memory: int = 200
+    # towards the previous model: embedding_distillation, rkd_distance / rkd_angle, kd (similarity),
+    # rank_distillation, or "none"
+    distill: str = "rkd_distance"
+    distill_params: Dict[str, Any] = field(default_factory=dict)
+    distill_weight: float = 1.0
+    drift_compensation: bool = True  # semantic drift compensation of the old class means (Yu et al. 2020)
+    sigma: float = 0.3  # SDC's Gaussian kernel width, in embedding distance
+
+
+@dataclass
 class EvalConfig:
     """Evaluation: a PROTOCOLS name run on a dataset's splits.
 
@@ -132,6 +164,8 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    incremental: IncrementalConfig = field(default_factory=IncrementalConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> Dict[str, Any]:

@@ -103,3 +103,14 @@ def test_tiny_batches_give_zero_with_graph():
         out = create_loss(name)(s, _emb(1))
         out.value.backward()
         assert float(out.value) == 0.0
+
+
+def test_embedding_distillation_is_the_mean_squared_distance():
+    s, t = _emb(6, seed=1), _emb(6, seed=2)
+    s.requires_grad_(True)
+    out = create_loss("embedding_distillation")(s, t)
+    assert torch.isclose(out.value, sum(((a - b) ** 2).sum() for a, b in zip(s, t)) / 6)
+    out.value.backward()
+    assert s.grad.abs().sum() > 0 and create_loss("embedding_distillation")(t, t).value == 0
+    with pytest.raises(ValueError, match="one shape, got student \\(6, 8\\) and teacher \\(6, 4\\)"):
+        create_loss("embedding_distillation")(torch.zeros(6, 8), torch.zeros(6, 4))

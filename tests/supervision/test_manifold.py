@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 import torch
 
 from metricvision.similarity import IGNORED, IRRELEVANT, RELEVANT
@@ -32,7 +34,8 @@ def test_positives_follow_the_arc_negatives_cross_it():
 
 def test_supervision_batches_and_relevance():
     x, arc = _two_arcs()
-    sup = SUPERVISIONS.create("manifold_mining", num_samples=120, num_anchors=20, k=10, graph_k=4, seed=0)
+    # uniform arcs have few modes: random anchors give the four tuples this test looks at
+    sup = SUPERVISIONS.create("manifold_mining", num_samples=120, num_anchors=20, k=10, graph_k=4, seed=0, anchor_selection="random")
     logs = sup.refresh(x)
     assert logs["anchors_with_tuples"] > 0
     batch = sup.batches(12, 1)[0]
@@ -47,3 +50,63 @@ def test_supervision_batches_and_relevance():
     assert torch.all(sup.lookup(torch.tensor(batch)).labels == -1)
     y = sup.targets(None, torch.tensor(batch), None)
     assert y.tolist() == [0, 0, 1, 2, 2, 3, 4, 4, 5, 6, 6, 7]
+
+
+def _loop_stationary(x, k, gamma, damping, iters=3000):
+    """Plain loops: directed k-NN affinity, row-normalized walk with a uniform jump, power iteration."""
+    x = torch.nn.functional.normalize(x.double(), dim=1).tolist()
+    n = len(x)
+    sims = [[sum(a * b for a, b in zip(x[i], x[j])) for j in range(n)] for i in range(n)]
+    nbrs = [sorted((j for j in range(n) if j != i), key=lambda j: -sims[i][j])[:k] for i in range(n)]
+    A = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in nbrs[i]:
+            A[i][j] = max(0.0, sims[i][j]) ** gamma
+    pi = [1.0 / n] * n
+    for _ in range(iters):
+        new = [(1 - damping) / n] * n
+        for i in range(n):
+            row = sum(A[i])
+            for j in range(n):
+                new[j] += damping * pi[i] * (A[i][j] / row if row > 0 else 1.0 / n)
+        pi = new
+    modes = [i for i in range(n) if all(pi[i] >= pi[j] for j in nbrs[i])]
+    return torch.tensor(pi, dtype=torch.float64), sorted(modes, key=lambda i: -pi[i])
+
+
+def test_stationary_modes_equal_a_power_iteration_loop():
+    from metricvision.supervision.manifold import stationary_modes
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 5, generator=g)
+    x = torch.cat([c + 0.3 * torch.randn(10, 5, generator=g) for c in centers])
+    anchors, pi = stationary_modes(x, num=30, graph_k=4, gamma=3.0, damping=0.9)
+    want_pi, want_modes = _loop_stationary(x, 4, 3.0, 0.9)
+    assert torch.allclose(pi, want_pi, rtol=1e-5, atol=0)
+    assert anchors.tolist() == want_modes and 0 < len(want_modes) < 30
+    assert stationary_modes(x, num=2, graph_k=4)[0].tolist() == stationary_modes(x, num=30, graph_k=4)[0][:2].tolist()
+
+
+def test_stationary_distribution_is_uniform_on_a_ring():
+    from metricvision.supervision.graph import stationary_distribution
+
+    n = 12
+    r = torch.arange(n)
+    A = torch.sparse_coo_tensor(torch.stack([torch.cat([r, r]), torch.cat([(r + 1) % n, (r - 1) % n])]), torch.ones(2 * n), (n, n), check_invariants=False)
+    assert torch.allclose(stationary_distribution(A), torch.full((n,), 1 / n, dtype=torch.float64))
+    with pytest.raises(ValueError, match="damping must be in \\(0, 1\\], got 0"):
+        stationary_distribution(A, damping=0)
+
+
+def test_mining_uses_stationary_anchors_or_random_ones():
+    x, _ = _two_arcs()
+    from metricvision.supervision.manifold import stationary_modes
+
+    sup = SUPERVISIONS.create("manifold_mining", num_samples=120, num_anchors=20, k=10, graph_k=4)
+    sup.refresh(x)
+    assert sup.pools_.anchors.tolist() == stationary_modes(x, 20, 4)[0].tolist()
+    rnd = SUPERVISIONS.create("manifold_mining", num_samples=120, num_anchors=20, graph_k=4, anchor_selection="random")
+    rnd.refresh(x)
+    assert len(rnd.pools_.anchors) == 20
+    with pytest.raises(ValueError, match="anchor_selection must be one of"):
+        SUPERVISIONS.create("manifold_mining", anchor_selection="modes")

@@ -40,10 +40,14 @@ class NonFiniteError(ValueError):
 class Hook(Protocol):
     """Optional callbacks; a supervision setting implements the ones it needs.
 
+    setup(trainer): once the model and loss exist, before the optimizer; a hook that is an nn.Module
+        may create its parameters here (they train at optim.loss_lr and are checkpointed);
     on_fit_start(trainer); on_epoch_start(trainer, epoch);
     targets(trainer, indices (B,), labels (B,)) -> labels (B,) used by the loss;
     batch_sampler(trainer, epoch) -> the epoch's batches of dataset indices (default: PK on labels);
-    on_epoch_end(trainer, epoch, record).
+    extra_loss(trainer, indices (B,), embeddings (B, D)) -> LossOutput added to the loss (a teacher,
+        a previous model); on_epoch_end(trainer, epoch, record);
+    on_fit_end(trainer, metrics): may add entries to the final metrics before metrics.json is written.
     """
 
 
@@ -121,6 +125,10 @@ class Trainer:
             from metricvision.engine.tensorboard import TensorBoardLogger
 
             self.hooks.append(TensorBoardLogger(self.run_dir / "tensorboard"))
+        if type(self).batch_loss is not Trainer.batch_loss and any(hasattr(h, "extra_loss") for h in self.hooks):
+            raise ValueError(f"supervision '{recipe.supervision.name}' adds a loss term (extra_loss), which "
+                             f"{type(self).__name__} does not support yet; train it with the plain Trainer")
+        self._call("setup")
         d, size = recipe.data, recipe.data.image_size
         self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
                                       crop=d.crop)
@@ -132,10 +140,14 @@ class Trainer:
             raise ValueError(f"eval.whitening must be one of {WHITENINGS}, got '{recipe.eval.whitening}'")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = build_optimizer(recipe, self.model, self.loss)
+        own = [p for h in self.hooks if isinstance(h, torch.nn.Module) for p in h.to(self.device).parameters() if p.requires_grad]
+        if own:
+            self.optimizer.add_param_group({"params": own, "lr": recipe.optim.loss_lr, "weight_decay": 0.0})
         self.total_steps = recipe.train.epochs * len(self.sampler)
         self.scheduler = build_schedule(self.optimizer, recipe.optim.warmup_steps, self.total_steps)
         self.history: Dict[str, List[Any]] = {"step_loss": [], "epochs": [], "warnings": []}
         self.epoch = 0
+        self.batch_indices = torch.empty(0, dtype=torch.int64)  # dataset indices of the batch being trained
 
     def _supervision_hooks(self) -> List[Any]:
         sup = self.recipe.supervision
@@ -153,7 +165,8 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------
     def _modules(self) -> Dict[str, torch.nn.Module]:
-        return {"model": self.model, "loss": self.loss}
+        hooks = {f"hook_{type(h).__name__}": h for h in self.hooks if isinstance(h, torch.nn.Module)}
+        return {"model": self.model, "loss": self.loss, **hooks}
 
     def save(self) -> None:
         """Checkpoint the end of epoch ``self.epoch`` (atomic); never replaces a good one with non-finite weights."""
@@ -209,6 +222,7 @@ class Trainer:
         if self.epoch < r.train.epochs:
             self._warn(f"stopped at epoch {self.epoch}/{r.train.epochs} by train.max_minutes={r.train.max_minutes:g}")
         metrics: Dict[str, Any] = dict(self.evaluate())
+        self._call("on_fit_end", metrics)
         metrics["train_minutes"] = (time.time() - start) / 60
         metrics["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         metrics["epochs_trained"] = self.epoch
@@ -258,6 +272,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}", leave=False, dynamic_ncols=True)
         for step, (x, y, idx) in enumerate(bar):
             x, y = x.to(self.device), y.to(self.device)
+            self.batch_indices = idx
             for h in self.hooks:
                 if hasattr(h, "targets"):
                     y = h.targets(self, idx, y).to(self.device)
@@ -307,7 +322,15 @@ class Trainer:
         """
         z = self.model(x)
         with torch.autocast(self.device.type, enabled=False):
-            return self.loss(z.float(), y)
+            return self.hook_losses(self.loss(z.float(), y), z.float())
+
+    def hook_losses(self, out: LossOutput, z: torch.Tensor) -> LossOutput:
+        """``out`` plus every hook's ``extra_loss`` on the (B, D) embeddings of the current batch."""
+        for h in self.hooks:
+            if hasattr(h, "extra_loss"):
+                extra = h.extra_loss(self, self.batch_indices, z)
+                out = LossOutput(out.value + extra.value, {**out.logs, **extra.logs})
+        return out
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()

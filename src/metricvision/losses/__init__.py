@@ -10,6 +10,7 @@ from typing import Any
 
 from metricvision.losses import classification, pairs, proxies, ranking, xbm  # noqa: F401  (registration)
 from metricvision.losses import distillation  # noqa: F401  (registration)
+from metricvision.losses import meta_embedding  # noqa: F401  (registration: OLTR meta-embedding)
 from metricvision.losses import bnneck, hardnet, tuples  # noqa: F401  (registration: re-ID, patches, landmarks)
 from metricvision.losses.base import LOSSES, LossOutput, MetricLoss, ProxyLoss, zero_loss
 from metricvision.miners import MINERS, Miner, create_miner

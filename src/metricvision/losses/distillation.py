@@ -196,3 +196,22 @@ class RankDistillationLoss(DistillationLoss):
         order = St.topk(k, dim=1).indices
         gap = (self._nll(Ss, order) - self._nll(St, order)).clamp_min(0.0)
         return LossOutput(gap.mean() / k, {"rank_gap": float(gap.detach().mean())})
+
+
+@LOSSES.register("embedding_distillation")
+class EmbeddingDistillationLoss(DistillationLoss):
+    """Embedding distillation: mean over the batch of ||student - teacher||^2 of the same samples'
+    embeddings, which must have the same size (a network distilling its previous self); no scores."""
+
+    def forward(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        student_refs: Optional[torch.Tensor] = None,
+        teacher_refs: Optional[torch.Tensor] = None,
+    ) -> LossOutput:
+        """Loss of (B, D) student against (B, D) teacher embeddings (references are not used)."""
+        if student.shape != teacher.shape:
+            raise ValueError(f"embedding distillation needs embeddings of one shape, got student {tuple(student.shape)} "
+                             f"and teacher {tuple(teacher.shape)}")
+        return LossOutput(((student - teacher.detach().to(student.dtype)) ** 2).sum(1).mean())

@@ -79,6 +79,27 @@ def _short(text: str, width: int = 15) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
+def task_accuracy_plot(metrics: Dict[str, Any]) -> str:
+    """Base64 PNG, one panel per ``*_task_accuracy`` metric ((T, T): accuracy on task j after task t):
+    each task's accuracy over time; "" if there is none."""
+    mats = {k[: -len("_task_accuracy")]: np.array(v, dtype=float) for k, v in metrics.items() if k.endswith("_task_accuracy")}
+    if not mats:
+        return ""
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.2), squeeze=False)
+    for ax, (name, acc) in zip(axes[0], mats.items()):
+        steps = np.arange(1, acc.shape[0] + 1)
+        for j in range(acc.shape[1]):
+            ax.plot(steps[j:], acc[j:, j], "o-", label=f"task {j + 1}")
+        ax.set_title(name)
+        ax.set_xlabel("after task")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_xticks(steps)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    return _png(fig)
+
+
 def query_grid(samples: Sequence[Sample], embeddings: torch.Tensor, n_queries: int = 8, k: int = 6, seed: int = 0) -> str:
     """Base64 PNG: each row a query and its top-k results with their names and cosine scores,
     green border = same label, red = not."""
@@ -177,6 +198,8 @@ def write_report(run_dir: str | Path, title: str, metrics: Dict[str, Any], histo
         parts.append(f"<h2>Recall@K</h2><img alt='recall curve' src='data:image/png;base64,{recall_plot(curves)}'>")
     elif chart := scores_plot(metrics):
         parts.append(f"<h2>Scores</h2><img alt='scores chart' src='data:image/png;base64,{chart}'>")
+    if chart := task_accuracy_plot(metrics):
+        parts.append(f"<h2>Accuracy of each task over time</h2><img alt='task accuracy' src='data:image/png;base64,{chart}'>")
     if grid_png:
         parts.append(f"<h2>Test queries and their top results</h2><p>name and cosine score of each result; green: same "
                      f"identity, red: wrong</p><img alt='query grid' src='data:image/png;base64,{grid_png}'>")

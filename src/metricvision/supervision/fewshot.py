@@ -1,10 +1,9 @@
 """Few-shot learning: episodes, prototypical and cosine classifiers (Snell et al., NeurIPS
-2017), and simplified versions of dense classification and implanting (after Lifchitz et
-al., CVPR 2019): here a cosine classifier over the locations of given (frozen) feature maps,
-and a single 1x1 convolution trained on an episode's support set beside the frozen features,
-not the paper's end-to-end training of the backbone nor its implants in the backbone's
-last layers. Few-shot accuracy of fixed embeddings with its 95% interval is
-``metricvision.metrics.few_shot_accuracy``."""
+2017), the dense classification loss (after Lifchitz et al., CVPR 2019; the Trainer trains the
+backbone with it through ``supervision/dense.py``) and, for the frozen-feature benchmark, a
+stand-in for implanting: a single 1x1 convolution on given frozen maps trained on an episode's
+support set (implanting beside a trained backbone's last block is ``supervision/implant.py``).
+Few-shot accuracy of fixed embeddings with its 95% interval is ``metricvision.metrics.few_shot_accuracy``."""
 from __future__ import annotations
 
 import math
@@ -112,8 +111,8 @@ class CosineClassifier(nn.Module):
 def dense_classification_loss(dense: torch.Tensor, labels: torch.Tensor, classifier: CosineClassifier) -> torch.Tensor:
     """A simplified dense classification (after Lifchitz et al.): every location of the given
     (N, D, h, w) feature map is classified into the image's class by ``classifier``;
-    cross-entropy averaged over locations. Only what produces ``dense`` (and the classifier)
-    learns: the paper trains the whole backbone this way."""
+    cross-entropy averaged over locations; what produces ``dense`` learns from it (the whole
+    backbone with ``supervision/dense.py``, as the paper)."""
     n, d, h, w = dense.shape
     logits = classifier(dense.permute(0, 2, 3, 1).reshape(-1, d))
     return F.cross_entropy(logits, labels.repeat_interleave(h * w))

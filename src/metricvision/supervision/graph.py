@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from metricvision.index.flat import FlatIndex
 
 
-def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0) -> torch.Tensor:
-    """Symmetric k-NN affinity W + W^T with similarities raised to ``gamma``.
+def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0, symmetric: bool = True) -> torch.Tensor:
+    """k-NN affinity with similarities raised to ``gamma``: W + W^T, or W itself (row i holds i's k neighbours).
 
     Args:
         embeddings: (N, D) embeddings (L2-normalized here; cosine similarity).
         k: neighbours per node (self excluded); clipped to N - 1.
         gamma: power applied to the (non-negative) similarities.
+        symmetric: return W + W^T (else the directed W).
 
     Returns:
         (N, N) sparse COO affinity, zero diagonal.
@@ -42,7 +43,36 @@ def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0) -> torc
     keep = (ids != rows) & (ids >= 0)
     r, c, s = rows[keep], ids[keep], scores[keep].clamp_min(0.0) ** gamma
     W = torch.sparse_coo_tensor(torch.stack([r, c]), s, (n, n), check_invariants=False)
-    return (W + W.t()).coalesce()
+    return (W + W.t()).coalesce() if symmetric else W.coalesce()
+
+
+def stationary_distribution(A: torch.Tensor, damping: float = 0.99, tol: float = 1e-10, max_iter: int = 1000) -> torch.Tensor:
+    """Stationary distribution of the random walk on a sparse (N, N) affinity, by power iteration.
+
+    The walker follows P = D^-1 A (row-normalized; a node without edges jumps uniformly) with
+    probability ``damping`` and jumps to a uniformly random node otherwise, which makes the
+    distribution unique when the k-NN graph has several components: pi = damping P^T pi + (1 - damping) / N.
+
+    Returns:
+        (N,) float64 probabilities (summing to 1).
+    """
+    if not 0 < damping <= 1:
+        raise ValueError(f"damping must be in (0, 1], got {damping}")
+    A = A.coalesce().double()
+    n = A.shape[0]
+    r, c = A.indices()
+    deg = torch.zeros(n, dtype=torch.float64).index_add_(0, r, A.values())
+    Pt = torch.sparse_coo_tensor(torch.stack([c, r]), A.values() / deg[r], (n, n), check_invariants=False).coalesce()
+    dangling = deg <= 0
+    pi = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    for _ in range(max_iter):
+        walk = torch.sparse.mm(Pt, pi[:, None]).squeeze(1) + pi[dangling].sum() / n
+        new = damping * walk + (1 - damping) / n
+        done = float((new - pi).abs().sum()) < tol
+        pi = new
+        if done:
+            break
+    return pi / pi.sum()
 
 
 def normalize_affinity(W: torch.Tensor) -> torch.Tensor:

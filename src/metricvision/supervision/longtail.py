@@ -1,52 +1,14 @@
-"""Long-tail and open-set settings: a Pareto long-tailed split, class-balanced sampling, and
-open-set rejection by a similarity threshold fitted on validation queries. Their measures
-(many / medium / few-shot accuracy, open-set F-measure, AUROC) are in ``metricvision.metrics``."""
+"""Long-tail and open-set settings: class-balanced sampling and open-set rejection by a similarity
+threshold fitted on validation queries; the Pareto long-tailed split is ``metricvision.data.longtail``
+(re-exported here). Their measures (many / medium / few-shot accuracy, open-set F-measure, AUROC) are
+in ``metricvision.metrics``; the OLTR meta-embedding is ``supervision/oltr.py``."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from metricvision.supervision.base import SUPERVISIONS, LabelsLike, Supervision
-
-LT_ORDERS = ("random", "size")
-
-
-def pareto_counts(num_classes: int, max_count: int, min_count: int = 1, alpha: float = 6.0) -> np.ndarray:
-    """Per-class sample counts with a Pareto (Lomax) profile, largest first.
-
-    n_i = max_count * (1 + s r_i) ^ -alpha with r_i = i / (C - 1) and s chosen so that the
-    last class gets ``min_count`` (ImageNet-LT draws its counts from a Pareto with alpha = 6).
-    """
-    if num_classes < 1 or not 1 <= min_count <= max_count:
-        raise ValueError(f"need num_classes >= 1 and 1 <= min_count <= max_count, got {num_classes}, {min_count}, {max_count}")
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    rank = np.arange(num_classes) / max(1, num_classes - 1)
-    s = (max_count / min_count) ** (1.0 / alpha) - 1.0
-    return np.maximum(min_count, np.round(max_count * (1.0 + s * rank) ** -alpha)).astype(np.int64)
-
-
-def long_tail_subset(
-    labels: LabelsLike, max_count: int, min_count: int = 1, alpha: float = 6.0, seed: int = 0, order: str = "random"
-) -> np.ndarray:
-    """Indices of a long-tailed subset: the classes, in ``order``, get ``pareto_counts`` samples
-    (fewer when a class has fewer).
-
-    Args:
-        order: "random" (ImageNet-LT) or "size" (largest classes first, ties at random: keeps
-            the profile when the classes are themselves unequal).
-    """
-    if order not in LT_ORDERS:
-        raise ValueError(f"order must be one of {LT_ORDERS}, got '{order}'")
-    y = np.asarray(labels).reshape(-1)
-    rng = np.random.default_rng(seed)
-    classes = rng.permutation(np.unique(y[y >= 0]))
-    if order == "size":
-        classes = classes[np.argsort([-np.sum(y == c) for c in classes], kind="stable")]
-    counts = pareto_counts(len(classes), max_count, min_count, alpha)
-    keep = [rng.permutation(np.flatnonzero(y == c))[:n] for c, n in zip(classes, counts)]
-    return np.sort(np.concatenate(keep))
-
+from metricvision.data.longtail import LT_ORDERS, long_tail_subset, pareto_counts  # noqa: F401 (re-exported)
+from metricvision.supervision.base import SUPERVISIONS, Supervision
 
 def reject_below(scores: torch.Tensor, classes: np.ndarray, threshold: float) -> np.ndarray:
     """Open-set prediction: the best-scoring class, or -1 ("unknown") when its score < threshold.

@@ -1,6 +1,8 @@
 """Unsupervised metric learning by mining on manifolds (Iscen et al., CVPR 2018).
 
-For an anchor x, e_k(x) are its k Euclidean (cosine) neighbours and m_k(x) its k nearest
+Anchors are the modes of the stationary distribution pi of a random walk on the (directed)
+k-NN graph: samples whose pi is at least that of each of their k-NN neighbours, the highest pi
+first (many relevant samples, spread over the collection). For an anchor x, e_k(x) are its k Euclidean (cosine) neighbours and m_k(x) its k nearest
 points by manifold similarity, the diffusion (I - alpha W)^-1 e_x on the k-NN graph.
 Hard positives are manifold neighbours that are not Euclidean neighbours,
 m_k(x) minus e_k(x); hard negatives are Euclidean neighbours that are not manifold
@@ -10,14 +12,14 @@ through the relevance: anchor-positive RELEVANT, anchor-negative IRRELEVANT, the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from metricvision.similarity import IGNORED, IRRELEVANT, RELEVANT
 from metricvision.supervision.base import SUPERVISIONS, LabelsLike, Supervision
-from metricvision.supervision.graph import diffuse, knn_graph, normalize_affinity
+from metricvision.supervision.graph import diffuse, knn_graph, normalize_affinity, stationary_distribution
 
 
 @dataclass
@@ -33,6 +35,32 @@ class MinedPools:
     anchors: torch.Tensor
     positives: List[torch.Tensor]
     negatives: List[torch.Tensor]
+
+
+ANCHOR_SELECTIONS = ("stationary", "random")
+
+
+def stationary_modes(
+    embeddings: torch.Tensor, num: int, graph_k: int = 10, gamma: float = 3.0, damping: float = 0.99
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Anchors as modes of the random walk's stationary distribution on the k-NN graph.
+
+    Args:
+        embeddings: (N, D) embeddings (cosine similarity).
+        num: anchors to return at most (the modes with the highest probability).
+        graph_k, gamma: the directed k-NN graph (``knn_graph(..., symmetric=False)``); a node is
+            a mode when its probability is >= that of each of its graph_k neighbours.
+        damping: see ``stationary_distribution``.
+
+    Returns:
+        (A,) anchor indices, highest probability first, and the (N,) stationary distribution.
+    """
+    A = knn_graph(embeddings, graph_k, gamma, symmetric=False)
+    pi = stationary_distribution(A, damping)
+    r, c = A.indices()
+    best_neighbour = torch.full_like(pi, -1.0).scatter_reduce(0, r, pi[c], "amax")
+    modes = (pi >= best_neighbour).nonzero().squeeze(1)
+    return modes[pi[modes].argsort(descending=True, stable=True)][:num], pi
 
 
 def mine_on_manifold(
@@ -86,9 +114,12 @@ class ManifoldMining(Supervision):
 
     Args:
         num_samples: N, the size of the training set (None: bound by the Trainer).
-        num_anchors: anchors drawn at random each refresh (all samples when >= N).
+        num_anchors: anchors per refresh at most.
         k, graph_k, gamma, alpha, max_iter: see ``mine_on_manifold``.
-        seed: random seed for anchors.
+        seed: random seed of the batches (and of the anchors with ``anchor_selection="random"``).
+        anchor_selection: "stationary" (the modes of ``stationary_modes``, as the paper) or
+            "random" (the paper's ablation).
+        damping: see ``stationary_distribution``.
     """
 
     needs_embeddings = True
@@ -103,7 +134,12 @@ class ManifoldMining(Supervision):
         alpha: float = 0.99,
         max_iter: int = 20,
         seed: int = 0,
+        anchor_selection: str = "stationary",
+        damping: float = 0.99,
     ) -> None:
+        if anchor_selection not in ANCHOR_SELECTIONS:
+            raise ValueError(f"anchor_selection must be one of {ANCHOR_SELECTIONS}, got '{anchor_selection}'")
+        self.anchor_selection, self.damping = anchor_selection, damping
         self.num_anchors, self.k, self.graph_k = num_anchors, k, graph_k
         self.gamma, self.alpha, self.max_iter = gamma, alpha, max_iter
         self.generator = torch.Generator().manual_seed(seed)
@@ -120,9 +156,12 @@ class ManifoldMining(Supervision):
         self.weights_ = torch.ones(n)
 
     def refresh(self, embeddings: torch.Tensor) -> Dict[str, float]:
-        """Draw anchors and mine their pools on the (N, D) embeddings."""
+        """Choose anchors and mine their pools on the (N, D) embeddings."""
         n = len(self)
-        anchors = torch.randperm(n, generator=self.generator)[: min(self.num_anchors, n)]
+        if self.anchor_selection == "stationary":
+            anchors, _ = stationary_modes(embeddings, self.num_anchors, self.graph_k, self.gamma, self.damping)
+        else:
+            anchors = torch.randperm(n, generator=self.generator)[: min(self.num_anchors, n)]
         self.pools_ = mine_on_manifold(embeddings, anchors, self.k, self.graph_k, self.gamma, self.alpha, self.max_iter)
         self._pairs = {}
         for a, pos, neg in zip(self.pools_.anchors.tolist(), self.pools_.positives, self.pools_.negatives):
@@ -131,7 +170,7 @@ class ManifoldMining(Supervision):
             for j in pos.tolist():
                 self._pairs[(a, j)] = self._pairs[(j, a)] = RELEVANT
         usable = sum(1 for p, q in zip(self.pools_.positives, self.pools_.negatives) if len(p) and len(q))
-        return {"anchors_with_tuples": float(usable)}
+        return {"anchors": float(len(anchors)), "anchors_with_tuples": float(usable)}
 
     def relevance(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, B) relevance: mined positive pairs RELEVANT, mined negative pairs IRRELEVANT."""

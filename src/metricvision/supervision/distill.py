@@ -1,0 +1,97 @@
+"""Distillation as a supervision setting: a student learns to rank like a trained teacher.
+
+The teacher is a run folder written by ``metricvision train``; its embeddings of the training
+set (at the teacher's own resolution, eval transform) are computed once and cached in the
+student's run folder, so a student of another backbone / resolution trains without running
+the teacher again. Each batch adds ``weight`` x a distillation loss (``losses/distillation.py``:
+kd, rkd_distance, rkd_angle, rank_distillation) between the student's (B, D_s) embeddings and
+the cached (B, D_t) teacher embeddings of the same samples to the student's own loss.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from metricvision._atomic import atomic_write
+from metricvision.data.sample import SampleDataset
+from metricvision.data.transforms import TRANSFORMS
+from metricvision.losses import LOSSES, LossOutput
+from metricvision.losses.distillation import DistillationLoss
+from metricvision.supervision.base import SUPERVISIONS
+
+CACHE = "teacher_embeddings.pt"
+
+
+def teacher_embeddings(teacher_run: str | Path, samples: list, device: torch.device, cache: Path) -> torch.Tensor:
+    """(N, D_t) embeddings of ``samples`` by the teacher of ``teacher_run``, read from ``cache`` when it
+    holds this teacher's embeddings of N samples, else computed and written there (atomically)."""
+    key = {"teacher": str(Path(teacher_run).resolve()), "samples": len(samples)}
+    if cache.exists():
+        stored = torch.load(cache, map_location="cpu")
+        if stored.get("key") == key:
+            return stored["embeddings"]
+    from metricvision.engine.runs import load_run  # the teacher is a run folder: the engine reads it back
+
+    recipe, model = load_run(teacher_run)
+    model = model.to(device)
+    loader = torch.utils.data.DataLoader(SampleDataset(samples, TRANSFORMS.create("eval", size=recipe.data.image_size)),
+                                         batch_size=256)
+    emb = model.encode(x for x, _ in loader).float().cpu()
+    with atomic_write(cache) as f:
+        torch.save({"key": key, "embeddings": emb}, f)
+    return emb
+
+
+@SUPERVISIONS.register("distillation")
+class TeacherDistillation:
+    """Hook adding ``weight`` x a distillation loss towards cached teacher embeddings.
+
+    Every argument left None is read from the recipe's ``distill`` section in ``on_fit_start``.
+
+    Args:
+        teacher: the teacher's run folder.
+        loss: a registered distillation loss name.
+        params: its keyword arguments.
+        weight: factor of the distillation term.
+        use_labels: False hides the labels from the student's own loss (distillation only).
+    """
+
+    def __init__(self, teacher: Optional[str] = None, loss: Optional[str] = None, params: Optional[Dict[str, Any]] = None,
+                 weight: Optional[float] = None, use_labels: Optional[bool] = None) -> None:
+        self.teacher, self.loss_name, self.params, self.weight = teacher, loss, params, weight
+        self.use_labels = use_labels
+        self.embeddings_: Optional[torch.Tensor] = None
+        self.loss_: Optional[DistillationLoss] = None
+
+    def on_fit_start(self, trainer: Any) -> None:
+        """Resolve the settings, build the loss and load (or compute and cache) the teacher embeddings."""
+        d = trainer.recipe.distill
+        self.teacher = self.teacher or d.teacher
+        if not self.teacher:
+            raise ValueError("supervision 'distillation' needs a teacher run folder: --set distill.teacher=RUN")
+        self.loss_name = self.loss_name or d.loss
+        self.params = d.params if self.params is None else self.params
+        self.weight = d.weight if self.weight is None else self.weight
+        self.use_labels = d.use_labels if self.use_labels is None else self.use_labels
+        loss = LOSSES.create(self.loss_name, **self.params)
+        if not isinstance(loss, DistillationLoss):
+            raise ValueError("distill.loss must be a distillation loss (kd, rkd_distance, rkd_angle, rank_distillation, "
+                             f"embedding_distillation), got '{self.loss_name}'")
+        self.loss_ = loss.to(trainer.device)
+        cache = trainer.run_dir / CACHE
+        self.embeddings_ = teacher_embeddings(self.teacher, trainer.train_samples, trainer.device, cache)
+        trainer._log({"event": "supervision", "teacher": str(self.teacher), "teacher_dim": int(self.embeddings_.shape[1])})
+
+    def targets(self, trainer: Any, indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The labels, or all -1 (ignored by the student's own loss) with ``use_labels=False``."""
+        return labels if self.use_labels else torch.full_like(labels, -1)
+
+    def extra_loss(self, trainer: Any, indices: torch.Tensor, embeddings: torch.Tensor) -> LossOutput:
+        """``weight`` x the distillation loss of the (B, D_s) student embeddings against the teacher's."""
+        if self.loss_ is None or self.embeddings_ is None:
+            raise RuntimeError("distillation: on_fit_start(trainer) must run first")
+        teacher = self.embeddings_[indices.cpu()].to(embeddings.device)
+        out = self.loss_(embeddings, teacher)
+        return LossOutput(self.weight * out.value, {"distill": float(out.value.detach()), **out.logs})

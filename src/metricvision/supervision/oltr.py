@@ -1,0 +1,84 @@
+"""Long-tail and open-set recognition with a (simplified) OLTR meta-embedding, through the Trainer.
+
+The recipe's loss is ``oltr_meta_embedding`` (``losses/meta_embedding.py``); this setting draws
+class-balanced P x K batches (OLTR's class-aware sampling), refreshes the loss's memory of class
+centroids from the current training embeddings at the start of every epoch, and at the end scores
+the meta-embedding classifier beside the protocol's nearest-class-mean baseline: many / medium /
+few-shot accuracy on "test", and, when the dataset has an "open" split, open-set F-measure and
+AUROC with the softmax confidence (which the reachability lowers far from every centroid).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from metricvision.metrics import open_set_scores, shot_accuracy
+from metricvision.supervision.base import SUPERVISIONS, Supervision
+
+
+def class_centroids(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, D) mean of the (N, D) embeddings of each class 0..C-1 (labels -1 skipped; zeros for an empty class)."""
+    keep = labels >= 0
+    sums = torch.zeros(num_classes, embeddings.shape[1]).index_add_(0, labels[keep], embeddings[keep].float())
+    return sums / torch.bincount(labels[keep], minlength=num_classes).clamp_min(1)[:, None]
+
+
+def first_appearance(labels: List[int]) -> np.ndarray:
+    """Labels in order of first appearance (-1 skipped): the column order of ``data.relabel``."""
+    return np.array(list(dict.fromkeys(c for c in labels if c >= 0)))
+
+
+@SUPERVISIONS.register("oltr")
+class OLTR(Supervision):
+    """Class-balanced batches, per-epoch class centroids for the meta-embedding loss, OLTR metrics at the end.
+
+    Args:
+        samples_per_class: K of the class-balanced P x K batches.
+        threshold: open-set rejection below this softmax confidence (OLTR: 0.1).
+    """
+
+    def __init__(self, samples_per_class: int = 4, threshold: float = 0.1) -> None:
+        super().__init__(None, 1.0, 0, samples_per_class)
+        self.threshold = threshold
+
+    def on_fit_start(self, trainer: Any) -> None:
+        """Bind the labels; the recipe's loss must hold the meta-embedding."""
+        if not hasattr(trainer.loss, "set_centroids"):
+            raise ValueError(f"supervision 'oltr' needs loss.name=oltr_meta_embedding, got '{trainer.recipe.loss.name}'")
+        super().on_fit_start(trainer)
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        """Refresh the centroid memory from the current (N, D) training embeddings."""
+        self.set_memory(trainer, trainer.embed(trainer.train_samples))
+
+    def set_memory(self, trainer: Any, embeddings: torch.Tensor) -> None:
+        """Class centroids of the training ``embeddings`` into the loss's memory."""
+        trainer.loss.set_centroids(class_centroids(embeddings, self.labels_, trainer.num_classes).to(trainer.device))
+
+    def on_fit_end(self, trainer: Any, metrics: Dict[str, Any]) -> None:
+        """Adds ``oltr_*`` metrics: shot accuracy of the classifier, and open-set scores with an "open" split."""
+        splits = trainer.eval_splits
+        if "train" not in splits or "test" not in splits:
+            trainer._warn("oltr: the evaluation dataset has no train / test splits; no oltr_* metrics")
+            return
+        self.set_memory(trainer, trainer.embed(trainer.train_samples))
+        classes = first_appearance([s.label for s in splits["train"]])
+        if len(classes) != trainer.num_classes:
+            trainer._warn(f"oltr: the evaluation train split has {len(classes)} classes, the model {trainer.num_classes}; "
+                          "no oltr_* metrics")
+            return
+        train_y = np.array([s.label for s in splits["train"]])
+        test_y = np.array([s.label for s in splits["test"]])
+        loss = trainer.loss.eval()
+        scores = loss.predict(trainer.embed(splits["test"]).to(trainer.device)).cpu()
+        p = trainer.recipe.eval.params
+        shots = shot_accuracy(classes[scores.argmax(1).numpy()], test_y, train_y, p.get("many", 100), p.get("few", 20))
+        metrics.update({f"oltr_{k}": v for k, v in shots.items()})
+        if splits.get("open"):
+            open_scores = loss.predict(trainer.embed(splits["open"]).to(trainer.device)).cpu()
+            labels = np.concatenate([test_y, np.full(len(open_scores), -1)])
+            opened = open_set_scores(torch.cat([scores, open_scores]), classes, labels, self.threshold, temperature=1.0)
+            metrics.update({f"oltr_{k}": v for k, v in opened.items()})
+        loss.train()

@@ -1,0 +1,65 @@
+"""Dense classification trains the backbone through the Trainer; implanting evaluates a run."""
+import pytest
+import torch
+
+from metricvision.config import load_recipe
+from metricvision.engine.trainer import Trainer
+from metricvision.supervision.dense import DenseClassification
+from metricvision.supervision.fewshot import dense_classification_loss
+
+TINY = ["model.pretrained=false", "data.image_size=40", "data.batch_size=16", "data.samples_per_class=4",
+        "train.epochs=1", "optim.warmup_steps=2", "model.dim=16", "eval.params.n_way=3", "eval.params.n_query=1",
+        "eval.params.episodes=5"]
+
+
+def test_dense_recipe_trains_the_backbone_on_its_maps(tmp_path, emoji_small):
+    train, test = emoji_small
+    t = Trainer(load_recipe("fewshot_dense", TINY), tmp_path / "run", train, test)
+    (hook,) = [h for h in t.hooks if isinstance(h, DenseClassification)]
+    conv = next(t.model.backbone.parameters()).detach().clone()
+    w = hook.classifier.weight.detach().clone()
+    x = torch.rand(4, 3, 40, 40)
+    t.model.train()
+    z = t.model(x)
+    idx = torch.tensor([0, 1, 2, 3])
+    assert hook.maps_.shape[-2:] == (5, 5)  # kept from that very forward pass
+    want = dense_classification_loss(t.model.features(x), torch.tensor([train[i].label for i in idx]), hook.classifier)
+    assert torch.allclose(hook.extra_loss(t, idx, z).value, want, atol=1e-5)
+    metrics = t.fit()
+    assert {"accuracy", "ci95", "episodes"} <= set(metrics) and 0 <= metrics["accuracy"] <= 1
+    assert not torch.equal(next(t.model.backbone.parameters()).detach(), conv)  # the backbone learned
+    assert not torch.equal(hook.classifier.weight.detach(), w)  # so did the classifier (in the optimizer)
+    t2 = Trainer(load_recipe("fewshot_dense", TINY), tmp_path / "run", train, test)
+    assert t2.restore()  # the classifier is in the checkpoint
+    (h2,) = [h for h in t2.hooks if isinstance(h, DenseClassification)]
+    assert torch.equal(h2.classifier.weight, hook.classifier.weight.detach())
+
+
+def test_dense_refuses_small_maps(tmp_path, emoji_small):
+    train, test = emoji_small
+    with pytest.raises(ValueError, match="maps of at least 5 x 5, got 3 x 3 at data.image_size=24"):
+        Trainer(load_recipe("fewshot_dense", TINY + ["data.image_size=24"]), tmp_path / "run", train, test)
+
+
+@pytest.mark.slow  # embeds the emoji test split (about 30 s on a loaded 2-core machine)
+def test_implant_command_evaluates_a_dense_run(tmp_path, emoji_small):
+    import json
+
+    from metricvision.cli import main
+    from metricvision.engine.runs import load_run
+    from metricvision.supervision.implant import BackboneImplant, block_maps
+
+    train, test = emoji_small
+    run = tmp_path / "run"
+    Trainer(load_recipe("fewshot_dense", TINY + ["eval.clustering=false"]), run, train, test).fit()
+    # the implant sees the last block's input, strided to its output, and keeps the block's own maps first
+    _, model = load_run(run)
+    stem, last = block_maps(model.backbone, torch.rand(2, 3, 40, 40))
+    imp = BackboneImplant(stem.shape[1], 8, stem.shape[-1] // last.shape[-1])
+    out = imp(stem, last)
+    assert out.shape == (2, last.shape[1] + 8, *last.shape[-2:]) and torch.equal(out[:, : last.shape[1]], last)
+    # the command reads the run's evaluation dataset (emoji test: 2 renderings per identity in the real split)
+    assert main(["implant", str(run), "--n-way", "3", "--k-shot", "1", "--n-query", "1", "--episodes", "3",
+                 "--steps", "2", "--json"]) == 0
+    result = json.loads((run / "implant.json").read_text())
+    assert result["episodes"] == 3 and 0 <= result["accuracy"] <= 1 and 0 <= result["frozen_accuracy"] <= 1

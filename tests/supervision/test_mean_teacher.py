@@ -1,0 +1,49 @@
+"""Label propagation with a mean teacher through the Trainer."""
+import json
+
+import pytest
+import torch
+
+from metricvision.config import load_recipe
+from metricvision.engine.trainer import Trainer
+from metricvision.supervision.mean_teacher import MeanTeacherPropagation
+
+TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "data.image_size=24", "model.dim=16",
+        "data.batch_size=16", "train.epochs=1", "optim.warmup_steps=2", "eval.clustering=false",
+        "supervision.params.label_fraction=0.5", "supervision.params.k=5", "supervision.params.ema_decay=0.5"]
+
+
+def test_mean_teacher_recipe_trains_with_consistency_to_an_ema(tmp_path, emoji_small):
+    train, test = emoji_small
+    t = Trainer(load_recipe("semi_propagation_mean_teacher_10", TINY), tmp_path / "run", train, test)
+    (hook,) = [h for h in t.hooks if isinstance(h, MeanTeacherPropagation)]
+    metrics = t.fit()
+    assert 0 < metrics["map@r"] <= 1 and len(t.history["step_loss"]) == len(t.sampler)
+    events = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "supervision" and "pseudo_certainty" in e for e in events)
+    # the teacher moved with the student but lags it
+    s, te = next(t.model.parameters()), next(hook.teacher_.parameters())
+    assert not torch.equal(s, te) and not te.requires_grad
+    # one step: teacher <- 0.5 teacher + 0.5 student, then the consistency of the batch
+    before = [p.clone() for p in hook.teacher_.parameters()]
+    x = torch.rand(4, 3, 24, 24)
+    t.model.train()
+    z = t.model(x)
+    out = hook.extra_loss(t, torch.arange(4), z)
+    for b, p, q in zip(before, hook.teacher_.parameters(), t.model.parameters()):
+        assert torch.allclose(p, 0.5 * b + 0.5 * q.detach(), atol=1e-6)
+    target = hook.teacher_(x)
+    assert torch.allclose(out.value, ((z - target) ** 2).sum(1).mean(), atol=1e-6)
+
+
+def test_mean_teacher_checks_its_decay():
+    with pytest.raises(ValueError, match="ema_decay must be in \\[0, 1\\), got 1.5"):
+        MeanTeacherPropagation(ema_decay=1.5)
+
+
+def test_a_trainer_with_its_own_batch_loss_refuses_extra_loss_hooks(tmp_path, emoji_small):
+    from metricvision.engine.ray_train import DistributedTrainer
+
+    train, test = emoji_small
+    with pytest.raises(ValueError, match="'label_propagation_mean_teacher' adds a loss term .* DistributedTrainer"):
+        DistributedTrainer(load_recipe("semi_propagation_mean_teacher_10", TINY), tmp_path / "run", train, test)

@@ -1,0 +1,97 @@
+"""OLTR meta-embedding: the loss against its formulas, and the recipe through `metricvision train`."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metricvision.cli import main
+from metricvision.losses import create_loss
+from metricvision.supervision.oltr import class_centroids, first_appearance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from native_datasets import pictures, save, write_long_tail  # noqa: E402
+
+TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "model.dim=16", "data.image_size=16",
+        "data.num_workers=0", "data.batch_size=8", "data.samples_per_class=4", "train.epochs=1", "train.eval_every=0",
+        "optim.warmup_steps=1", "train.threads=1", "eval.params.many=8", "eval.params.few=3",
+        "supervision.params.samples_per_class=4"]
+
+
+def test_meta_embedding_follows_its_formulas():
+    loss = create_loss("oltr_meta_embedding", num_classes=3, embedding_dim=4, scale=10.0, reachability_scale=0.5)
+    g = torch.Generator().manual_seed(0)
+    v, M = torch.randn(5, 4, generator=g), torch.randn(3, 4, generator=g)
+    assert torch.equal(loss.meta_embedding(v)[0], v)  # no memory yet: the direct feature
+    loss.set_centroids(M)
+    meta, reach = loss.meta_embedding(v)
+    for i in range(5):
+        gamma = 0.5 / min(float((v[i] - M[c]).norm()) for c in range(3))
+        mem = torch.softmax(loss.hallucinator(v[i]), 0) @ M
+        want = gamma * (v[i] + torch.tanh(loss.selector(v[i])) * mem)
+        assert abs(float(reach[i]) - gamma) < 1e-5 and torch.allclose(meta[i], want, atol=1e-5)
+        n = want.norm()
+        logits = 10.0 * (n / (1 + n)) * (want / n) @ F.normalize(loss.weight, dim=1).T
+        assert torch.allclose(loss.logits(v[i : i + 1])[0], logits, atol=1e-5)
+    y = torch.tensor([0, 1, 2, -1, 0])
+    out = loss(v.requires_grad_(True), y)
+    kept = [0, 1, 2, 4]  # the unlabeled sample is ignored
+    ce = F.cross_entropy(loss.logits(v[kept]), y[kept])
+    assert torch.isclose(out.value, ce + 0.01 * 0.5 * ((v[kept] - M[y[kept]]) ** 2).sum(1).mean())
+    out.value.backward()
+    assert v.grad[3].abs().sum() == 0 and v.grad[0].abs().sum() > 0
+    unlabeled = loss(v.detach().requires_grad_(True), torch.full((5,), -1))
+    assert unlabeled.value == 0 and unlabeled.value.requires_grad
+
+
+def test_centroids_and_column_order():
+    e = torch.tensor([[1.0, 0], [3, 0], [0, 2], [9, 9]])
+    assert torch.equal(class_centroids(e, torch.tensor([1, 1, 0, -1]), 3), torch.tensor([[0.0, 2], [2, 0], [0, 0]]))
+    assert first_appearance([5, -1, 2, 5, 7]).tolist() == [5, 2, 7]
+
+
+def test_oltr_recipe_trains_and_reports_long_tail_and_open_set(tmp_path, capsys):
+    root = write_long_tail(tmp_path / "data", "ImageNet_LT")
+    unknown = pictures(5, 2)[4]  # a class never seen in training
+    lines = [f"open/{j}.jpg" for j in range(2)]
+    for j, rel in enumerate(lines):
+        save(root / rel, unknown[j])
+    (root / "ImageNet_LT_open.txt").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    sets = [a for kv in TINY + [f"data.path={root}"] for a in ("--set", kv)]
+    assert main(["train", "imagenet_lt_oltr", *sets, "--out", str(run), "--json"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for k in ("accuracy", "many_shot", "few_shot", "oltr_accuracy", "oltr_many_shot", "oltr_medium_shot", "oltr_few_shot",
+              "oltr_f_measure", "oltr_auroc"):
+        assert k in metrics and (np.isnan(metrics[k]) or 0 <= metrics[k] <= 1), k
+    assert (run / "report.html").exists()
+
+
+def test_emoji_lt_is_the_benchmark_split_and_holds_out_open_classes():
+    from metricvision.data import DATASETS
+    from metricvision.data.emoji import load_emoji
+    from metricvision.data.longtail import long_tail_subset
+
+    splits = DATASETS.create("emoji_lt")
+    train, test = load_emoji("train"), load_emoji("test")
+    names = sorted({s.meta["subcategory"] for s in train + test})
+    y = np.array([names.index(s.meta["subcategory"]) for s in train])
+    keep = long_tail_subset(y, 300, 2, seed=0, order="size")  # as benchmarks/settings_longtail.py
+    assert [s.label for s in splits["train"]] == y[keep].tolist() and splits["open"] == []
+    opened = DATASETS.create("emoji_lt", open_fraction=0.1)
+    known = {s.label for s in opened["train"]}
+    assert len(opened["open"]) > 0 and all(s.label == -1 for s in opened["open"])
+    assert {s.meta["subcategory"] for s in opened["open"]}.isdisjoint({names[c] for c in known})
+
+
+@pytest.mark.slow  # embeds the emoji test split (about a minute on a loaded 2-core machine)
+def test_emoji_lt_oltr_recipe_with_an_open_split(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = ["data.options.max_count=8", "data.options.open_fraction=0.1", "data.batch_size=64", "eval.params.many=6",
+            "eval.params.few=3", "data.image_size=16"] + [t for t in TINY if not t.startswith(("data.batch_size", "eval.params"))]
+    assert main(["train", "emoji_lt_oltr", *[a for kv in sets for a in ("--set", kv)], "--out", str(run), "--json"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"accuracy", "few_shot", "oltr_accuracy", "oltr_f_measure", "oltr_auroc"} <= set(metrics)
