@@ -19,7 +19,7 @@ COMMAND_MODULES = [
     "metricvision.serve.commands",
     "metricvision.engine.distributed_commands",
     "metricvision.engine.run_commands",
-    "metricvision.supervision.commands",
+    "metricvision.engine.implant_commands",
 ]
 
 

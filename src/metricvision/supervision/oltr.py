@@ -59,7 +59,7 @@ class OLTR(Supervision):
 
     def on_fit_end(self, trainer: Any, metrics: Dict[str, Any]) -> None:
         """Adds ``oltr_*`` metrics: shot accuracy of the classifier, and open-set scores with an "open" split."""
-        splits = trainer.eval_splits
+        splits = trainer.eval_splits[""]  # the main evaluation (eval.also adds named ones)
         if "train" not in splits or "test" not in splits:
             trainer._warn("oltr: the evaluation dataset has no train / test splits; no oltr_* metrics")
             return

@@ -1,4 +1,4 @@
-"""`metricvision implant RUN`: few-shot evaluation of a trained run with implanting."""
+"""`metricvision implant RUN`: few-shot evaluation of a trained run with implanting (supervision/implant.py)."""
 from __future__ import annotations
 
 import argparse
@@ -12,14 +12,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("implant", help="few-shot episodes on a run's evaluation classes, with an implant trained per episode")
     p.add_argument("run", type=Path, help="run folder written by `metricvision train` (an nn.Sequential backbone)")
     p.add_argument("--split", default="test", help="evaluation split whose classes make the episodes (default test)")
-    p.add_argument("--n-way", type=int, default=5)
-    p.add_argument("--k-shot", type=int, default=1)
-    p.add_argument("--n-query", type=int, default=15)
-    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--n-way", type=int, default=5, help="classes per episode (default 5)")
+    p.add_argument("--k-shot", type=int, default=1, help="support images per class (default 1)")
+    p.add_argument("--n-query", type=int, default=15, help="query images per class (default 15)")
+    p.add_argument("--episodes", type=int, default=200, help="number of episodes (default 200)")
     p.add_argument("--dim", type=int, default=32, help="implant filters")
     p.add_argument("--steps", type=int, default=20, help="SGD steps on each support set")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the episode sampler (default 0)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=implant)
 
 
