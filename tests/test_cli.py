@@ -43,7 +43,15 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_data_list(capsys):
+def test_data_list_shows_every_dataset_with_its_metadata(capsys):
+    from metricvision.data import DATASETS
+
     assert main(["data", "list", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
-    assert "emoji" in listed["built-in"] and "cub" in listed["readers"]
+    listed = json.loads(capsys.readouterr().out)["datasets"]
+    assert sorted(listed) == DATASETS.names() and len(listed) >= 18
+    assert listed["cub"]["protocol"] == "retrieval" and listed["cub"]["needs_path"] and listed["cub"]["licence"]
+    assert listed["emoji"]["needs_path"] is False and listed["lfw"]["train_split"] is None
+    assert main(["data", "list"]) == 0
+    table = capsys.readouterr().out
+    for name in DATASETS.names():
+        assert f"\n{name} " in "\n" + table

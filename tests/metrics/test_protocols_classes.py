@@ -214,5 +214,5 @@ def test_evaluate_dataset_reads_native_layout(tmp_path):
     model = lambda x: F.normalize(x.mean((2, 3))[:, :2], dim=1)  # noqa: E731
     out = evaluate_dataset("cub", model_embed_fn(model, to_tensor), tmp_path, ks=(1,), clustering=False)
     assert out["recall@1"] == 1.0 and out["num_queries"] == 6
-    with pytest.raises(KeyError, match="no reader 'retrieval'"):
+    with pytest.raises(KeyError, match="unknown dataset .retrieval."):
         evaluate_dataset("retrieval", model_embed_fn(model, to_tensor), tmp_path)

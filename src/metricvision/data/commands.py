@@ -10,7 +10,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register `data` and its sub-commands."""
     p = sub.add_parser("data", help="list, fetch and check datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    q = dsub.add_parser("list", help="built-in datasets, readers for native formats, fetched variants")
+    q = dsub.add_parser("list", help="every registered dataset (splits, protocol, licence) and fetched emoji variants")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=list_datasets)
     q = dsub.add_parser("fetch", help="build a larger emoji variant into the cache (needs npm)")
@@ -20,26 +20,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=fetch)
     q = dsub.add_parser("check", help="validate a dataset folder in its native format")
-    q.add_argument("kind", help="reader name, e.g. cub, sop, market1501, roxford5k (see `data list`)")
+    q.add_argument("kind", help="dataset name, e.g. cub, sop, market1501, roxford5k (see `data list`)")
     q.add_argument("path", type=Path)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=check)
 
 
 def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
-    """Names of built-in datasets, readers and cached emoji variants."""
-    from metricvision.data import emoji
-    from metricvision.data.sample import DATASETS
+    """Every registered dataset with its metadata, and the cached emoji variants."""
+    from dataclasses import asdict
 
-    out: Dict[str, Any] = {"built-in": ", ".join(DATASETS.names())}
-    try:
-        from metricvision.data.readers import READERS
+    from metricvision.data import DATASETS, emoji
 
-        out["readers"] = ", ".join(READERS.names())
-    except ImportError:
-        pass
     cached = sorted(p.name for p in emoji.cache_dir().glob("*.npz")) if emoji.cache_dir().exists() else []
-    out["fetched"] = ", ".join(cached) or "(none)"
+    if args.json:
+        datasets = {n: {k: v for k, v in asdict(DATASETS.info(n)).items() if k != "name"} for n in DATASETS.names()}
+        return {"datasets": datasets, "fetched": cached}
+    out: Dict[str, Any] = {}
+    for n in DATASETS.names():
+        i = DATASETS.info(n)
+        trains = f"trains on {i.train_split}" if i.train_split else "evaluation only"
+        leak = ", class-disjoint" if i.class_disjoint and i.train_split else ""
+        out[n] = (f"{i.description} | splits {'/'.join(i.splits)} ({trains}{leak}) | protocol {i.protocol or '-'} | "
+                  f"{'path required' if i.needs_path else 'built in'} | licence: {i.licence or '-'}")
+    out["fetched emoji variants"] = ", ".join(cached) or "(none)"
     return out
 
 
@@ -62,6 +66,6 @@ def check(args: argparse.Namespace) -> Dict[str, Any]:
 
         samples = load_emoji("all", args.path)
         return {"images": len(samples), "identities": len({s.label for s in samples})}
-    from metricvision.data.readers import check_dataset
+    from metricvision.data import check_dataset
 
     return check_dataset(args.kind, args.path)

@@ -17,7 +17,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from metricvision.data.sample import DATASETS, Sample
+from metricvision.data.registry import register_dataset
+from metricvision.data.sample import Sample
 
 PACKAGED_FILE = Path(__file__).parent / "assets" / "emoji_google_twitter_40.npz"
 SPLITS = ("train", "test", "all")
@@ -86,7 +87,10 @@ def load_emoji(split: str = "train", path: Optional[str | Path] = None, vendors:
     return out
 
 
-@DATASETS.register("emoji")
+@register_dataset(
+    "emoji", licence="Noto Emoji: Apache-2.0; Twemoji: CC-BY 4.0 (see NOTICE)",
+    description="built-in: 40 px Google and Twitter emoji renderings, identities alternate train / test",
+)
 def emoji_splits(path: Optional[str] = None) -> dict:
     """{"train": [...], "test": [...]} of the emoji dataset (class-disjoint halves)."""
     return {"train": load_emoji("train", path), "test": load_emoji("test", path)}

@@ -9,9 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from metricvision._registry import Registry
-
-DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
+from metricvision.data.registry import DATASETS
 
 
 @dataclass
@@ -113,8 +111,6 @@ def load_samples(dataset: Optional[str] = None, images: Optional[str | Path] = N
     if (dataset is None) == (images is None):
         raise ValueError("give exactly one of dataset (a registered name) or images (a folder)")
     if dataset is not None:
-        import metricvision.data.emoji  # noqa: F401  (registers the built-in dataset)
-
         splits = DATASETS.create(dataset)
         if split not in splits:
             raise ValueError(f"split must be one of {sorted(splits)}, got '{split}'")

@@ -1,7 +1,8 @@
 """Evaluation protocols: ``PROTOCOLS[name](embed_fn, splits, **opts) -> {metric: value}``.
 
 ``embed_fn`` maps a list of samples to an (N, D) L2-normalized float tensor; ``splits`` is
-what a reader of ``metricvision.data.readers`` returns. A protocol decides which samples it
+what a dataset of ``metricvision.data.DATASETS`` returns, and each dataset names the protocol
+its community reports (``DATASETS.info(name).protocol``). A protocol decides which samples it
 embeds (revisited Oxford / Paris crops its queries to their boxes first) and then calls the
 pure metric functions of its module on the embeddings.
 """
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 
 from metricvision._registry import Registry
-from metricvision.data.readers.base import READERS, crop_to_box
+from metricvision.data.readers.base import crop_to_box
+from metricvision.data.registry import DATASETS
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.metrics.clustering import cluster_scores
-from metricvision.metrics.evaluate import retrieval_scores
+from metricvision.metrics.evaluate import evaluate_retrieval, retrieval_scores
 
 EmbedFn = Callable[[List[Sample]], torch.Tensor]
 Splits = Dict[str, List[Sample]]
@@ -50,16 +52,21 @@ def model_embed_fn(
 
 
 def evaluate_dataset(
-    protocol: str, embed_fn: EmbedFn, data: str | Path, reader: Optional[str] = None, **opts: Any
+    dataset: str, embed_fn: EmbedFn, path: Optional[str | Path] = None, protocol: Optional[str] = None,
+    options: Optional[Dict[str, Any]] = None, **opts: Any,
 ) -> Dict[str, float]:
-    """Read ``data`` with READERS[reader] (default: the reader named like the protocol) and run it.
+    """Read ``dataset`` (a DATASETS name) at ``path`` with ``options`` and run ``protocol`` on its splits.
 
-    Example: ``evaluate_dataset("cub", model_embed_fn(embedder, eval_transform(224)), "/data/CUB_200_2011")``.
+    ``protocol`` defaults to the one the dataset declares; ``opts`` go to the protocol. Example:
+    ``evaluate_dataset("cub", model_embed_fn(embedder, eval_transform(224)), "/data/CUB_200_2011")``.
     """
-    name = reader or protocol
-    if name not in READERS:
-        raise KeyError(f"no reader '{name}' for protocol '{protocol}'; pass reader= one of: {', '.join(READERS.names())}")
-    return PROTOCOLS.get(protocol)(embed_fn, READERS.get(name)(data), **opts)
+    info = DATASETS.info(dataset)
+    name = protocol or info.protocol
+    if name is None:
+        raise ValueError(f"dataset '{dataset}' declares no protocol of its own ({info.description}); name one of: "
+                         f"{', '.join(PROTOCOLS.names())}")
+    run = PROTOCOLS.get(name)
+    return run(embed_fn, DATASETS.create(dataset, path=path, **(options or {})), **opts)
 
 
 def require_splits(splits: Splits, names: Sequence[str], protocol: str) -> None:
@@ -84,18 +91,16 @@ def category_retrieval(
 ) -> Dict[str, float]:
     """Recall@K, P@1, R-Precision, MAP@R (Musgrave et al. 2020) and NMI / AMI.
 
-    Leave-one-out on the "test" split (CUB, Cars196, SOP), or "query" against "gallery"
-    (In-Shop, Liu et al. 2016). Clustering scores are computed on the test / gallery set.
+    Leave-one-out on the "test" split by ``evaluate_retrieval`` (CUB, Cars196, SOP, emoji), or
+    "query" against "gallery" (In-Shop, Liu et al. 2016). Clustering scores are computed on
+    the test / gallery set.
     """
     if "query" in splits and "gallery" in splits:
         q, g = embed(embed_fn, splits["query"]), embed(embed_fn, splits["gallery"])
-        qy, gy = labels_of(splits["query"]), labels_of(splits["gallery"])
-        out = retrieval_scores(q, qy, g, gy, ks=ks)
-        x, y = g, gy
-    else:
-        require_splits(splits, ["test"], "retrieval")
-        x, y = embed(embed_fn, splits["test"]), labels_of(splits["test"])
-        out = retrieval_scores(x, y, ks=ks)
-    if clustering:
-        out.update(cluster_scores(x.numpy(), y, seed))
-    return out
+        gy = labels_of(splits["gallery"])
+        out = retrieval_scores(q, labels_of(splits["query"]), g, gy, ks=ks)
+        if clustering:
+            out.update(cluster_scores(g.numpy(), gy, seed))
+        return out
+    require_splits(splits, ["test"], "retrieval")
+    return evaluate_retrieval(embed(embed_fn, splits["test"]), labels_of(splits["test"]), ks=ks, clustering=clustering, seed=seed)

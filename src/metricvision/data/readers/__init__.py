@@ -1,31 +1,9 @@
-"""Readers for benchmarks' native on-disk layouts; each returns {split name: [Sample]}.
+"""Readers for benchmarks' native on-disk layouts, registered in the one dataset registry.
 
-``READERS.get(name)(root)`` reads a dataset; ``check_dataset(kind, path)`` reads it, checks
-that every referenced image exists and summarizes it. Readers never download.
+``DATASETS.create(name, path=root)`` reads a dataset into {split name: [Sample]};
+``check_dataset(name, path)`` also checks that every image exists. Readers never download.
 """
-from __future__ import annotations
-
-from pathlib import Path
-from typing import Any, Dict
-
 from metricvision.data.readers import category, classification, generic, instance, pairs  # noqa: F401 (registration)
-from metricvision.data.readers.base import READERS, DatasetFormatError, Splits, crop_to_box, load_plain_pickle, summarize
+from metricvision.data.readers.base import DatasetFormatError, crop_to_box, load_plain_pickle
 
-
-def check_dataset(kind: str, path: str | Path) -> Dict[str, Any]:
-    """Read dataset ``kind`` at ``path`` and summarize it (samples and classes per split).
-
-    Raises:
-        KeyError: unknown kind (the message lists the readers).
-        FileNotFoundError: a missing list file or image, named with its expected format.
-        DatasetFormatError: a malformed file, named with its expected format.
-    """
-    splits = READERS.get(kind)(path)
-    images = {Path(s.image) for samples in splits.values() for s in samples if isinstance(s.image, (str, Path))}
-    missing = sorted(p for p in images if not p.exists())
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(images)} images of {kind} are missing, e.g. {missing[0]}")
-    return {"kind": kind, "path": str(path), "images": len(images), **summarize(splits)}
-
-
-__all__ = ["READERS", "DatasetFormatError", "Splits", "check_dataset", "crop_to_box", "load_plain_pickle", "summarize"]
+__all__ = ["DatasetFormatError", "crop_to_box", "load_plain_pickle"]

@@ -1,19 +1,15 @@
-"""Shared pieces of the dataset readers: the registry, file checks, safe pickle loading."""
+"""Shared pieces of the dataset readers: file checks, safe pickle loading, boxes."""
 from __future__ import annotations
 
 import io
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, Sequence
 
 import numpy as np
 
-from metricvision._registry import Registry
+from metricvision.data.registry import Splits
 from metricvision.data.sample import Sample, load_image
-
-Splits = Dict[str, List[Sample]]
-Reader = Callable[..., Splits]
-READERS: Registry[Splits] = Registry("dataset reader")
 
 
 class DatasetFormatError(ValueError):
@@ -97,12 +93,3 @@ def crop_to_box(sample: Sample) -> Sample:
 def label_ids(names: Iterable[str]) -> Dict[str, int]:
     """Sorted distinct class names -> 0..C-1."""
     return {n: i for i, n in enumerate(sorted(set(names)))}
-
-
-def summarize(splits: Splits) -> Dict[str, Any]:
-    """Per split: number of samples and of distinct labels (>= 0)."""
-    out: Dict[str, Any] = {}
-    for name, samples in splits.items():
-        out[f"{name}_samples"] = len(samples)
-        out[f"{name}_classes"] = len({s.label for s in samples if s.label >= 0})
-    return out

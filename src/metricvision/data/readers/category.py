@@ -10,11 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from metricvision.data.readers.base import READERS, DatasetFormatError, Splits, as_int, find_root, read_rows, require
+from metricvision.data.readers.base import DatasetFormatError, Splits, as_int, find_root, read_rows, require
+from metricvision.data.registry import register_dataset
 from metricvision.data.sample import Sample
 
 
-@READERS.register("cub")
+@register_dataset(
+    "cub", licence="non-commercial research and education (the authors' terms)",
+    description="CUB-200-2011 birds: images.txt, image_class_labels.txt; classes 1-100 train, 101-200 test",
+)
 def read_cub(root: str | Path) -> Splits:
     """CUB_200_2011: images.txt ("id path") and image_class_labels.txt ("id class"), classes 1-200."""
     root = find_root(root, "images.txt", ["CUB_200_2011"])
@@ -32,7 +36,10 @@ def read_cub(root: str | Path) -> Splits:
     return splits
 
 
-@READERS.register("cars196")
+@register_dataset(
+    "cars196", licence="non-commercial research (ImageNet-style terms)",
+    description="Cars196: cars_annos.mat; classes 1-98 train, 99-196 test",
+)
 def read_cars(root: str | Path) -> Splits:
     """Cars196: cars_annos.mat (annotations with relative_im_path, bbox_x1..y2, class)."""
     from scipy.io import loadmat
@@ -52,7 +59,10 @@ def read_cars(root: str | Path) -> Splits:
     return splits
 
 
-@READERS.register("sop")
+@register_dataset(
+    "sop", licence="research use (no explicit licence)",
+    description="Stanford Online Products: Ebay_train.txt / Ebay_test.txt",
+)
 def read_sop(root: str | Path) -> Splits:
     """Stanford Online Products: Ebay_train.txt / Ebay_test.txt ("image_id class_id super_class_id path")."""
     root = find_root(root, "Ebay_train.txt", ["Stanford_Online_Products"])
@@ -68,7 +78,10 @@ def read_sop(root: str | Path) -> Splits:
     return splits
 
 
-@READERS.register("inshop")
+@register_dataset(
+    "inshop", splits=("train", "query", "gallery"), licence="non-commercial research (DeepFashion agreement)",
+    description="In-Shop Clothes: list_eval_partition.txt; query against gallery",
+)
 def read_inshop(root: str | Path) -> Splits:
     """In-Shop Clothes: list_eval_partition.txt ("image_name item_id evaluation_status"), after two header lines."""
     root = find_root(root, "list_eval_partition.txt", ["Eval", "In-shop Clothes Retrieval Benchmark"])

@@ -4,11 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from metricvision.data.readers.base import READERS, DatasetFormatError, Splits, as_int, find_root, label_ids, read_rows, require
+from metricvision.data.readers.base import DatasetFormatError, Splits, as_int, find_root, label_ids, read_rows, require
+from metricvision.data.registry import register_dataset
 from metricvision.data.sample import Sample
 
 
-@READERS.register("miniimagenet")
+@register_dataset(
+    "miniimagenet", splits=("train", "val", "test"), protocol="fewshot",
+    licence="ImageNet terms: non-commercial research",
+    description="miniImageNet (Ravi & Larochelle split): train.csv / val.csv / test.csv and images/",
+)
 def read_miniimagenet(root: str | Path) -> Splits:
     """miniImageNet (Ravi & Larochelle split): train.csv / val.csv / test.csv ("filename,label") and images/.
 
@@ -41,13 +46,21 @@ def read_lt_lists(root: str | Path, prefix: str, image_root: Optional[str | Path
     return splits
 
 
-@READERS.register("imagenet_lt")
+@register_dataset(
+    "imagenet_lt", splits=("train", "val", "test", "open"), protocol="longtail", class_disjoint=False,
+    licence="ImageNet terms: non-commercial research",
+    description="ImageNet-LT lists ImageNet_LT_*.txt (option image_root=ImageNet folder); many / medium / few-shot",
+)
 def read_imagenet_lt(root: str | Path, image_root: Optional[str | Path] = None) -> Splits:
     """ImageNet-LT (Liu et al. 2019): ImageNet_LT_{train,val,test}.txt (+ _open.txt); images under ``image_root``."""
     return read_lt_lists(find_root(root, "ImageNet_LT_train.txt", ["ImageNet_LT"]), "ImageNet_LT", image_root)
 
 
-@READERS.register("places_lt")
+@register_dataset(
+    "places_lt", splits=("train", "val", "test", "open"), protocol="longtail", class_disjoint=False,
+    licence="Places365 terms: non-commercial research",
+    description="Places-LT lists Places_LT_*.txt (option image_root=Places365 folder); many / medium / few-shot",
+)
 def read_places_lt(root: str | Path, image_root: Optional[str | Path] = None) -> Splits:
     """Places-LT (Liu et al. 2019): Places_LT_{train,val,test}.txt (+ _open.txt); images under ``image_root``."""
     return read_lt_lists(find_root(root, "Places_LT_train.txt", ["Places_LT"]), "Places_LT", image_root)

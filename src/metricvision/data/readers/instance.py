@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from metricvision.data.readers.base import READERS, DatasetFormatError, Splits, find_root, load_plain_pickle, read_rows, require
+from metricvision.data.readers.base import DatasetFormatError, Splits, find_root, load_plain_pickle, read_rows, require
+from metricvision.data.registry import register_dataset
 from metricvision.data.sample import Sample
 
 GND_FORMAT = "a pickle of {'imlist': [names], 'qimlist': [names], 'gnd': [{'bbx', 'easy', 'hard', 'junk'}]}"
@@ -45,19 +46,28 @@ def read_revisited(root: str | Path, name: str, distractors: Optional[str | Path
     return {"query": queries, "db": db}
 
 
-@READERS.register("roxford5k")
+@register_dataset(
+    "roxford5k", splits=("query", "db"), train_split=None, protocol="revisited", licence="research use (Flickr images)",
+    description="revisited Oxford: gnd_roxford5k.pkl and jpg/; evaluation only (option distractors=R1M folder)",
+)
 def read_roxford5k(root: str | Path, distractors: Optional[str | Path] = None) -> Splits:
     """Revisited Oxford: gnd_roxford5k.pkl and jpg/; ``distractors`` is a revisitop1m folder."""
     return read_revisited(root, "roxford5k", distractors)
 
 
-@READERS.register("rparis6k")
+@register_dataset(
+    "rparis6k", splits=("query", "db"), train_split=None, protocol="revisited", licence="research use (Flickr images)",
+    description="revisited Paris: gnd_rparis6k.pkl and jpg/; evaluation only (option distractors=R1M folder)",
+)
 def read_rparis6k(root: str | Path, distractors: Optional[str | Path] = None) -> Splits:
     """Revisited Paris: gnd_rparis6k.pkl and jpg/; ``distractors`` is a revisitop1m folder."""
     return read_revisited(root, "rparis6k", distractors)
 
 
-@READERS.register("revisitop1m")
+@register_dataset(
+    "revisitop1m", splits=("db",), train_split=None, protocol=None, licence="research use (Flickr images)",
+    description="R-1M distractors: revisitop1m.txt and jpg/; used through roxford5k / rparis6k's distractors option",
+)
 def read_revisitop1m(root: str | Path) -> Splits:
     """The R-1M distractors: revisitop1m.txt (one relative image name per line) and jpg/."""
     root = find_root(root, "revisitop1m.txt", ["revisitop1m"])
@@ -88,13 +98,20 @@ def read_reid(root: str | Path, marker: str) -> Splits:
     return splits
 
 
-@READERS.register("market1501")
+@register_dataset(
+    "market1501", splits=("train", "query", "gallery"), protocol="reid", licence="research use",
+    description="Market-1501: bounding_box_train/, query/, bounding_box_test/",
+)
 def read_market1501(root: str | Path) -> Splits:
     """Market-1501: bounding_box_train/, query/, bounding_box_test/ ('0002_c1s1_000451_03.jpg')."""
     return read_reid(root, "Market-1501-v15.09.15")
 
 
-@READERS.register("dukemtmc")
+@register_dataset(
+    "dukemtmc", splits=("train", "query", "gallery"), protocol="reid",
+    licence="withdrawn by its authors in 2019; existing copies under their original research terms",
+    description="DukeMTMC-reID: bounding_box_train/, query/, bounding_box_test/",
+)
 def read_dukemtmc(root: str | Path) -> Splits:
     """DukeMTMC-reID: bounding_box_train/, query/, bounding_box_test/ ('0001_c2_f0046182.jpg')."""
     return read_reid(root, "DukeMTMC-reID")

@@ -10,13 +10,17 @@ from typing import Optional
 
 from PIL import Image
 
-from metricvision.data.readers.base import READERS, DatasetFormatError, Splits, as_int, find_root, label_ids, read_rows, require
+from metricvision.data.readers.base import DatasetFormatError, Splits, as_int, find_root, label_ids, read_rows, require
+from metricvision.data.registry import register_dataset
 from metricvision.data.sample import Sample
 
 LFW_FORMAT = "a header '<folds> <pairs per fold>' then, per fold, that many '<name> <i> <j>' and '<name> <i> <name> <j>' lines"
 
 
-@READERS.register("lfw")
+@register_dataset(
+    "lfw", splits=("left", "right"), train_split=None, protocol="lfw", licence="research use (news photographs)",
+    description="LFW view 2: pairs.txt and <name>/<name>_NNNN.jpg; 10-fold pair verification, evaluation only",
+)
 def read_lfw(root: str | Path) -> Splits:
     """LFW view 2: pairs.txt and images <name>/<name>_<i:04d>.jpg under lfw/ (or the root)."""
     root = find_root(root, "pairs.txt", ["lfw"])
@@ -52,7 +56,10 @@ def _brown_patch(root: Path, index: int, point: int) -> Sample:
     return Sample(root / f"patches{index // per_file:04d}.bmp", label=point, bbox=box, meta={"patch": index})
 
 
-@READERS.register("brown")
+@register_dataset(
+    "brown", splits=("patches", "left", "right"), train_split="patches", protocol="brown", licence="research use",
+    description="Brown / UBC patches (liberty, notredame, yosemite): info.txt, m50_*.txt, patchesNNNN.bmp; train on one subset, evaluate on another",
+)
 def read_brown(root: str | Path, pairs: Optional[str] = None) -> Splits:
     """Brown / UBC (liberty, notredame, yosemite): info.txt, m50_*.txt pairs, patchesNNNN.bmp.
 
@@ -88,7 +95,11 @@ HPATCH = 65
 HPATCHES_IMAGES = ["ref"] + [f"{t}{i}" for t in "eht" for i in range(1, 6)]
 
 
-@READERS.register("hpatches")
+@register_dataset(
+    "hpatches", splits=("test",), train_split=None, protocol="hpatches",
+    licence="research use (see the HPatches release)",
+    description="HPatches release: i_* / v_* sequences of 65 x 65 patch columns; evaluation only",
+)
 def read_hpatches(root: str | Path) -> Splits:
     """HPatches release: one folder per sequence (i_* / v_*) with ref.png, e1-5, h1-5, t1-5.png.
 
