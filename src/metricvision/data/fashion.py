@@ -95,7 +95,8 @@ def _samples(path: Optional[str]) -> Tuple[List[Sample], np.ndarray]:
 
 
 @register_dataset("fashion", protocol="retrieval", licence=_LICENCE,
-                  description="Fashion-MNIST (`data fetch fashion`): category retrieval, classes 0-4 train, 5-9 test")
+                  description="Fashion-MNIST, 70,000 images of 10 classes (`data fetch fashion`): "
+                              "category retrieval, classes 0-4 train, 5-9 test")
 def fashion_splits(path: Optional[str] = None, train_classes: int = 5) -> Splits:
     """{"train": classes < train_classes, "test": the others}, both original files joined."""
     if not 0 < train_classes < len(CLASSES):
