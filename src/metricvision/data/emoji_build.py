@@ -47,7 +47,7 @@ def npm_pack(package: str, dest: Path) -> Path:
     return target / "package"
 
 
-def _render(png: bytes, size: int) -> np.ndarray:
+def png_on_white(png: bytes, size: int) -> np.ndarray:
     """RGBA PNG bytes -> (size, size, 3) uint8 on a white background."""
     im = Image.open(io.BytesIO(png)).convert("RGBA")
     bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -79,7 +79,7 @@ def build(vendor_dirs: Dict[str, Path], size: int, out: Path) -> Dict[str, int]:
             for tone, fname in renderings:
                 p = vendor_dirs[vendor] / "img" / vendor / "64" / fname
                 if p.exists():
-                    rows.append((_render(p.read_bytes(), size), vi, tone))
+                    rows.append((png_on_white(p.read_bytes(), size), vi, tone))
         if not rows:
             continue
         label = len(identities)

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from metricvision.data.debian import fetch_debs, package_licences, print_licences
-from metricvision.data.emoji_build import _render
+from metricvision.data.emoji_build import png_on_white
 from metricvision.data.packfile import cache_dir, load_packed, save_packed
 from metricvision.data.registry import Splits, register_dataset
 from metricvision.data.sample import Sample
@@ -90,7 +90,7 @@ def rasterize(path: Path, size: int) -> np.ndarray:
         png = cairosvg.svg2png(url=str(path), output_width=size, output_height=size)
     else:
         png = path.read_bytes()
-    return _render(png, size)
+    return png_on_white(png, size)
 
 
 def build(icons_root: Path, out: Path, size: int = DEFAULT_SIZE, themes: Optional[List[str]] = None,
