@@ -19,9 +19,11 @@ Directories={dirs}
 SECTION = "\n[{d}]\nSize={size}\nContext={context}\nType={type}\n"
 
 
-def svg(colour: str, shape: str) -> str:
+def svg(colour: str, shape: str, entity: bool = False) -> str:
+    """A 16 px SVG circle or square; ``entity``: with an XML entity declaration, as Illustrator writes them."""
     body = f'<circle cx="8" cy="8" r="6" fill="{colour}"/>' if shape == "circle" else f'<rect x="2" y="2" width="12" height="12" fill="{colour}"/>'
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">{body}</svg>'
+    doctype = '<!DOCTYPE svg [<!ENTITY ns_svg "http://www.w3.org/2000/svg">]>' if entity else ""
+    return f'{doctype}<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">{body}</svg>'
 
 
 def write_theme(root: Path, name: str, dirs: dict) -> None:
@@ -47,7 +49,7 @@ def icons_root(tmp_path_factory) -> Path:
     write_theme(root, "Papirus", {
         "48x48/apps": (48, "Applications", "Fixed", {
             "firefox.svg": svg("orange", "circle"), "gimp.svg": svg("gray", "circle"), "only-here.svg": svg("red", "rect"),
-            "gimp-symbolic.svg": svg("black", "rect")}),
+            "gimp-symbolic.svg": svg("black", "rect"), "broken.svg": svg("pink", "rect")}),
         "32x32/apps": (32, "Applications", "Fixed", {"firefox.svg": svg("orange", "rect")}),
         "16x16/apps": (16, "Applications", "Fixed", {"firefox.svg": svg("yellow", "rect")}),
         "48x48/places": (48, "Places", "Fixed", {"folder.svg": svg("blue", "rect"), "user-home.svg": svg("navy", "circle")}),
@@ -55,9 +57,10 @@ def icons_root(tmp_path_factory) -> Path:
     })
     write_theme(root, "Tango", {
         "32x32/apps": (32, "Applications", "Fixed", {"firefox.png": Image.new("RGBA", (32, 32), (200, 80, 0, 255)),
-                                                      "gimp.png": Image.new("RGBA", (32, 32), (90, 90, 90, 128))}),
-        "scalable/places": (48, "Places", "Scalable", {"folder.svg": svg("steelblue", "circle"),
-                                                       "user-home.svg": svg("steelblue", "circle")}),
+                                                      "gimp.png": Image.new("RGBA", (32, 32), (90, 90, 90, 128)),
+                                                      "broken.png": "not a PNG"}),
+        "scalable/places": (48, "Places", "Scalable", {"folder.svg": svg("steelblue", "circle", entity=True),
+                                                       "user-home.svg": svg("steelblue", "circle", entity=True)}),
         "32x32/emblems": (32, "Emblems", "Fixed", {"emblem-ok.png": Image.new("RGB", (32, 32), "green")}),
     })
     (root / "Tango" / "32x32" / "apps" / "mozilla.png").symlink_to("firefox.png")
@@ -78,8 +81,10 @@ def test_theme_sources_reads_index_theme(icons_root):
 def test_build_split_is_class_disjoint_and_deterministic(icons_root, tmp_path):
     out = tmp_path / "icons_24.npz"
     counts = build(icons_root, out, size=24, themes=["Papirus", "Tango"])
-    # firefox (2 Papirus sizes + Tango), folder (both), gimp (both); only-here and user-home in one theme
+    # firefox (2 Papirus sizes + Tango), folder (both), gimp (both); only-here and user-home in one theme;
+    # broken is unreadable in Tango, so left in one theme
     assert counts["identities"] == 3 and counts["images"] == 7 and counts["identities_apps"] == 2
+    assert counts["unreadable_files"] == 1
     splits = DATASETS.create("icons", path=str(out))
     check_class_disjoint(splits["train"], splits["test"])
     names = {s.meta["name"]: s.label for part in splits.values() for s in part}

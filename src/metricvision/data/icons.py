@@ -82,15 +82,19 @@ def theme_sources(theme_dir: Path, design_sizes: Tuple[int, ...] = DESIGN_SIZES)
     return out
 
 
-def rasterize(path: Path, size: int) -> np.ndarray:
-    """An SVG (cairosvg) or PNG icon -> (size, size, 3) uint8 on a white background."""
-    if path.suffix == ".svg":
-        import cairosvg
+def rasterize(path: Path, size: int) -> Optional[np.ndarray]:
+    """An SVG (cairosvg) or PNG icon -> (size, size, 3) uint8 on a white background; None if unreadable."""
+    try:
+        if path.suffix == ".svg":
+            import cairosvg
 
-        png = cairosvg.svg2png(url=str(path), output_width=size, output_height=size)
-    else:
-        png = path.read_bytes()
-    return png_on_white(png, size)
+            # unsafe: Illustrator exports declare XML entities; these files come from signed Debian packages
+            png = cairosvg.svg2png(url=str(path), output_width=size, output_height=size, unsafe=True)
+        else:
+            png = path.read_bytes()
+        return png_on_white(png, size)
+    except Exception:  # one broken drawing is one image fewer, not a failed build
+        return None
 
 
 def build(icons_root: Path, out: Path, size: int = DEFAULT_SIZE, themes: Optional[List[str]] = None,
@@ -104,31 +108,35 @@ def build(icons_root: Path, out: Path, size: int = DEFAULT_SIZE, themes: Optiona
         licences: package -> licence, recorded in the file.
 
     Returns:
-        counts: images, identities, themes, and identities per category.
+        counts: images, identities, themes, unreadable files (skipped), and identities per category.
     """
     themes = themes or [t for t in PACKAGES.values() if (icons_root / t).is_dir()]
     if not themes:
         raise FileNotFoundError(f"no icon theme of {sorted(PACKAGES.values())} under {icons_root}")
     per = {t: theme_sources(icons_root / t) for t in themes}
     names = sorted(n for n in set().union(*per.values()) if sum(n in p for p in per.values()) >= min_themes)
-    images, labels, theme_ids, sizes, identities = [], [], [], [], []
+    images, labels, theme_ids, sizes, identities, unreadable = [], [], [], [], [], 0
     for name in names:
         categories = [c for t in themes for _, c, _ in per[t].get(name, []) if c]
         if not categories:
             continue
+        rows = [(ti, design, rasterize(f, size)) for ti, t in enumerate(themes) for design, _, f in per[t].get(name, [])[:per_theme]]
+        unreadable += sum(img is None for _, _, img in rows)
+        rows = [r for r in rows if r[2] is not None]
+        if len({ti for ti, _, _ in rows}) < min_themes:
+            continue
         label = len(identities)
         identities.append({"name": name, "category": max(set(categories), key=categories.count)})
-        for ti, t in enumerate(themes):
-            for design, _, f in per[t].get(name, [])[:per_theme]:
-                images.append(rasterize(f, size))
-                labels.append(label)
-                theme_ids.append(ti)
-                sizes.append(design)
+        for ti, design, img in rows:
+            images.append(img)
+            labels.append(label)
+            theme_ids.append(ti)
+            sizes.append(design)
     if not images:
         raise ValueError(f"no icon name is drawn by >= {min_themes} of the themes {themes} under {icons_root}")
     save_packed(out, np.stack(images), {"identities": identities, "themes": themes, "licences": licences or {}},
                 labels=np.array(labels, np.int32), themes=np.array(theme_ids, np.int8), sizes=np.array(sizes, np.int16))
-    counts = {"images": len(images), "identities": len(identities), "themes": len(themes)}
+    counts = {"images": len(images), "identities": len(identities), "themes": len(themes), "unreadable_files": unreadable}
     for c in CONTEXTS.values():
         counts[f"identities_{c}"] = sum(i["category"] == c for i in identities)
     return counts
