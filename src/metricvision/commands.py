@@ -22,19 +22,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=train)
 
-    p = sub.add_parser("evaluate", help="evaluate a run folder (default: retrieval on its dataset's test split)")
+    p = sub.add_parser("evaluate", help="evaluate a run folder (default: rerun its protocol on its evaluation dataset)")
     p.add_argument("run", type=Path, help="run folder written by `metricvision train`")
-    p.add_argument("--protocol", default=None, help="evaluation protocol name (see metricvision.metrics.protocols)")
-    p.add_argument("--data", type=Path, default=None, help="dataset folder for --protocol")
-    p.add_argument("--reader", default=None, help="dataset reader for --data (default: the protocol's own)")
+    p.add_argument("--protocol", default=None, help="evaluation protocol (default: the run's, or --dataset's own)")
+    p.add_argument("--dataset", "--reader", dest="dataset", default=None,
+                   help="a registered dataset, read at --data (see `metricvision data list`; default: the run's)")
+    p.add_argument("--data", type=Path, default=None, help="the dataset's folder in its native layout")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=evaluate)
 
     p = sub.add_parser("embed", help="embed a dataset or an image folder with a run's model into an .npz file")
     p.add_argument("run", type=Path)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="a registered dataset, e.g. emoji")
+    src.add_argument("--dataset", help="a registered dataset, e.g. emoji (see `metricvision data list`)")
     src.add_argument("--images", type=Path, help="a folder of images (searched recursively)")
+    p.add_argument("--data", type=Path, default=None, help="the --dataset's folder in its native layout")
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, required=True, help="output .npz (embeddings, labels, paths)")
     p.add_argument("--json", action="store_true")
@@ -68,8 +70,9 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     if not args.no_report:
         from metricvision.report import query_grid, write_report
 
-        grid = query_grid(trainer.test_samples, trainer.last_test_embeddings, seed=recipe.train.seed)
-        path = write_report(run_dir, recipe.name, metrics, trainer.history, recipe.to_dict(), grid)
+        emb = trainer.last_test_embeddings
+        grid = query_grid(trainer.test_samples, emb, seed=recipe.train.seed) if emb is not None else ""
+        path = write_report(run_dir, recipe.name, metrics, trainer.history, trainer.recipe.to_dict(), grid)
         print(f"report: {path}", file=sys.stderr)
     return metrics
 
@@ -90,21 +93,31 @@ def _embed_fn(model: Any, image_size: int):
 
 
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
-    """`metricvision evaluate`."""
-    from metricvision.engine.builders import build_splits
+    """`metricvision evaluate`: the run's protocol on its evaluation dataset, or --protocol / --dataset / --data."""
+    from metricvision.data import DATASETS
+    from metricvision.engine.builders import build_eval_splits, eval_recipes, resolve_eval, run_evaluations
     from metricvision.engine.runs import load_run
-    from metricvision.metrics import evaluate_retrieval
+    from metricvision.metrics.protocols import PROTOCOLS
 
+    if args.protocol is not None and args.protocol not in PROTOCOLS:
+        raise KeyError(f"unknown protocol '{args.protocol}'; expected one of: {', '.join(PROTOCOLS.names())} "
+                       "(pick the dataset with --dataset NAME (alias --reader) and --data PATH; see `metricvision data list`)")
     recipe, model = load_run(args.run)
-    fn = _embed_fn(model, recipe.data.image_size)
-    if args.protocol is None:
-        _, test = build_splits(recipe)
-        return evaluate_retrieval(fn(test), np.array([s.label for s in test]), ks=recipe.eval.ks, clustering=recipe.eval.clustering)
-    from metricvision.metrics.protocols import evaluate_dataset
-
-    if args.data is None:
-        raise ValueError(f"--protocol {args.protocol} needs --data PATH (the dataset folder)")
-    return evaluate_dataset(args.protocol, fn, args.data, args.reader)
+    recipe = resolve_eval(recipe)
+    e = recipe.eval
+    if args.dataset is not None or args.data is not None:
+        dataset = args.dataset or (args.protocol if args.protocol in DATASETS else None)
+        if dataset is None:
+            raise ValueError(f"--data {args.data} needs --dataset NAME (one of: {', '.join(DATASETS.names())})")
+        changed = dataset != e.dataset or (args.data is not None and str(args.data) != e.path)
+        if changed:
+            e.dataset, e.path, e.options, e.params, e.also = dataset, None if args.data is None else str(args.data), {}, {}, {}
+            e.protocol = None
+    if args.protocol is not None and args.protocol != e.protocol:
+        e.protocol, e.params, e.also = args.protocol, {}, {}
+    recipes = eval_recipes(recipe)
+    splits = {name: build_eval_splits(sub) for name, sub in recipes.items()}
+    return run_evaluations(recipes, _embed_fn(model, recipe.data.image_size), splits)
 
 
 def embed(args: argparse.Namespace) -> Dict[str, Any]:
@@ -113,7 +126,7 @@ def embed(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.engine.runs import load_run
 
     recipe, model = load_run(args.run)
-    samples = load_samples(args.dataset, args.images, args.split)
+    samples = load_samples(args.dataset, args.images, args.split, args.data)
     emb = _embed_fn(model, recipe.data.image_size)(samples).numpy()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")

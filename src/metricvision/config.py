@@ -19,10 +19,13 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 @dataclass
 class DataConfig:
-    """Dataset, images and batches."""
+    """Dataset (a DATASETS name, read at ``path`` with ``options``), images and batches;
+    ``crop`` cuts training images to their samples' boxes (Brown patches, for instance)."""
 
     dataset: str = "emoji"
     path: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    crop: bool = False
     image_size: int = 48
     train_transform: str = "train"
     batch_size: int = 128
@@ -90,11 +93,23 @@ class SupervisionConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation on the unseen classes."""
+    """Evaluation: a PROTOCOLS name run on a dataset's splits.
+
+    ``dataset`` / ``path`` / ``options`` default to ``data``'s (path and options only when the
+    dataset is the same); ``protocol`` defaults to the one the dataset declares; ``params``
+    are the protocol's keyword arguments (``ks`` and ``clustering`` are passed to protocols
+    that take them). ``also`` adds evaluations, name -> {dataset, path, options, protocol,
+    params}, whose metrics are reported as "name/metric" (e.g. the other Brown subsets).
+    """
 
     ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
     clustering: bool = True
-    protocol: str = "retrieval"
+    protocol: Optional[str] = None
+    dataset: Optional[str] = None
+    path: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    params: Dict[str, Any] = field(default_factory=dict)
+    also: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -198,3 +198,7 @@ def test_crop_to_box(tmp_path):
 
     cropped = crop_to_box(Sample(path, bbox=(2.4, 1.6, 12.5, 9.0)))
     assert cropped.image.shape == (7, 10, 3) and cropped.bbox is None
+    from metricvision.data.sample import SampleDataset
+
+    assert SampleDataset([Sample(path, bbox=(2.4, 1.6, 12.5, 9.0))], crop=True)[0][0].shape == (3, 7, 10)
+    assert SampleDataset([Sample(path, bbox=(2.4, 1.6, 12.5, 9.0))])[0][0].shape == (3, 10, 20)

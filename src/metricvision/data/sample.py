@@ -54,24 +54,36 @@ def load_image(image: Any) -> Image.Image:
         raise ValueError(f"corrupt or unreadable image {path}: {e}") from e
 
 
+def crop_to_box(sample: Sample) -> Sample:
+    """Copy of ``sample`` whose image is cropped to its bbox (x0, y0, x1, y1), rounded as PIL does."""
+    if sample.bbox is None:
+        return sample
+    box = tuple(int(round(v)) for v in sample.bbox)
+    image = np.asarray(load_image(sample.image).crop(box))
+    return Sample(**{**sample.__dict__, "image": image, "bbox": None})
+
+
 class SampleDataset(torch.utils.data.Dataset):
     """A torch dataset over samples, returning (image tensor (3, H, W), label).
 
     Args:
         samples: the samples.
         transform: PIL image -> tensor; default converts to a float tensor in [0, 1].
+        crop: cut each image to its sample's bbox (x0, y0, x1, y1) first (patches, boxed objects).
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Optional[Callable[[Image.Image], torch.Tensor]] = None) -> None:
+    def __init__(self, samples: Sequence[Sample], transform: Optional[Callable[[Image.Image], torch.Tensor]] = None,
+                 crop: bool = False) -> None:
         self.samples: List[Sample] = list(samples)
         self.transform = transform
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         s = self.samples[i]
-        img = load_image(s.image)
+        img = load_image(crop_to_box(s).image if self.crop else s.image)
         if self.transform is not None:
             x = self.transform(img)
         else:
@@ -106,12 +118,13 @@ def relabel(samples: Sequence[Sample]) -> List[Sample]:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 
 
-def load_samples(dataset: Optional[str] = None, images: Optional[str | Path] = None, split: str = "test") -> List[Sample]:
-    """Samples of a registered dataset's split, or of every image file under a folder (recursively)."""
+def load_samples(dataset: Optional[str] = None, images: Optional[str | Path] = None, split: str = "test",
+                 path: Optional[str | Path] = None) -> List[Sample]:
+    """Samples of a registered dataset's split (read at ``path``), or of every image file under a folder (recursively)."""
     if (dataset is None) == (images is None):
         raise ValueError("give exactly one of dataset (a registered name) or images (a folder)")
     if dataset is not None:
-        splits = DATASETS.create(dataset)
+        splits = DATASETS.create(dataset, path=path)
         if split not in splits:
             raise ValueError(f"split must be one of {sorted(splits)}, got '{split}'")
         return splits[split]

@@ -23,10 +23,11 @@ from metricvision.config import Recipe
 from metricvision.data.samplers import PKSampler
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS
-from metricvision.engine.builders import build_loss, build_model, build_optimizer, build_schedule, build_splits
+from metricvision._atomic import atomic_write
+from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, eval_recipes,
+                                          resolve_eval, run_evaluations)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
 from metricvision.losses import LossOutput
-from metricvision.metrics import evaluate_retrieval
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -58,12 +59,14 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 class Trainer:
-    """Trains an Embedder with a loss over similarity matrices and evaluates it on unseen classes.
+    """Trains an Embedder with a loss over similarity matrices on a dataset's training split and
+    evaluates it with the evaluation dataset's protocol (``eval.protocol``, through PROTOCOLS).
 
     Args:
-        recipe: the experiment.
-        run_dir: the run folder (created).
-        train_samples / test_samples: override the recipe's dataset (labels of train must be 0..C-1).
+        recipe: the experiment (its eval section is resolved by ``resolve_eval``).
+        run_dir: the run folder (created); splits.json records the classes of every split used.
+        train_samples / test_samples: override the recipe's datasets (labels of train must be
+            0..C-1); the protocol then runs on {"test": test_samples}.
         hooks: supervision settings and other callbacks (see ``Hook``).
     """
 
@@ -75,7 +78,7 @@ class Trainer:
         test_samples: Optional[Sequence[Sample]] = None,
         hooks: Sequence[Any] = (),
     ) -> None:
-        self.recipe = recipe
+        self.recipe = recipe = resolve_eval(recipe)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if recipe.train.threads > 0:
@@ -83,16 +86,27 @@ class Trainer:
         dev = recipe.train.device
         self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
         torch.manual_seed(recipe.train.seed)
+        self.eval_recipes = eval_recipes(recipe)
         if train_samples is None or test_samples is None:
-            train_samples, test_samples = build_splits(recipe)
-        self.train_samples, self.test_samples = list(train_samples), list(test_samples)
+            train_samples, self.eval_splits, record = build_splits(recipe)
+            with atomic_write(self.run_dir / "splits.json") as f:
+                f.write(json.dumps(record, indent=1).encode())
+        else:
+            self.eval_recipes = {"": self.eval_recipes[""]}
+            self.eval_splits = {"": {"test": list(test_samples)}}
+        self.train_samples = list(train_samples)
+        # the labelled split of the main evaluation that the report's query grid shows; evaluate() keeps its embeddings
+        labelled = [self.eval_splits[""].get(n, []) for n in ("test", "gallery")]
+        self.test_samples = next((p for p in labelled if any(s.label >= 0 for s in p)), [])
+        self.last_test_embeddings: Optional[torch.Tensor] = None
         self.num_classes = len({s.label for s in self.train_samples if s.label >= 0})
         self.model = build_model(recipe).to(self.device)
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
         size = recipe.data.image_size
-        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(recipe.data.train_transform, size=size))
+        self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(recipe.data.train_transform, size=size),
+                                       crop=recipe.data.crop)
         self.eval_transform = TRANSFORMS.create("eval", size=size)
         labels = [s.label for s in self.train_samples]
         self.sampler = PKSampler(labels, recipe.data.batch_size, recipe.data.samples_per_class, recipe.train.seed)
@@ -274,12 +288,20 @@ class Trainer:
         return self.model.encode((x for x, _ in loader))
 
     def evaluate(self, clustering: Optional[bool] = None) -> Dict[str, float]:
-        """Retrieval metrics on the test (unseen) classes."""
-        emb = self.embed(self.test_samples)
-        self.last_test_embeddings = emb
-        labels = torch.tensor([s.label for s in self.test_samples])
-        use_clustering = self.recipe.eval.clustering if clustering is None else clustering
-        return evaluate_retrieval(emb, labels, ks=self.recipe.eval.ks, clustering=use_clustering, seed=self.recipe.train.seed)
+        """The eval protocol's metrics on the evaluation splits, then eval.also's as "name/metric"
+        (clustering: override eval.clustering)."""
+        keep = {id(s) for s in self.test_samples}
+        kept: Dict[int, torch.Tensor] = {}
+
+        def embed_fn(samples: List[Sample]) -> torch.Tensor:
+            emb = self.embed(samples)
+            kept.update((id(s), e) for s, e in zip(samples, emb) if id(s) in keep)
+            return emb
+
+        metrics = run_evaluations(self.eval_recipes, embed_fn, self.eval_splits, clustering)
+        if keep and len(kept) == len(keep):
+            self.last_test_embeddings = torch.stack([kept[id(s)] for s in self.test_samples])
+        return metrics
 
     def _log(self, entry: Dict[str, Any]) -> None:
         with open(self.run_dir / "log.jsonl", "a") as f:

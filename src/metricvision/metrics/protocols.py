@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from metricvision._registry import Registry
-from metricvision.data.readers.base import crop_to_box
 from metricvision.data.registry import DATASETS
-from metricvision.data.sample import Sample, SampleDataset
+from metricvision.data.sample import Sample, SampleDataset, crop_to_box
 from metricvision.metrics.clustering import cluster_scores
 from metricvision.metrics.evaluate import evaluate_retrieval, retrieval_scores
 

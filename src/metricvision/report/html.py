@@ -1,10 +1,12 @@
-"""report.html of a run: loss curve, Recall@K curve and a grid of test queries with their top results."""
+"""report.html of a run: loss curve, Recall@K curve (or a chart of whatever scores the protocol
+reports) and a grid of test queries with their top results."""
 from __future__ import annotations
 
 import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -55,6 +57,19 @@ def recall_plot(curves: Dict[str, Dict[str, float]]) -> str:
     return _png(fig)
 
 
+def scores_plot(metrics: Dict[str, Any]) -> str:
+    """Base64 PNG bar chart of the numeric metrics with values in [0, 1] (accuracy, mAP, FPR, ...); "" if none."""
+    scores = {k: float(v) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1}
+    if not scores:
+        return ""
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(scores) + 0.8))
+    ax.barh(list(scores)[::-1], list(scores.values())[::-1])
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
+
+
 def query_grid(samples: Sequence[Sample], embeddings: torch.Tensor, n_queries: int = 8, k: int = 6, seed: int = 0) -> str:
     """Base64 PNG: each row a query and its top-k results, green border = same label, red = not."""
     n = len(samples)
@@ -99,7 +114,10 @@ def write_report(run_dir: str | Path, title: str, metrics: Dict[str, float], his
     ]
     if history.get("step_loss"):
         parts.append(f"<h2>Loss</h2><img alt='loss curve' src='data:image/png;base64,{loss_plot(history['step_loss'], history.get('epochs', []))}'>")
-    parts.append(f"<h2>Recall@K</h2><img alt='recall curve' src='data:image/png;base64,{recall_plot(curves)}'>")
+    if any(k.startswith("recall@") for k in metrics):
+        parts.append(f"<h2>Recall@K</h2><img alt='recall curve' src='data:image/png;base64,{recall_plot(curves)}'>")
+    elif chart := scores_plot(metrics):
+        parts.append(f"<h2>Scores</h2><img alt='scores chart' src='data:image/png;base64,{chart}'>")
     if grid_png:
         parts.append(f"<h2>Test queries and their top results</h2><p>green: same identity, red: wrong</p>"
                      f"<img alt='query grid' src='data:image/png;base64,{grid_png}'>")

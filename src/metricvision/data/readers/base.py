@@ -4,12 +4,10 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Iterable, Sequence
+from typing import Any, Dict, Iterable, List, Sequence
 
 import numpy as np
 
-from metricvision.data.registry import Splits
-from metricvision.data.sample import Sample, load_image
 
 
 class DatasetFormatError(ValueError):
@@ -79,15 +77,6 @@ def load_plain_pickle(path: Path, expected: str) -> Any:
         return _PlainUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as e:  # noqa: BLE001 - any failure means the file is not what we expect
         raise DatasetFormatError(f"{path}: not a plain-data pickle ({e}); expected {expected}") from e
-
-
-def crop_to_box(sample: Sample) -> Sample:
-    """Copy of ``sample`` whose image is cropped to its bbox (x0, y0, x1, y1), rounded as PIL does."""
-    if sample.bbox is None:
-        return sample
-    box = tuple(int(round(v)) for v in sample.bbox)
-    image = np.asarray(load_image(sample.image).crop(box))
-    return Sample(**{**sample.__dict__, "image": image, "bbox": None})
 
 
 def label_ids(names: Iterable[str]) -> Dict[str, int]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from metricvision.data.readers.base import DatasetFormatError, Splits, as_int, find_root, read_rows, require
-from metricvision.data.registry import register_dataset
+from metricvision.data.readers.base import DatasetFormatError, as_int, find_root, read_rows, require
+from metricvision.data.registry import Splits, register_dataset
 from metricvision.data.sample import Sample
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from metricvision.data.readers.base import DatasetFormatError, Splits, as_int, find_root, label_ids, read_rows, require
-from metricvision.data.registry import register_dataset
+from metricvision.data.readers.base import DatasetFormatError, as_int, find_root, label_ids, read_rows, require
+from metricvision.data.registry import Splits, register_dataset
 from metricvision.data.sample import Sample
 
 

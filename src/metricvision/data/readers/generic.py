@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from metricvision.data.readers.base import DatasetFormatError, Splits, label_ids
-from metricvision.data.registry import register_dataset, split_classes
+from metricvision.data.readers.base import DatasetFormatError, label_ids
+from metricvision.data.registry import Splits, register_dataset, split_classes
 from metricvision.data.sample import Sample
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -76,7 +76,7 @@ def read_csv(root: str | Path, test_fraction: float = 0.5) -> Splits:
     labels = [r["label"].strip() for r in rows]
     numeric = all(v.lstrip("-").isdigit() for v in labels)
     ids = {v: int(v) for v in labels} if numeric else label_ids(labels)
-    samples = [Sample(path.parent / r["path"].strip(), label=ids[v], split=(r.get("split") or "all").strip())
+    samples = [Sample(path.parent / r["path"].strip(), label=ids[v], split=(r.get("split") or "all").strip(), meta={"class": v})
                for r, v in zip(rows, labels)]
     if "split" not in rows[0]:
         return split_classes(samples, test_fraction)

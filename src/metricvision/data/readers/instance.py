@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from metricvision.data.readers.base import DatasetFormatError, Splits, find_root, load_plain_pickle, read_rows, require
-from metricvision.data.registry import register_dataset
+from metricvision.data.readers.base import DatasetFormatError, find_root, load_plain_pickle, read_rows, require
+from metricvision.data.registry import Splits, register_dataset
 from metricvision.data.sample import Sample
 
 GND_FORMAT = "a pickle of {'imlist': [names], 'qimlist': [names], 'gnd': [{'bbx', 'easy', 'hard', 'junk'}]}"

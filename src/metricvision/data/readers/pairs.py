@@ -10,8 +10,8 @@ from typing import Optional
 
 from PIL import Image
 
-from metricvision.data.readers.base import DatasetFormatError, Splits, as_int, find_root, label_ids, read_rows, require
-from metricvision.data.registry import register_dataset
+from metricvision.data.readers.base import DatasetFormatError, as_int, find_root, label_ids, read_rows, require
+from metricvision.data.registry import Splits, register_dataset
 from metricvision.data.sample import Sample
 
 LFW_FORMAT = "a header '<folds> <pairs per fold>' then, per fold, that many '<name> <i> <j>' and '<name> <i> <name> <j>' lines"
