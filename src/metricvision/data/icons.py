@@ -126,7 +126,7 @@ def build(icons_root: Path, out: Path, size: int = DEFAULT_SIZE, themes: Optiona
         if len({ti for ti, _, _ in rows}) < min_themes:
             continue
         label = len(identities)
-        identities.append({"name": name, "category": max(set(categories), key=categories.count)})
+        identities.append({"name": name, "category": max(sorted(set(categories)), key=categories.count)})  # ties: first by name
         for ti, design, img in rows:
             images.append(img)
             labels.append(label)
