@@ -50,8 +50,11 @@ def test_splits_are_class_disjoint_and_deterministic(glyphs_file):
     check_class_disjoint(fewshot["train"], fewshot["test"])
     assert all(SCRIPTS[s.meta["script"]][1] for s in fewshot["train"])
     assert not any(SCRIPTS[s.meta["script"]][1] for s in fewshot["test"])
-    again = DATASETS.create("glyphs", path=str(glyphs_file))
+    rebuilt = glyphs_file.parent / "again.npz"
+    build(glyphs_file.parent / "usr" / "share" / "fonts", rebuilt, size=16, min_fonts=1)
+    again = DATASETS.create("glyphs", path=str(rebuilt))
     assert [(s.label, s.meta["font"]) for s in again["test"]] == [(s.label, s.meta["font"]) for s in retrieval["test"]]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(again["test"], retrieval["test"]))
     assert DATASETS.info("glyphs_fewshot").protocol == "fewshot" and DATASETS.info("glyphs").protocol == "retrieval"
 
 
