@@ -125,9 +125,13 @@ def pareto_counts(n_max: int, num_classes: int, imbalance: float) -> List[int]:
 
 
 @register_dataset("fashion_longtail", protocol="longtail", class_disjoint=False, licence=_LICENCE,
-                  description="Fashion-MNIST long tail: train thinned to a Pareto profile (6000 .. 60), balanced test")
-def fashion_longtail_splits(path: Optional[str] = None, imbalance: float = 100.0) -> Splits:
-    """{"train": the first pareto_counts(...)[c] train images of class c, "test": the original test file}."""
+                  description="Fashion-MNIST long tail: train thinned to a Pareto profile (6000 .. 12), balanced test")
+def fashion_longtail_splits(path: Optional[str] = None, imbalance: float = 500.0) -> Splits:
+    """{"train": the first pareto_counts(...)[c] train images of class c, "test": the original test file}.
+
+    The default ``imbalance`` 500 (6000, 924, ..., 16, 12 images) puts 4 / 4 / 2 classes in the
+    longtail protocol's many (> 100) / medium / few (< 20) shot groups.
+    """
     splits = fashion_incremental_splits(path)
     by_class: Dict[int, List[Sample]] = {}
     for s in splits["train"]:
