@@ -59,7 +59,8 @@ def test_retrieval_split_is_class_disjoint_and_deterministic(fashion_file):
 
 def test_benchmark_views(fashion_file):
     inc = DATASETS.create("fashion_incremental", path=str(fashion_file))
-    assert len(inc["train"]) == 40 and len(inc["test"]) == 20 and DATASETS.info("fashion_incremental").protocol == "incremental"
+    assert len(inc["train"]) == 40 and len(inc["test"]) == 20
+    assert DATASETS.info("fashion_incremental").protocol == "incremental"
     lt = DATASETS.create("fashion_longtail", path=str(fashion_file), imbalance=4.0)
     sizes = np.bincount([s.label for s in lt["train"]], minlength=10)
     assert sizes.tolist() == pareto_counts(4, 10, 4.0) and sizes[0] == 4 and sizes[-1] == 1

@@ -21,7 +21,8 @@ SECTION = "\n[{d}]\nSize={size}\nContext={context}\nType={type}\n"
 
 def svg(colour: str, shape: str, entity: bool = False) -> str:
     """A 16 px SVG circle or square; ``entity``: with an XML entity declaration, as Illustrator writes them."""
-    body = f'<circle cx="8" cy="8" r="6" fill="{colour}"/>' if shape == "circle" else f'<rect x="2" y="2" width="12" height="12" fill="{colour}"/>'
+    circle, square = f'<circle cx="8" cy="8" r="6" fill="{colour}"/>', f'<rect x="2" y="2" width="12" height="12" fill="{colour}"/>'
+    body = circle if shape == "circle" else square
     doctype = '<!DOCTYPE svg [<!ENTITY ns_svg "http://www.w3.org/2000/svg">]>' if entity else ""
     return f'{doctype}<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">{body}</svg>'
 

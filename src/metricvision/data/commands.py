@@ -18,7 +18,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = dsub.add_parser("fetch", help="build a dataset file into the cache from registry packages (npm, apt-get)")
     q.add_argument("name", choices=FETCHABLE)
     q.add_argument("--vendors", default="google,twitter", help="emoji: comma list of google,twitter,apple,facebook")
-    q.add_argument("--size", type=int, default=None, help="image side in pixels (emoji 48, icons 48, glyphs 32; fashion is 28)")
+    q.add_argument("--size", type=int, default=None,
+                   help="image side in pixels (emoji 48, icons 48, glyphs 32; fashion is 28)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=fetch)
     q = dsub.add_parser("check", help="validate a dataset folder in its native format")
@@ -35,7 +36,8 @@ def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.data import DATASETS
     from metricvision.data.packfile import cache_dir
 
-    cached = [f"{name}/{p.name} ({p.stat().st_size / 1e6:.0f} MB)" for name in FETCHABLE for p in sorted(cache_dir(name).glob("*.npz"))]
+    cached = [f"{name}/{p.name} ({p.stat().st_size / 1e6:.0f} MB)"
+              for name in FETCHABLE for p in sorted(cache_dir(name).glob("*.npz"))]
     if args.json:
         datasets = {n: {k: v for k, v in asdict(DATASETS.info(n)).items() if k != "name"} for n in DATASETS.names()}
         return {"datasets": datasets, "fetched": cached}

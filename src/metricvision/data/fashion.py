@@ -113,7 +113,7 @@ def fashion_splits(path: Optional[str] = None, train_classes: int = 5) -> Splits
 def fashion_incremental_splits(path: Optional[str] = None) -> Splits:
     """{"train", "test"}: the original files, every class on both sides."""
     samples, original = _samples(path)
-    return {"train": [s for s, o in zip(samples, original) if o == 0], "test": [s for s, o in zip(samples, original) if o == 1]}
+    return {split: [s for s, o in zip(samples, original) if o == i] for i, split in enumerate(("train", "test"))}
 
 
 def pareto_counts(n_max: int, num_classes: int, imbalance: float) -> List[int]:

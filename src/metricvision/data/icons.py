@@ -120,13 +120,15 @@ def build(icons_root: Path, out: Path, size: int = DEFAULT_SIZE, themes: Optiona
         categories = [c for t in themes for _, c, _ in per[t].get(name, []) if c]
         if not categories:
             continue
-        rows = [(ti, design, rasterize(f, size)) for ti, t in enumerate(themes) for design, _, f in per[t].get(name, [])[:per_theme]]
+        rows = [(ti, design, rasterize(f, size))
+                for ti, t in enumerate(themes) for design, _, f in per[t].get(name, [])[:per_theme]]
         unreadable += sum(img is None for _, _, img in rows)
         rows = [r for r in rows if r[2] is not None]
         if len({ti for ti, _, _ in rows}) < min_themes:
             continue
         label = len(identities)
-        identities.append({"name": name, "category": max(sorted(set(categories)), key=categories.count)})  # ties: first by name
+        category = max(sorted(set(categories)), key=categories.count)  # a tie: the first by name
+        identities.append({"name": name, "category": category})
         for ti, design, img in rows:
             images.append(img)
             labels.append(label)
