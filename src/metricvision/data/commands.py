@@ -5,18 +5,21 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict
 
+FETCHABLE = ("emoji", "icons", "glyphs", "fashion")
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register `data` and its sub-commands."""
     p = sub.add_parser("data", help="list, fetch and check datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    q = dsub.add_parser("list", help="every registered dataset (splits, protocol, licence) and fetched emoji variants")
+    q = dsub.add_parser("list", help="every registered dataset (splits, protocol, licence) and the fetched dataset files")
     q.add_argument("--json", action="store_true", help="print the lists as JSON")
     q.set_defaults(func=list_datasets)
-    q = dsub.add_parser("fetch", help="build a larger emoji variant into the cache (needs npm)")
-    q.add_argument("name", choices=["emoji"], help="the dataset to build (only emoji)")
-    q.add_argument("--vendors", default="google,twitter", help="comma list of google,twitter,apple,facebook")
-    q.add_argument("--size", type=int, default=48, help="image side in pixels")
+    q = dsub.add_parser("fetch", help="build a dataset file into the cache from registry packages (npm, apt-get)")
+    q.add_argument("name", choices=FETCHABLE, help="the dataset to build")
+    q.add_argument("--vendors", default="google,twitter", help="emoji: comma list of google,twitter,apple,facebook")
+    q.add_argument("--size", type=int, default=None,
+                   help="image side in pixels (emoji 48, icons 48, glyphs 32; fashion is 28)")
     q.add_argument("--json", action="store_true", help="print the counts and the output path as JSON")
     q.set_defaults(func=fetch)
     q = dsub.add_parser("check", help="validate a dataset in its native format and open every image")
@@ -27,12 +30,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
-    """Every registered dataset with its metadata, and the cached emoji variants."""
+    """Every registered dataset with its metadata, and the dataset files built by `data fetch`."""
     from dataclasses import asdict
 
-    from metricvision.data import DATASETS, emoji
+    from metricvision.data import DATASETS
+    from metricvision.data.packfile import cache_dir
 
-    cached = sorted(p.name for p in emoji.cache_dir().glob("*.npz")) if emoji.cache_dir().exists() else []
+    cached = [f"{name}/{p.name} ({p.stat().st_size / 1e6:.0f} MB)"
+              for name in FETCHABLE for p in sorted(cache_dir(name).glob("*.npz"))]
     if args.json:
         datasets = {n: {k: v for k, v in asdict(DATASETS.info(n)).items() if k != "name"} for n in DATASETS.names()}
         return {"datasets": datasets, "fetched": cached}
@@ -43,20 +48,31 @@ def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
         leak = ", class-disjoint" if i.class_disjoint and i.train_split else ""
         out[n] = (f"{i.description} | splits {'/'.join(i.splits)} ({trains}{leak}) | protocol {i.protocol or '-'} | "
                   f"{'path required' if i.needs_path else 'built in'} | licence: {i.licence or '-'}")
-    out["fetched emoji variants"] = ", ".join(cached) or "(none)"
+    out["fetched (data fetch NAME)"] = ", ".join(cached) or "(none)"
     return out
 
 
 def fetch(args: argparse.Namespace) -> Dict[str, Any]:
-    """Build the emoji variant for --vendors / --size into the cache folder."""
-    from metricvision.data.emoji import variant_path
-    from metricvision.data.emoji_build import fetch_and_build
-
-    if args.size < 8:
+    """Build dataset NAME into the cache folder: emoji (npm), icons, glyphs, fashion (Debian packages)."""
+    if args.size is not None and args.size < 8:
         raise ValueError(f"--size must be >= 8 pixels, got {args.size}")
-    out = variant_path(args.vendors, args.size)
-    counts = fetch_and_build(args.vendors.split(","), args.size, out)
-    return {**counts, "path": str(out)}
+    if args.name == "emoji":
+        from metricvision.data.emoji import variant_path
+        from metricvision.data.emoji_build import fetch_and_build
+
+        out = variant_path(args.vendors, args.size or 48)
+        return {**fetch_and_build(args.vendors.split(","), args.size or 48, out), "path": str(out)}
+    if args.name == "fashion":
+        from metricvision.data import fashion
+
+        if args.size not in (None, 28):
+            raise ValueError(f"fashion images are 28 x 28 pixels; --size must be 28 or unset, got {args.size}")
+        return {**fashion.fetch_and_build(), "path": str(fashion.default_path())}
+    from metricvision.data import glyphs, icons
+
+    builder = {"icons": icons, "glyphs": glyphs}[args.name]
+    size = args.size or builder.DEFAULT_SIZE
+    return {**builder.fetch_and_build(size), "path": str(builder.default_path(size))}
 
 
 def check(args: argparse.Namespace) -> Dict[str, Any]:

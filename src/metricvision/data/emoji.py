@@ -9,44 +9,23 @@ train (even) and test (odd).
 from __future__ import annotations
 
 import json
-import lzma
-import os
-from functools import lru_cache
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-
+from metricvision.data.packfile import cache_dir as packed_cache_dir, load_packed
 from metricvision.data.registry import register_dataset
 from metricvision.data.sample import Sample
 
 PACKAGED_FILE = Path(__file__).parent / "assets" / "emoji_google_twitter_40.npz"
 SPLITS = ("train", "test", "all")
 
-
 def cache_dir() -> Path:
     """Where `metricvision data fetch emoji` writes larger variants."""
-    return Path(os.environ.get("METRICVISION_CACHE", Path.home() / ".cache" / "metricvision")) / "emoji"
-
+    return packed_cache_dir("emoji")
 
 def variant_path(vendors: str, size: int) -> Path:
     """File name of a fetched variant, e.g. emoji_apple-google_48.npz."""
     return cache_dir() / f"emoji_{'-'.join(sorted(vendors.split(',')))}_{size}.npz"
-
-
-@lru_cache(maxsize=4)
-def _read(path: str) -> dict:
-    if not Path(path).exists():
-        raise FileNotFoundError(
-            f"emoji dataset file {path} not found; build it with "
-            "`metricvision data fetch emoji --vendors google,twitter` or scripts/build_emoji.py"
-        )
-    with np.load(path) as z:
-        data = {k: z[k] for k in z.files}
-    raw = lzma.decompress(data.pop("images_lzma").tobytes())
-    data["images"] = np.frombuffer(raw, np.uint8).reshape(tuple(data.pop("images_shape")))
-    return data
-
 
 def load_emoji(split: str = "train", path: Optional[str | Path] = None, vendors: Optional[List[str]] = None) -> List[Sample]:
     """Samples of the emoji dataset.
@@ -62,7 +41,7 @@ def load_emoji(split: str = "train", path: Optional[str | Path] = None, vendors:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
-    z = _read(str(path or PACKAGED_FILE))
+    z = load_packed(str(path or PACKAGED_FILE), "metricvision data fetch emoji --vendors google,twitter")
     identities = json.loads(str(z["identities"]))
     vendor_names = [str(v) for v in z["vendor_names"]]
     if vendors:
@@ -85,7 +64,6 @@ def load_emoji(split: str = "train", path: Optional[str | Path] = None, vendors:
                   "tone": str(z["tones"][i])},
         ))
     return out
-
 
 @register_dataset(
     "emoji", licence="Noto Emoji: Apache-2.0; Twemoji: CC-BY 4.0 (see NOTICE)",

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import lzma
-import os
 import subprocess
 import tarfile
 import tempfile
@@ -18,6 +16,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from metricvision.data.packfile import save_packed
 
 VERSION = "16.0.0"
 LICENSES: Dict[str, str] = {
@@ -47,7 +47,7 @@ def npm_pack(package: str, dest: Path) -> Path:
     return target / "package"
 
 
-def _render(png: bytes, size: int) -> np.ndarray:
+def png_on_white(png: bytes, size: int) -> np.ndarray:
     """RGBA PNG bytes -> (size, size, 3) uint8 on a white background."""
     im = Image.open(io.BytesIO(png)).convert("RGBA")
     bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -79,7 +79,7 @@ def build(vendor_dirs: Dict[str, Path], size: int, out: Path) -> Dict[str, int]:
             for tone, fname in renderings:
                 p = vendor_dirs[vendor] / "img" / vendor / "64" / fname
                 if p.exists():
-                    rows.append((_render(p.read_bytes(), size), vi, tone))
+                    rows.append((png_on_white(p.read_bytes(), size), vi, tone))
         if not rows:
             continue
         label = len(identities)
@@ -93,19 +93,10 @@ def build(vendor_dirs: Dict[str, Path], size: int, out: Path) -> Dict[str, int]:
             labels.append(label)
             vendors.append(vi)
             tones.append(tone)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        stacked = np.stack(images)
-        # lzma on raw pixels is 30% smaller than zlib (np.savez_compressed) for these flat-coloured images
-        np.savez(
-            f, images_lzma=np.frombuffer(lzma.compress(stacked.tobytes(), preset=6), np.uint8),
-            images_shape=np.array(stacked.shape), labels=np.array(labels, np.int32), vendors=np.array(vendors, np.int8),
-            tones=np.array(tones), vendor_names=np.array(vendor_names),
-            identities=np.array(json.dumps(identities)), size=np.array(size),
-        )
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    save_packed(
+        out, np.stack(images), labels=np.array(labels, np.int32), vendors=np.array(vendors, np.int8), tones=np.array(tones),
+        vendor_names=np.array(vendor_names), identities=np.array(json.dumps(identities)), size=np.array(size),
+    )
     counts = {"images": len(images), "identities": len(identities)}
     counts.update({f"images_{v}": int(np.sum(np.array(vendors) == i)) for i, v in enumerate(vendor_names)})
     return counts

@@ -64,7 +64,8 @@ def _first_param_required(fn: Callable[..., Any]) -> bool:
 
 # Modules whose import registers the built-in datasets and readers: imported on the registry's
 # first lookup, so that `import metricvision.data` (and `metricvision --help`) stays free of torch.
-BUILTIN_MODULES = ("metricvision.data.emoji", "metricvision.data.longtail", "metricvision.data.readers")
+BUILTIN_MODULES = ("metricvision.data.emoji", "metricvision.data.longtail", "metricvision.data.icons", "metricvision.data.glyphs",
+                   "metricvision.data.fashion", "metricvision.data.readers")
 
 
 class DatasetRegistry(Registry[Splits]):
