@@ -1,0 +1,90 @@
+"""Scene benchmark: registered localizers side by side on COCO scenes (emoji on photographs), box AP.
+
+Scenes come from `metricvision scenes build` (test: unseen identities on held-out
+backgrounds; val: other training identities, where each localizer chooses its
+thresholds). Three tasks, each one query per scene, all (scene, query) pairs pooled as
+one category: (a) the target rendered by another vendor, (b) the target's name, (c) the
+name of the target's emoji category (every object of that category is a target). The
+localizers never see the ground truth; it is used for scoring (COCO AP50, AP50:95, and
+AP50:95 per mask-area range: small < 32^2, medium, large > 96^2 px).
+
+    metricvision scenes build --split val --n 60 --out runs/scenes/val --backgrounds /usr/share/backgrounds/mate/nature
+    metricvision scenes build --split test --n 300 --out runs/scenes/test --backgrounds /usr/share/backgrounds/mate/nature
+    python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
+        --detector runs/detector.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metricvision.kb.model import ImageTextModel
+from metricvision.localization.localizers import LOCALIZERS
+from metricvision.localization.train import SceneSet, image_tensor, read_scenes
+from metricvision.metrics.detection import detection_ap
+
+TASKS = ("image query", "name query", "category (name)")
+
+
+def task_queries(model: ImageTextModel, scenes: SceneSet) -> Dict[str, torch.Tensor]:
+    """(n_scenes, D) query embeddings per task."""
+    return {"image query": model.encode_images([Image.open(q["file_name"]).convert("RGB") for q in scenes.queries]),
+            "name query": model.encode_text([q["name"] for q in scenes.queries]),
+            "category (name)": model.encode_text([scenes.category_names[q["category_id"]] for q in scenes.queries])}
+
+
+def task_targets(scenes: SceneSet, task: str) -> List[np.ndarray]:
+    """Per scene, the boolean mask of its objects that count as targets for the task."""
+    if task == "category (name)":
+        return [c == q["category_id"] for c, q in zip(scenes.categories, scenes.queries)]
+    return [i == q["identity"] for i, q in zip(scenes.identities, scenes.queries)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="image model from `kb align`")
+    ap.add_argument("--scenes", required=True, help="folder with val/ and test/ scene folders")
+    ap.add_argument("--localizers", nargs="*", default=None, help="registered names (default: all that can run)")
+    ap.add_argument("--detector", help="head weights for query_detector (from `metricvision detector train`)")
+    ap.add_argument("--max-boxes", type=int, default=20)
+    ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    model = ImageTextModel.from_checkpoint(a.checkpoint)
+    val, test = read_scenes(f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
+    n_test = a.limit or len(test.images)
+    names = a.localizers or [n for n in LOCALIZERS.names() if n != "query_detector" or a.detector]
+    val_q, test_q = task_queries(model, val), task_queries(model, test)
+    val_images = [image_tensor(p) for p in val.images]
+    for name in names:
+        extra = {"weights": a.detector} if name == "query_detector" else {}
+        rows = []
+        for task in TASKS:
+            loc = LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra)
+            val_t = task_targets(val, task)
+            chosen = loc.fit(val_images, val_q[task], [b[t] for b, t in zip(val.boxes, val_t)])
+            found, seconds = [], []
+            for i in range(n_test):
+                image = image_tensor(test.images[i])
+                start = time.perf_counter()
+                found.append(loc.localize(image, test_q[task][i : i + 1])[0])
+                seconds.append(time.perf_counter() - start)
+            targets = task_targets(test, task)[:n_test]
+            res = detection_ap([f[:, :4] for f in found], [f[:, 4] for f in found],
+                               [b[t] for b, t in zip(test.boxes, targets)], gt_areas=[r[t] for r, t in zip(test.areas, targets)])
+            rows.append((task, res, chosen, 1000 * float(np.median(seconds)), sum(int(t.sum()) for t in targets)))
+        print(f"\n{name}: {n_test} test scenes of {test.images and Image.open(test.images[0]).size[0]} px, <= {a.max_boxes} boxes per query")
+        print("| task | AP50 | AP50:95 | AP small | AP medium | AP large | targets | ms / image (median) | chosen on val |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for task, r, chosen, ms, n in rows:
+            print(f"| {task} | {r['AP50']:.3f} | {r['AP']:.3f} | {r['AP_small']:.3f} | {r['AP_medium']:.3f} | {r['AP_large']:.3f} "
+                  f"| {n} | {ms:.0f} | {chosen} |")
+
+
+if __name__ == "__main__":
+    main()
