@@ -53,21 +53,22 @@ def main() -> None:
     ap.add_argument("--detector", help="head weights for query_detector (from `metricvision detector train`)")
     ap.add_argument("--max-boxes", type=int, default=20)
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
+    ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     model = ImageTextModel.from_checkpoint(a.checkpoint)
     val, test = read_scenes(f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
-    n_test = a.limit or len(test.images)
+    n_test, n_val = a.limit or len(test.images), a.val_limit or len(val.images)
     names = a.localizers or [n for n in LOCALIZERS.names() if n != "query_detector" or a.detector]
     val_q, test_q = task_queries(model, val), task_queries(model, test)
-    val_images = [image_tensor(p) for p in val.images]
+    val_images = [image_tensor(p) for p in val.images[:n_val]]
     for name in names:
         extra = {"weights": a.detector} if name == "query_detector" else {}
         rows = []
         for task in TASKS:
             loc = LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra)
             val_t = task_targets(val, task)
-            chosen = loc.fit(val_images, val_q[task], [b[t] for b, t in zip(val.boxes, val_t)])
+            chosen = loc.fit(val_images, val_q[task][:n_val], [b[t] for b, t in zip(val.boxes, val_t)][:n_val])
             found, seconds = [], []
             for i in range(n_test):
                 image = image_tensor(test.images[i])

@@ -26,6 +26,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--scenes", required=True, help="train scenes folder (from `scenes build --split train`)")
     t.add_argument("--checkpoint", required=True, help="image model from `kb align` (frozen)")
     t.add_argument("--out", required=True, help="head weights file (.safetensors)")
+    t.add_argument("--max-scenes", type=int, default=0, help="train on the first N scenes only (0: all)")
     t.add_argument("--steps", type=int, default=1500)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -55,7 +56,7 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
 
     start = time.time()
     model = ImageTextModel.from_checkpoint(args.checkpoint)
-    scenes = read_scenes(args.scenes)
+    scenes = read_scenes(args.scenes, limit=args.max_scenes)
     ref_ids, refs = identity_references(model, "train")
     det = QueryDetector(model.embedder)
     logs = train_detector(det, scenes, ref_ids, refs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, loss=args.loss)

@@ -41,9 +41,14 @@ class QueryDetector(nn.Module):
             raise ValueError(f"radius must be > 0, got {radius}")
         self.embedder = embedder.eval().requires_grad_(False)
         self.radius = radius
-        with torch.no_grad():
-            mid, _ = self._taps(torch.zeros(1, 3, 64, 64))
-        self.tap_channels = mid.shape[1]
+        with torch.no_grad():  # the tap: the last backbone layer at (at least) twice the final resolution
+            outs: List[torch.Tensor] = []
+            hooks = [layer.register_forward_hook(lambda m, i, o: outs.append(o)) for layer in embedder.backbone]
+            embedder.features(torch.zeros(1, 3, 64, 64))
+            for h in hooks:
+                h.remove()
+        self.tap_index = max((k for k, o in enumerate(outs) if o.shape[-1] >= 2 * outs[-1].shape[-1]), default=0)
+        self.tap_channels = outs[self.tap_index].shape[1]
         d = embedder.dim
         self.trunk = nn.Sequential(nn.Conv2d(d + self.tap_channels, hidden, 3, padding=1), nn.ReLU(),
                                    nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU())
@@ -60,25 +65,16 @@ class QueryDetector(nn.Module):
         self.embedder.eval()  # frozen, batch norm statistics included
         return self
 
-    def _taps(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, H, W) -> (features at half the last stride, dense embeddings at the last stride)."""
-        e = self.embedder
-        x = ((images - e.mean) / e.std).contiguous(memory_format=torch.channels_last)
-        outs = []
-        for layer in e.backbone:
-            x = layer(x)
-            outs.append(x)
-        last = outs[-1]
-        mid = next((o for o in reversed(outs) if o.shape[-1] >= 2 * last.shape[-1]), outs[0])
-        dense = last
-        if isinstance(e.head, nn.Linear):
-            dense = torch.einsum("nchw,dc->ndhw", last, e.head.weight) + e.head.bias.view(1, -1, 1, 1)
-        return mid, F.normalize(dense, dim=1)
-
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, D + C, h, w) frozen features on the head's grid."""
-        mid, dense = self._taps(images)
+        taps: List[torch.Tensor] = []
+        hook = self.embedder.backbone[self.tap_index].register_forward_hook(lambda m, i, o: taps.append(o))
+        try:
+            dense = self.embedder.dense(images)
+        finally:
+            hook.remove()
+        mid = taps[0]
         dense = F.interpolate(dense, size=mid.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([dense, mid], dim=1).contiguous()
 

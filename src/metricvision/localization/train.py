@@ -35,8 +35,8 @@ class SceneSet:
     category_names: Dict[int, str]
 
 
-def read_scenes(annotations: str | Path) -> SceneSet:
-    """A SceneSet from an annotations.json written by ``build_scenes`` (file names relative to its folder)."""
+def read_scenes(annotations: str | Path, limit: int = 0) -> SceneSet:
+    """A SceneSet from an annotations.json written by ``build_scenes`` (file names relative to its folder); ``limit`` > 0 keeps the first scenes."""
     path = Path(annotations)
     if path.is_dir():
         path = path / "annotations.json"
@@ -47,7 +47,7 @@ def read_scenes(annotations: str | Path) -> SceneSet:
     for ann in data["annotations"]:
         by_image[ann["image_id"]].append(ann)
     out = SceneSet([], [], [], [], [], [], {c["id"]: c["name"] for c in data["categories"]})
-    for im in data["images"]:
+    for im in data["images"][: limit or None]:
         anns = by_image[im["id"]]
         out.images.append(path.parent / im["file_name"])
         out.boxes.append(np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
