@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from metricvision.data.emoji import load_emoji
 from metricvision.data.scenes import SceneConfig, build_scenes
 from metricvision.localization.detector import QueryDetector, assign_targets
-from metricvision.localization.train import load_detector, read_scenes, save_detector, train_detector
+from metricvision.localization.train import image_tensor, load_detector, read_scenes, save_detector, train_detector
 from metricvision.metrics.detection import pairwise_iou
 from metricvision.models import Embedder
 
@@ -36,7 +37,6 @@ def test_a_few_steps_put_a_box_on_a_planted_object(tmp_path):
     scenes = read_scenes(build_scenes(tmp_path / "s", "train", 4, seed=0, cfg=cfg))
     embedder = Embedder("mobilenet_v2", "avg", 0, pretrained=True)
     ids = sorted({int(i) for x in scenes.identities for i in x})
-    from metricvision.data.emoji import load_emoji
     other = {s.label: s.image for s in load_emoji("train") if s.meta["vendor"] == "twitter" and s.meta["tone"] == ""}
     refs = embedder.encode(torch.from_numpy(np.stack([other[i] for i in ids])).permute(0, 3, 1, 2).float() / 255)
     det = QueryDetector(embedder, hidden=64)
@@ -44,8 +44,7 @@ def test_a_few_steps_put_a_box_on_a_planted_object(tmp_path):
     assert logs[-1]["loss"] < logs[0]["loss"]
     save_detector(det, tmp_path / "det.safetensors")
     det = load_detector(tmp_path / "det.safetensors", embedder)
-    image = torch.from_numpy(np.asarray(__import__("PIL.Image").Image.open(scenes.images[0]).convert("RGB"), np.float32) / 255)
     target = scenes.queries[0]["identity"]
-    found = det.detect(image.permute(2, 0, 1)[None], refs[[ids.index(target)]], max_boxes=1)[0][0]
+    found = det.detect(image_tensor(scenes.images[0])[None], refs[[ids.index(target)]], max_boxes=1)[0][0]
     gt = scenes.boxes[0][scenes.identities[0] == target]
     assert pairwise_iou(found[:, :4], gt).max() >= 0.5
