@@ -183,12 +183,13 @@ def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: T
     target_ids = torch.cat([i[a[p]] for i, a, p in zip(gt_ids, assigned, pos)])
     loss_box = generalized_box_iou_loss(boxes[pos], target_boxes, reduction="mean") if pos.any() else boxes.sum() * 0
     pos_emb = emb[pos]
-    loss_metric = sum(metric_loss(pos_emb, target_ids, ref_embeddings=r, ref_labels=ref_ids).value for r in ref_embeddings)
+    loss_metric = torch.stack([metric_loss(pos_emb, target_ids, ref_embeddings=r, ref_labels=ref_ids).value
+                               for r in ref_embeddings]).mean()
     # calibration of the match logit: each positive location against every reference
     cos = torch.cat([pos_emb @ F.normalize(r, dim=1).T for r in ref_embeddings], dim=1)
     same = (target_ids[:, None] == ref_ids.repeat(len(ref_embeddings))[None, :]).float()
     logit = detector.match[0] * cos + detector.match[1]
     loss_match = F.binary_cross_entropy_with_logits(logit, same, pos_weight=torch.tensor(float(len(ref_ids))))
-    total = loss_obj + loss_box + loss_metric / len(ref_embeddings) + loss_match
-    return total, {"objectness": float(loss_obj), "box": float(loss_box), "metric": float(loss_metric) / len(ref_embeddings),
-                   "match": float(loss_match), "positives": int(pos.sum())}
+    total = loss_obj + loss_box + loss_metric + loss_match
+    return total, {"objectness": loss_obj.item(), "box": loss_box.item(), "metric": loss_metric.item(),
+                   "match": loss_match.item(), "positives": int(pos.sum())}
