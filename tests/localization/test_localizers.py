@@ -32,5 +32,7 @@ def test_contract(name, model, tmp_path):
     for boxes in out:
         assert boxes.shape[1] == 5 and len(boxes) <= 3
         assert np.all(np.diff(boxes[:, 4]) <= 0)
-    chosen = loc.fit([image, image], queries, [np.array([[10.0, 10, 40, 40]]), np.zeros((0, 4))])
+    prepared = loc.prepare(image)
+    assert all(np.array_equal(a, b) for a, b in zip(loc.boxes(prepared, queries), out))
+    chosen = loc.fit([prepared, prepared], queries, [np.array([[10.0, 10, 40, 40]]), np.zeros((0, 4))])
     assert isinstance(chosen, dict) and chosen

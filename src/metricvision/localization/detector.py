@@ -98,12 +98,18 @@ class QueryDetector(nn.Module):
         return torch.sigmoid(objectness)[:, None] * torch.sigmoid(self.match[0] * cos + self.match[1])
 
     @torch.no_grad()
-    def detect(self, images: torch.Tensor, queries: torch.Tensor, max_boxes: int = 20, nms_iou: float = 0.5,
-               candidates: int = 200) -> List[List[np.ndarray]]:
-        """Boxes for each query in each image.
+    def predict(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) in [0, 1] -> the query-independent part: objectness (N, h, w), boxes (N, h, w, 4), embeddings (N, h, w, D)."""
+        self.eval()
+        return self.head(self.features(images), tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def select(self, predicted: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], queries: torch.Tensor,
+               max_boxes: int = 20, nms_iou: float = 0.5, candidates: int = 200) -> List[List[np.ndarray]]:
+        """Boxes for each query in each image of a ``predict`` output.
 
         Args:
-            images: (N, 3, H, W) in [0, 1].
+            predicted: output of ``predict``.
             queries: (Q, D) query embeddings (image or text, in the Embedder's space).
             max_boxes: boxes kept per image and query, best first.
             nms_iou: NMS IoU threshold.
@@ -114,11 +120,10 @@ class QueryDetector(nn.Module):
         """
         from torchvision.ops import nms
 
-        self.eval()
-        obj, boxes, emb = self.head(self.features(images), tuple(images.shape[-2:]))
+        obj, boxes, emb = predicted
         s = self.scores(obj, emb, queries)
         out = []
-        for i in range(images.shape[0]):
+        for i in range(obj.shape[0]):
             per_query = []
             flat_boxes = boxes[i].reshape(-1, 4)
             for q in range(queries.shape[0]):
@@ -128,6 +133,11 @@ class QueryDetector(nn.Module):
                 per_query.append(torch.cat([flat_boxes[keep], sc[keep, None]], dim=1).numpy().astype(np.float64))
             out.append(per_query)
         return out
+
+    def detect(self, images: torch.Tensor, queries: torch.Tensor, max_boxes: int = 20, nms_iou: float = 0.5
+               ) -> List[List[np.ndarray]]:
+        """(N, 3, H, W) images, (Q, D) queries -> [image][query] (n, 5) boxes with scores (``predict`` then ``select``)."""
+        return self.select(self.predict(images), queries, max_boxes=max_boxes, nms_iou=nms_iou)
 
 
 def assign_targets(boxes: torch.Tensor, grid: Tuple[int, int], image_size: Tuple[int, int], radius: float

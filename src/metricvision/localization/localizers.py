@@ -1,13 +1,15 @@
 """The registry of localizers: methods that put scored boxes on the objects a query embedding names.
 
-Every localizer has ``localize(image, queries) -> [(n, 5) x0 y0 x1 y1 score per query]``
-and ``fit(images, queries, gt_boxes)``, which may choose its thresholds on validation
-scenes (never on the scenes it is scored on). Queries are embeddings in the image
-model's space: another rendering (``encode_images``) or a name (``encode_text``).
+Every localizer has ``localize(image, queries) -> [(n, 5) x0 y0 x1 y1 score per query]``,
+split into ``prepare(image)`` (the query-independent work, shareable between localizers
+of the same kind) and ``boxes(prepared, queries)``; and ``fit(prepared, queries, gt_boxes)``,
+which chooses its thresholds on validation scenes (never on the scenes it is scored on).
+Queries are embeddings in the image model's space: another rendering (``encode_images``)
+or a name (``encode_text``).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,20 +38,28 @@ class DenseSimilarityLocalizer:
         self.model, self.encode_side, self.max_boxes = model, encode_side, max_boxes
         self.params: Dict[str, Any] = {"rel_threshold": rel_threshold, "iou_threshold": iou_threshold}
 
-    def heat_maps(self, image: torch.Tensor, queries: torch.Tensor) -> List[np.ndarray]:
-        """(3, H, W) image in [0, 1], (Q, D) queries -> Q maps (H, W)."""
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(3, H, W) image in [0, 1] -> its dense embeddings (D, h, w) and its size."""
         x = torch.nn.functional.interpolate(image[None], size=(self.encode_side, self.encode_side), mode="bilinear",
                                             align_corners=False)
-        dense = self.model.embedder.encode_dense(x)[0]
-        return [upsample(similarity_map(q, dense), tuple(image.shape[-2:])) for q in queries]
+        return self.model.embedder.encode_dense(x)[0], tuple(image.shape[-2:])
+
+    def heat_maps(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor) -> List[np.ndarray]:
+        """Prepared image, (Q, D) queries -> Q similarity maps (H, W)."""
+        dense, size = prepared
+        return [upsample(similarity_map(q, dense), size) for q in queries]
+
+    def boxes(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor) -> List[np.ndarray]:
+        """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
+        return [_as_array(boxes_from_map(h, max_boxes=self.max_boxes, **self.params)) for h in self.heat_maps(prepared, queries)]
 
     def localize(self, image: torch.Tensor, queries: torch.Tensor) -> List[np.ndarray]:
         """(3, H, W), (Q, D) -> per query (n, 5) boxes with scores, best first."""
-        return [_as_array(boxes_from_map(h, max_boxes=self.max_boxes, **self.params)) for h in self.heat_maps(image, queries)]
+        return self.boxes(self.prepare(image), queries)
 
-    def fit(self, images: Sequence[torch.Tensor], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
-        """Choose the thresholds by AP50 on validation images, one (D,) query row each; returns them."""
-        heats = [self.heat_maps(im, q[None])[0] for im, q in zip(images, queries)]
+    def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
+        """Choose the thresholds by AP50 on prepared validation images, one (D,) query row each; returns them."""
+        heats = [self.heat_maps(p, q[None])[0] for p, q in zip(prepared, queries)]
         self.params, _ = tune_box_params(heats, gt_boxes, {"max_boxes": [self.max_boxes], **DENSE_GRID})
         self.params.pop("max_boxes")
         return dict(self.params)
@@ -72,18 +82,26 @@ class DetectorLocalizer:
         self.detector = load_detector(weights, model.embedder)
         self.max_boxes, self.nms_iou = max_boxes, nms_iou
 
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(3, H, W) image in [0, 1] -> the detector's query-independent outputs."""
+        return self.detector.predict(image[None])
+
+    def boxes(self, prepared: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], queries: torch.Tensor) -> List[np.ndarray]:
+        """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
+        return self.detector.select(prepared, queries, max_boxes=self.max_boxes, nms_iou=self.nms_iou)[0]
+
     def localize(self, image: torch.Tensor, queries: torch.Tensor) -> List[np.ndarray]:
         """(3, H, W), (Q, D) -> per query (n, 5) boxes with scores, best first."""
-        return self.detector.detect(image[None], queries, max_boxes=self.max_boxes, nms_iou=self.nms_iou)[0]
+        return self.boxes(self.prepare(image), queries)
 
-    def fit(self, images: Sequence[torch.Tensor], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
-        """Choose the NMS threshold by AP50 on validation images; returns it."""
+    def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
+        """Choose the NMS threshold by AP50 on prepared validation images, one (D,) query row each; returns it."""
         from metricvision.metrics.detection import detection_ap
 
         best = (-np.inf, self.nms_iou)
         for t in (0.3, 0.5, 0.7):
-            found = [self.detector.detect(im[None], q[None], max_boxes=self.max_boxes, nms_iou=t)[0][0]
-                     for im, q in zip(images, queries)]
+            found = [self.detector.select(p, q[None], max_boxes=self.max_boxes, nms_iou=t)[0][0]
+                     for p, q in zip(prepared, queries)]
             ap = detection_ap([f[:, :4] for f in found], [f[:, 4] for f in found], gt_boxes)["AP50"]
             if ap > best[0]:
                 best = (ap, t)
