@@ -8,10 +8,14 @@ name of the target's emoji category (every object of that category is a target).
 localizers never see the ground truth; it is used for scoring (COCO AP50, AP50:95, and
 AP50:95 per mask-area range: small < 32^2, medium, large > 96^2 px).
 
-    metricvision scenes build --split val --n 60 --out runs/scenes/val --backgrounds /usr/share/backgrounds/mate/nature
-    metricvision scenes build --split test --n 300 --out runs/scenes/test --backgrounds /usr/share/backgrounds/mate/nature
+    B=/usr/share/backgrounds/mate/nature   # Debian package mate-backgrounds
+    metricvision scenes build --split train --n 400 --out runs/scenes/train --backgrounds $B
+    metricvision scenes build --split val --n 60 --out runs/scenes/val --backgrounds $B
+    metricvision scenes build --split test --n 300 --out runs/scenes/test --backgrounds $B
+    metricvision detector train --scenes runs/scenes/train --max-scenes 200 --steps 800 \
+        --checkpoint runs/text_align/image_model.safetensors --out runs/detector.safetensors
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
-        --detector runs/detector.safetensors
+        --detector runs/detector.safetensors --limit 100 --val-limit 30
 """
 from __future__ import annotations
 
