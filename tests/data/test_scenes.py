@@ -79,3 +79,11 @@ def test_build_is_deterministic_and_coco_readable(tmp_path):
     val = json.loads(build_scenes(tmp_path / "v", "val", 2, cfg=SMALL).read_text())
     ids = lambda d: {ann["identity"] for ann in d["annotations"]}  # noqa: E731
     assert not ids(train) & test_ids and not ids(val) & test_ids and not ids(train) & ids(val)
+
+
+def test_cli_builds_scenes(tmp_path, capsys):
+    from metricvision.cli import main
+
+    assert main(["scenes", "build", "--out", str(tmp_path / "s"), "--split", "val", "--n", "2", "--size", "96", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["scenes"] == 2 and (tmp_path / "s/images/000001.jpg").exists()
