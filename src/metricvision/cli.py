@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "metricvision.commands",
     "metricvision.data.commands",
     "metricvision.kb.commands",
+    "metricvision.localization.commands",
     "metricvision.serve.commands",
     "metricvision.engine.distributed_commands",
     "metricvision.engine.run_commands",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from metricvision.kb.localize import Box, box_iou, boxes_from_map, find_peaks, nms, similarity_map, upsample
+from metricvision.kb.localize import Box, box_iou, boxes_from_map, find_peaks, nms, similarity_map, tune_box_params, upsample
 
 
 def blobs(shape, centers, sigma=4.0):
@@ -61,3 +61,17 @@ def test_nms_and_iou_equal_a_plain_loop():
     assert nms(boxes, 0.3) == ref
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
     assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+
+
+def test_tune_box_params_picks_the_threshold_that_fits_held_out_maps():
+    # a wide blob whose true box is its core: a high region fraction fits, a low one overgrows
+    heats, gts = [], []
+    for cy, cx in [(20, 20), (40, 30), (24, 44)]:
+        heat = blobs((64, 64), [(cy, cx, 1.0)], sigma=6.0)
+        heats.append(heat)
+        ys, xs = np.nonzero(heat >= 0.75 * heat.max())
+        gts.append(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], float))
+    params, score = tune_box_params(heats, gts, {"rel_threshold": [0.2, 0.75], "iou_threshold": [0.3]})
+    assert params == {"rel_threshold": 0.75, "iou_threshold": 0.3} and score == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="as many maps"):
+        tune_box_params(heats, gts[:2], {"rel_threshold": [0.5]})

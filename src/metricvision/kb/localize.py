@@ -1,21 +1,26 @@
 """Localization from dense similarity: heat maps, peaks, boxes.
 
 The heat map is the cosine similarity between a query embedding and the dense
-features of an image (``Embedder.encode_dense``). Instances are found as in peak
-response maps (Zhou et al., CVPR 2018): local maxima of the map ("peak stimulation"),
-each grown into the connected component (scipy.ndimage.label) of the locations above a
-fraction of its peak, whose extent is the box; overlapping boxes are reduced with NMS.
+features of an image (``Embedder.encode_dense``); nothing here is trained. Instances are
+local maxima of the map (the peak-finding step of peak response maps, Zhou et al., CVPR
+2018, without their peak back-propagation or learned class response maps), each grown
+into the connected component (scipy.ndimage.label) of the locations above a fraction of
+its peak, whose extent is the box; overlapping boxes are reduced with NMS.
+``tune_box_params`` picks these thresholds by box AP on held-out maps.
 """
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+
+from metricvision.metrics.detection import detection_ap
 
 MIN_CONTRAST = 1e-3  # maps flatter than this (max - min) show nothing: their peaks are rounding noise
 
@@ -113,6 +118,33 @@ def boxes_from_map(
         ys, xs = np.nonzero(labels == labels[y, x])
         boxes.append(Box(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1), v))
     return nms(boxes, iou_threshold)[:max_boxes]
+
+
+def tune_box_params(
+    heats: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray], grid: Mapping[str, Sequence[Any]],
+    metric: str = "AP50",
+) -> Tuple[Dict[str, Any], float]:
+    """Pick the ``boxes_from_map`` arguments with the best box AP on held-out maps.
+
+    Args:
+        heats: (H, W) similarity maps of validation images (never the test images).
+        gt_boxes: per map, (m, 4) ground-truth boxes (x0, y0, x1, y1).
+        grid: argument name -> values to try (their product is searched).
+        metric: key of ``detection_ap``'s result to maximise.
+
+    Returns:
+        (best arguments, their score); ties go to the first in grid order.
+    """
+    if len(heats) != len(gt_boxes) or not heats:
+        raise ValueError(f"expected as many maps as box lists (at least one), got {len(heats)} and {len(gt_boxes)}")
+    best: Tuple[Dict[str, Any], float] = ({}, -np.inf)
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid.keys(), values))
+        found = [np.array([b.as_list() for b in boxes_from_map(h, **params)]).reshape(-1, 5) for h in heats]
+        score = detection_ap([f[:, :4] for f in found], [f[:, 4] for f in found], gt_boxes)[metric]
+        if score > best[1]:
+            best = (params, score)
+    return best
 
 
 def box_iou(a: Tuple[float, float, float, float], b: Tuple[float, float, float, float]) -> float:

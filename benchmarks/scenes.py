@@ -1,0 +1,103 @@
+"""Scene benchmark: registered localizers side by side on COCO scenes (emoji on photographs), box AP.
+
+Scenes come from `metricvision scenes build` (test: unseen identities on held-out
+backgrounds; val: other training identities, where each localizer chooses its
+thresholds). Three tasks, each one query per scene, all (scene, query) pairs pooled as
+one category: (a) the target rendered by another vendor, (b) the target's name, (c) the
+name of the target's emoji category (every object of that category is a target). The
+localizers never see the ground truth; it is used for scoring (COCO AP50, AP50:95, and
+AP50:95 per mask-area range: small < 32^2, medium, large > 96^2 px).
+
+    B=/usr/share/backgrounds/mate/nature   # Debian package mate-backgrounds
+    metricvision scenes build --split train --n 400 --out runs/scenes/train --backgrounds $B
+    metricvision scenes build --split val --n 60 --out runs/scenes/val --backgrounds $B
+    metricvision scenes build --split test --n 300 --out runs/scenes/test --backgrounds $B
+    metricvision detector train --scenes runs/scenes/train --max-scenes 200 --steps 800 \
+        --checkpoint runs/text_align/image_model.safetensors --out runs/detector.safetensors
+    python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
+        --detector runs/detector.safetensors --limit 100 --val-limit 30
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metricvision.kb.model import ImageTextModel
+from metricvision.localization.localizers import LOCALIZERS
+from metricvision.localization.train import SceneSet, image_tensor, read_scenes
+from metricvision.metrics.detection import detection_ap
+
+TASKS = ("image query", "name query", "category (name)")
+
+
+def task_queries(model: ImageTextModel, scenes: SceneSet) -> Dict[str, torch.Tensor]:
+    """(n_scenes, D) query embeddings per task."""
+    return {"image query": model.encode_images([Image.open(q["file_name"]).convert("RGB") for q in scenes.queries]),
+            "name query": model.encode_text([q["name"] for q in scenes.queries]),
+            "category (name)": model.encode_text([scenes.category_names[q["category_id"]] for q in scenes.queries])}
+
+
+def task_targets(scenes: SceneSet, task: str) -> List[np.ndarray]:
+    """Per scene, the boolean mask of its objects that count as targets for the task."""
+    if task == "category (name)":
+        return [c == q["category_id"] for c, q in zip(scenes.categories, scenes.queries)]
+    return [i == q["identity"] for i, q in zip(scenes.identities, scenes.queries)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="image model from `kb align`")
+    ap.add_argument("--scenes", required=True, help="folder with val/ and test/ scene folders")
+    ap.add_argument("--localizers", nargs="*", default=None, help="registered names (default: all that can run)")
+    ap.add_argument("--detector", help="head weights for query_detector (from `metricvision detector train`)")
+    ap.add_argument("--max-boxes", type=int, default=20)
+    ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
+    ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    model = ImageTextModel.from_checkpoint(a.checkpoint)
+    val, test = read_scenes(f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
+    n_test, n_val = a.limit or len(test.images), a.val_limit or len(val.images)
+    names = a.localizers or [n for n in LOCALIZERS.names() if n != "query_detector" or a.detector]
+    val_q, test_q = task_queries(model, val), task_queries(model, test)
+    for name in names:
+        extra = {"weights": a.detector} if name == "query_detector" else {}
+        locs = {task: LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra) for task in TASKS}
+        first = locs[TASKS[0]]  # prepared images are query-independent: one forward pass serves every task
+        val_prep = [first.prepare(image_tensor(p)) for p in val.images[:n_val]]
+        chosen = {}
+        for task, loc in locs.items():
+            targets = task_targets(val, task)[:n_val]
+            chosen[task] = loc.fit(val_prep, val_q[task][:n_val], [b[t] for b, t in zip(val.boxes, targets)])
+        found: Dict[str, List[np.ndarray]] = {task: [] for task in TASKS}
+        seconds = []
+        for i in range(n_test):
+            image = image_tensor(test.images[i])
+            start = time.perf_counter()  # one image, one query: what a user waits for
+            prepared = first.prepare(image)
+            found[TASKS[0]].append(first.boxes(prepared, test_q[TASKS[0]][i : i + 1])[0])
+            seconds.append(time.perf_counter() - start)
+            for task in TASKS[1:]:
+                found[task].append(locs[task].boxes(prepared, test_q[task][i : i + 1])[0])
+        rows = []
+        for task in TASKS:
+            targets = task_targets(test, task)[:n_test]
+            res = detection_ap([f[:, :4] for f in found[task]], [f[:, 4] for f in found[task]],
+                               [b[t] for b, t in zip(test.boxes, targets)], gt_areas=[r[t] for r, t in zip(test.areas, targets)])
+            rows.append((task, res, chosen[task], sum(int(t.sum()) for t in targets)))
+        print(f"\n{name}: {n_test} test scenes of {Image.open(test.images[0]).size[0]} px, fitted on {n_val} val scenes, "
+              f"<= {a.max_boxes} boxes per query, {1000 * float(np.median(seconds)):.0f} ms per image and query (median)")
+        print("| task | AP50 | AP50:95 | AP small | AP medium | AP large | targets | chosen on val |")
+        print("|---|---|---|---|---|---|---|---|")
+        for task, r, ch, n in rows:
+            print(f"| {task} | {r['AP50']:.3f} | {r['AP']:.3f} | {r['AP_small']:.3f} | {r['AP_medium']:.3f} | {r['AP_large']:.3f} "
+                  f"| {n} | {ch} |")
+
+
+if __name__ == "__main__":
+    main()

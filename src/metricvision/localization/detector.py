@@ -1,0 +1,205 @@
+"""One-shot, query-conditioned detection with metric learning: a simplified FCOS on a frozen Embedder.
+
+The frozen Embedder gives, per image, its dense embeddings (D channels, the backbone's
+last stride) upsampled 2x and concatenated with the backbone's features at half that
+stride. A small convolutional head predicts at every location of that grid an
+objectness logit (class-agnostic, focal loss), a box as distances to its four sides
+(FCOS, Tian et al. 2019, with centre sampling; GIoU loss) and a region embedding in the
+Embedder's metric space (the dense embedding plus a learned residual). Region embeddings
+of locations inside an object are trained with a metric loss of the package (``infonce``
+by default) against reference embeddings of the objects' identities, e.g. another
+vendor's rendering or the name, so that an identity never seen in training is found
+from one query embedding. A location's score for a query is
+sigmoid(objectness) * sigmoid(a * cos(region, query) + b), with a and b learned (BCE).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from metricvision.models import Embedder
+
+
+class QueryDetector(nn.Module):
+    """Detection head over a frozen Embedder whose backbone is an ``nn.Sequential``.
+
+    Args:
+        embedder: the (frozen) Embedder whose space the queries live in.
+        hidden: channels of the head.
+        radius: centre-sampling radius in grid cells (FCOS uses 1.5).
+    """
+
+    def __init__(self, embedder: Embedder, hidden: int = 128, radius: float = 1.5) -> None:
+        super().__init__()
+        if not isinstance(embedder.backbone, nn.Sequential):
+            raise ValueError(f"QueryDetector needs an nn.Sequential backbone, got {type(embedder.backbone).__name__}")
+        if radius <= 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        self.embedder = embedder.eval().requires_grad_(False)
+        self.radius = radius
+        with torch.no_grad():  # the tap: the last backbone layer at (at least) twice the final resolution
+            outs: List[torch.Tensor] = []
+            hooks = [layer.register_forward_hook(lambda m, i, o: outs.append(o)) for layer in embedder.backbone]
+            embedder.features(torch.zeros(1, 3, 64, 64))
+            for h in hooks:
+                h.remove()
+        self.tap_index = max((k for k, o in enumerate(outs) if o.shape[-1] >= 2 * outs[-1].shape[-1]), default=0)
+        self.tap_channels = outs[self.tap_index].shape[1]
+        d = embedder.dim
+        self.trunk = nn.Sequential(nn.Conv2d(d + self.tap_channels, hidden, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU())
+        self.objectness = nn.Conv2d(hidden, 1, 1)
+        self.box = nn.Conv2d(hidden, 4, 1)
+        self.residual = nn.Conv2d(hidden, d, 1)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+        nn.init.constant_(self.objectness.bias, -4.0)  # focal-loss prior: most locations are background
+        self.match = nn.Parameter(torch.tensor([10.0, -5.0]))  # a, b of the match logit a * cos + b
+
+    def train(self, mode: bool = True) -> "QueryDetector":
+        super().train(mode)
+        self.embedder.eval()  # frozen, batch norm statistics included
+        return self
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, D + C, h, w) frozen features on the head's grid."""
+        taps: List[torch.Tensor] = []
+        hook = self.embedder.backbone[self.tap_index].register_forward_hook(lambda m, i, o: taps.append(o))
+        try:
+            dense = self.embedder.dense(images)
+        finally:
+            hook.remove()
+        mid = taps[0]
+        dense = F.interpolate(dense, size=mid.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat([dense, mid], dim=1).contiguous()
+
+    def head(self, feats: torch.Tensor, image_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, D + C, h, w) -> objectness logits (N, h, w), boxes (N, h, w, 4) in pixels, region embeddings (N, h, w, D)."""
+        d = self.embedder.dim
+        t = self.trunk(feats)
+        h, w = feats.shape[-2:]
+        sy, sx = image_size[0] / h, image_size[1] / w
+        cy = (torch.arange(h, dtype=feats.dtype) + 0.5) * sy
+        cx = (torch.arange(w, dtype=feats.dtype) + 0.5) * sx
+        dist = self.box(t).clamp(max=8.0).exp().permute(0, 2, 3, 1) * torch.tensor([sx, sy, sx, sy], dtype=feats.dtype)
+        boxes = torch.stack([cx[None, None, :] - dist[..., 0], cy[None, :, None] - dist[..., 1],
+                             cx[None, None, :] + dist[..., 2], cy[None, :, None] + dist[..., 3]], dim=-1)
+        emb = F.normalize(feats[:, :d] + self.residual(t), dim=1).permute(0, 2, 3, 1)
+        return self.objectness(t)[:, 0], boxes, emb
+
+    def scores(self, objectness: torch.Tensor, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Objectness (N, h, w), embeddings (N, h, w, D), queries (Q, D) -> scores (N, Q, h, w) in [0, 1]."""
+        cos = torch.einsum("nhwd,qd->nqhw", emb, F.normalize(queries, dim=1))
+        return torch.sigmoid(objectness)[:, None] * torch.sigmoid(self.match[0] * cos + self.match[1])
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) in [0, 1] -> the query-independent part: objectness (N, h, w), boxes (N, h, w, 4), embeddings (N, h, w, D)."""
+        self.eval()
+        return self.head(self.features(images), tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def select(self, predicted: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], queries: torch.Tensor,
+               max_boxes: int = 20, nms_iou: float = 0.5, candidates: int = 200) -> List[List[np.ndarray]]:
+        """Boxes for each query in each image of a ``predict`` output.
+
+        Args:
+            predicted: output of ``predict``.
+            queries: (Q, D) query embeddings (image or text, in the Embedder's space).
+            max_boxes: boxes kept per image and query, best first.
+            nms_iou: NMS IoU threshold.
+            candidates: best locations considered before NMS.
+
+        Returns:
+            [image][query] -> (n, 5) float arrays of x0, y0, x1, y1, score.
+        """
+        from torchvision.ops import nms
+
+        obj, boxes, emb = predicted
+        s = self.scores(obj, emb, queries)
+        out = []
+        for i in range(obj.shape[0]):
+            per_query = []
+            flat_boxes = boxes[i].reshape(-1, 4)
+            for q in range(queries.shape[0]):
+                sc = s[i, q].reshape(-1)
+                top = sc.topk(min(candidates, sc.numel())).indices
+                keep = top[nms(flat_boxes[top], sc[top], nms_iou)][:max_boxes]
+                per_query.append(torch.cat([flat_boxes[keep], sc[keep, None]], dim=1).numpy().astype(np.float64))
+            out.append(per_query)
+        return out
+
+    def detect(self, images: torch.Tensor, queries: torch.Tensor, max_boxes: int = 20, nms_iou: float = 0.5
+               ) -> List[List[np.ndarray]]:
+        """(N, 3, H, W) images, (Q, D) queries -> [image][query] (n, 5) boxes with scores (``predict`` then ``select``)."""
+        return self.select(self.predict(images), queries, max_boxes=max_boxes, nms_iou=nms_iou)
+
+
+def assign_targets(boxes: torch.Tensor, grid: Tuple[int, int], image_size: Tuple[int, int], radius: float
+                   ) -> torch.Tensor:
+    """FCOS assignment with centre sampling: (m, 4) boxes -> (h, w) index of the object per location, -1 for background.
+
+    A location is positive for an object when its centre lies inside the box and within
+    ``radius`` cells of the box centre; the location nearest the centre always is; a
+    location claimed by several objects goes to the smallest.
+    """
+    h, w = grid
+    sy, sx = image_size[0] / h, image_size[1] / w
+    cy = (torch.arange(h, dtype=torch.float32) + 0.5) * sy
+    cx = (torch.arange(w, dtype=torch.float32) + 0.5) * sx
+    assigned = -torch.ones(h, w, dtype=torch.long)
+    best_area = torch.full((h, w), float("inf"))
+    for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+        inside = ((cx[None, :] > x0) & (cx[None, :] < x1) & (cy[:, None] > y0) & (cy[:, None] < y1)
+                  & ((cx[None, :] - mx).abs() <= radius * sx) & ((cy[:, None] - my).abs() <= radius * sy))
+        inside[min(int(my / sy), h - 1), min(int(mx / sx), w - 1)] = True
+        area = (x1 - x0) * (y1 - y0)
+        take = inside & (area < best_area)
+        assigned[take] = k
+        best_area[take] = area
+    return assigned
+
+
+def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: Tuple[int, int],
+                     gt_boxes: Sequence[torch.Tensor], gt_ids: Sequence[torch.Tensor],
+                     ref_embeddings: Sequence[torch.Tensor], ref_ids: torch.Tensor, metric_loss: nn.Module
+                     ) -> Tuple[torch.Tensor, dict]:
+    """Losses of one batch.
+
+    Args:
+        feats: (N, D + C, h, w) from ``detector.features``.
+        gt_boxes: per image, (m, 4) boxes in pixels; gt_ids: per image, (m,) identities.
+        ref_embeddings: reference sets, each (R, D) (e.g. other-vendor images, names) with ids ``ref_ids`` (R,).
+        metric_loss: a package loss called as ``loss(emb, ids, ref_embeddings=..., ref_labels=...)``.
+
+    Returns:
+        (total loss, logs).
+    """
+    from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+    obj, boxes, emb = detector.head(feats, image_size)
+    n, h, w = obj.shape
+    assigned = torch.stack([assign_targets(b, (h, w), image_size, detector.radius) for b in gt_boxes])
+    pos = assigned >= 0
+    n_pos = max(int(pos.sum()), 1)
+    loss_obj = sigmoid_focal_loss(obj, pos.float(), reduction="sum") / n_pos
+    target_boxes = torch.cat([b[a[p]] for b, a, p in zip(gt_boxes, assigned, pos)]).reshape(-1, 4)
+    target_ids = torch.cat([i[a[p]] for i, a, p in zip(gt_ids, assigned, pos)])
+    loss_box = generalized_box_iou_loss(boxes[pos], target_boxes, reduction="mean") if pos.any() else boxes.sum() * 0
+    pos_emb = emb[pos]
+    loss_metric = torch.stack([metric_loss(pos_emb, target_ids, ref_embeddings=r, ref_labels=ref_ids).value
+                               for r in ref_embeddings]).mean()
+    # calibration of the match logit: each positive location against every reference
+    cos = torch.cat([pos_emb @ F.normalize(r, dim=1).T for r in ref_embeddings], dim=1)
+    same = (target_ids[:, None] == ref_ids.repeat(len(ref_embeddings))[None, :]).float()
+    logit = detector.match[0] * cos + detector.match[1]
+    loss_match = F.binary_cross_entropy_with_logits(logit, same, pos_weight=torch.tensor(float(len(ref_ids))))
+    total = loss_obj + loss_box + loss_metric + loss_match
+    return total, {"objectness": loss_obj.item(), "box": loss_box.item(), "metric": loss_metric.item(),
+                   "match": loss_match.item(), "positives": int(pos.sum())}

@@ -1,0 +1,152 @@
+"""Training a QueryDetector on scenes written by ``metricvision.data.scenes.build_scenes``.
+
+The Embedder is frozen, so its features are computed once per scene and the head is
+trained on them (``train_detector``). ``identity_references`` gives the reference
+embeddings the region embeddings are trained against: each identity's rendering by
+another vendor than the scenes', and its name.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metricvision._atomic import atomic_write
+from metricvision.localization.detector import QueryDetector, detection_losses
+from metricvision.losses import LOSSES
+
+
+@dataclass
+class SceneSet:
+    """Scenes read from a COCO file: image paths, per image boxes (m, 4) x0 y0 x1 y1, identities (m,), categories (m,), mask areas (m,), queries."""
+
+    images: List[Path]
+    boxes: List[np.ndarray]
+    identities: List[np.ndarray]
+    categories: List[np.ndarray]
+    areas: List[np.ndarray]
+    queries: List[dict]
+    category_names: Dict[int, str]
+
+
+def read_scenes(annotations: str | Path, limit: int = 0) -> SceneSet:
+    """A SceneSet from an annotations.json written by ``build_scenes`` (file names relative to its folder); ``limit`` > 0 keeps the first scenes."""
+    path = Path(annotations)
+    if path.is_dir():
+        path = path / "annotations.json"
+    if not path.exists():
+        raise FileNotFoundError(f"scene annotations {path} not found; write them with `metricvision scenes build`")
+    data = json.loads(path.read_text())
+    by_image: Dict[int, list] = {im["id"]: [] for im in data["images"]}
+    for ann in data["annotations"]:
+        by_image[ann["image_id"]].append(ann)
+    out = SceneSet([], [], [], [], [], [], {c["id"]: c["name"] for c in data["categories"]})
+    for im in data["images"][: limit or None]:
+        anns = by_image[im["id"]]
+        out.images.append(path.parent / im["file_name"])
+        out.boxes.append(np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                                   for a in anns], np.float64).reshape(-1, 4))
+        out.identities.append(np.array([a["identity"] for a in anns], np.int64))
+        out.categories.append(np.array([a["category_id"] for a in anns], np.int64))
+        out.areas.append(np.array([a["area"] for a in anns], np.float64))
+        out.queries.append({**im["query"], "file_name": str(path.parent / im["query"]["file_name"])})
+    return out
+
+
+def image_tensor(path: str | Path) -> torch.Tensor:
+    """An image file -> (3, H, W) floats in [0, 1]."""
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
+
+
+def identity_references(model, split: str, vendor: str = "google") -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Identities of an emoji split and their reference embeddings: (R,) ids, [(R, D) other-vendor images, (R, D) names].
+
+    ``model`` is a :class:`metricvision.kb.model.ImageTextModel`; names are used only when it has a text model.
+    """
+    from metricvision.data.emoji import load_emoji
+
+    chosen: Dict[int, Tuple[np.ndarray, str]] = {}
+    for s in load_emoji(split):
+        if s.meta["tone"] == "" and s.meta["vendor"] != vendor and s.label not in chosen:
+            chosen[s.label] = (s.image, s.caption)
+    ids = sorted(chosen)
+    refs = [model.encode_images([chosen[i][0] for i in ids])]
+    if model.card.text_model:
+        refs.append(model.encode_text([chosen[i][1] for i in ids]))
+    return torch.tensor(ids), refs
+
+
+def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Tensor, refs: Sequence[torch.Tensor],
+                   steps: int = 2000, batch_size: int = 8, lr: float = 1e-3, loss: str = "infonce", seed: int = 0,
+                   log_every: int = 100) -> List[dict]:
+    """Train the detector head (AdamW, cosine schedule) on the scenes; returns the logs every ``log_every`` steps.
+
+    Objects whose identity has no reference (id -1) are still objects (objectness, box);
+    they have no positive reference in the metric losses.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    feats = []
+    for s in range(0, len(scenes.images), 16):  # frozen features, computed once, kept in half precision
+        batch = torch.stack([image_tensor(p) for p in scenes.images[s : s + 16]])
+        feats.append(detector.features(batch).half())
+    feats_all = torch.cat(feats)
+    size = tuple(image_tensor(scenes.images[0]).shape[-2:])
+    known = set(ref_ids.tolist())
+    boxes = [torch.from_numpy(b).float() for b in scenes.boxes]
+    ids = [torch.tensor([i if i in known else -1 for i in x.tolist()], dtype=torch.long) for x in scenes.identities]
+    metric = LOSSES.create(loss)
+    params = [p for n, p in detector.named_parameters() if not n.startswith("embedder.")]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    detector.train()
+    logs, running = [], []
+    for step in range(steps):
+        pick = rng.choice(len(boxes), size=min(batch_size, len(boxes)), replace=False)
+        total, info = detection_losses(detector, feats_all[pick].float(), size, [boxes[i] for i in pick],
+                                       [ids[i] for i in pick], refs, ref_ids, metric)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        sched.step()
+        running.append({"loss": float(total), **info})
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            logs.append({"step": step + 1, **{k: float(np.mean([r[k] for r in running])) for k in running[0]}})
+            running = []
+    detector.eval()
+    return logs
+
+
+def save_detector(detector: QueryDetector, path: str | Path, image_model: Optional[str] = None) -> None:
+    """Write the head's weights (not the frozen Embedder) as safetensors (temporary name, then rename)."""
+    from safetensors.torch import save
+
+    state = {k: v.contiguous() for k, v in detector.state_dict().items() if not k.startswith("embedder.")}
+    meta = {"image_model": image_model or "", "hidden": str(detector.trunk[0].out_channels), "radius": str(detector.radius)}
+    with atomic_write(path) as f:
+        f.write(save(state, metadata=meta))
+
+
+def load_detector(path: str | Path, embedder) -> QueryDetector:
+    """A QueryDetector over ``embedder`` with the head weights of ``path``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"detector weights {path} not found; train them with `metricvision detector train`")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    det = QueryDetector(embedder, hidden=int(meta.get("hidden", 128)), radius=float(meta.get("radius", 1.5)))
+    missing, unexpected = det.load_state_dict(load_file(str(path)), strict=False)
+    bad = [k for k in missing if not k.startswith("embedder.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"{path} does not match the detector: keys {bad[:5]}")
+    return det.eval()

@@ -1,0 +1,153 @@
+"""COCO-style average precision of boxes ranked by score (AP50, AP75, AP50:95, per size).
+
+A re-implementation of pycocotools' ``COCOeval`` for boxes without crowd regions, tested
+to equal it: per image and category, detections (best first, at most ``max_dets``) are
+matched greedily to the unmatched ground truth of highest IoU >= t; ground truths outside
+an area range are ignored, as are unmatched detections outside it; precision is made
+monotone and read at 101 recall points; AP is the mean over IoU thresholds, recall
+points and categories that have ground truth.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+COCO_AREAS: Dict[str, Tuple[float, float]] = {
+    "all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of (n, 4) and (m, 4) (x0, y0, x1, y1) boxes -> (n, m)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _match(ious: np.ndarray, gt_ignore: np.ndarray, thresholds: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """COCO greedy matching. ious (n_det, n_gt), gts sorted non-ignored first -> det matched gt index (T, n_det), -1 if none."""
+    det_gt = -np.ones((len(thresholds), ious.shape[0]), np.int64)
+    for ti, t in enumerate(thresholds):
+        taken = np.zeros(ious.shape[1], bool)
+        for d in range(ious.shape[0]):
+            best, m = min(t, 1 - 1e-10), -1
+            for g in range(ious.shape[1]):
+                if taken[g]:
+                    continue
+                if m > -1 and not gt_ignore[m] and gt_ignore[g]:
+                    break  # a match with a counted ground truth beats any ignored one
+                if ious[d, g] < best:
+                    continue
+                best, m = ious[d, g], g
+            if m > -1:
+                det_gt[ti, d] = m
+                taken[m] = True
+    return det_gt
+
+
+def detection_ap(
+    pred_boxes: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    pred_labels: Optional[Sequence[np.ndarray]] = None,
+    gt_labels: Optional[Sequence[np.ndarray]] = None,
+    gt_areas: Optional[Sequence[np.ndarray]] = None,
+    max_dets: int = 100,
+    area_ranges: Mapping[str, Tuple[float, float]] = COCO_AREAS,
+) -> Dict[str, float]:
+    """COCO box AP over a set of images (what ``COCOeval.summarize`` prints as AP lines).
+
+    Args:
+        pred_boxes: per image, (n_i, 4) detected boxes (x0, y0, x1, y1).
+        pred_scores: per image, (n_i,) scores; higher ranks first (ties keep input order).
+        gt_boxes: per image, (m_i, 4) ground-truth boxes.
+        pred_labels: per image, (n_i,) category ids (default: one category).
+        gt_labels: per image, (m_i,) category ids (default: one category).
+        gt_areas: per image, (m_i,) areas that decide the size range (COCO uses the mask
+            area; default: the box area).
+        max_dets: detections kept per image and category, best first.
+        area_ranges: name -> [lo, hi] area range; "all" gives AP, AP50 and AP75.
+
+    Returns:
+        {"AP": AP50:95, "AP50", "AP75", "AP_<range>" per other range}; -1 where no
+        ground truth counts (as COCOeval).
+    """
+    n = len(gt_boxes)
+    if len(pred_boxes) != n or len(pred_scores) != n:
+        raise ValueError(f"expected one entry per image ({n}), got {len(pred_boxes)} boxes and {len(pred_scores)} scores")
+    if "all" not in area_ranges:
+        raise ValueError(f"area_ranges must contain 'all', got {sorted(area_ranges)}")
+    if max_dets < 1:
+        raise ValueError(f"max_dets must be >= 1, got {max_dets}")
+    pb = [np.asarray(b, np.float64).reshape(-1, 4) for b in pred_boxes]
+    ps = [np.asarray(s, np.float64).reshape(-1) for s in pred_scores]
+    gb = [np.asarray(b, np.float64).reshape(-1, 4) for b in gt_boxes]
+    pl = [np.zeros(len(b), np.int64) for b in pb] if pred_labels is None else [np.asarray(x).reshape(-1) for x in pred_labels]
+    gl = [np.zeros(len(b), np.int64) for b in gb] if gt_labels is None else [np.asarray(x).reshape(-1) for x in gt_labels]
+    ga = [(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in gb] if gt_areas is None else [np.asarray(x, np.float64).reshape(-1) for x in gt_areas]
+    for i in range(n):
+        if not len(pb[i]) == len(ps[i]) == len(pl[i]) or not len(gb[i]) == len(gl[i]) == len(ga[i]):
+            raise ValueError(f"image {i}: boxes, scores, labels and areas disagree in length "
+                             f"({len(pb[i])}, {len(ps[i])}, {len(pl[i])} detections; {len(gb[i])}, {len(gl[i])}, {len(ga[i])} ground truths)")
+    categories = sorted(set(np.concatenate(pl + gl).tolist()))
+    # precision[t, r, k, a]; -1 where a category has no counted ground truth
+    precision = -np.ones((len(IOU_THRESHOLDS), len(RECALL_POINTS), len(categories), len(area_ranges)))
+    for k, c in enumerate(categories):
+        per_image = []
+        for i in range(n):
+            d = np.nonzero(pl[i] == c)[0]
+            d = d[np.argsort(-ps[i][d], kind="mergesort")][:max_dets]
+            g = np.nonzero(gl[i] == c)[0]
+            per_image.append((d, g, pairwise_iou(pb[i][d], gb[i][g])))
+        for a, (lo, hi) in enumerate(area_ranges.values()):
+            scores: List[np.ndarray] = []
+            matched: List[np.ndarray] = []
+            ignored: List[np.ndarray] = []
+            counted = 0
+            for i, (d, g, ious) in enumerate(per_image):
+                g_ign = (ga[i][g] < lo) | (ga[i][g] > hi)
+                order = np.argsort(g_ign, kind="mergesort")
+                g_ign = g_ign[order]
+                det_gt = _match(ious[:, order], g_ign, IOU_THRESHOLDS)
+                box = pb[i][d]
+                d_area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+                d_ign = np.append(g_ign, False)[det_gt]  # index -1 (unmatched) reads the appended False
+                d_ign |= (det_gt == -1) & ((d_area < lo) | (d_area > hi))[None, :]
+                scores.append(ps[i][d])
+                matched.append(det_gt > -1)
+                ignored.append(d_ign)
+                counted += int((~g_ign).sum())
+            if counted == 0:
+                continue
+            s = np.concatenate(scores)
+            order = np.argsort(-s, kind="mergesort")
+            m = np.concatenate(matched, axis=1)[:, order]
+            ig = np.concatenate(ignored, axis=1)[:, order]
+            tp = np.cumsum(m & ~ig, axis=1, dtype=np.float64)
+            fp = np.cumsum(~m & ~ig, axis=1, dtype=np.float64)
+            for t in range(len(IOU_THRESHOLDS)):
+                rc = tp[t] / counted
+                pr = tp[t] / (fp[t] + tp[t] + np.spacing(1))
+                pr = np.maximum.accumulate(pr[::-1])[::-1] if len(pr) else pr
+                idx = np.searchsorted(rc, RECALL_POINTS, side="left")
+                q = np.zeros(len(RECALL_POINTS))
+                ok = idx < len(pr)
+                q[ok] = pr[idx[ok]]
+                precision[t, :, k, a] = q
+    out = {"AP": _mean(precision[:, :, :, 0]), "AP50": _mean(precision[0, :, :, 0]), "AP75": _mean(precision[5, :, :, 0])}
+    for a, name in enumerate(area_ranges):
+        if name != "all":
+            out[f"AP_{name}"] = _mean(precision[:, :, :, a])
+    return out
+
+
+def _mean(p: np.ndarray) -> float:
+    valid = p[p > -1]
+    return float(valid.mean()) if valid.size else -1.0

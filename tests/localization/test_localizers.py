@@ -1,0 +1,38 @@
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from metricvision.kb.model import ImageTextModel, ModelCard
+from metricvision.localization.detector import QueryDetector
+from metricvision.localization.localizers import LOCALIZERS
+from metricvision.localization.train import save_detector
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=32))
+
+
+@pytest.mark.parametrize("name", LOCALIZERS.names())
+def test_contract(name, model, tmp_path):
+    extra = {}
+    if name == "query_detector":
+        save_detector(QueryDetector(model.embedder, hidden=16), tmp_path / "det.safetensors")
+        extra = {"weights": str(tmp_path / "det.safetensors")}
+    loc = LOCALIZERS.create(name, model=model, max_boxes=3, **extra)
+    # a method sees the image and the query embeddings only: no counts, sizes or boxes
+    assert list(inspect.signature(loc.localize).parameters) == ["image", "queries"]
+    torch.manual_seed(0)
+    image = torch.rand(3, 96, 96)
+    queries = torch.nn.functional.normalize(torch.randn(2, model.dim), dim=1)
+    out = loc.localize(image, queries)
+    assert len(out) == 2
+    for boxes in out:
+        assert boxes.shape[1] == 5 and len(boxes) <= 3
+        assert np.all(np.diff(boxes[:, 4]) <= 0)
+    prepared = loc.prepare(image)
+    assert all(np.array_equal(a, b) for a, b in zip(loc.boxes(prepared, queries), out))
+    chosen = loc.fit([prepared, prepared], queries, [np.array([[10.0, 10, 40, 40]]), np.zeros((0, 4))])
+    assert isinstance(chosen, dict) and chosen
