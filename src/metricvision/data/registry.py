@@ -141,19 +141,32 @@ DATASETS = DatasetRegistry()
 register_dataset = DATASETS.register
 
 
-def check_dataset(name: str, path: Optional[str | Path], **options: Any) -> Dict[str, Any]:
-    """Read dataset ``name`` at ``path``, check that every referenced image file exists, summarize it.
+def check_dataset(name: str, path: Optional[str | Path], *, open_images: bool = False, **options: Any) -> Dict[str, Any]:
+    """Read dataset ``name`` at ``path``, check its image files, summarize it.
+
+    Args:
+        open_images: open and decode every image (`metricvision data check`), not only check
+            that the files exist.
 
     Raises:
         KeyError: unknown name (the message lists the datasets).
         FileNotFoundError: a missing list file or image, named with its expected format.
-        ValueError: a malformed file (DatasetFormatError), or no path for a dataset that needs one.
+        ValueError: a malformed file (DatasetFormatError), no path for a dataset that needs one, or
+            (``open_images``) unreadable images, listed.
     """
     splits = DATASETS.create(name, path=path, **options)
-    images = {Path(s.image) for samples in splits.values() for s in samples if isinstance(s.image, (str, Path))}
-    missing = sorted(p for p in images if not p.exists())
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(images)} images of {name} are missing, e.g. {missing[0]}")
+    images = sorted({str(s.image) for samples in splits.values() for s in samples if isinstance(s.image, (str, Path))})
+    if open_images:
+        from metricvision.data.check import describe, unreadable_images
+        from metricvision.data.sample import Sample
+
+        bad = unreadable_images([Sample(p) for p in images], desc="opening every image")
+        if bad:
+            raise ValueError(f"{path}: {describe(bad, len(images))}")
+    else:
+        missing = [p for p in images if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(images)} images of {name} are missing, e.g. {missing[0]}")
     return {"kind": name, "path": str(path), "images": len(images), **summarize(splits)}
 
 
