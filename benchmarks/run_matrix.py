@@ -1,0 +1,108 @@
+"""Run a matrix of `metricvision train` jobs (recipes x datasets x seeds) in parallel, one process each.
+
+Each job is ``metricvision train RECIPE --set train.seed=S --set data.dataset=D [--set ...]`` in its own run
+folder under --root; a job whose metrics.json already exists is skipped, so a killed matrix resumes. Every job's
+metrics are gathered into one JSON file (--out) and printed as a table, mean +- std over seeds.
+
+    python benchmarks/run_matrix.py --recipes default loss_proxy --datasets emoji icons --seeds 0 1 2 \\
+        --jobs 2 --root runs/matrix --out benchmarks/results_matrix.json [--set train.device=cuda]
+    python benchmarks/run_matrix.py --summarize benchmarks/results_matrix.json
+
+--jobs N runs N jobs at once, each with ``--threads`` torch threads (default: cores // N).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List
+
+KEYS = ("precision@1", "r_precision", "map@r", "nmi")
+
+
+def job_name(recipe: str, dataset: str, seed: int, tag: str) -> str:
+    """Run-folder name of one job."""
+    return f"{recipe}__{dataset}__s{seed}" + (f"__{tag}" if tag else "")
+
+
+def run_job(recipe: str, dataset: str, seed: int, a: argparse.Namespace) -> Dict:
+    """Train one job (or read its finished metrics) and return its row."""
+    out = a.root / job_name(recipe, dataset, seed, a.tag)
+    metrics = out / "metrics.json"
+    t0 = time.time()
+    if not metrics.exists():
+        sets = [f"train.seed={seed}", *a.overrides]
+        if dataset != "-":
+            sets.append(f"data.dataset={dataset}")
+        cmd = [sys.executable, "-m", "metricvision.cli", "train", recipe, "--out", str(out), "--no-report"]
+        for s in sets:
+            cmd += ["--set", s]
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(a.root / f"{out.name}.log", "w") as log:
+            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0 or not metrics.exists():
+            print(f"FAILED {out.name} (rc {rc}); see {a.root / (out.name + '.log')}", flush=True)
+            return {"recipe": recipe, "dataset": dataset, "seed": seed, "error": rc}
+    m = json.loads(metrics.read_text())
+    row = {"recipe": recipe, "dataset": dataset, "seed": seed, "seconds": round(time.time() - t0, 1),
+           **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+    print(json.dumps({k: row[k] for k in ("recipe", "dataset", "seed", "seconds", *KEYS) if k in row}), flush=True)
+    return row
+
+
+def summarize(rows: List[Dict], keys=KEYS) -> str:
+    """Markdown table: one line per (recipe, dataset), mean +- std (x 100) of ``keys`` over seeds."""
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            groups.setdefault((r["recipe"], r["dataset"]), []).append(r)
+    present = [k for k in keys if any(k in r for g in groups.values() for r in g)]
+    lines = ["| recipe | dataset | seeds | " + " | ".join(present) + " |",
+             "|---|---|---|" + "---|" * len(present)]
+    for (recipe, dataset), g in groups.items():
+        cells = []
+        for k in present:
+            vals = [100 * r[k] for r in g if k in r]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.1f} +- {sd:.1f}" if vals else "")
+        lines.append(f"| {recipe} | {dataset} | {len(g)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", nargs="+", default=["default"], help="recipe names or YAML paths")
+    ap.add_argument("--datasets", nargs="+", default=["-"], help="data.dataset values ('-' keeps the recipe's)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every job")
+    ap.add_argument("--tag", default="", help="suffix of the run folders (to keep variants apart)")
+    ap.add_argument("--jobs", type=int, default=1, help="jobs run at once")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default cores // jobs)")
+    ap.add_argument("--root", type=Path, default=Path("runs/matrix"), help="folder of the run folders")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file of every job's metrics")
+    ap.add_argument("--summarize", type=Path, default=None, help="only print the table of this JSON file")
+    a = ap.parse_args()
+    if a.summarize:
+        print(summarize(json.loads(a.summarize.read_text())))
+        return
+    a.threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
+    jobs = [(r, d, s) for r in a.recipes for d in a.datasets for s in a.seeds]
+    with ThreadPoolExecutor(a.jobs) as pool:
+        rows = list(pool.map(lambda j: run_job(*j, a), jobs))
+    if a.out:
+        old = json.loads(a.out.read_text()) if a.out.exists() else []
+        done = {(r["recipe"], r["dataset"], r["seed"]) for r in rows}
+        keep = [o for o in old if (o["recipe"], o["dataset"], o["seed"]) not in done]
+        a.out.write_text(json.dumps(keep + rows, indent=1))
+    print(summarize(rows))
+
+
+if __name__ == "__main__":
+    main()
