@@ -91,9 +91,49 @@ def test_icarl_recipe_runs_the_same_task_sequence(tmp_path, emoji_small):
     assert "classifier.weight" in t._modules()["hook_ICaRL"].state_dict()  # checkpointed with the run
 
 
-def test_incremental_refuses_to_resume_without_its_memory(tmp_path, emoji_small):
+class Killed(Exception):
+    """Stands for a kill between two epochs (the checkpoint of the last finished epoch is on disk)."""
+
+
+class KillAt:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == self.epoch:
+            raise Killed
+
+
+@pytest.mark.parametrize("recipe", ["incremental_metric", "incremental_icarl"])
+def test_incremental_resumes_after_a_kill_as_if_uninterrupted(tmp_path, emoji_small, recipe):
     train, test = emoji_small
-    Trainer(load_recipe("incremental_metric", TINY + ["train.epochs=1", "incremental.tasks=1"]), tmp_path / "run", train, test).fit()
-    t = Trainer(load_recipe("incremental_metric", TINY + ["train.epochs=1", "incremental.tasks=1"]), tmp_path / "run", train, test)
+    full = Trainer(load_recipe(recipe, TINY), tmp_path / "full", train, test).fit()
+    killed = Trainer(load_recipe(recipe, TINY), tmp_path / "killed", train, test)
+    killed.hooks.append(KillAt(2))  # after task 2 of 3: memory, means and the previous embeddings are all set
+    with pytest.raises(Killed):
+        killed.fit()
+    t = Trainer(load_recipe(recipe, TINY), tmp_path / "killed", train, test)
+    resumed = t.fit(resume=True)
+    assert t.history["epochs"][0]["epoch"] == 1 and len(t.history["epochs"]) == 3
+    for key in ("nme", "sdc"):
+        for name in ("average_incremental_accuracy", "forgetting", "task_accuracy"):
+            assert resumed[f"incremental_{key}_{name}"] == full[f"incremental_{key}_{name}"], (key, name)
+    assert resumed["map@r"] == pytest.approx(full["map@r"], abs=1e-9)
+
+
+def test_incremental_refuses_a_checkpoint_without_its_memory(tmp_path, emoji_small):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    train, test = emoji_small
+    recipe = TINY + ["train.epochs=1", "incremental.tasks=1"]
+    Trainer(load_recipe("incremental_metric", recipe), tmp_path / "run", train, test).fit()
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    assert any(k.startswith("state_IncrementalMetric.memory") for k in tensors)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("state_")}, str(path), metadata=meta)  # an older checkpoint
+    t = Trainer(load_recipe("incremental_metric", recipe), tmp_path / "run", train, test)
     with pytest.raises(ValueError, match="'incremental_metric' cannot resume \\(at epoch 1\\)"):
         t.fit(resume=True)
