@@ -8,7 +8,9 @@ metrics are gathered into one JSON file (--out) and printed as a table, mean +- 
         --jobs 2 --root runs/matrix --out benchmarks/results_matrix.json [--set train.device=cuda]
     python benchmarks/run_matrix.py --summarize benchmarks/results_matrix.json
 
---jobs N runs N jobs at once, each with ``--threads`` torch threads (default: cores // N).
+--jobs N runs N jobs at once, each with ``--threads`` torch threads (default: cores // N). In a --set value,
+``{seed}`` becomes the job's seed (``--set distill.teacher=runs/matrix/default__-__s{seed}``). With --tag the rows carry
+it, so variants of one recipe (other --set) keep apart in --out and in the table.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def run_job(recipe: str, dataset: str, seed: int, a: argparse.Namespace) -> Dict
     metrics = out / "metrics.json"
     t0 = time.time()
     if not metrics.exists():
-        sets = [f"train.seed={seed}", *a.overrides]
+        sets = [f"train.seed={seed}", *(o.replace("{seed}", str(seed)) for o in a.overrides)]
         if dataset != "-":
             sets.append(f"data.dataset={dataset}")
         cmd = [sys.executable, "-m", "metricvision.cli", "train", recipe, "--out", str(out), "--no-report"]
@@ -49,20 +51,26 @@ def run_job(recipe: str, dataset: str, seed: int, a: argparse.Namespace) -> Dict
             rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         if rc != 0 or not metrics.exists():
             print(f"FAILED {out.name} (rc {rc}); see {a.root / (out.name + '.log')}", flush=True)
-            return {"recipe": recipe, "dataset": dataset, "seed": seed, "error": rc}
+            return {"recipe": recipe, "dataset": dataset, "seed": seed, "tag": a.tag, "error": rc}
     m = json.loads(metrics.read_text())
-    row = {"recipe": recipe, "dataset": dataset, "seed": seed, "seconds": round(time.time() - t0, 1),
+    row = {"recipe": recipe, "dataset": dataset, "seed": seed, "tag": a.tag, "seconds": round(time.time() - t0, 1),
            **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
     print(json.dumps({k: row[k] for k in ("recipe", "dataset", "seed", "seconds", *KEYS) if k in row}), flush=True)
     return row
 
 
+def row_key(row: Dict) -> tuple:
+    """(recipe, dataset, tag, seed): one job of the matrix."""
+    return row["recipe"], row["dataset"], row.get("tag", ""), row["seed"]
+
+
 def summarize(rows: List[Dict], keys=KEYS) -> str:
-    """Markdown table: one line per (recipe, dataset), mean +- std (x 100) of ``keys`` over seeds."""
+    """Markdown table: one line per (recipe[tag], dataset), mean +- std (x 100) of ``keys`` over seeds."""
     groups: Dict[tuple, List[Dict]] = {}
     for r in rows:
         if "error" not in r:
-            groups.setdefault((r["recipe"], r["dataset"]), []).append(r)
+            name = r["recipe"] + (f" [{r['tag']}]" if r.get("tag") else "")
+            groups.setdefault((name, r["dataset"]), []).append(r)
     present = [k for k in keys if any(k in r for g in groups.values() for r in g)]
     lines = ["| recipe | dataset | seeds | " + " | ".join(present) + " |",
              "|---|---|---|" + "---|" * len(present)]
@@ -81,7 +89,7 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["default"], help="recipe names or YAML paths")
     ap.add_argument("--datasets", nargs="+", default=["-"], help="data.dataset values ('-' keeps the recipe's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every job")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every job ({seed}: the job's seed)")
     ap.add_argument("--tag", default="", help="suffix of the run folders (to keep variants apart)")
     ap.add_argument("--jobs", type=int, default=1, help="jobs run at once")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default cores // jobs)")
@@ -98,8 +106,8 @@ def main() -> None:
         rows = list(pool.map(lambda j: run_job(*j, a), jobs))
     if a.out:
         old = json.loads(a.out.read_text()) if a.out.exists() else []
-        done = {(r["recipe"], r["dataset"], r["seed"]) for r in rows}
-        keep = [o for o in old if (o["recipe"], o["dataset"], o["seed"]) not in done]
+        done = {row_key(r) for r in rows}
+        keep = [o for o in old if row_key(o) not in done]
         a.out.write_text(json.dumps(keep + rows, indent=1))
     print(summarize(rows))
 
