@@ -1,7 +1,8 @@
-"""README's "Results across datasets" table from benchmarks/results_datasets.json (written by
-benchmarks/matrix_datasets.sh): one row per method, per dataset P@1 and MAP@R, mean +- std (x 100) over seeds.
+"""README's "Results across datasets" tables from the JSON rows of benchmarks/matrix_datasets.sh: retrieval
+rows (those with P@1) as one line per method, per dataset P@1 and MAP@R; the other rows (supervision settings)
+as one line per recipe with its setting's scores. Mean +- std (x 100) over seeds.
 
-    python benchmarks/format_datasets.py benchmarks/results_datasets.json [--keys precision@1 map@r]
+    python benchmarks/format_datasets.py benchmarks/results_datasets.json benchmarks/results_fashion_settings.json
 """
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from run_matrix import mean_std  # noqa: E402
 
 SHORT = {"precision@1": "P@1", "map@r": "MAP@R", "r_precision": "RP", "nmi": "NMI"}
 # baselines first, then the default recipe, then the loss families; other rows follow in file order
+# the scores shown for a supervision-setting row, where present (incremental, long tail, open set; OLTR's classifier)
+SETTING_KEYS = ("incremental_sdc_average_incremental_accuracy", "incremental_sdc_forgetting",
+                "incremental_nme_average_incremental_accuracy", "incremental_nme_forgetting", "final_accuracy",
+                "accuracy", "many_shot", "medium_shot", "few_shot", "f_measure", "closed_accuracy", "auroc",
+                "oltr_accuracy", "oltr_few_shot", "oltr_f_measure", "oltr_auroc")
 ORDER = ("raw pixels", "default [pretrained]", "default", "loss_classification", "loss_proxy", "loss_pair", "loss_ranking")
 
 
@@ -42,12 +48,33 @@ def table(rows: List[Dict], keys: Sequence[str] = ("precision@1", "map@r")) -> s
     return "\n".join(lines)
 
 
+def settings_table(rows: List[Dict], keys: Sequence[str] = SETTING_KEYS) -> str:
+    """Markdown table: one line per (recipe, dataset), its present ``keys`` as "key mean +- std"."""
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            groups.setdefault((r["recipe"], r["dataset"]), []).append(r)
+    lines = ["| recipe | seeds | scores (x 100) |", "|---|---|---|"]
+    for (recipe, _), g in groups.items():
+        scores = "; ".join(f"{k} {cell(g, k)}" for k in keys if any(k in r for r in g))
+        lines.append(f"| {recipe} | {len(g)} | {scores} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", type=Path, help="JSON list of rows (run_matrix.py --out, pixel_baselines.py --out)")
-    ap.add_argument("--keys", nargs="+", default=["precision@1", "map@r"], help="metrics shown per dataset")
+    ap.add_argument("results", type=Path, nargs="+", help="JSON lists of rows (run_matrix.py / pixel_baselines.py --out)")
+    ap.add_argument("--keys", nargs="+", default=["precision@1", "map@r"], help="retrieval metrics shown per dataset")
     a = ap.parse_args()
-    print(table(json.loads(a.results.read_text()), a.keys))
+    # a (recipe, dataset, seed) found in several files counts once: the last file's row
+    unique = {(r["recipe"], r["dataset"], r["seed"]): r for path in a.results if path.exists()
+              for r in json.loads(path.read_text())}
+    rows = [r for r in unique.values() if "error" not in r]
+    retrieval = [r for r in rows if "precision@1" in r]
+    if retrieval:
+        print(table(retrieval, a.keys))
+    if len(retrieval) < len(rows):
+        print(settings_table([r for r in rows if "precision@1" not in r]))
 
 
 if __name__ == "__main__":
