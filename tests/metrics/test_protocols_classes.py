@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from metricvision.data.sample import Sample
 from metricvision.metrics import (PROTOCOLS, few_shot_accuracy, fpr_at_recall, incremental_scores, kfold_accuracy,
-                                  open_set_f_measure, shot_accuracy, tar_at_far)
+                                  open_set_f_measure, open_set_scores, shot_accuracy, tar_at_far)
 from metric_references import ref_f_measure, ref_fpr95
 
 
@@ -137,6 +137,18 @@ def test_open_set_f_measure_and_protocol():
     assert out["f_measure"] == pytest.approx(1.0) and out["auroc"] == 1.0 and out["closed_accuracy"] == 1.0
     conf_known, conf_unknown = np.array([0.9, 0.4]), np.array([0.5, 0.1])
     assert roc_auc_score([1, 1, 0, 0], np.r_[conf_known, conf_unknown]) == 0.75
+
+
+def test_open_set_auroc_of_softmax_confidence_and_of_the_max_score():
+    # two known classes that resemble each other (similarities 0.9 / 0.8 to both means) and an unknown
+    # class close to only one of them (0.6 / 0.1): the softmax is surer of the unknown items, the raw
+    # similarity is not; both AUROCs are checked against scikit-learn on the scores themselves
+    scores = np.array([[0.9, 0.8], [0.8, 0.9], [0.85, 0.8], [0.6, 0.1], [0.1, 0.55]])
+    labels = np.array([0, 1, 0, -1, -1])
+    out = open_set_scores(scores, np.array([0, 1]), labels, threshold=0.0, temperature=0.1)
+    softmax_conf = torch.softmax(torch.tensor(scores) / 0.1, 1).max(1).values.numpy()
+    assert out["auroc"] == pytest.approx(roc_auc_score(labels >= 0, softmax_conf)) == 0.0
+    assert out["auroc_max_score"] == pytest.approx(roc_auc_score(labels >= 0, scores.max(1))) == 1.0
 
 
 def test_open_set_f_measure_counts_a_rejected_known_sample():

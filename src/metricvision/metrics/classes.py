@@ -89,6 +89,13 @@ def open_set_f_measure(pred: np.ndarray, labels: np.ndarray) -> float:
 def open_set_scores(scores: ArrayLike, classes: np.ndarray, labels: np.ndarray, threshold: float = 0.1, temperature: float = 0.1) -> Dict[str, float]:
     """F-measure with rejection and AUROC (known = positive) from (N, C) class similarities.
 
+    ``auroc`` ranks items by the softmax confidence (OLTR's score), ``auroc_max_score`` by the
+    best raw score (the similarity to the nearest class mean; a classifier's largest logit). They
+    can disagree on either side of 0.5: an unknown class that resembles exactly one known class
+    (Fashion-MNIST's sneakers, only near sandals) gets a confident softmax while known classes
+    that resemble each other (pullover, coat) do not, so ``auroc`` falls below 0.5 although
+    the unknown items are farther from every class mean (``auroc_max_score`` above 0.5).
+
     Args:
         scores: (N, C) float32 / float64 similarities to the known classes, finite.
         classes: (C,) class labels of the columns.
@@ -102,7 +109,9 @@ def open_set_scores(scores: ArrayLike, classes: np.ndarray, labels: np.ndarray, 
     pred = np.where(conf.numpy() < threshold, -1, classes[arg.numpy()])
     known = labels != -1
     out = {"f_measure": open_set_f_measure(pred, labels), "closed_accuracy": float((pred[known] == labels[known]).mean())}
-    out["auroc"] = float(roc_auc_score(known, conf.numpy())) if known.any() and (~known).any() else float("nan")
+    both = known.any() and (~known).any()
+    out["auroc"] = float(roc_auc_score(known, conf.numpy())) if both else float("nan")
+    out["auroc_max_score"] = float(roc_auc_score(known, scores.max(1).values.numpy())) if both else float("nan")
     return out
 
 
