@@ -215,3 +215,23 @@ def test_evaluate_dataset_reads_native_layout(tmp_path):
     assert out["recall@1"] == 1.0 and out["num_queries"] == 6
     with pytest.raises(KeyError, match="unknown dataset .retrieval."):
         evaluate_dataset("retrieval", model_embed_fn(model, to_tensor), tmp_path)
+
+
+def test_fewshot_grid_runs_every_way_and_shot_on_one_embedding():
+    rng = np.random.default_rng(7)
+    test = [Sample("g", label=c, meta={"vec": rng.standard_normal(8) + 2 * np.eye(24, 8)[c % 24]})
+            for c in range(24) for _ in range(20)]
+    calls = []
+
+    def counted(samples):
+        calls.append(len(samples))
+        return vec_embed(samples)
+
+    out = PROTOCOLS.get("fewshot_grid")(counted, {"test": test}, ways=[5, 20], shots=[1, 5], episodes=50, seed=3)
+    assert sum(calls) == len(test)  # one embedding (in batches) for the four settings
+    x, y = vec_embed(test), np.array([s.label for s in test])
+    for n in (5, 20):
+        for k in (1, 5):
+            ref = few_shot_accuracy(x, y, n, k, 15, 50, 3)
+            assert (out[f"{n}way_{k}shot"], out[f"{n}way_{k}shot_ci95"]) == (ref["accuracy"], ref["ci95"])
+    assert out["20way_5shot"] < out["5way_5shot"] and out["episodes"] == 50

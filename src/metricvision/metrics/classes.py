@@ -1,7 +1,8 @@
 """Class-level protocols: few-shot episodes, long-tail shot groups, open set, class-incremental.
 
 - few-shot: N-way K-shot episodes scored by prototypes (Snell et al. 2017), accuracy mean
-  +- 1.96 std / sqrt(episodes), as the miniImageNet literature reports it.
+  +- 1.96 std / sqrt(episodes), as the miniImageNet literature reports it; ``fewshot_grid`` runs
+  several (N, K) on one embedding (Omniglot's 5 / 20-way, 1 / 5-shot).
 - long-tail: OLTR's ``shot_acc`` (Liu et al. 2019, github.com/zhmiao/OpenLongTailRecognition-OLTR,
   utils.py): per-class accuracy averaged within many / medium / few-shot groups; groups are
   many >= 100 and few <= 20 training images, as the issue specifies (OLTR's code uses > 100 and < 20).
@@ -137,6 +138,22 @@ def few_shot(embed_fn: EmbedFn, splits: Splits, n_way: int = 5, k_shot: int = 1,
     """N-way K-shot episodes on the ``split`` split (miniImageNet "test", or any dataset)."""
     require_splits(splits, [split], "fewshot")
     return few_shot_accuracy(embed(embed_fn, splits[split]), labels_of(splits[split]), n_way, k_shot, n_query, episodes, seed)
+
+
+@PROTOCOLS.register("fewshot_grid")
+def few_shot_grid(embed_fn: EmbedFn, splits: Splits, ways: Sequence[int] = (5, 20), shots: Sequence[int] = (1, 5),
+                  n_query: int = 15, episodes: int = 600, seed: int = 0, split: str = "test") -> Dict[str, float]:
+    """Every N-way K-shot setting of ``ways`` x ``shots`` (Omniglot's 5 / 20-way, 1 / 5-shot) on one
+    embedding of the ``split`` split: "{N}way_{K}shot" (accuracy) and "{N}way_{K}shot_ci95" (95% interval)."""
+    require_splits(splits, [split], "fewshot_grid")
+    x, y = embed(embed_fn, splits[split]), labels_of(splits[split])
+    out: Dict[str, float] = {}
+    for n in ways:
+        for k in shots:
+            r = few_shot_accuracy(x, y, int(n), int(k), n_query, episodes, seed)
+            out[f"{n}way_{k}shot"], out[f"{n}way_{k}shot_ci95"] = r["accuracy"], r["ci95"]
+    out["episodes"] = float(episodes)
+    return out
 
 
 @PROTOCOLS.register("longtail")
