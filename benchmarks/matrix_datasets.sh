@@ -18,7 +18,8 @@ ROOT=${ROOT:-runs/matrix_datasets}
 OUT=benchmarks/results_datasets.json
 SETTINGS_OUT=benchmarks/results_fashion_settings.json
 mkdir -p "$ROOT"
-MATRIX=(python benchmarks/run_matrix.py --root "$ROOT")
+PYTHON=${PYTHON:-python3}
+MATRIX=("$PYTHON" benchmarks/run_matrix.py --root "$ROOT")
 
 # shellcheck disable=SC2086
 "${MATRIX[@]}" --out "$SETTINGS_OUT" --seeds ${FASHION_SEEDS:-0} \
@@ -29,7 +30,7 @@ part2=$!
     --datasets glyphs icons emoji --set-for icons train.epochs=4 --set-for glyphs train.epochs=2 "$@"
 "${MATRIX[@]}" --out "$OUT" --seeds 0 1 2 --recipes default --datasets glyphs icons emoji --tag pretrained \
     --set train.epochs=0 "$@"
-python benchmarks/pixel_baselines.py --datasets emoji icons glyphs --out "$OUT" --missing-only
+"$PYTHON" benchmarks/pixel_baselines.py --datasets emoji icons glyphs --out "$OUT" --missing-only
 wait "$part2" || echo "part 2 (fashion settings) failed: see $ROOT/part2.out"
 cat "$ROOT/part2.out"
-python benchmarks/format_datasets.py "$OUT" "$SETTINGS_OUT"
+"$PYTHON" benchmarks/format_datasets.py "$OUT" "$SETTINGS_OUT"
