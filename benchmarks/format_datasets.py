@@ -16,12 +16,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run_matrix import mean_std  # noqa: E402
 
 SHORT = {"precision@1": "P@1", "map@r": "MAP@R", "r_precision": "RP", "nmi": "NMI"}
-# baselines first, then the default recipe, then the loss families; other rows follow in file order
 # the scores shown for a supervision-setting row, where present (incremental, long tail, open set; OLTR's classifier)
 SETTING_KEYS = ("incremental_sdc_average_incremental_accuracy", "incremental_sdc_forgetting",
                 "incremental_nme_average_incremental_accuracy", "incremental_nme_forgetting", "final_accuracy",
                 "accuracy", "many_shot", "medium_shot", "few_shot", "f_measure", "closed_accuracy", "auroc", "auroc_max_score",
                 "oltr_accuracy", "oltr_few_shot", "oltr_f_measure", "oltr_auroc", "oltr_auroc_max_score")
+# baselines first, then the default recipe, then the loss families; other rows follow in file order
 ORDER = ("raw pixels", "default [pretrained]", "default", "loss_classification", "loss_proxy", "loss_pair", "loss_ranking")
 
 
