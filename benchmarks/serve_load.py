@@ -43,10 +43,10 @@ def free_port() -> int:
 class Writer(threading.Thread):
     """Adds one item every 1 / rate seconds, alternating the HTTP write API and a second KB writer."""
 
-    def __init__(self, client: httpx.Client, kb_path: str, rate: float, png: bytes) -> None:
+    def __init__(self, client: httpx.Client, kb: KnowledgeBase, rate: float, png: bytes) -> None:
         super().__init__(daemon=True)
         self.client, self.rate, self.png = client, rate, png
-        self.kb = KnowledgeBase.open(kb_path)
+        self.kb = KnowledgeBase.open(kb.path, model=kb.model)  # its own writer; the model is loaded already
         self.stop = threading.Event()
         self.visible_s: List[float] = []
         self.errors: List[str] = []
@@ -162,7 +162,7 @@ def main() -> None:
     asyncio.run(phase(1, range(2 * len(kinds))))  # warm-up
     writer = None
     if a.writes_per_s > 0:
-        writer = Writer(client, a.kb, a.writes_per_s, uploads[0])
+        writer = Writer(client, kb, a.writes_per_s, uploads[0])
         writer.start()
     errors, rates = 0, {}
     print(f"KB of {len(kb)} items, {a.requests} requests per phase, mix {a.mix}, server threads {a.threads}, processes {a.workers}"
