@@ -108,3 +108,12 @@ def test_reader_follows_a_new_segment_without_reloading_the_base(kb):
         assert live.snapshot().index.base is base  # shared between versions, not read again
     finally:
         live.close()
+
+
+def test_each_version_matches_its_checksums(kb):
+    # a file rewritten by a write (the tombstones) must not inherit the previous version's checksum
+    for write in (lambda: kb.remove([1]), lambda: kb.remove([2]),
+                  lambda: kb.add_embedded(samples(1, "c"), vectors(1, 8)), lambda: kb.remove([3])):
+        write()
+        kb.store.verify(kb.version)
+        assert len(KnowledgeBase.open(kb.path)) == len(kb)

@@ -142,7 +142,8 @@ class IndexStore:
         tmp = self.root / f".tmp-v{version:06d}-{os.getpid()}"
         tmp.mkdir()
         try:
-            known = self.manifest(keep_from)["files"] if keep else {}
+            previous = self.manifest(keep_from)["files"] if keep else {}
+            known = {name: previous[name] for name in keep}
             for name in keep:
                 _link_or_copy(self.path(keep_from) / name, tmp / name)
             fields = write(tmp)
