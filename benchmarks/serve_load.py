@@ -8,7 +8,7 @@ and a separate in-process KnowledgeBase writer (what `kb add` does: writer lock,
 the server follows CURRENT), and measures how long each item takes to become searchable.
 
     python benchmarks/serve_load.py KB [--requests 500] [--concurrency 1,16] [--mix text,image,item]
-        [--exact KB.vectors.npy] [--writes-per-s 2]
+        [--exact KB.vectors.npy] [--writes-per-s 2] [--workers 2]
 """
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ def free_port() -> int:
 class Writer(threading.Thread):
     """Adds one item every 1 / rate seconds, alternating the HTTP write API and a second KB writer."""
 
-    def __init__(self, client: httpx.Client, kb_path: str, rate: float, png: bytes) -> None:
+    def __init__(self, client: httpx.Client, kb: KnowledgeBase, rate: float, png: bytes) -> None:
         super().__init__(daemon=True)
         self.client, self.rate, self.png = client, rate, png
-        self.kb = KnowledgeBase.open(kb_path)
+        self.kb = KnowledgeBase.open(kb.path, model=kb.model)  # its own writer; the model is loaded already
         self.stop = threading.Event()
         self.visible_s: List[float] = []
         self.errors: List[str] = []
@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--exact", help="vectors .npy (row i = item i) for recall@k of the text queries against exact search")
     ap.add_argument("--writes-per-s", type=float, default=0.0, help="items written per second during the phases")
     ap.add_argument("--threads", type=int, default=4, help="server worker threads")
+    ap.add_argument("--workers", type=int, default=1, help="server processes")
     a = ap.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
     kinds = a.mix.split(",")
@@ -115,7 +116,8 @@ def main() -> None:
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", "import sys; from metricvision.cli import main; sys.exit(main(sys.argv[1:]))",
-                               "serve", a.kb, "--port", str(port), "--threads", str(a.threads)])
+                               "serve", a.kb, "--port", str(port), "--threads", str(a.threads),
+                               "--workers", str(a.workers)])
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -160,10 +162,10 @@ def main() -> None:
     asyncio.run(phase(1, range(2 * len(kinds))))  # warm-up
     writer = None
     if a.writes_per_s > 0:
-        writer = Writer(client, a.kb, a.writes_per_s, uploads[0])
+        writer = Writer(client, kb, a.writes_per_s, uploads[0])
         writer.start()
     errors, rates = 0, {}
-    print(f"KB of {len(kb)} items, {a.requests} requests per phase, mix {a.mix}, server threads {a.threads}"
+    print(f"KB of {len(kb)} items, {a.requests} requests per phase, mix {a.mix}, server threads {a.threads}, processes {a.workers}"
           + (f", {a.writes_per_s:g} writes/s" if writer else ""))
     print("| concurrency | req/s | errors | request | n | p50 ms | p95 ms |\n|---|---|---|---|---|---|---|")
     for c in levels:

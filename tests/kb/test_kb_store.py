@@ -44,6 +44,15 @@ def test_text_search_and_filters(shapes_kb):
         shapes_kb.allowed_ids({"a') OR 1=1 --": 1})
 
 
+def test_repeated_text_queries_are_encoded_once(shapes_kb):
+    from metricvision.kb.query import encode_text_cached
+
+    first = search(shapes_kb, text="yellow triangle zq", k=3)
+    hits = encode_text_cached.cache_info().hits
+    assert search(shapes_kb, text="yellow triangle zq", k=3) == first
+    assert encode_text_cached.cache_info().hits == hits + 1
+
+
 def test_get_unknown_id(shapes_kb):
     assert shapes_kb.get(3)["caption"] == shape_classes()[3].caption
     with pytest.raises(KeyError, match="no item with id 999"):

@@ -131,3 +131,31 @@ def test_page_shows_items_added_live(kb_copy, browser):
         wait_for(browser, lambda d: "live zebra" in d.find_element(By.ID, "recent").text, timeout=15)
         KnowledgeBase.open(kb_copy).add(shape_classes()[:1])  # a `kb add` from elsewhere shows too
         wait_for(browser, lambda d: "26 items" in d.find_element(By.ID, "kb-info").text, timeout=15)
+
+
+def test_page_asks_for_the_api_key_and_sends_it(shapes_kb_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from metricvision.serve.access import ApiKeys
+    from metricvision.serve.app import create_app
+
+    with running(create_app(shapes_kb_path, api_keys=ApiKeys.parse("reader-key-0123456789 read", "test"))) as base:
+        browser.get(base + "/")
+        wait_for(browser, lambda d: d.find_element(By.ID, "api-key").is_displayed())
+        assert "API key" in browser.find_element(By.ID, "status").text
+        browser.find_element(By.ID, "api-key").send_keys("wrong", Keys.ENTER)
+        browser.find_element(By.ID, "text").send_keys("blue square", Keys.ENTER)
+        wait_for(browser, lambda d: "unknown API key" in d.find_element(By.ID, "status").text)
+        key = browser.find_element(By.ID, "api-key")
+        key.clear()
+        key.send_keys("reader-key-0123456789", Keys.ENTER)
+        wait_for(browser, lambda d: "24 items" in d.find_element(By.ID, "kb-info").text)
+        browser.find_element(By.ID, "go").click()
+        wait_for(browser, lambda d: captions(d)[:1] == ["blue square"])
+        # result images come through the API with the key too (an <img> alone would get a 401)
+        wait_for(browser, lambda d: d.execute_script(
+            "const i = document.querySelector('#results img'); return i && i.complete && i.naturalWidth > 0"))
+        browser.get(base + "/?q=red+circle")  # the key is kept across visits
+        wait_for(browser, lambda d: captions(d)[:1] == ["red circle"])
+        assert browser.execute_script("return localStorage.getItem('metricvision-api-key')") == "reader-key-0123456789"

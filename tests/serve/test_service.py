@@ -222,3 +222,43 @@ def test_api_keys_from_file_and_environment(tmp_path, monkeypatch):
         ApiKeys.parse("short read", "keys")
     monkeypatch.delenv("METRICVISION_API_KEYS")
     assert ApiKeys.load() is None
+
+
+@pytest.mark.slow
+def test_worker_processes_all_serve_an_item_written_through_one(kb_copy):
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    server = subprocess.Popen([sys.executable, "-m", "metricvision.cli", "serve", str(kb_copy), "--port", str(port),
+                               "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _ready(base), timeout=120), server.stderr.read1().decode() if server.poll() else ""
+        r = httpx.post(base + "/v1/items", files={"image": ("a.png", png("circle", "red"), "image/png")},
+                       data={"caption": "zebra crossing"})
+        assert r.status_code == 201
+        item = r.json()["id"]
+
+        def first_hit() -> int:
+            hits = httpx.post(base + "/v1/search", data={"text": "zebra", "mode": "keyword", "k": "1"}).json()["hits"]
+            return hits[0]["id"] if hits else -1
+
+        def everyone_finds_it() -> bool:  # fresh connections: each may land on either process
+            return all(first_hit() == item for _ in range(12))
+
+        assert wait_until(everyone_finds_it, timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+

@@ -1,7 +1,8 @@
 """Filtered search: keep only allowed ids.
 
-An index with ``search_allowed(q, k, allowed_ids)`` (FaissIndex: a faiss ID selector)
-filters inside its own search; any other Index is searched with over-fetching and filtering.
+An index with ``search_allowed(q, k, allowed_ids)`` filters inside its own search (FaissIndex:
+a faiss ID selector; FlatIndex: scores only the allowed rows); any other Index, and any
+predicate filter, is searched with over-fetching and filtering.
 
 A filter is either a collection of allowed ids or a predicate mapping an (n,) int64 id
 array to an (n,) bool mask; ``column_filter`` builds a predicate over a metadata column.
@@ -106,6 +107,8 @@ def filtered_search(index: Index, q: ArrayLike, k: int, allowed: IdFilter, overf
     Returns:
         (scores (Q, k) float32, ids (Q, k) int64), -inf / -1 padded.
     """
+    if overfetch < 1:  # checked here too: indexes with search_allowed never over-fetch
+        raise ValueError(f"overfetch must be >= 1, got {overfetch}")
     qa = as_float32(q, index.dim, "queries")
     if hasattr(index, "search_allowed") and not callable(allowed):
         return index.search_allowed(qa, k, np.unique(np.asarray(list(allowed) if isinstance(allowed, (set, frozenset)) else allowed, dtype=np.int64)))

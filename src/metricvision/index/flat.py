@@ -64,6 +64,11 @@ class FlatIndex:
         """(N,) stored ids."""
         return self._ids.numpy()
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, D) stored vectors, row i for ``ids[i]``."""
+        return self._x.numpy()
+
     def add(self, x: ArrayLike, ids: Optional[ArrayLike] = None) -> None:
         """Append (N, D) vectors with optional (N,) ids."""
         xa = as_float32(x, self.dim)
@@ -106,12 +111,35 @@ class FlatIndex:
             ids[qs : qs + qc.shape[0], :kk] = self._ids[best_i].numpy()
         return scores, ids
 
-    def _search_exact(self, qc: torch.Tensor, kk: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Float32 top-kk of (B, D) queries over all stored vectors -> (scores, positions)."""
+    def search_allowed(self, q: ArrayLike, k: int, allowed: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of (Q, D) queries among (n,) allowed ids: only their rows are scored (no over-fetching).
+
+        Returns:
+            (scores (Q, k) float32, ids (Q, k) int64), -inf / -1 padded when fewer than k are allowed.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        qa = torch.from_numpy(as_float32(q, self.dim, "queries"))
+        rows = torch.from_numpy(np.flatnonzero(np.isin(self._ids.numpy(), np.asarray(allowed, dtype=np.int64))))
+        scores = np.full((qa.shape[0], k), -np.inf, dtype=np.float32)
+        ids = np.full((qa.shape[0], k), -1, dtype=np.int64)
+        kk = min(k, int(rows.numel()))
+        if kk == 0 or qa.shape[0] == 0:
+            return scores, ids
+        x = self._x[rows]
+        for qs in range(0, qa.shape[0], self.query_chunk):
+            best_s, best_i = self._search_exact(qa[qs : qs + self.query_chunk], kk, x)
+            scores[qs : qs + best_s.shape[0], :kk] = best_s.numpy()
+            ids[qs : qs + best_s.shape[0], :kk] = self._ids[rows[best_i]].numpy()
+        return scores, ids
+
+    def _search_exact(self, qc: torch.Tensor, kk: int, x: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Float32 top-kk of (B, D) queries over ``x`` (default: all stored vectors) -> (scores, positions in x)."""
+        x = self._x if x is None else x
         best_s = torch.full((qc.shape[0], 0), -float("inf"))
         best_i = torch.empty((qc.shape[0], 0), dtype=torch.int64)
-        for ds in range(0, len(self), self.db_chunk):
-            s = self._scores(qc, self._x[ds : ds + self.db_chunk])
+        for ds in range(0, len(x), self.db_chunk):
+            s = self._scores(qc, x[ds : ds + self.db_chunk])
             top_s, top_i = s.topk(min(kk, s.shape[1]), dim=1)
             best_s = torch.cat([best_s, top_s], 1)
             best_i = torch.cat([best_i, top_i + ds], 1)

@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from metricvision._atomic import atomic_write
 from metricvision.index.base import INDEXES, Index
@@ -43,6 +43,14 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (versions share unchanged files), copying when the file system refuses."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def registered_name(index: Index) -> str:
@@ -113,8 +121,16 @@ class IndexStore:
             raise FileNotFoundError(f"version {version} not found in {self.root} (have {self.versions()})")
         return folder
 
-    def commit(self, write: Callable[[Path], Dict[str, Any]]) -> int:
+    def commit(self, write: Callable[[Path], Dict[str, Any]], keep_from: Optional[int] = None,
+               keep: Sequence[str] = ()) -> int:
         """Write a new version through ``write(folder) -> manifest fields`` and make it current.
+
+        Args:
+            write: fills the new version's folder and returns its manifest fields.
+            keep_from: a version whose files named in ``keep`` the new version shares: they are
+                hard-linked (copied where links fail) before ``write`` runs, and their checksums
+                are taken from that version's manifest instead of being recomputed.
+            keep: file names of ``keep_from``.
 
         Returns:
             The new version number.
@@ -126,8 +142,13 @@ class IndexStore:
         tmp = self.root / f".tmp-v{version:06d}-{os.getpid()}"
         tmp.mkdir()
         try:
+            previous = self.manifest(keep_from)["files"] if keep else {}
+            known = {name: previous[name] for name in keep}
+            for name in keep:
+                _link_or_copy(self.path(keep_from) / name, tmp / name)
             fields = write(tmp)
-            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+            files = {p.name: known.get(p.name) or {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                     for p in sorted(tmp.iterdir()) if p.is_file()}
             manifest = {"format": FORMAT, "version": version, "created": time.time(), "files": files, **fields}
             with atomic_write(tmp / MANIFEST) as f:
                 f.write(json.dumps(manifest, indent=2).encode())
@@ -162,15 +183,23 @@ class IndexStore:
         """The manifest of ``version`` (default: current)."""
         return json.loads((self.path(version) / MANIFEST).read_text())
 
+    def verify(self, version: Optional[int] = None, names: Optional[Sequence[str]] = None) -> None:
+        """Check the sha256 of ``version``'s files named in ``names`` (default: all) against its manifest.
+
+        Raises:
+            ValueError: naming the first file that does not match.
+        """
+        folder = self.path(version)
+        files = self.manifest(version)["files"]
+        for name in files if names is None else names:
+            if _sha256(folder / name) != files[name]["sha256"]:
+                raise ValueError(f"{folder / name} does not match its manifest checksum (corrupt)")
+
     def load(self, version: Optional[int] = None, verify: bool = True) -> Index:
         """Load ``version`` (default: current); ``verify`` checks every file's sha256."""
-        folder = self.path(version)
-        manifest = self.manifest(version)
         if verify:
-            for name, info in manifest["files"].items():
-                if _sha256(folder / name) != info["sha256"]:
-                    raise ValueError(f"{folder / name} does not match its manifest checksum (corrupt)")
-        return INDEXES.get(manifest["kind"]).load(folder / INDEX_FILE)
+            self.verify(version)
+        return INDEXES.get(self.manifest(version)["kind"]).load(self.path(version) / INDEX_FILE)
 
     def prune(self, keep: int = 2) -> List[int]:
         """Delete all but the newest ``keep`` versions, never the current one nor one a reader holds.

@@ -1,4 +1,4 @@
-"""CLI: `metricvision kb build|add|align` and `metricvision search`."""
+"""CLI: `metricvision kb build|add|remove|compact|align` and `metricvision search`."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +40,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("ids", nargs="+", type=int, help="item ids")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_remove)
+
+    p = kb_sub.add_parser("compact", help="fold the KB's delta segments and deletions into its base index (one new version)")
+    p.add_argument("dir", help="the KB folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_compact)
 
     p = kb_sub.add_parser("align", help="align an image encoder to a text model's space and build a KB with it")
     p.add_argument("dir", help="output folder: checkpoint, combiner, metrics (and KB/ with --build-kb)")
@@ -113,6 +118,16 @@ def _remove(args: argparse.Namespace) -> Dict[str, Any]:
     kb = KnowledgeBase.open(args.dir)
     removed = kb.remove(args.ids)
     return {"kb": str(kb.path), "removed": len(removed), "items": len(kb), "version": kb.version}
+
+
+def _compact(args: argparse.Namespace) -> Dict[str, Any]:
+    from metricvision.kb.store import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.dir, writer=True)
+    segments, tombstones = len(kb.index.segments), int(kb.index.tombstones.size)
+    kb.compact()
+    return {"kb": str(kb.path), "items": len(kb), "version": kb.version, "segments_folded": segments,
+            "deletions_applied": tombstones}
 
 
 def _align(args: argparse.Namespace) -> Dict[str, Any]:

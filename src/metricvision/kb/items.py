@@ -206,3 +206,63 @@ class ItemsReader:
                 db.executemany("INSERT INTO allowed VALUES (?)", [(int(i),) for i in allowed])
             rows = db.execute(sql, params + [int(k)]).fetchall()
         return (np.array([-r[1] for r in rows], dtype=np.float32), np.array([r[0] for r in rows], dtype=np.int64))
+
+
+def merge_items(db: sqlite3.Connection, sources: Sequence[Path]) -> None:
+    """Copy every row of the items databases ``sources`` (rows, metadata, captions) into ``db``."""
+    ensure_schema(db)
+    for n, src in enumerate(sources):
+        db.execute(f"ATTACH DATABASE ? AS src{n}", (str(src),))
+        db.execute(f"INSERT INTO items SELECT id, image, caption, label, metadata FROM src{n}.items")
+        db.execute(f"INSERT INTO captions (rowid, caption) SELECT id, caption FROM src{n}.items")
+        db.execute(f"INSERT OR IGNORE INTO meta SELECT key, value, id FROM src{n}.meta")
+        db.commit()
+        db.execute(f"DETACH DATABASE src{n}")
+
+
+class ItemsView:
+    """The items of a base database and its segments' databases, minus tombstoned ids, read as one.
+
+    Args:
+        paths: items.sqlite of the base, then of each segment (disjoint ids).
+        tombstones: (T,) sorted ids that are deleted.
+    """
+
+    def __init__(self, paths: Sequence[Path], tombstones: np.ndarray) -> None:
+        self.parts = [ItemsReader(p) for p in paths]
+        self.tombstones = tombstones
+
+    def _live(self, ids: np.ndarray) -> np.ndarray:
+        return ids[~np.isin(ids, self.tombstones)] if self.tombstones.size else ids
+
+    def count(self) -> int:
+        """Number of live rows."""
+        return sum(p.count() for p in self.parts) - int(self.tombstones.size)
+
+    def recent(self, n: int) -> List[Dict[str, Any]]:
+        """The ``n`` live items with the largest ids, newest first."""
+        newest = [it for p in self.parts for it in p.recent(n + int(self.tombstones.size))]
+        live = set(self._live(np.array([it["id"] for it in newest], dtype=np.int64)).tolist())
+        return sorted((it for it in newest if it["id"] in live), key=lambda it: -it["id"])[:n]
+
+    def items(self, ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+        """Live items by id (missing ids are left out)."""
+        wanted = self._live(np.asarray([int(i) for i in ids], dtype=np.int64)).tolist()
+        return {i: it for p in self.parts for i, it in p.items(wanted).items()} if wanted else {}
+
+    def allowed_ids(self, filters: Dict[str, Any]) -> np.ndarray:
+        """Sorted (n,) int64 live ids matching every filter."""
+        return self._live(np.sort(np.concatenate([p.allowed_ids(filters) for p in self.parts])))
+
+    def keyword_search(self, text: str, k: int, allowed: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """BM25 top-k over every part (each part scored with its own statistics), tombstones dropped,
+        merged by score -> (scores (n,), ids (n,)), best first, n <= k."""
+        scores, ids = [], []
+        for p in self.parts:
+            s, i = p.keyword_search(text, k + int(self.tombstones.size), allowed)
+            keep = ~np.isin(i, self.tombstones)
+            scores.append(s[keep])
+            ids.append(i[keep])
+        s, i = np.concatenate(scores), np.concatenate(ids)
+        order = np.argsort(-s, kind="stable")[:k]
+        return s[order], i[order]

@@ -1,7 +1,9 @@
 """LiveKB: a reader that follows a KB's committed version while it is being written.
 
 A background thread polls ``index/CURRENT`` and, when another version is committed,
-opens it (holding a lease, so pruning cannot delete it) and swaps it in. Requests take
+opens it (holding a lease, so pruning cannot delete it) and swaps it in. Index files the
+new version shares with the loaded one (the base, older segments) are not read again:
+a version that only adds a delta segment loads in milliseconds at any KB size. Requests take
 ``snapshot()`` once and use that object throughout, so each request sees one version;
 the old version's lease is released when the last request holding it drops it.
 """

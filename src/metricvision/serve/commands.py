@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from typing import Any
+
+CONFIG_ENV = "METRICVISION_SERVE_CONFIG"  # the options, for worker processes started by uvicorn
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -18,6 +23,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate-limit", type=float, help="requests per second per client (default: unlimited)")
     p.add_argument("--threads", type=int, default=4, help="worker threads for search, decoding and heat maps")
     p.add_argument("--budget-s", type=float, default=10.0, help="time budget of a request")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port (each loads the KB and follows CURRENT; "
+                        "rate limits and /metrics are per process; default 1)")
     p.set_defaults(func=_serve)
 
 
@@ -26,13 +34,32 @@ def _serve(args: argparse.Namespace) -> None:
         import uvicorn
     except ImportError as e:
         raise ImportError("`serve` needs the 'serve' extra: pip install -e '.[serve]'") from e
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    options = {k: getattr(args, k) for k in ("kb", "max_upload_mb", "api_keys", "cors_origin", "rate_limit", "threads", "budget_s")}
+    os.environ[CONFIG_ENV] = json.dumps(options)
+    app: Any = app_from_env()  # built here once even with workers: a broken KB fails before any process starts
+    keys = app.state.api_keys
+    access = f"{len(keys.keys)} API keys" if keys else "open access (no API keys)"
+    print(f"serving {args.kb} on http://{args.host}:{args.port}/ ({access}, {args.workers} process(es))", flush=True)
+    if args.workers == 1:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    else:
+        app.state.live.close()  # each worker process opens the KB itself
+        del app
+        uvicorn.run("metricvision.serve.commands:app_from_env", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_level="warning")
+
+
+def app_from_env() -> Any:
+    """The FastAPI app for the options in $METRICVISION_SERVE_CONFIG (set by `serve`)."""
     from metricvision.serve.access import ApiKeys
     from metricvision.serve.app import create_app
 
-    keys = ApiKeys.load(args.api_keys)
-    app = create_app(args.kb, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), api_keys=keys,
-                     cors_origins=args.cors_origin, rate_limit=args.rate_limit, threads=args.threads,
-                     budget_s=args.budget_s)
-    access = f"{len(keys.keys)} API keys" if keys else "open access (no API keys)"
-    print(f"serving {args.kb} on http://{args.host}:{args.port}/ ({access})")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    o = json.loads(os.environ[CONFIG_ENV])
+    keys = ApiKeys.load(o["api_keys"])
+    app = create_app(o["kb"], max_upload_bytes=int(o["max_upload_mb"] * 1024 * 1024), api_keys=keys,
+                     cors_origins=o["cors_origin"], rate_limit=o["rate_limit"], threads=o["threads"],
+                     budget_s=o["budget_s"])
+    app.state.api_keys = keys
+    return app

@@ -6,6 +6,37 @@ let uploaded = null; // File chosen or dropped (not representable in the URL)
 let itemQuery = null; // id of a KB item used as the image query ("search with this result")
 // boxes are drawn only on confident hits: a score of at least this fraction of the best hit's
 const BOX_CONFIDENCE = 0.75;
+// a server started with API keys answers 401 without one: the page asks for it, keeps it in
+// localStorage and sends it as X-API-Key on every API call
+const KEY_STORE = "metricvision-api-key";
+
+function apiKey() {
+  return localStorage.getItem(KEY_STORE) || "";
+}
+
+function api(url, options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (apiKey()) headers.set("X-API-Key", apiKey());
+  return fetch(url, { ...options, headers });
+}
+
+// <img> cannot send a header: with a key, API images are fetched and shown from blob URLs
+function setSrc(img, url) {
+  if (!apiKey() || !url.startsWith("/v1/")) {
+    img.src = url;
+    return;
+  }
+  api(url)
+    .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`error ${r.status}`))))
+    .then((blob) => { img.src = URL.createObjectURL(blob); })
+    .catch(() => img.dispatchEvent(new Event("error")));
+}
+
+function askForKey(message) {
+  if ($("key-form").hidden) $("api-key").focus();
+  $("key-form").hidden = false;
+  setStatus(message + " Enter an API key above.", true);
+}
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -16,7 +47,7 @@ function showPreview(src) {
   $("preview").hidden = !src;
   $("clear-image").hidden = !src;
   $("drop-label").hidden = !!src;
-  if (src) $("preview").src = src;
+  if (src) setSrc($("preview"), src);
   else $("preview").removeAttribute("src");
 }
 
@@ -85,7 +116,7 @@ function renderHits(hits) {
       gap.textContent = "image unavailable";
       img.replaceWith(gap);
     }, { once: true });
-    img.src = h.image_url;
+    setSrc(img, h.image_url);
     frame.append(img);
     if (h.heatmap) {
       const heat = document.createElement("img");
@@ -151,8 +182,12 @@ async function runSearch(pushUrl) {
   setStatus("Searching…");
   const t0 = performance.now();
   try {
-    const r = await fetch("/v1/search", { method: "POST", body: form });
+    const r = await api("/v1/search", { method: "POST", body: form });
     const body = await r.json();
+    if (r.status === 401 || r.status === 403) {
+      askForKey(body.error || `error ${r.status}`);
+      return;
+    }
     if (!r.ok) {
       setStatus(body.error || body.detail || `error ${r.status}`, true);
       return;
@@ -185,6 +220,16 @@ async function init() {
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(true); });
   $("heat").addEventListener("change", () => $("results").classList.toggle("hide-heat", !$("heat").checked));
   window.addEventListener("popstate", () => { if (urlToState()) runSearch(false); });
+  $("key-form").hidden = !apiKey();
+  $("api-key").value = apiKey();
+  $("key-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    localStorage.setItem(KEY_STORE, $("api-key").value.trim());
+    shownVersion = null;
+    setStatus("");
+    await refreshInfo();
+    if (urlToState()) runSearch(false);
+  });
   await refreshInfo();
   setInterval(refreshInfo, 2000); // items written by `kb add` or POST /v1/items appear without a reload
   if (urlToState()) runSearch(false);
@@ -194,7 +239,12 @@ let shownVersion = null;
 
 async function refreshInfo() {
   try {
-    const info = await (await fetch("/v1/info")).json();
+    const r = await api("/v1/info");
+    const info = await r.json();
+    if (r.status === 401 || r.status === 403) {
+      askForKey(info.error || `error ${r.status}`);
+      return;
+    }
     if (info.version === shownVersion) return;
     shownVersion = info.version;
     $("kb-info").textContent = `${info.items} items · ${info.model_card.backbone}` +
@@ -205,7 +255,7 @@ async function refreshInfo() {
       const fig = document.createElement("figure");
       fig.dataset.id = it.id;
       const img = document.createElement("img");
-      img.src = it.image_url;
+      setSrc(img, it.image_url);
       img.alt = it.caption;
       const cap = document.createElement("figcaption");
       cap.textContent = it.caption;
