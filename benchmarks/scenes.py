@@ -74,6 +74,18 @@ def stage_ms(loc, images: List[torch.Tensor]) -> Dict[str, float]:
     return {k: round(1000 * float(np.median(v)), 1) for k, v in times.items()}
 
 
+def oracle_ap50(loc, scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
+    """Diagnostic, not a method: AP50 per task when the ground-truth boxes of all objects are the proposals,
+    scored by the crop embedder's cosine with the query (the ceiling of the second stage)."""
+    emb = [loc.crop.embed(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
+    out = {}
+    for task in TASKS:
+        targets = task_targets(scenes, task)[:n]
+        scores = [(e @ queries[task][i]).numpy() for i, e in enumerate(emb)]
+        out[task] = round(detection_ap(scenes.boxes[:n], scores, [b[t] for b, t in zip(scenes.boxes, targets)])["AP50"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="image model from `kb align`")
@@ -82,6 +94,8 @@ def main() -> None:
     ap.add_argument("--detector", help="weights for query_detector and query_detector_crops (`metricvision detector train`)")
     ap.add_argument("--primed-detector", help="weights for query_detector_primed (`metricvision detector train --prime`)")
     ap.add_argument("--max-boxes", type=int, default=20, help="boxes per query (default 20)")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also print query_detector_crops' AP50 with the ground-truth boxes as proposals (a diagnostic)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
     ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
     a = ap.parse_args()
@@ -112,6 +126,8 @@ def main() -> None:
             seconds.append((middle - start, time.perf_counter() - middle))
             for task in TASKS[1:]:
                 found[task].append(locs[task].boxes(prepared, test_q[task][i : i + 1])[0])
+        if a.oracle and name == "query_detector_crops":
+            print(f"{name} AP50 with ground-truth boxes as proposals (diagnostic):", oracle_ap50(first, test, test_q, n_test))
         if name.startswith("query_detector"):
             print(f"{name} stages (median ms, 20 images):", stage_ms(first, [image_tensor(p) for p in test.images[:20]]))
         rows = []

@@ -139,7 +139,7 @@ def train_crop_embedder(crop: CropEmbedder, stems: torch.Tensor, ids: torch.Tens
         value.backward()
         opt.step()
         sched.step()
-        running.append(float(value))
+        running.append(value.item())
         if (step + 1) % log_every == 0 or step + 1 == steps:
             logs.append({"step": step + 1, "crop_metric": float(np.mean(running))})
             running = []
