@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ from PIL import Image
 from metricvision.kb.model import ImageTextModel
 from metricvision.localization.localizers import LOCALIZERS
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
-from metricvision.metrics.detection import detection_ap
+from metricvision.data.scenes import rle_decode
+from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap
 
 TASKS = ("image query", "name query", "category (name)")
 CLUTTERED = 8  # objects in a scene from which it counts as cluttered
@@ -74,6 +75,32 @@ def stage_ms(loc, images: List[torch.Tensor]) -> Dict[str, float]:
     return {k: round(1000 * float(np.median(v)), 1) for k, v in times.items()}
 
 
+def box_masks(boxes: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(n, 4+) boxes -> (n, H, W) filled-box masks (the masks of a method that gives boxes only)."""
+    out = np.zeros((len(boxes), *size), bool)
+    for k, (x0, y0, x1, y1) in enumerate(np.round(boxes[:, :4]).astype(int)):
+        out[k, max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+    return out
+
+
+def masks_of(loc, prepared, query: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """One (1, D) query -> masks (n, H, W) and scores (n,): the localizer's masks (``instances``) or its filled boxes."""
+    if hasattr(loc, "instances"):
+        masks, boxes = loc.instances(prepared, query)[0]
+        return masks, boxes[:, 4]
+    boxes = loc.boxes(prepared, query)[0]
+    return box_masks(boxes, size), boxes[:, 4]
+
+
+def target_masks(scenes: SceneSet, task: str, n: int) -> List[np.ndarray]:
+    """Per scene, (m, H, W) masks of the task's targets (from the pasted alpha)."""
+    out = []
+    for rles, t in zip(scenes.segmentations[:n], task_targets(scenes, task)[:n]):
+        size = tuple(rles[0]["size"]) if rles else (1, 1)
+        out.append(np.array([rle_decode(r) for r, keep in zip(rles, t) if keep], bool).reshape(-1, *size))
+    return out
+
+
 def oracle_ap50(loc, scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
     """Diagnostic, not a method: AP50 per task when the ground-truth boxes of all objects are the proposals,
     scored by the crop embedder's cosine with the query (the ceiling of the second stage)."""
@@ -93,9 +120,12 @@ def main() -> None:
     ap.add_argument("--localizers", nargs="*", default=None, help="registered names (default: all that can run)")
     ap.add_argument("--detector", help="weights for query_detector and query_detector_crops (`metricvision detector train`)")
     ap.add_argument("--primed-detector", help="weights for query_detector_primed (`metricvision detector train --prime`)")
+    ap.add_argument("--weak-detector", help="weights for peak_response (`metricvision detector train --weak`)")
     ap.add_argument("--max-boxes", type=int, default=20, help="boxes per query (default 20)")
     ap.add_argument("--oracle", action="store_true",
                     help="also print query_detector_crops' AP50 with the ground-truth boxes as proposals (a diagnostic)")
+    ap.add_argument("--mask-ap", action="store_true",
+                    help="also print mask AP50 per task (filled boxes for localizers without masks; pycocotools)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
     ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
     a = ap.parse_args()
@@ -103,7 +133,8 @@ def main() -> None:
     model = ImageTextModel.from_checkpoint(a.checkpoint)
     val, test = read_scenes(f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
     n_test, n_val = a.limit or len(test.images), a.val_limit or len(val.images)
-    weights = {"query_detector": a.detector, "query_detector_crops": a.detector, "query_detector_primed": a.primed_detector}
+    weights = {"query_detector": a.detector, "query_detector_crops": a.detector, "query_detector_primed": a.primed_detector,
+               "peak_response": a.weak_detector}
     names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
     val_q, test_q = task_queries(model, val), task_queries(model, test)
     for name in names:
@@ -116,6 +147,7 @@ def main() -> None:
             targets = task_targets(val, task)[:n_val]
             chosen[task] = loc.fit(val_prep, val_q[task][:n_val], [b[t] for b, t in zip(val.boxes, targets)])
         found: Dict[str, List[np.ndarray]] = {task: [] for task in TASKS}
+        found_masks: Dict[str, List[Tuple[List[dict], np.ndarray]]] = {task: [] for task in TASKS}
         seconds = []
         for i in range(n_test):
             image = image_tensor(test.images[i])
@@ -126,6 +158,12 @@ def main() -> None:
             seconds.append((middle - start, time.perf_counter() - middle))
             for task in TASKS[1:]:
                 found[task].append(locs[task].boxes(prepared, test_q[task][i : i + 1])[0])
+            for task in TASKS if a.mask_ap else ():
+                masks, scores = masks_of(locs[task], prepared, test_q[task][i : i + 1], tuple(image.shape[-2:]))
+                found_masks[task].append((encode_masks(masks), scores))
+        if a.mask_ap:
+            print(f"{name} mask AP50:", {task: round(mask_ap([m for m, _ in found_masks[task]], [sc for _, sc in found_masks[task]],
+                                                              target_masks(test, task, n_test))["AP50"], 3) for task in TASKS})
         if a.oracle and name == "query_detector_crops":
             print(f"{name} AP50 with ground-truth boxes as proposals (diagnostic):", oracle_ap50(first, test, test_q, n_test))
         if name.startswith("query_detector"):

@@ -33,6 +33,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--loss", default="infonce", help="a registered metric loss taking ref_embeddings")
     t.add_argument("--prime", action="store_true",
                    help="train a primed detector (query_detector_primed: FiLM of the features by the query)")
+    t.add_argument("--weak", action="store_true",
+                   help="train from image-level labels only (peak_response, a simplified PRM); --steps applies")
     t.add_argument("--crop-steps", type=int, default=600,
                    help="training steps of the crop embedder of query_detector_crops (default 600; 0: no crop embedder)")
     t.add_argument("--crop-scenes", type=int, default=0, help="train the crop embedder on the first N scenes only (0: all)")
@@ -60,17 +62,24 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.model import ImageTextModel
     from metricvision.localization.crops import CropEmbedder, crop_stems, train_crop_embedder
     from metricvision.localization.detector import QueryDetector
+    from metricvision.localization.prm import train_weak
     from metricvision.localization.train import (identity_references, image_tensor, read_scenes, save_detector,
-                                                 train_detector)
+                                                 scene_features, train_detector)
 
     start = time.time()
     model = ImageTextModel.from_checkpoint(args.checkpoint)
     scenes = read_scenes(args.scenes, limit=args.max_scenes)
     ref_ids, refs = identity_references(model, "train")
     det = QueryDetector(model.embedder, prime=args.prime)
-    logs = train_detector(det, scenes, ref_ids, refs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, loss=args.loss)
+    if args.weak:  # image-level labels: the identities each scene holds, not where
+        feats, size = scene_features(det, scenes)
+        present = [torch.from_numpy(x) for x in scenes.identities]
+        logs = train_weak(det, feats, present, refs, ref_ids, size, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    else:
+        logs = train_detector(det, scenes, ref_ids, refs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              loss=args.loss)
     crop = None
-    if args.crop_steps > 0:
+    if args.crop_steps > 0 and not args.weak:
         crop = CropEmbedder(model.embedder)
         n = args.crop_scenes or len(scenes.images)
         stems = crop_stems(crop, [image_tensor(p) for p in scenes.images[:n]], scenes.boxes[:n]).half()
@@ -81,4 +90,4 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
     for entry in logs:
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
     return {"weights": args.out, "scenes": len(scenes.images), "steps": args.steps, "seconds": round(time.time() - start, 1),
-            "final_loss": logs[-1].get("crop_metric", logs[-1].get("loss"))}
+            "final_loss": logs[-1].get("crop_metric", logs[-1].get("loss", logs[-1].get("weak")))}

@@ -142,6 +142,42 @@ class PrimedDetectorLocalizer(DetectorLocalizer):
         return self.detector.select_primed(feats, size, queries, max_boxes=self.max_boxes, nms_iou=self.nms_iou)
 
 
+@LOCALIZERS.register("peak_response")
+class PeakResponseLocalizer(DetectorLocalizer):
+    """Weakly supervised: instances from the query's peak response map (``localization.prm``, a simplified PRM).
+
+    Args:
+        model: the image(-text) model the head was trained on.
+        weights: weights from ``metricvision detector train --weak`` (image-level labels only).
+        max_boxes: peaks traced back per query.
+        rel_threshold: fraction of a peak's back-propagated maximum that its mask keeps (``fit`` chooses it).
+    """
+
+    def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, rel_threshold: float = 0.2) -> None:
+        super().__init__(model, weights, max_boxes=max_boxes)
+        self.rel_threshold = rel_threshold
+
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(3, H, W) image in [0, 1] -> the frozen features (1, D + C, h, w) and the image size."""
+        return self.detector.features(image[None]), tuple(image.shape[-2:])
+
+    def instances(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor
+                  ) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """Prepared image, (Q, D) queries -> per query masks (n, H, W) and boxes (n, 5), best first."""
+        from metricvision.localization.prm import peak_instances
+
+        feats, size = prepared
+        return [peak_instances(self.detector, feats, size, q, self.max_boxes, self.rel_threshold) for q in queries]
+
+    def boxes(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor) -> List[np.ndarray]:
+        """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
+        return [b for _, b in self.instances(prepared, queries)]
+
+    def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
+        """Choose the mask threshold by box AP50 on prepared validation images, one (D,) query row each."""
+        return self._grid(prepared, queries, gt_boxes, {"rel_threshold": (0.1, 0.2, 0.35, 0.5)})
+
+
 @LOCALIZERS.register("query_detector_crops")
 class CropDetectorLocalizer(DetectorLocalizer):
     """Two stages: the QueryDetector's class-agnostic proposals, then each proposal's crop embedded (``CropEmbedder``).

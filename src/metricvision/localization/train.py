@@ -25,7 +25,7 @@ from metricvision.losses import LOSSES
 
 @dataclass
 class SceneSet:
-    """Scenes read from a COCO file: image paths, per image boxes (m, 4) x0 y0 x1 y1, identities (m,), categories (m,), mask areas (m,), queries."""
+    """Scenes read from a COCO file: image paths, per image boxes (m, 4) x0 y0 x1 y1, identities (m,), categories (m,), mask areas (m,), queries, RLE masks."""
 
     images: List[Path]
     boxes: List[np.ndarray]
@@ -34,6 +34,7 @@ class SceneSet:
     areas: List[np.ndarray]
     queries: List[dict]
     category_names: Dict[int, str]
+    segmentations: List[List[dict]]
 
 
 def read_scenes(annotations: str | Path, limit: int = 0) -> SceneSet:
@@ -47,7 +48,7 @@ def read_scenes(annotations: str | Path, limit: int = 0) -> SceneSet:
     by_image: Dict[int, list] = {im["id"]: [] for im in data["images"]}
     for ann in data["annotations"]:
         by_image[ann["image_id"]].append(ann)
-    out = SceneSet([], [], [], [], [], [], {c["id"]: c["name"] for c in data["categories"]})
+    out = SceneSet([], [], [], [], [], [], {c["id"]: c["name"] for c in data["categories"]}, [])
     for im in data["images"][: limit or None]:
         anns = by_image[im["id"]]
         out.images.append(path.parent / im["file_name"])
@@ -56,6 +57,7 @@ def read_scenes(annotations: str | Path, limit: int = 0) -> SceneSet:
         out.identities.append(np.array([a["identity"] for a in anns], np.int64))
         out.categories.append(np.array([a["category_id"] for a in anns], np.int64))
         out.areas.append(np.array([a["area"] for a in anns], np.float64))
+        out.segmentations.append([a["segmentation"] for a in anns])
         out.queries.append({**im["query"], "file_name": str(path.parent / im["query"]["file_name"])})
     return out
 
@@ -83,6 +85,15 @@ def identity_references(model, split: str, vendor: str = "google") -> Tuple[torc
     return torch.tensor(ids), refs
 
 
+def scene_features(detector: QueryDetector, scenes: SceneSet) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Frozen features of every scene, computed once and kept in half precision: (n, D + C, h, w), and the scene size."""
+    feats = []
+    for s in range(0, len(scenes.images), 16):
+        batch = torch.stack([image_tensor(p) for p in scenes.images[s : s + 16]])
+        feats.append(detector.features(batch).half())
+    return torch.cat(feats), tuple(image_tensor(scenes.images[0]).shape[-2:])
+
+
 def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Tensor, refs: Sequence[torch.Tensor],
                    steps: int = 2000, batch_size: int = 8, lr: float = 1e-3, loss: str = "infonce", seed: int = 0,
                    log_every: int = 100) -> List[dict]:
@@ -97,12 +108,7 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    feats = []
-    for s in range(0, len(scenes.images), 16):  # frozen features, computed once, kept in half precision
-        batch = torch.stack([image_tensor(p) for p in scenes.images[s : s + 16]])
-        feats.append(detector.features(batch).half())
-    feats_all = torch.cat(feats)
-    size = tuple(image_tensor(scenes.images[0]).shape[-2:])
+    feats_all, size = scene_features(detector, scenes)
     known = set(ref_ids.tolist())
     boxes = [torch.from_numpy(b).float() for b in scenes.boxes]
     ids = [torch.tensor([i if i in known else -1 for i in x.tolist()], dtype=torch.long) for x in scenes.identities]
@@ -128,7 +134,7 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
         total.backward()
         opt.step()
         sched.step()
-        running.append({"loss": float(total), **info})
+        running.append({"loss": total.item(), **info})
         if (step + 1) % log_every == 0 or step + 1 == steps:
             logs.append({"step": step + 1, **{k: float(np.mean([r[k] for r in running])) for k in running[0]}})
             running = []
