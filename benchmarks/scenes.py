@@ -12,15 +12,18 @@ stages: the query-independent work (``prepare``: backbone, head, proposals, crop
 per-query work (``boxes``).
 
     B=/usr/share/backgrounds/mate/nature   # Debian package mate-backgrounds
-    metricvision scenes build --split train --n 400 --out runs/scenes/train --backgrounds $B
+    metricvision scenes build --split train --n 500 --out runs/scenes/train --backgrounds $B
     metricvision scenes build --split val --n 60 --out runs/scenes/val --backgrounds $B
     metricvision scenes build --split test --n 300 --out runs/scenes/test --backgrounds $B
-    metricvision detector train --scenes runs/scenes/train --max-scenes 800 --steps 1500 --crop-steps 800 \
+    metricvision detector train --scenes runs/scenes/train --steps 1200 --crop-steps 800 \
         --checkpoint runs/text_align/image_model.safetensors --out runs/detector.safetensors
-    metricvision detector train --scenes runs/scenes/train --max-scenes 800 --steps 1500 --crop-steps 0 --prime \
+    metricvision detector train --scenes runs/scenes/train --steps 1200 --crop-steps 0 --prime \
         --checkpoint runs/text_align/image_model.safetensors --out runs/detector_primed.safetensors
+    metricvision detector train --scenes runs/scenes/train --max-scenes 150 --steps 400 --weak \
+        --checkpoint runs/text_align/image_model.safetensors --out runs/detector_weak.safetensors
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
-        --detector runs/detector.safetensors --primed-detector runs/detector_primed.safetensors
+        --detector runs/detector.safetensors --primed-detector runs/detector_primed.safetensors \
+        --weak-detector runs/detector_weak.safetensors [--mask-ap] [--oracle]
 """
 from __future__ import annotations
 
