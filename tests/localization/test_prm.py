@@ -54,7 +54,7 @@ def test_weak_training_runs_and_peaks_give_masks_with_their_boxes():
     feats = det.features(images).half()
     refs = [torch.nn.functional.normalize(torch.randn(5, model.dim), dim=1)]
     present = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([3, 3]), torch.tensor([4])]
-    logs = train_weak(det, feats, present, refs, torch.arange(5), (64, 64), steps=20, batch_size=4, log_every=10)
+    logs = train_weak(det, feats, present, refs, torch.arange(5), (64, 64), steps=20, batch_size=4, negatives=2, log_every=10)
     assert logs[-1]["weak"] < logs[0]["weak"]
     masks, boxes = peak_instances(det, feats[:1].float(), (64, 64), refs[0][0], max_peaks=3)
     assert 1 <= len(masks) <= 3 and masks.shape[1:] == (64, 64) and boxes.shape == (len(masks), 5)

@@ -103,12 +103,13 @@ def peak_instances(detector: QueryDetector, feats: torch.Tensor, image_size: Tup
 
 def train_weak(detector: QueryDetector, feats: torch.Tensor, present: Sequence[torch.Tensor], refs: Sequence[torch.Tensor],
                ref_ids: torch.Tensor, image_size: Tuple[int, int], steps: int = 600, batch_size: int = 8, lr: float = 1e-3,
-               seed: int = 0, log_every: int = 100) -> List[dict]:
+               negatives: int = 128, seed: int = 0, log_every: int = 100) -> List[dict]:
     """Train the head's region embeddings from image-level labels (``weak_losses``); returns the mean loss every ``log_every`` steps.
 
     Args:
         feats: (n, D + C, h, w) frozen features of the scenes (``detector.features``).
         present: per scene, the identities it holds.
+        negatives: references drawn per step besides those of the batch's identities.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
@@ -123,7 +124,11 @@ def train_weak(detector: QueryDetector, feats: torch.Tensor, present: Sequence[t
     logs, running = [], []
     for step in range(steps):
         pick = rng.choice(len(feats), size=min(batch_size, len(feats)), replace=False)
-        loss, _ = weak_losses(detector, feats[pick].float(), image_size, [present[i] for i in pick], refs, ref_ids)
+        held = torch.isin(ref_ids, torch.cat([present[i] for i in pick]))
+        cols = torch.nonzero(held | torch.isin(torch.arange(len(ref_ids)), torch.from_numpy(
+            rng.choice(len(ref_ids), size=min(negatives, len(ref_ids)), replace=False)))).flatten()
+        loss, _ = weak_losses(detector, feats[pick].float(), image_size, [present[i] for i in pick], [r[cols] for r in refs],
+                              ref_ids[cols])
         opt.zero_grad()
         loss.backward()
         opt.step()
