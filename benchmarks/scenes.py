@@ -6,22 +6,30 @@ thresholds). Three tasks, each one query per scene, all (scene, query) pairs poo
 one category: (a) the target rendered by another vendor, (b) the target's name, (c) the
 name of the target's emoji category (every object of that category is a target). The
 localizers never see the ground truth; it is used for scoring (COCO AP50, AP50:95, and
-AP50:95 per mask-area range: small < 32^2, medium, large > 96^2 px).
+AP50:95 per mask-area range: small < 32^2, medium, large > 96^2 px), and AP50 on the
+cluttered scenes (>= 8 objects). Time per image and query, median, with its split into
+stages: the query-independent work (``prepare``: backbone, head, proposals, crops) and the
+per-query work (``boxes``).
 
     B=/usr/share/backgrounds/mate/nature   # Debian package mate-backgrounds
-    metricvision scenes build --split train --n 400 --out runs/scenes/train --backgrounds $B
+    metricvision scenes build --split train --n 500 --out runs/scenes/train --backgrounds $B
     metricvision scenes build --split val --n 60 --out runs/scenes/val --backgrounds $B
     metricvision scenes build --split test --n 300 --out runs/scenes/test --backgrounds $B
-    metricvision detector train --scenes runs/scenes/train --max-scenes 200 --steps 800 \
+    metricvision detector train --scenes runs/scenes/train --steps 1200 --crop-steps 800 \
         --checkpoint runs/text_align/image_model.safetensors --out runs/detector.safetensors
+    metricvision detector train --scenes runs/scenes/train --steps 1200 --crop-steps 0 --prime \
+        --checkpoint runs/text_align/image_model.safetensors --out runs/detector_primed.safetensors
+    metricvision detector train --scenes runs/scenes/train --max-scenes 150 --steps 400 --weak \
+        --checkpoint runs/text_align/image_model.safetensors --out runs/detector_weak.safetensors
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
-        --detector runs/detector.safetensors --limit 100 --val-limit 30
+        --detector runs/detector.safetensors --primed-detector runs/detector_primed.safetensors \
+        --weak-detector runs/detector_weak.safetensors [--mask-ap] [--oracle]
 """
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -30,9 +38,11 @@ from PIL import Image
 from metricvision.kb.model import ImageTextModel
 from metricvision.localization.localizers import LOCALIZERS
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
-from metricvision.metrics.detection import detection_ap
+from metricvision.data.scenes import rle_decode
+from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap
 
 TASKS = ("image query", "name query", "category (name)")
+CLUTTERED = 8  # objects in a scene from which it counts as cluttered
 
 
 def task_queries(model: ImageTextModel, scenes: SceneSet) -> Dict[str, torch.Tensor]:
@@ -49,13 +59,76 @@ def task_targets(scenes: SceneSet, task: str) -> List[np.ndarray]:
     return [i == q["identity"] for i, q in zip(scenes.identities, scenes.queries)]
 
 
+def stage_ms(loc, images: List[torch.Tensor]) -> Dict[str, float]:
+    """Median ms per stage of a detector localizer's ``prepare`` on the images: backbone, head, crops (two-stage only)."""
+    times: Dict[str, List[float]] = {"backbone": [], "head": []}
+    for image in images:
+        t0 = time.perf_counter()
+        feats = loc.detector.features(image[None])
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            _, boxes, _ = loc.detector.head(feats, tuple(image.shape[-2:]), primes=None if loc.detector.film is None
+                                            else torch.zeros(1, feats.shape[1] - loc.detector.tap_channels))
+        times["backbone"].append(t1 - t0)
+        times["head"].append(time.perf_counter() - t1)
+        if getattr(loc, "proposals", None):
+            t2 = time.perf_counter()
+            loc.crop.embed(image, boxes[0].reshape(-1, 4)[: loc.proposals])
+            times.setdefault("crops", []).append(time.perf_counter() - t2)
+    return {k: round(1000 * float(np.median(v)), 1) for k, v in times.items()}
+
+
+def box_masks(boxes: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(n, 4+) boxes -> (n, H, W) filled-box masks (the masks of a method that gives boxes only)."""
+    out = np.zeros((len(boxes), *size), bool)
+    for k, (x0, y0, x1, y1) in enumerate(np.round(boxes[:, :4]).astype(int)):
+        out[k, max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+    return out
+
+
+def masks_of(loc, prepared, query: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """One (1, D) query -> masks (n, H, W) and scores (n,): the localizer's masks (``instances``) or its filled boxes."""
+    if hasattr(loc, "instances"):
+        masks, boxes = loc.instances(prepared, query)[0]
+        return masks, boxes[:, 4]
+    boxes = loc.boxes(prepared, query)[0]
+    return box_masks(boxes, size), boxes[:, 4]
+
+
+def target_masks(scenes: SceneSet, task: str, n: int) -> List[np.ndarray]:
+    """Per scene, (m, H, W) masks of the task's targets (from the pasted alpha)."""
+    out = []
+    for rles, t in zip(scenes.segmentations[:n], task_targets(scenes, task)[:n]):
+        size = tuple(rles[0]["size"]) if rles else (1, 1)
+        out.append(np.array([rle_decode(r) for r, keep in zip(rles, t) if keep], bool).reshape(-1, *size))
+    return out
+
+
+def oracle_ap50(loc, scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
+    """Diagnostic, not a method: AP50 per task when the ground-truth boxes of all objects are the proposals,
+    scored by the crop embedder's cosine with the query (the ceiling of the second stage)."""
+    emb = [loc.crop.embed(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
+    out = {}
+    for task in TASKS:
+        targets = task_targets(scenes, task)[:n]
+        scores = [(e @ queries[task][i]).numpy() for i, e in enumerate(emb)]
+        out[task] = round(detection_ap(scenes.boxes[:n], scores, [b[t] for b, t in zip(scenes.boxes, targets)])["AP50"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="image model from `kb align`")
     ap.add_argument("--scenes", required=True, help="folder with val/ and test/ scene folders")
     ap.add_argument("--localizers", nargs="*", default=None, help="registered names (default: all that can run)")
-    ap.add_argument("--detector", help="head weights for query_detector (from `metricvision detector train`)")
-    ap.add_argument("--max-boxes", type=int, default=20)
+    ap.add_argument("--detector", help="weights for query_detector and query_detector_crops (`metricvision detector train`)")
+    ap.add_argument("--primed-detector", help="weights for query_detector_primed (`metricvision detector train --prime`)")
+    ap.add_argument("--weak-detector", help="weights for peak_response (`metricvision detector train --weak`)")
+    ap.add_argument("--max-boxes", type=int, default=20, help="boxes per query (default 20)")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also print query_detector_crops' AP50 with the ground-truth boxes as proposals (a diagnostic)")
+    ap.add_argument("--mask-ap", action="store_true",
+                    help="also print mask AP50 per task (filled boxes for localizers without masks; pycocotools)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
     ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
     a = ap.parse_args()
@@ -63,10 +136,12 @@ def main() -> None:
     model = ImageTextModel.from_checkpoint(a.checkpoint)
     val, test = read_scenes(f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
     n_test, n_val = a.limit or len(test.images), a.val_limit or len(val.images)
-    names = a.localizers or [n for n in LOCALIZERS.names() if n != "query_detector" or a.detector]
+    weights = {"query_detector": a.detector, "query_detector_crops": a.detector, "query_detector_primed": a.primed_detector,
+               "peak_response": a.weak_detector}
+    names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
     val_q, test_q = task_queries(model, val), task_queries(model, test)
     for name in names:
-        extra = {"weights": a.detector} if name == "query_detector" else {}
+        extra = {"weights": weights[name]} if name in weights else {}
         locs = {task: LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra) for task in TASKS}
         first = locs[TASKS[0]]  # prepared images are query-independent: one forward pass serves every task
         val_prep = [first.prepare(image_tensor(p)) for p in val.images[:n_val]]
@@ -75,28 +150,48 @@ def main() -> None:
             targets = task_targets(val, task)[:n_val]
             chosen[task] = loc.fit(val_prep, val_q[task][:n_val], [b[t] for b, t in zip(val.boxes, targets)])
         found: Dict[str, List[np.ndarray]] = {task: [] for task in TASKS}
+        found_masks: Dict[str, List[Tuple[List[dict], np.ndarray]]] = {task: [] for task in TASKS}
         seconds = []
         for i in range(n_test):
             image = image_tensor(test.images[i])
             start = time.perf_counter()  # one image, one query: what a user waits for
             prepared = first.prepare(image)
+            middle = time.perf_counter()
             found[TASKS[0]].append(first.boxes(prepared, test_q[TASKS[0]][i : i + 1])[0])
-            seconds.append(time.perf_counter() - start)
+            seconds.append((middle - start, time.perf_counter() - middle))
             for task in TASKS[1:]:
                 found[task].append(locs[task].boxes(prepared, test_q[task][i : i + 1])[0])
+            for task in TASKS if a.mask_ap else ():
+                masks, scores = masks_of(locs[task], prepared, test_q[task][i : i + 1], tuple(image.shape[-2:]))
+                found_masks[task].append((encode_masks(masks), scores))
+        if a.mask_ap:
+            print(f"{name} mask AP50:", {task: round(mask_ap([m for m, _ in found_masks[task]], [sc for _, sc in found_masks[task]],
+                                                              target_masks(test, task, n_test))["AP50"], 3) for task in TASKS})
+        if a.oracle and name == "query_detector_crops":
+            print(f"{name} AP50 with ground-truth boxes as proposals (diagnostic):", oracle_ap50(first, test, test_q, n_test))
+        if name.startswith("query_detector"):
+            print(f"{name} stages (median ms, 20 images):", stage_ms(first, [image_tensor(p) for p in test.images[:20]]))
         rows = []
+        cluttered = np.array([len(b) >= CLUTTERED for b in test.boxes[:n_test]])
         for task in TASKS:
             targets = task_targets(test, task)[:n_test]
-            res = detection_ap([f[:, :4] for f in found[task]], [f[:, 4] for f in found[task]],
-                               [b[t] for b, t in zip(test.boxes, targets)], gt_areas=[r[t] for r, t in zip(test.areas, targets)])
+            gt = [b[t] for b, t in zip(test.boxes, targets)]
+            res = detection_ap([f[:, :4] for f in found[task]], [f[:, 4] for f in found[task]], gt,
+                               gt_areas=[r[t] for r, t in zip(test.areas, targets)])
+            sub = np.flatnonzero(cluttered)
+            res["AP50_cluttered"] = detection_ap([found[task][i][:, :4] for i in sub], [found[task][i][:, 4] for i in sub],
+                                                 [gt[i] for i in sub])["AP50"]
             rows.append((task, res, chosen[task], sum(int(t.sum()) for t in targets)))
-        print(f"\n{name}: {n_test} test scenes of {Image.open(test.images[0]).size[0]} px, fitted on {n_val} val scenes, "
-              f"<= {a.max_boxes} boxes per query, {1000 * float(np.median(seconds)):.0f} ms per image and query (median)")
-        print("| task | AP50 | AP50:95 | AP small | AP medium | AP large | targets | chosen on val |")
-        print("|---|---|---|---|---|---|---|---|")
+        ms = 1000 * np.median(np.array(seconds), axis=0)
+        print(f"\n{name}: {n_test} test scenes of {Image.open(test.images[0]).size[0]} px ({int(cluttered.sum())} cluttered, "
+              f">= {CLUTTERED} objects), fitted on {n_val} val scenes, <= {a.max_boxes} boxes per query, "
+              f"{torch.get_num_threads()} threads; per image and query (median): {ms.sum():.0f} ms = "
+              f"{ms[0]:.0f} ms prepare (query-independent) + {ms[1]:.0f} ms boxes (per query)")
+        print("| task | AP50 | AP50:95 | AP small | AP medium | AP large | AP50 cluttered | targets | chosen on val |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for task, r, ch, n in rows:
             print(f"| {task} | {r['AP50']:.3f} | {r['AP']:.3f} | {r['AP_small']:.3f} | {r['AP_medium']:.3f} | {r['AP_large']:.3f} "
-                  f"| {n} | {ch} |")
+                  f"| {r['AP50_cluttered']:.3f} | {n} | {ch} |")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def test_a_few_steps_put_a_box_on_a_planted_object(tmp_path):
     logs = train_detector(det, scenes, torch.tensor(ids), [refs], steps=150, batch_size=4, lr=3e-3, log_every=50)
     assert logs[-1]["loss"] < logs[0]["loss"]
     save_detector(det, tmp_path / "det.safetensors")
-    det = load_detector(tmp_path / "det.safetensors", embedder)
+    det, crop = load_detector(tmp_path / "det.safetensors", embedder)
+    assert crop is None
     target = scenes.queries[0]["identity"]
     found = det.detect(image_tensor(scenes.images[0])[None], refs[[ids.index(target)]], max_boxes=1)[0][0]
     gt = scenes.boxes[0][scenes.identities[0] == target]

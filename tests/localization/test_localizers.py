@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from metricvision.kb.model import ImageTextModel, ModelCard
+from metricvision.localization.crops import CropEmbedder
 from metricvision.localization.detector import QueryDetector
 from metricvision.localization.localizers import LOCALIZERS
 from metricvision.localization.train import save_detector
@@ -18,8 +19,10 @@ def model():
 @pytest.mark.parametrize("name", LOCALIZERS.names())
 def test_contract(name, model, tmp_path):
     extra = {}
-    if name == "query_detector":
-        save_detector(QueryDetector(model.embedder, hidden=16), tmp_path / "det.safetensors")
+    if name.startswith("query_detector") or name == "peak_response":
+        crop = CropEmbedder(model.embedder) if name == "query_detector_crops" else None
+        det = QueryDetector(model.embedder, hidden=16, prime=name == "query_detector_primed")
+        save_detector(det, tmp_path / "det.safetensors", crop=crop)
         extra = {"weights": str(tmp_path / "det.safetensors")}
     loc = LOCALIZERS.create(name, model=model, max_boxes=3, **extra)
     # a method sees the image and the query embeddings only: no counts, sizes or boxes

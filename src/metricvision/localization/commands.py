@@ -31,6 +31,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, default=8, help="scenes per step (default 8)")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head (default 1e-3)")
     t.add_argument("--loss", default="infonce", help="a registered metric loss taking ref_embeddings")
+    t.add_argument("--prime", action="store_true",
+                   help="train a primed detector (query_detector_primed: FiLM of the features by the query)")
+    t.add_argument("--weak", action="store_true",
+                   help="train from image-level labels only (peak_response, a simplified PRM); --steps applies")
+    t.add_argument("--crop-steps", type=int, default=600,
+                   help="training steps of the crop embedder of query_detector_crops (default 600; 0: no crop embedder)")
+    t.add_argument("--crop-scenes", type=int, default=0, help="train the crop embedder on the first N scenes only (0: all)")
     t.add_argument("--json", action="store_true", help="print JSON")
     t.set_defaults(func=_train)
 
@@ -50,18 +57,37 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
 def _train(args: argparse.Namespace) -> Dict[str, Any]:
     import time
 
+    import torch
+
     from metricvision.kb.model import ImageTextModel
+    from metricvision.localization.crops import CropEmbedder, crop_stems, train_crop_embedder
     from metricvision.localization.detector import QueryDetector
-    from metricvision.localization.train import identity_references, read_scenes, save_detector, train_detector
+    from metricvision.localization.prm import train_weak
+    from metricvision.localization.train import (identity_references, image_tensor, read_scenes, save_detector,
+                                                 scene_features, train_detector)
 
     start = time.time()
     model = ImageTextModel.from_checkpoint(args.checkpoint)
     scenes = read_scenes(args.scenes, limit=args.max_scenes)
     ref_ids, refs = identity_references(model, "train")
-    det = QueryDetector(model.embedder)
-    logs = train_detector(det, scenes, ref_ids, refs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, loss=args.loss)
-    save_detector(det, args.out, image_model=args.checkpoint)
+    det = QueryDetector(model.embedder, prime=args.prime)
+    if args.weak:  # image-level labels: the identities each scene holds, not where
+        feats, size = scene_features(det, scenes)
+        present = [torch.from_numpy(x) for x in scenes.identities]
+        logs = train_weak(det, feats, present, refs, ref_ids, size, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    else:
+        logs = train_detector(det, scenes, ref_ids, refs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              loss=args.loss)
+    crop = None
+    if args.crop_steps > 0 and not args.weak:
+        crop = CropEmbedder(model.embedder)
+        n = args.crop_scenes or len(scenes.images)
+        stems = crop_stems(crop, [image_tensor(p) for p in scenes.images[:n]], scenes.boxes[:n]).half()
+        known = set(ref_ids.tolist())
+        ids = torch.tensor([i if i in known else -1 for x in scenes.identities[:n] for i in x.tolist()], dtype=torch.long)
+        logs += train_crop_embedder(crop, stems, ids, refs, ref_ids, steps=args.crop_steps, loss=args.loss)
+    save_detector(det, args.out, image_model=args.checkpoint, crop=crop)
     for entry in logs:
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
     return {"weights": args.out, "scenes": len(scenes.images), "steps": args.steps, "seconds": round(time.time() - start, 1),
-            "final_loss": logs[-1]["loss"]}
+            "final_loss": logs[-1].get("crop_metric", logs[-1].get("loss", logs[-1].get("weak")))}

@@ -11,10 +11,17 @@ by default) against reference embeddings of the objects' identities, e.g. anothe
 vendor's rendering or the name, so that an identity never seen in training is found
 from one query embedding. A location's score for a query is
 sigmoid(objectness) * sigmoid(a * cos(region, query) + b), with a and b learned (BCE).
+
+With ``prime=True`` the query primes the detector (a simplified form of Rosenfeld et al.
+2018, who modulate the backbone's own layers): a linear map of the query embedding gives
+a per-channel scale and shift (FiLM) of the frozen features at the head's input (the
+backbone's stride-16 and final features), so objectness and boxes are the query's; it is
+trained on the objects of the scene's target identity only, the query being the target's
+reference (another vendor's rendering or the name).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,9 +38,10 @@ class QueryDetector(nn.Module):
         embedder: the (frozen) Embedder whose space the queries live in.
         hidden: channels of the head.
         radius: centre-sampling radius in grid cells (FCOS uses 1.5).
+        prime: modulate the features by the query (FiLM), see the module doc.
     """
 
-    def __init__(self, embedder: Embedder, hidden: int = 128, radius: float = 1.5) -> None:
+    def __init__(self, embedder: Embedder, hidden: int = 128, radius: float = 1.5, prime: bool = False) -> None:
         super().__init__()
         if not isinstance(embedder.backbone, nn.Sequential):
             raise ValueError(f"QueryDetector needs an nn.Sequential backbone, got {type(embedder.backbone).__name__}")
@@ -59,6 +67,10 @@ class QueryDetector(nn.Module):
         nn.init.zeros_(self.residual.bias)
         nn.init.constant_(self.objectness.bias, -4.0)  # focal-loss prior: most locations are background
         self.match = nn.Parameter(torch.tensor([10.0, -5.0]))  # a, b of the match logit a * cos + b
+        self.film = nn.Linear(d, 2 * (d + self.tap_channels)) if prime else None
+        if self.film is not None:  # starts as the identity: the unprimed detector
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
 
     def train(self, mode: bool = True) -> "QueryDetector":
         super().train(mode)
@@ -78,9 +90,19 @@ class QueryDetector(nn.Module):
         dense = F.interpolate(dense, size=mid.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([dense, mid], dim=1).contiguous()
 
-    def head(self, feats: torch.Tensor, image_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, D + C, h, w) -> objectness logits (N, h, w), boxes (N, h, w, 4) in pixels, region embeddings (N, h, w, D)."""
+    def head(self, feats: torch.Tensor, image_size: Tuple[int, int], primes: Optional[torch.Tensor] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, D + C, h, w) -> objectness logits (N, h, w), boxes (N, h, w, 4) in pixels, region embeddings (N, h, w, D).
+
+        ``primes`` (N, D): the query embedding of each image, required when the detector is primed.
+        """
         d = self.embedder.dim
+        if self.film is not None:
+            if primes is None or primes.shape != (feats.shape[0], d):
+                raise ValueError(f"a primed detector needs one (D={d}) query per image, got "
+                                 f"{None if primes is None else tuple(primes.shape)} for {feats.shape[0]} images")
+            scale, shift = self.film(F.normalize(primes, dim=1)).chunk(2, dim=1)
+            feats = feats * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
         t = self.trunk(feats)
         h, w = feats.shape[-2:]
         sy, sx = image_size[0] / h, image_size[1] / w
@@ -134,9 +156,24 @@ class QueryDetector(nn.Module):
             out.append(per_query)
         return out
 
+    @torch.no_grad()
+    def select_primed(self, feats: torch.Tensor, image_size: Tuple[int, int], queries: torch.Tensor,
+                      max_boxes: int = 20, nms_iou: float = 0.5) -> List[np.ndarray]:
+        """A primed detector's boxes: (1, D + C, h, w) ``features`` of one image, (Q, D) queries -> per query (n, 5) boxes."""
+        self.eval()
+        out = []
+        for q in queries:
+            predicted = self.head(feats, image_size, primes=q[None])
+            out.append(self.select(predicted, q[None], max_boxes=max_boxes, nms_iou=nms_iou)[0][0])
+        return out
+
     def detect(self, images: torch.Tensor, queries: torch.Tensor, max_boxes: int = 20, nms_iou: float = 0.5
                ) -> List[List[np.ndarray]]:
         """(N, 3, H, W) images, (Q, D) queries -> [image][query] (n, 5) boxes with scores (``predict`` then ``select``)."""
+        if self.film is not None:
+            feats = self.features(images)
+            return [self.select_primed(feats[i : i + 1], tuple(images.shape[-2:]), queries, max_boxes, nms_iou)
+                    for i in range(len(images))]
         return self.select(self.predict(images), queries, max_boxes=max_boxes, nms_iou=nms_iou)
 
 
@@ -168,8 +205,8 @@ def assign_targets(boxes: torch.Tensor, grid: Tuple[int, int], image_size: Tuple
 
 def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: Tuple[int, int],
                      gt_boxes: Sequence[torch.Tensor], gt_ids: Sequence[torch.Tensor],
-                     ref_embeddings: Sequence[torch.Tensor], ref_ids: torch.Tensor, metric_loss: nn.Module
-                     ) -> Tuple[torch.Tensor, dict]:
+                     ref_embeddings: Sequence[torch.Tensor], ref_ids: torch.Tensor, metric_loss: nn.Module,
+                     primes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, dict]:
     """Losses of one batch.
 
     Args:
@@ -177,13 +214,14 @@ def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: T
         gt_boxes: per image, (m, 4) boxes in pixels; gt_ids: per image, (m,) identities.
         ref_embeddings: reference sets, each (R, D) (e.g. other-vendor images, names) with ids ``ref_ids`` (R,).
         metric_loss: a package loss called as ``loss(emb, ids, ref_embeddings=..., ref_labels=...)``.
+        primes: (N, D) query per image for a primed detector (then ``gt_boxes`` holds only its targets).
 
     Returns:
         (total loss, logs).
     """
     from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-    obj, boxes, emb = detector.head(feats, image_size)
+    obj, boxes, emb = detector.head(feats, image_size, primes=primes)
     n, h, w = obj.shape
     assigned = torch.stack([assign_targets(b, (h, w), image_size, detector.radius) for b in gt_boxes])
     pos = assigned >= 0
@@ -193,6 +231,8 @@ def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: T
     target_ids = torch.cat([i[a[p]] for i, a, p in zip(gt_ids, assigned, pos)])
     loss_box = generalized_box_iou_loss(boxes[pos], target_boxes, reduction="mean") if pos.any() else boxes.sum() * 0
     pos_emb = emb[pos]
+    if not pos.any():  # e.g. a primed batch whose scenes all lack their target
+        return loss_obj, {"objectness": loss_obj.item(), "box": 0.0, "metric": 0.0, "match": 0.0, "positives": 0}
     loss_metric = torch.stack([metric_loss(pos_emb, target_ids, ref_embeddings=r, ref_labels=ref_ids).value
                                for r in ref_embeddings]).mean()
     # calibration of the match logit: each positive location against every reference

@@ -79,7 +79,7 @@ class DetectorLocalizer:
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5) -> None:
         from metricvision.localization.train import load_detector
 
-        self.detector = load_detector(weights, model.embedder)
+        self.detector, self.crop = load_detector(weights, model.embedder)
         self.max_boxes, self.nms_iou = max_boxes, nms_iou
 
     def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,17 +96,141 @@ class DetectorLocalizer:
 
     def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
         """Choose the NMS threshold by AP50 on prepared validation images, one (D,) query row each; returns it."""
+        return self._grid(prepared, queries, gt_boxes, {"nms_iou": (0.3, 0.5, 0.7)})
+
+    def _grid(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray],
+              grid: Dict[str, Sequence[float]]) -> Dict[str, Any]:
+        """Set the attributes of ``grid`` to the combination of best AP50 on the prepared images; returns it."""
+        import itertools
+
         from metricvision.metrics.detection import detection_ap
 
-        best = (-np.inf, self.nms_iou)
-        for t in (0.3, 0.5, 0.7):
-            found = [self.detector.select(p, q[None], max_boxes=self.max_boxes, nms_iou=t)[0][0]
-                     for p, q in zip(prepared, queries)]
+        best: Tuple[float, Dict[str, Any]] = (-np.inf, {})
+        for values in itertools.product(*grid.values()):
+            self.__dict__.update(dict(zip(grid, values)))
+            found = [self.boxes(p, q[None])[0] for p, q in zip(prepared, queries)]
             ap = detection_ap([f[:, :4] for f in found], [f[:, 4] for f in found], gt_boxes)["AP50"]
             if ap > best[0]:
-                best = (ap, t)
-        self.nms_iou = best[1]
-        return {"nms_iou": self.nms_iou}
+                best = (ap, dict(zip(grid, values)))
+        self.__dict__.update(best[1])
+        return best[1]
+
+
+@LOCALIZERS.register("query_detector_primed")
+class PrimedDetectorLocalizer(DetectorLocalizer):
+    """The query-conditioned detector primed by the query (FiLM on its input features, ``QueryDetector(prime=True)``).
+
+    Args:
+        model: the image(-text) model the head was trained on.
+        weights: weights from ``metricvision detector train --prime``.
+        max_boxes: boxes per query.
+        nms_iou: NMS threshold (``fit`` chooses it).
+    """
+
+    def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5) -> None:
+        super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou)
+        if self.detector.film is None:
+            raise ValueError(f"{weights} holds an unprimed detector; train one with `metricvision detector train --prime`")
+
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(3, H, W) image in [0, 1] -> the frozen features (1, D + C, h, w) and the image size."""
+        return self.detector.features(image[None]), tuple(image.shape[-2:])
+
+    def boxes(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor) -> List[np.ndarray]:
+        """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
+        feats, size = prepared
+        return self.detector.select_primed(feats, size, queries, max_boxes=self.max_boxes, nms_iou=self.nms_iou)
+
+
+@LOCALIZERS.register("peak_response")
+class PeakResponseLocalizer(DetectorLocalizer):
+    """Weakly supervised: instances from the query's peak response map (``localization.prm``, a simplified PRM).
+
+    Args:
+        model: the image(-text) model the head was trained on.
+        weights: weights from ``metricvision detector train --weak`` (image-level labels only).
+        max_boxes: peaks traced back per query.
+        rel_threshold: fraction of a peak's back-propagated maximum that its mask keeps (``fit`` chooses it).
+    """
+
+    def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, rel_threshold: float = 0.2) -> None:
+        super().__init__(model, weights, max_boxes=max_boxes)
+        self.rel_threshold = rel_threshold
+
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(3, H, W) image in [0, 1] -> the frozen features (1, D + C, h, w) and the image size."""
+        return self.detector.features(image[None]), tuple(image.shape[-2:])
+
+    def instances(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor
+                  ) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """Prepared image, (Q, D) queries -> per query masks (n, H, W) and boxes (n, 5), best first."""
+        from metricvision.localization.prm import peak_instances
+
+        feats, size = prepared
+        return [peak_instances(self.detector, feats, size, q, self.max_boxes, self.rel_threshold) for q in queries]
+
+    def boxes(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor) -> List[np.ndarray]:
+        """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
+        return [b for _, b in self.instances(prepared, queries)]
+
+    def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
+        """Choose the mask threshold by box AP50 on prepared validation images, one (D,) query row each."""
+        return self._grid(prepared, queries, gt_boxes, {"rel_threshold": (0.1, 0.2, 0.35, 0.5)})
+
+
+@LOCALIZERS.register("query_detector_crops")
+class CropDetectorLocalizer(DetectorLocalizer):
+    """Two stages: the QueryDetector's class-agnostic proposals, then each proposal's crop embedded (``CropEmbedder``).
+
+    A proposal's score for a query is sigmoid(objectness) ** ``gamma`` * exp(``temperature`` * (cos - 1)),
+    cos between the crop's and the query's embeddings; ``fit`` chooses ``gamma`` and the NMS threshold.
+
+    Args:
+        model: the image(-text) model the head was trained on.
+        weights: weights from ``metricvision detector train`` with a crop embedder (``--crop-steps`` > 0).
+        max_boxes: boxes per query.
+        nms_iou: NMS threshold between a query's boxes.
+        proposals: proposals kept per image (class-agnostic NMS at 0.7 over the best 200 locations).
+        gamma: weight of the objectness.
+        temperature: scale of the cosine similarity.
+    """
+
+    def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
+                 proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0) -> None:
+        super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou)
+        if self.crop is None:
+            raise ValueError(f"{weights} has no crop embedder; train one with `metricvision detector train --crop-steps N`")
+        if proposals < 1:
+            raise ValueError(f"proposals must be >= 1, got {proposals}")
+        self.proposals, self.gamma, self.temperature = proposals, gamma, temperature
+
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(3, H, W) image in [0, 1] -> proposals (K, 4), their objectness log-probabilities (K,), crop embeddings (K, D)."""
+        from torchvision.ops import nms
+
+        obj, boxes, _ = self.detector.predict(image[None])
+        logp = torch.nn.functional.logsigmoid(obj[0].reshape(-1))
+        flat = boxes[0].reshape(-1, 4)
+        top = logp.topk(min(200, logp.numel())).indices
+        keep = top[nms(flat[top], logp[top], 0.7)][: self.proposals]
+        return flat[keep], logp[keep], self.crop.embed(image, flat[keep])
+
+    def boxes(self, prepared: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], queries: torch.Tensor) -> List[np.ndarray]:
+        """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
+        from torchvision.ops import nms
+
+        boxes, logp, emb = prepared
+        cos = emb @ torch.nn.functional.normalize(queries, dim=1).T
+        scores = torch.exp(self.gamma * logp[:, None] + self.temperature * (cos - 1))
+        out = []
+        for q in range(queries.shape[0]):
+            keep = nms(boxes, scores[:, q], self.nms_iou)[: self.max_boxes]
+            out.append(torch.cat([boxes[keep], scores[keep, q, None]], dim=1).numpy().astype(np.float64))
+        return out
+
+    def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
+        """Choose ``gamma`` and the NMS threshold by AP50 on prepared validation images, one (D,) query row each."""
+        return self._grid(prepared, queries, gt_boxes, {"gamma": (0.0, 0.5, 1.0, 2.0, 4.0), "nms_iou": (0.3, 0.5, 0.7)})
 
 
 def _as_array(boxes: Optional[list]) -> np.ndarray:

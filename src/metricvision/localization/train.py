@@ -18,13 +18,14 @@ import torch
 from PIL import Image
 
 from metricvision._atomic import atomic_write
+from metricvision.localization.crops import CropEmbedder
 from metricvision.localization.detector import QueryDetector, detection_losses
 from metricvision.losses import LOSSES
 
 
 @dataclass
 class SceneSet:
-    """Scenes read from a COCO file: image paths, per image boxes (m, 4) x0 y0 x1 y1, identities (m,), categories (m,), mask areas (m,), queries."""
+    """Scenes read from a COCO file: image paths, per image boxes (m, 4) x0 y0 x1 y1, identities (m,), categories (m,), mask areas (m,), queries, RLE masks."""
 
     images: List[Path]
     boxes: List[np.ndarray]
@@ -33,6 +34,7 @@ class SceneSet:
     areas: List[np.ndarray]
     queries: List[dict]
     category_names: Dict[int, str]
+    segmentations: List[List[dict]]
 
 
 def read_scenes(annotations: str | Path, limit: int = 0) -> SceneSet:
@@ -46,7 +48,7 @@ def read_scenes(annotations: str | Path, limit: int = 0) -> SceneSet:
     by_image: Dict[int, list] = {im["id"]: [] for im in data["images"]}
     for ann in data["annotations"]:
         by_image[ann["image_id"]].append(ann)
-    out = SceneSet([], [], [], [], [], [], {c["id"]: c["name"] for c in data["categories"]})
+    out = SceneSet([], [], [], [], [], [], {c["id"]: c["name"] for c in data["categories"]}, [])
     for im in data["images"][: limit or None]:
         anns = by_image[im["id"]]
         out.images.append(path.parent / im["file_name"])
@@ -55,6 +57,7 @@ def read_scenes(annotations: str | Path, limit: int = 0) -> SceneSet:
         out.identities.append(np.array([a["identity"] for a in anns], np.int64))
         out.categories.append(np.array([a["category_id"] for a in anns], np.int64))
         out.areas.append(np.array([a["area"] for a in anns], np.float64))
+        out.segmentations.append([a["segmentation"] for a in anns])
         out.queries.append({**im["query"], "file_name": str(path.parent / im["query"]["file_name"])})
     return out
 
@@ -82,27 +85,40 @@ def identity_references(model, split: str, vendor: str = "google") -> Tuple[torc
     return torch.tensor(ids), refs
 
 
+def scene_features(detector: QueryDetector, scenes: SceneSet) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Frozen features of every scene, computed once and kept in half precision: (n, D + C, h, w), and the scene size."""
+    feats = []
+    for s in range(0, len(scenes.images), 16):
+        batch = torch.stack([image_tensor(p) for p in scenes.images[s : s + 16]])
+        feats.append(detector.features(batch).half())
+    return torch.cat(feats), tuple(image_tensor(scenes.images[0]).shape[-2:])
+
+
 def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Tensor, refs: Sequence[torch.Tensor],
                    steps: int = 2000, batch_size: int = 8, lr: float = 1e-3, loss: str = "infonce", seed: int = 0,
                    log_every: int = 100) -> List[dict]:
     """Train the detector head (AdamW, cosine schedule) on the scenes; returns the logs every ``log_every`` steps.
 
     Objects whose identity has no reference (id -1) are still objects (objectness, box);
-    they have no positive reference in the metric losses.
+    they have no positive reference in the metric losses. A primed detector learns each
+    scene's target objects only, primed by the target's reference from one of ``refs``
+    drawn at random; scenes whose target has no reference are left out.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    feats = []
-    for s in range(0, len(scenes.images), 16):  # frozen features, computed once, kept in half precision
-        batch = torch.stack([image_tensor(p) for p in scenes.images[s : s + 16]])
-        feats.append(detector.features(batch).half())
-    feats_all = torch.cat(feats)
-    size = tuple(image_tensor(scenes.images[0]).shape[-2:])
+    feats_all, size = scene_features(detector, scenes)
     known = set(ref_ids.tolist())
     boxes = [torch.from_numpy(b).float() for b in scenes.boxes]
     ids = [torch.tensor([i if i in known else -1 for i in x.tolist()], dtype=torch.long) for x in scenes.identities]
+    primed = detector.film is not None
+    row = {int(r): k for k, r in enumerate(ref_ids.tolist())}
+    targets = [row.get(int(q["identity"]), -1) for q in scenes.queries]
+    usable = np.array([k for k, t in enumerate(targets) if t >= 0 or not primed])
+    if primed:
+        boxes = [b[x == ref_ids[targets[k]]] if targets[k] >= 0 else b[:0] for k, (b, x) in enumerate(zip(boxes, ids))]
+        ids = [x[x == ref_ids[targets[k]]] if targets[k] >= 0 else x[:0] for k, x in enumerate(ids)]
     metric = LOSSES.create(loss)
     params = [p for n, p in detector.named_parameters() if not n.startswith("embedder.")]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -110,14 +126,15 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
     detector.train()
     logs, running = [], []
     for step in range(steps):
-        pick = rng.choice(len(boxes), size=min(batch_size, len(boxes)), replace=False)
+        pick = rng.choice(usable, size=min(batch_size, len(usable)), replace=False)
+        primes = torch.stack([refs[int(rng.integers(len(refs)))][targets[i]] for i in pick]) if primed else None
         total, info = detection_losses(detector, feats_all[pick].float(), size, [boxes[i] for i in pick],
-                                       [ids[i] for i in pick], refs, ref_ids, metric)
+                                       [ids[i] for i in pick], refs, ref_ids, metric, primes=primes)
         opt.zero_grad()
         total.backward()
         opt.step()
         sched.step()
-        running.append({"loss": float(total), **info})
+        running.append({"loss": total.item(), **info})
         if (step + 1) % log_every == 0 or step + 1 == steps:
             logs.append({"step": step + 1, **{k: float(np.mean([r[k] for r in running])) for k in running[0]}})
             running = []
@@ -125,18 +142,23 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
     return logs
 
 
-def save_detector(detector: QueryDetector, path: str | Path, image_model: Optional[str] = None) -> None:
-    """Write the head's weights (not the frozen Embedder) as safetensors (temporary name, then rename)."""
+def save_detector(detector: QueryDetector, path: str | Path, image_model: Optional[str] = None,
+                  crop: Optional[CropEmbedder] = None) -> None:
+    """Write the head's weights and those of the crop embedder, if any (not the frozen Embedder) as safetensors."""
     from safetensors.torch import save
 
     state = {k: v.contiguous() for k, v in detector.state_dict().items() if not k.startswith("embedder.")}
-    meta = {"image_model": image_model or "", "hidden": str(detector.trunk[0].out_channels), "radius": str(detector.radius)}
+    meta = {"image_model": image_model or "", "hidden": str(detector.trunk[0].out_channels), "radius": str(detector.radius),
+            "prime": str(int(detector.film is not None))}
+    if crop is not None:
+        state.update({f"crop.{k}": v.contiguous() for k, v in crop.state_dict().items() if not k.startswith("embedder.")})
+        meta.update({"crop_split": str(crop.split), "crop_side": str(crop.side), "crop_pad": str(crop.pad)})
     with atomic_write(path) as f:
         f.write(save(state, metadata=meta))
 
 
-def load_detector(path: str | Path, embedder) -> QueryDetector:
-    """A QueryDetector over ``embedder`` with the head weights of ``path``."""
+def load_detector(path: str | Path, embedder) -> Tuple[QueryDetector, Optional[CropEmbedder]]:
+    """A QueryDetector over ``embedder`` with the head weights of ``path``, and its CropEmbedder if ``path`` has one."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -144,9 +166,20 @@ def load_detector(path: str | Path, embedder) -> QueryDetector:
         raise FileNotFoundError(f"detector weights {path} not found; train them with `metricvision detector train`")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-    det = QueryDetector(embedder, hidden=int(meta.get("hidden", 128)), radius=float(meta.get("radius", 1.5)))
-    missing, unexpected = det.load_state_dict(load_file(str(path)), strict=False)
+    det = QueryDetector(embedder, hidden=int(meta.get("hidden", 128)), radius=float(meta.get("radius", 1.5)),
+                        prime=meta.get("prime", "0") == "1")
+    state = load_file(str(path))
+    _load_part(det, {k: v for k, v in state.items() if not k.startswith("crop.")}, path)
+    crop = None
+    if "crop_split" in meta:
+        crop = CropEmbedder(embedder, split=int(meta["crop_split"]), side=int(meta["crop_side"]), pad=float(meta["crop_pad"]))
+        _load_part(crop, {k[5:]: v for k, v in state.items() if k.startswith("crop.")}, path)
+        crop.eval()
+    return det.eval(), crop
+
+
+def _load_part(module: torch.nn.Module, state: Dict[str, torch.Tensor], path: str | Path) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
     bad = [k for k in missing if not k.startswith("embedder.")] + list(unexpected)
     if bad:
-        raise ValueError(f"{path} does not match the detector: keys {bad[:5]}")
-    return det.eval()
+        raise ValueError(f"{path} does not match the {type(module).__name__}: keys {bad[:5]}")

@@ -151,3 +151,68 @@ def detection_ap(
 def _mean(p: np.ndarray) -> float:
     valid = p[p > -1]
     return float(valid.mean()) if valid.size else -1.0
+
+
+def mask_ap(pred_masks: Sequence[np.ndarray], pred_scores: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray],
+            max_dets: int = 100) -> Dict[str, float]:
+    """COCO mask AP over a set of images, one category, computed by pycocotools' ``COCOeval`` (iouType "segm").
+
+    Args:
+        pred_masks: per image, (n_i, H, W) bool masks, or n_i of their ``encode_masks`` RLEs (compact).
+        pred_scores: per image, (n_i,) scores.
+        gt_masks: per image, (m_i, H, W) bool masks.
+        max_dets: detections kept per image, best first.
+
+    Returns:
+        {"AP": AP50:95, "AP50", "AP75"}; -1 where no ground truth counts.
+    """
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:
+        raise ImportError("mask AP needs pycocotools: pip install pycocotools") from e
+    if not len(pred_masks) == len(pred_scores) == len(gt_masks):
+        raise ValueError(f"expected one entry per image, got {len(pred_masks)} masks, {len(pred_scores)} scores, "
+                         f"{len(gt_masks)} ground truths")
+
+    def rle(m: np.ndarray | dict) -> dict:
+        return m if isinstance(m, dict) else encode_masks(m[None])[0]
+
+    images, gts, dets = [], [], []
+    for i, (pm, ps, gm) in enumerate(zip(pred_masks, pred_scores, gt_masks)):
+        h, w = np.asarray(gm).shape[-2:] if len(gm) else rle(pm[0])["size"] if len(pm) else (1, 1)
+        images.append({"id": i + 1, "height": int(h), "width": int(w)})
+        for m in gm:
+            r = rle(m)
+            gts.append({"id": len(gts) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "segmentation": r,
+                        "area": float(mask_utils.area(r)), "bbox": [float(v) for v in mask_utils.toBbox(r)]})
+        for m, s in zip(pm, ps):
+            dets.append({"image_id": i + 1, "category_id": 1, "segmentation": rle(m), "score": float(s)})
+    if not gts:
+        return {"AP": -1.0, "AP50": -1.0, "AP75": -1.0}
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": gts, "categories": [{"id": 1, "name": "object"}]}
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(dets) if dets else COCO(), "segm")
+    ev.params.maxDets = [1, 10, max_dets]
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
+
+
+def encode_masks(masks: np.ndarray) -> List[dict]:
+    """(n, H, W) bool masks -> n pycocotools RLEs (compressed, JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for m in masks:
+        r = mask_utils.encode(np.asfortranarray(np.asarray(m, np.uint8)))
+        r["counts"] = r["counts"].decode()
+        out.append(r)
+    return out
