@@ -32,6 +32,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--image-size", type=int, default=64, help="side images are resized to")
             p.add_argument("--index", default="Flat", help="index spec: Flat (exact) or a faiss factory string")
             p.add_argument("--ray-workers", type=int, default=0, help="embed with this many Ray actors (bulk building)")
+            p.add_argument("--regions", action="store_true",
+                           help="also embed each image's regions (a multi-scale grid of crops) so small objects find "
+                                "the scenes holding them; `kb add` then does the same")
+            p.add_argument("--detector", metavar="WEIGHTS",
+                           help="regions from this trained query_detector's proposals instead of the grid (implies --regions)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
@@ -92,10 +97,24 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     if args.ray_workers > 0:
         from metricvision.kb.bulk import add_with_ray
 
-        add_with_ray(kb, samples, num_workers=args.ray_workers, image_root=args.from_folder)
+        ids = add_with_ray(kb, samples, num_workers=args.ray_workers, image_root=args.from_folder)
     else:
-        kb.add(samples, image_root=args.from_folder)
-    return {"kb": str(kb.path), "items": len(kb), "skipped": skipped, "dim": model.dim, "text_model": model.card.text_model}
+        ids = kb.add(samples, image_root=args.from_folder)
+    out = {"kb": str(kb.path), "items": len(kb), "skipped": skipped, "dim": model.dim, "text_model": model.card.text_model}
+    if args.regions or args.detector:
+        from metricvision.kb.regions import enable_regions
+
+        enable_regions(kb.path, args.detector)
+        out["regions"] = _add_regions(kb, ids, samples)
+    return out
+
+
+def _add_regions(kb: Any, ids: List[int], samples: List[Sample]) -> int:
+    """Embed the regions of newly added items when the KB has regions; how many were added."""
+    from metricvision.kb.regions import add_regions, kb_proposer
+
+    proposer = kb_proposer(kb.path, kb.model)
+    return add_regions(kb.path, ids, samples, proposer) if proposer is not None else 0
 
 
 def _add(args: argparse.Namespace) -> Dict[str, Any]:
@@ -104,7 +123,8 @@ def _add(args: argparse.Namespace) -> Dict[str, Any]:
     kb = KnowledgeBase.open(args.dir)
     samples, skipped = _samples(args)
     ids = kb.add(samples, image_root=args.from_folder)
-    return {"kb": str(kb.path), "added": len(ids), "skipped": skipped, "items": len(kb), "version": kb.version}
+    return {"kb": str(kb.path), "added": len(ids), "regions": _add_regions(kb, ids, samples), "skipped": skipped,
+            "items": len(kb), "version": kb.version}
 
 
 def _remove(args: argparse.Namespace) -> Dict[str, Any]:
@@ -148,5 +168,6 @@ def _search(args: argparse.Namespace) -> Any:
     lines = [f"{'rank':>4}  {'id':>6}  {'score':>7}  caption"]
     for r, h in enumerate(hits, 1):
         extra = f"  boxes={json.dumps(h['boxes'][:2])}" if "boxes" in h else ""
+        extra += f"  region={json.dumps(h['regions'][0])}" if h.get("regions") else ""
         lines.append(f"{r:>4}  {h['id']:>6}  {h['score']:7.4f}  {h['caption']}{extra}")
     return "\n".join(lines)
