@@ -49,7 +49,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = kb_sub.add_parser("align", help="align an image encoder to a text model's space and build a KB with it")
     p.add_argument("dir", help="output folder: checkpoint, combiner, metrics (and KB/ with --build-kb)")
     p.add_argument("--text-model", default="minilm", help="registered text encoder whose space images are aligned to (default: minilm)")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs of the linear head (default: 40)")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
+    p.add_argument("--image-size", type=int, default=128, help="side images are resized to (default: 128)")
+    p.add_argument("--tune-blocks", type=int, default=0,
+                   help="also train the backbone's last N blocks, not only the linear head (default: 0)")
+    p.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of those blocks (default: 1e-4)")
+    p.add_argument("--loss", default="clip", help="registered image-text loss (default: clip, symmetric with a learned temperature)")
+    p.add_argument("--no-extra-texts", action="store_true",
+                   help="train on the names only, not also on subcategory, short names and a prompt")
     p.add_argument("--dataset-path", help="emoji dataset file (default: the packaged one)")
     p.add_argument("--build-kb", action="store_true", help="also build DIR/kb from the test split")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -138,8 +145,9 @@ def _remove(args: argparse.Namespace) -> Dict[str, Any]:
 def _align(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.experiments import run_alignment
 
-    return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs,
-                         dataset_path=args.dataset_path, build_kb=args.build_kb)
+    return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs, dataset_path=args.dataset_path,
+                         build_kb=args.build_kb, image_size=args.image_size, tune_blocks=args.tune_blocks,
+                         backbone_lr=args.backbone_lr, loss=args.loss, extra_texts=not args.no_extra_texts)
 
 
 def parse_filters(items: List[str]) -> Dict[str, Any]:
