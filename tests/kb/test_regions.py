@@ -71,3 +71,14 @@ def test_kb_with_regions_finds_the_small_object_and_its_box(tmp_path, shapes_kb,
     assert hits[0]["score"] == pytest.approx(max(r["score"] for h in hits for r in h["regions"]))
     assert main(["kb", "add", kb, "--from-folder", str(folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["regions"] == built["regions"]
+
+
+def test_best_regions_max_items_keeps_the_best_items_in_order():
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(40, 6)).astype(np.float32)
+    table = RegionTable(item_ids=rng.integers(0, 10, 40), boxes=np.zeros((40, 4), np.float32), embeddings=emb)
+    q = rng.normal(size=6).astype(np.float32)
+    every = best_regions(table, q, per_item=1)
+    top = best_regions(table, q, per_item=1, max_items=3)
+    ranked = sorted(every, key=lambda i: -every[i][0]["score"])
+    assert list(top) == ranked[:3] and list(every) == ranked

@@ -126,7 +126,7 @@ def search(
         vs, vi = kb.search(q[None].numpy(), fetch, filters)
         if has_regions(kb.path):
             allowed = kb.allowed_ids(filters) if filters else None
-            regions = best_regions(load_regions(kb.path), q.numpy(), allowed)
+            regions = best_regions(load_regions(kb.path), q.numpy(), allowed, max_items=fetch)
             vs, vi = (x[None] for x in merge_with_regions(vs[0], vi[0], regions, fetch))
         scores, ids = (vs[0], vi[0]) if mode == "vector" else fuse_rrf([vi[0], kb.keyword_search(text, fetch, filters)[1]], k)
     valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]

@@ -211,18 +211,19 @@ def load_regions(kb_path: str | os.PathLike) -> RegionTable:
     return table
 
 
-def best_regions(table: RegionTable, query: np.ndarray, allowed: Optional[np.ndarray] = None, per_item: int = 3
-                 ) -> Dict[int, List[Dict[str, Any]]]:
-    """Each item's best-scoring regions for a (D,) query, best first.
+def best_regions(table: RegionTable, query: np.ndarray, allowed: Optional[np.ndarray] = None, per_item: int = 3,
+                 max_items: Optional[int] = None) -> Dict[int, List[Dict[str, Any]]]:
+    """The items with the best-scoring regions for a (D,) query, with those regions, best first.
 
     Args:
         table: the KB's regions.
         query: (D,) normalized query.
         allowed: item ids that may be returned (None: all).
         per_item: regions kept per item.
+        max_items: items returned, by their best region (None: every item with a region).
 
     Returns:
-        item id -> [{"box": [x0, y0, x1, y1], "score": cosine}], items in no particular order.
+        item id -> [{"box": [x0, y0, x1, y1], "score": cosine}], best items first.
     """
     if per_item < 1:
         raise ValueError(f"per_item must be >= 1, got {per_item}")
@@ -234,11 +235,17 @@ def best_regions(table: RegionTable, query: np.ndarray, allowed: Optional[np.nda
     order = np.argsort(-scores, kind="stable")
     if allowed is not None:
         order = order[np.isin(table.item_ids[order], allowed)]
-    out: Dict[int, List[Dict[str, Any]]] = {}
-    for r in order:
-        found = out.setdefault(int(table.item_ids[r]), [])
-        if len(found) < per_item:
-            found.append({"box": [round(float(v), 1) for v in table.boxes[r]], "score": float(scores[r])})
+    ids = table.item_ids[order]
+    grouped = np.argsort(ids, kind="stable")  # by item, best region first within an item
+    starts = np.flatnonzero(np.r_[True, ids[grouped][1:] != ids[grouped][:-1]])
+    rank = np.arange(len(grouped)) - np.repeat(starts, np.diff(np.r_[starts, len(grouped)]))
+    best_first = np.sort(grouped[starts])[:max_items]  # each item's best region, best items first
+    keep = set(ids[best_first].tolist())
+    out: Dict[int, List[Dict[str, Any]]] = {i: [] for i in ids[best_first].tolist()}
+    for r in order[np.sort(grouped[rank < per_item])]:
+        i = int(table.item_ids[r])
+        if i in keep:
+            out[i].append({"box": [round(float(v), 1) for v in table.boxes[r]], "score": float(scores[r])})
     return out
 
 
