@@ -16,11 +16,17 @@ from metricvision.kb.experiments import run_alignment
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/text_align")
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--text-model", default="minilm")
+    ap.add_argument("--out", default="runs/text_align", help="output folder (checkpoint, combiner, metrics)")
+    ap.add_argument("--epochs", type=int, default=40, help="training epochs")
+    ap.add_argument("--text-model", default="minilm", help="registered text encoder")
+    ap.add_argument("--image-size", type=int, default=128, help="side images are resized to")
+    ap.add_argument("--tune-blocks", type=int, default=0, help="backbone blocks trained besides the head")
+    ap.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of those blocks")
+    ap.add_argument("--loss", default="clip", help="registered image-text loss")
+    ap.add_argument("--no-extra-texts", action="store_true", help="train on the names only")
     a = ap.parse_args()
-    m = run_alignment(a.out, text_model=a.text_model, epochs=a.epochs)
+    m = run_alignment(a.out, text_model=a.text_model, epochs=a.epochs, image_size=a.image_size,
+                      tune_blocks=a.tune_blocks, backbone_lr=a.backbone_lr, loss=a.loss, extra_texts=not a.no_extra_texts)
     t = m["text_to_image"]
     print(f"text-to-image, {int(t['queries'])} unseen emoji names vs {int(t['gallery'])} test images "
           f"(alignment {m['align_seconds']:.0f} s, total {m['total_seconds']:.0f} s)")

@@ -1,10 +1,13 @@
 """Aligning an image encoder to a frozen text space, and measuring text-to-image search.
 
-The backbone is frozen (pretrained); the linear head of the Embedder is trained so that
-an image's embedding scores its own caption above the other classes' captions: an
-image-text contrastive loss (``infonce`` by default) whose references are the text
-embeddings of the training classes. Since the head is linear it applies at every
-location too, so dense features live in the text space (heat maps for text queries).
+The text encoder is frozen (its space is the KB's); the Embedder's linear head, and
+optionally the backbone's last blocks, are trained so that an image's embedding scores
+its own class's text above the other classes' texts: an image-text contrastive loss
+(``clip``, symmetric InfoNCE with a learned temperature, by default) whose references are
+the text embeddings of the training classes, each class drawn per step among its
+caption, caption + subcategory, short names and a prompt. Since the head is linear it
+applies at every location too, so dense features live in the text space (heat maps for
+text queries).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from metricvision.data import Sample
@@ -36,34 +40,73 @@ def class_captions(samples: Sequence[Sample]) -> Tuple[np.ndarray, List[str]]:
     return np.array(list(seen), dtype=np.int64), list(seen.values())
 
 
+def caption_variants(sample: Sample) -> List[str]:
+    """Training texts of a sample's class: its caption, plus (emoji metadata) the caption with its
+    subcategory, the short names, and the caption in a prompt; duplicates and empty ones dropped."""
+    texts = [sample.caption]
+    meta = sample.meta or {}
+    if meta.get("subcategory"):
+        texts.append(f"{sample.caption}, {str(meta['subcategory']).replace('-', ' ')}")
+    if meta.get("short_names"):
+        texts.append(" ".join(meta["short_names"]).replace("_", " "))
+    texts.append(f"an emoji of {sample.caption}")
+    return list(dict.fromkeys(t for t in texts if t.strip()))
+
+
+def split_backbone(embedder: Embedder, tune_blocks: int) -> Tuple[nn.Module, nn.Module]:
+    """(frozen trunk, tuned top): the backbone's last ``tune_blocks`` children form the top."""
+    if tune_blocks == 0:
+        return embedder.backbone, nn.Sequential()
+    if not isinstance(embedder.backbone, nn.Sequential) or not 0 < tune_blocks <= len(embedder.backbone):
+        n = len(embedder.backbone) if isinstance(embedder.backbone, nn.Sequential) else 0
+        raise ValueError(f"tune_blocks must be in [0, {n}] for backbone {embedder.backbone_name}, got {tune_blocks}")
+    cut = len(embedder.backbone) - tune_blocks
+    return embedder.backbone[:cut], embedder.backbone[cut:]
+
+
 @torch.no_grad()
-def pooled_features(embedder: Embedder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, C) pooled backbone features (before the head), eval mode."""
+def trunk_features(embedder: Embedder, trunk: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, C, h, w) outputs of the frozen trunk (the whole backbone when nothing is tuned), eval mode."""
     embedder.eval()
-    batches = tqdm(images.split(batch_size), desc="backbone features", unit="batch", leave=False)
-    return torch.cat([embedder.pool(embedder.features(b)) for b in batches])
+    out = []
+    for b in tqdm(images.split(batch_size), desc="backbone features", unit="batch", leave=False):
+        x = ((b - embedder.mean) / embedder.std).contiguous(memory_format=embedder.memory_format)
+        out.append(trunk(x))
+    return torch.cat(out)
 
 
 def train_alignment(
     samples: Sequence[Sample],
     text: TextEncoder,
     backbone: str = "mobilenet_v2",
-    image_size: int = 64,
+    image_size: int = 128,
     epochs: int = 40,
-    loss: str = "infonce",
+    loss: str = "clip",
     lr: float = 3e-3,
     batch_size: int = 256,
     seed: int = 0,
+    tune_blocks: int = 0,
+    backbone_lr: float = 1e-4,
+    extra_texts: bool = True,
 ) -> Tuple[ImageTextModel, List[Dict[str, float]]]:
-    """Train the head of a pretrained Embedder into the text space of ``text``.
+    """Align a pretrained Embedder (head, and optionally its last blocks) to the frozen text space of ``text``.
+
+    The trunk's outputs are computed once; each step runs the tuned blocks (batch norm
+    statistics frozen), pooling and head on a batch, and scores it against the text
+    embeddings of every training class (one of ``caption_variants`` per class, drawn
+    per step when ``extra_texts``) with an image-text contrastive loss.
 
     Args:
         samples: training samples (label = class, caption = its text).
         text: the frozen text encoder (its dim becomes the embedding dim).
         backbone: a backbone with pretrained weights available offline.
         image_size: side images are resized to.
-        epochs, lr, batch_size, seed: optimisation (AdamW on the head only).
-        loss: a registered loss that accepts ``ref_embeddings`` (infonce, clip, multi_similarity, ...).
+        epochs, lr, batch_size, seed: optimisation (AdamW, one-cycle schedule).
+        loss: a registered loss that accepts ``ref_embeddings`` ("clip": symmetric InfoNCE with a
+            learned temperature; "infonce", "multi_similarity", ...).
+        tune_blocks: last children of an ``nn.Sequential`` backbone trained too (0: head only).
+        backbone_lr: learning rate of those blocks.
+        extra_texts: also use the subcategory, short names and a prompt (``caption_variants``).
 
     Returns:
         the aligned model (card with text_model set) and per-epoch logs.
@@ -73,34 +116,52 @@ def train_alignment(
     card = ModelCard(backbone=backbone, pooling="avg", dim=text.dim, head=True, image_size=image_size,
                      pretrained=True, text_model=text.name)
     model = ImageTextModel(card, embedder)
-    classes, captions = class_captions(samples)
-    refs = text.encode_text(captions)
+    trunk, top = split_backbone(embedder, tune_blocks)
+    classes, _ = class_captions(samples)
+    first = {int(s.label): s for s in reversed(samples)}
+    variants = [caption_variants(first[int(c)]) if extra_texts else [first[int(c)].caption] for c in classes]
+    flat = text.encode_text([t for v in variants for t in v])
+    owner = torch.tensor([i for i, v in enumerate(variants) for _ in v])
     ref_labels = torch.arange(len(classes))
     label_to_ref = {int(c): i for i, c in enumerate(classes)}
     labels = torch.tensor([label_to_ref[int(s.label)] for s in samples])
-    feats = pooled_features(embedder, model.to_tensor([s.image for s in samples]))
+    feats = trunk_features(embedder, trunk, model.to_tensor([s.image for s in samples]))
     criterion = create_loss(loss)
-    head = embedder.head
-    params = list(head.parameters()) + list(criterion.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    opt = torch.optim.AdamW([{"params": list(embedder.head.parameters()) + list(criterion.parameters()), "lr": lr},
+                             {"params": list(top.parameters()), "lr": backbone_lr}], weight_decay=1e-4)
+    steps = max(epochs * -(-len(feats) // batch_size), 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [lr, backbone_lr], total_steps=steps, pct_start=0.1)
     logs = []
-    head.train()
-    bar = tqdm(range(epochs), desc="aligning the head", unit="epoch", leave=False)
+    embedder.head.train()
+    bar = tqdm(range(epochs), desc="aligning", unit="epoch", leave=False)
     for epoch in bar:
         order, total = torch.randperm(len(feats)), 0.0
         for s in range(0, len(feats), batch_size):
             b = order[s : s + batch_size]
-            out = criterion(F.normalize(head(feats[b]), dim=1), labels[b], ref_embeddings=refs, ref_labels=ref_labels)
+            pick = _pick_variants(owner, len(classes))
+            z = F.normalize(embedder.head(embedder.pool(top(feats[b]))), dim=1)
+            out = criterion(z, labels[b], ref_embeddings=flat[pick], ref_labels=ref_labels)
             opt.zero_grad()
             out.value.backward()
             opt.step()
+            sched.step()
             total += float(out.value.detach()) * len(b)
-        sched.step()
         logs.append({"epoch": epoch, "loss": total / max(len(feats), 1)})
         bar.set_postfix(loss=f"{logs[-1]['loss']:.4f}")
     embedder.eval()
     return model, logs
+
+
+def _pick_variants(owner: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C,) one random row of ``owner`` (variant -> class) per class."""
+    keys = torch.rand(len(owner)) + owner.to(torch.float32)
+    order = keys.argsort()  # rows grouped by class, random within a class
+    first = torch.ones(len(owner), dtype=torch.bool)
+    first[1:] = owner[order][1:] != owner[order][:-1]
+    picked = order[first]
+    if len(picked) != num_classes:
+        raise ValueError(f"every class needs a text; {num_classes - len(picked)} have none")
+    return picked
 
 
 def chance_recall(num_relevant: np.ndarray, gallery_size: int, k: int) -> float:

@@ -32,6 +32,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--image-size", type=int, default=64, help="side images are resized to")
             p.add_argument("--index", default="Flat", help="index spec: Flat (exact) or a faiss factory string")
             p.add_argument("--ray-workers", type=int, default=0, help="embed with this many Ray actors (bulk building)")
+            p.add_argument("--regions", action="store_true",
+                           help="also embed each image's regions (a multi-scale grid of crops) so small objects find "
+                                "the scenes holding them; `kb add` then does the same")
+            p.add_argument("--detector", metavar="WEIGHTS",
+                           help="regions from this trained query_detector's proposals instead of the grid (implies --regions)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
@@ -49,7 +54,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = kb_sub.add_parser("align", help="align an image encoder to a text model's space and build a KB with it")
     p.add_argument("dir", help="output folder: checkpoint, combiner, metrics (and KB/ with --build-kb)")
     p.add_argument("--text-model", default="minilm", help="registered text encoder whose space images are aligned to (default: minilm)")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs of the linear head (default: 40)")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
+    p.add_argument("--image-size", type=int, default=128, help="side images are resized to (default: 128)")
+    p.add_argument("--tune-blocks", type=int, default=0,
+                   help="also train the backbone's last N blocks, not only the linear head (default: 0)")
+    p.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of those blocks (default: 1e-4)")
+    p.add_argument("--loss", default="clip", help="registered image-text loss (default: clip, symmetric with a learned temperature)")
+    p.add_argument("--no-extra-texts", action="store_true",
+                   help="train on the names only, not also on subcategory, short names and a prompt")
     p.add_argument("--dataset-path", help="emoji dataset file (default: the packaged one)")
     p.add_argument("--build-kb", action="store_true", help="also build DIR/kb from the test split")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -97,10 +109,24 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     if args.ray_workers > 0:
         from metricvision.kb.bulk import add_with_ray
 
-        add_with_ray(kb, samples, num_workers=args.ray_workers, image_root=args.from_folder)
+        ids = add_with_ray(kb, samples, num_workers=args.ray_workers, image_root=args.from_folder)
     else:
-        kb.add(samples, image_root=args.from_folder)
-    return {"kb": str(kb.path), "items": len(kb), "skipped": skipped, "dim": model.dim, "text_model": model.card.text_model}
+        ids = kb.add(samples, image_root=args.from_folder)
+    out = {"kb": str(kb.path), "items": len(kb), "skipped": skipped, "dim": model.dim, "text_model": model.card.text_model}
+    if args.regions or args.detector:
+        from metricvision.kb.regions import enable_regions
+
+        enable_regions(kb.path, args.detector)
+        out["regions"] = _add_regions(kb, ids, samples)
+    return out
+
+
+def _add_regions(kb: Any, ids: List[int], samples: List[Sample]) -> int:
+    """Embed the regions of newly added items when the KB has regions; how many were added."""
+    from metricvision.kb.regions import add_regions, kb_proposer
+
+    proposer = kb_proposer(kb.path, kb.model)
+    return add_regions(kb.path, ids, samples, proposer) if proposer is not None else 0
 
 
 def _add(args: argparse.Namespace) -> Dict[str, Any]:
@@ -109,7 +135,8 @@ def _add(args: argparse.Namespace) -> Dict[str, Any]:
     kb = KnowledgeBase.open(args.dir)
     samples, skipped = _samples(args)
     ids = kb.add(samples, image_root=args.from_folder)
-    return {"kb": str(kb.path), "added": len(ids), "skipped": skipped, "items": len(kb), "version": kb.version}
+    return {"kb": str(kb.path), "added": len(ids), "regions": _add_regions(kb, ids, samples), "skipped": skipped,
+            "items": len(kb), "version": kb.version}
 
 
 def _remove(args: argparse.Namespace) -> Dict[str, Any]:
@@ -133,8 +160,9 @@ def _compact(args: argparse.Namespace) -> Dict[str, Any]:
 def _align(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.experiments import run_alignment
 
-    return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs,
-                         dataset_path=args.dataset_path, build_kb=args.build_kb)
+    return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs, dataset_path=args.dataset_path,
+                         build_kb=args.build_kb, image_size=args.image_size, tune_blocks=args.tune_blocks,
+                         backbone_lr=args.backbone_lr, loss=args.loss, extra_texts=not args.no_extra_texts)
 
 
 def parse_filters(items: List[str]) -> Dict[str, Any]:
@@ -163,5 +191,6 @@ def _search(args: argparse.Namespace) -> Any:
     lines = [f"{'rank':>4}  {'id':>6}  {'score':>7}  caption"]
     for r, h in enumerate(hits, 1):
         extra = f"  boxes={json.dumps(h['boxes'][:2])}" if "boxes" in h else ""
+        extra += f"  region={json.dumps(h['regions'][0])}" if h.get("regions") else ""
         lines.append(f"{r:>4}  {h['id']:>6}  {h['score']:7.4f}  {h['caption']}{extra}")
     return "\n".join(lines)

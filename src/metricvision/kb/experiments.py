@@ -73,10 +73,12 @@ def composed_recall(
 
 def run_alignment(
     out_dir: str | Path, text_model: str = "minilm", epochs: int = 40, dataset_path: Optional[str] = None,
-    build_kb: bool = False, seed: int = 0,
+    build_kb: bool = False, seed: int = 0, image_size: int = 128, tune_blocks: int = 0, backbone_lr: float = 1e-4,
+    loss: str = "clip", extra_texts: bool = True,
 ) -> Dict[str, Any]:
     """Align on the emoji train split, evaluate on the test split, train the combiner; write everything to out_dir.
 
+    image_size, tune_blocks, backbone_lr, loss, extra_texts: as in ``train_alignment``.
     Writes image_model.safetensors, combiner.safetensors, metrics.json (and kb/ with ``build_kb``).
     """
     from metricvision.data.emoji import load_emoji
@@ -86,12 +88,14 @@ def run_alignment(
     train, test = load_emoji("train", dataset_path), load_emoji("test", dataset_path)
     start = time.time()
     text = create_text_encoder(text_model)
-    model, logs = train_alignment(train, text, epochs=epochs, seed=seed)
+    align = {"image_size": image_size, "tune_blocks": tune_blocks, "backbone_lr": backbone_lr, "loss": loss,
+             "extra_texts": extra_texts}
+    model, logs = train_alignment(train, text, epochs=epochs, seed=seed, **align)
     card = save_image_model(model.embedder, out / "image_model.safetensors", model.card.image_size, text.name)
     model = ImageTextModel(card, model.embedder)
     align_seconds = time.time() - start
     metrics: Dict[str, Any] = {"text_to_image": text_to_image_recall(model, test), "align_seconds": align_seconds,
-                               "final_loss": logs[-1]["loss"] if logs else None}
+                               "final_loss": logs[-1]["loss"] if logs else None, "align_settings": align}
 
     embedded = {name: model.encode_images([s.image for s in part]) for name, part in (("train", train), ("test", test))}
     tq, ttexts, tt = tone_triplets(train)

@@ -14,6 +14,7 @@ from metricvision.data import load_image
 from metricvision.kb.compose import Combiner, weighted_sum
 from metricvision.kb.localize import boxes_from_map, heatmap_png, similarity_map, upsample
 from metricvision.kb.model import ImageTextModel
+from metricvision.kb.regions import best_regions, has_regions, load_regions, merge_with_regions
 from metricvision.kb.store import KnowledgeBase
 
 COMBINER_FILE = "combiner.safetensors"
@@ -116,7 +117,9 @@ def search(
         hits, best first: the item's fields (id, image, caption, label, metadata) plus
         score, and with ``with_heatmap`` the boxes [x0, y0, x1, y1, score] in pixels of the
         image (``size`` = [width, height]) and the heat map as base64 PNG (``heatmap``);
-        a hit whose map could not be made carries ``heatmap_error`` instead.
+        a hit whose map could not be made carries ``heatmap_error`` instead. In a KB with
+        regions (``kb.regions``) an item scores the max of its whole-image and best region
+        similarities, and its hit carries ``regions``: [{"box": [x0, y0, x1, y1], "score"}], best first.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -125,17 +128,24 @@ def search(
     if mode != "vector" and not (text and text.strip()):
         raise ValueError(f"mode '{mode}' needs a text")
     q = embed_query(kb, image, text, text_weight, combiner) if mode != "keyword" or with_heatmap else None
+    regions: Dict[int, List[Dict[str, Any]]] = {}
     if mode == "keyword":
         scores, ids = kb.keyword_search(text, k, filters)
     else:
         fetch = k if mode == "vector" else max(k, 50)
         vs, vi = kb.search(q[None].numpy(), fetch, filters)
+        if has_regions(kb.path):
+            allowed = kb.allowed_ids(filters) if filters else None
+            regions = best_regions(load_regions(kb.path), q.numpy(), allowed, max_items=fetch)
+            vs, vi = (x[None] for x in merge_with_regions(vs[0], vi[0], regions, fetch))
         scores, ids = (vs[0], vi[0]) if mode == "vector" else fuse_rrf([vi[0], kb.keyword_search(text, fetch, filters)[1]], k)
     valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
     items = kb.items([i for _, i in valid])
     hits = []
-    for rank, (score, i) in enumerate(valid):
+    for rank, (score, i) in enumerate(v for v in valid if v[1] in items):
         hit = {**items[i], "score": score}
+        if regions.get(i):
+            hit["regions"] = regions[i]
         if with_heatmap and rank < (k if heatmap_top is None else heatmap_top):
             if deadline is not None and time.monotonic() > deadline:
                 hit["heatmap_error"] = "skipped: the request's time budget is spent"

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from metricvision.data import Sample
+from metricvision.kb.align import _pick_variants, caption_variants, split_backbone, train_alignment
+from metricvision.models import Embedder
+from metricvision.models.text import create_text_encoder
+from shapes import shape_classes
+
+
+def test_caption_variants_use_the_emoji_metadata():
+    s = Sample(image=None, label=3, caption="waving hand",
+               meta={"subcategory": "hand-fingers-open", "short_names": ["wave", "hello_hand"]})
+    assert caption_variants(s) == ["waving hand", "waving hand, hand fingers open", "wave hello hand",
+                                   "an emoji of waving hand"]
+    assert caption_variants(Sample(image=None, label=0, caption="red circle")) == ["red circle", "an emoji of red circle"]
+
+
+def test_pick_variants_draws_one_text_of_each_class():
+    owner = torch.tensor([0, 0, 0, 1, 2, 2])
+    seen = set()
+    for _ in range(50):
+        picked = _pick_variants(owner, 3)
+        assert owner[picked].tolist() == [0, 1, 2]
+        seen.add(int(picked[0]))
+    assert seen == {0, 1, 2}
+    with pytest.raises(ValueError, match="1 have none"):
+        _pick_variants(owner, 4)
+
+
+def test_split_backbone_refuses_too_many_blocks():
+    e = Embedder("mobilenet_v2", pooling="avg", dim=8, pretrained=False)
+    trunk, top = split_backbone(e, 2)
+    assert len(trunk) + len(top) == len(e.backbone) and len(top) == 2
+    with pytest.raises(ValueError, match="tune_blocks must be in"):
+        split_backbone(e, len(e.backbone) + 1)
+
+
+def test_tuned_blocks_change_and_the_rest_stays():
+    reference = Embedder("mobilenet_v2", pooling="avg", dim=0, pretrained=True).backbone.state_dict()
+    model, logs = train_alignment(shape_classes(), create_text_encoder("hashing"), image_size=32, epochs=2,
+                                  batch_size=8, tune_blocks=1)
+    state = model.embedder.backbone.state_dict()
+    last = str(len(model.embedder.backbone) - 1)
+    changed = {k.split(".")[0] for k in state if not torch.equal(state[k], reference[k])}
+    assert changed == {last} and len(logs) == 2

@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metricvision.cli import main
+from metricvision.kb.regions import RegionTable, best_regions, grid_boxes, merge_with_regions
+from shapes import draw
+
+
+def test_grid_boxes_tile_the_image_at_every_scale():
+    boxes = grid_boxes(200, 120, scales=(0.5, 0.25), overlap=0.5)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 120).all()
+    for side in (60, 30):
+        same = boxes[boxes[:, 2] - boxes[:, 0] == side]
+        assert (same[:, 3] - same[:, 1] == side).all()
+        covered = np.zeros((120, 200), bool)
+        for x0, y0, x1, y1 in same.astype(int):
+            covered[y0:y1, x0:x1] = True
+        assert covered.all()
+    assert len(grid_boxes(100, 100, scales=(1.0,))) == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [({"scales": (0.0,)}, "scales must be in"), ({"overlap": 1.0}, "overlap must be in")])
+def test_grid_boxes_refuse_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        grid_boxes(64, 64, **kwargs)
+
+
+def test_best_regions_and_merge_against_a_loop():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, 5)).astype(np.float32)
+    table = RegionTable(item_ids=np.repeat(np.arange(4), 3), boxes=rng.uniform(0, 9, (12, 4)).astype(np.float32), embeddings=emb)
+    q = rng.normal(size=5).astype(np.float32)
+    found = best_regions(table, q, allowed=np.array([1, 3]), per_item=2)
+    assert sorted(found) == [1, 3]
+    for i, regions in found.items():
+        ref = sorted(emb[3 * i : 3 * i + 3] @ q, reverse=True)[:2]
+        assert [r["score"] for r in regions] == pytest.approx(ref)
+    scores, ids = merge_with_regions(np.array([5.0, -1.0]), np.array([0, 1]), found, k=3)
+    best = {0: 5.0, 1: max(-1.0, found[1][0]["score"]), 3: found[3][0]["score"]}
+    assert list(ids) == sorted(best, key=lambda i: -best[i])
+    assert list(scores) == pytest.approx(sorted(best.values(), reverse=True))
+
+
+def scene(obj: np.ndarray, at: tuple, side: int = 192) -> Image.Image:
+    im = Image.new("RGB", (side, side), (235, 235, 235))
+    im.paste(Image.fromarray(obj), at)
+    return im
+
+
+def test_kb_with_regions_finds_the_small_object_and_its_box(tmp_path, shapes_kb, capsys):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    scene(draw("circle", "red", 28), (130, 20)).save(folder / "0.png")
+    for n, (shape, color) in enumerate([("square", "blue"), ("triangle", "green"), ("square", "yellow")], 1):
+        scene(draw(shape, color, 28), (20 + 30 * n, 120)).save(folder / f"{n}.png")
+    ckpt = str(shapes_kb.path / shapes_kb.card.checkpoint)
+    kb = str(tmp_path / "kb")
+    assert main(["kb", "build", kb, "--from-folder", str(folder), "--checkpoint", ckpt, "--regions", "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["items"] == 4 and built["regions"] > 4 * 50
+    query = tmp_path / "red_circle.png"
+    Image.fromarray(draw("circle", "red", 32)).save(query)
+    assert main(["search", kb, "--image", str(query), "--k", "4", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["caption"] == "0"  # the scene with the red circle
+    x0, y0, x1, y1 = hits[0]["regions"][0]["box"]
+    assert x0 <= 144 <= x1 and y0 <= 34 <= y1  # the circle's centre
+    assert hits[0]["score"] == pytest.approx(max(r["score"] for h in hits for r in h["regions"]))
+    assert main(["kb", "add", kb, "--from-folder", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["regions"] == built["regions"]
+
+
+def test_best_regions_max_items_keeps_the_best_items_in_order():
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(40, 6)).astype(np.float32)
+    table = RegionTable(item_ids=rng.integers(0, 10, 40), boxes=np.zeros((40, 4), np.float32), embeddings=emb)
+    q = rng.normal(size=6).astype(np.float32)
+    every = best_regions(table, q, per_item=1)
+    top = best_regions(table, q, per_item=1, max_items=3)
+    ranked = sorted(every, key=lambda i: -every[i][0]["score"])
+    assert list(top) == ranked[:3] and list(every) == ranked
