@@ -13,14 +13,18 @@ import torch.nn.functional as F
 from metricvision.index.flat import FlatIndex
 
 
-def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0, symmetric: bool = True) -> torch.Tensor:
-    """k-NN affinity with similarities raised to ``gamma``: W + W^T, or W itself (row i holds i's k neighbours).
+GRAPH_KINDS = ("symmetric", "directed", "mutual")
+
+
+def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0, kind: str = "symmetric") -> torch.Tensor:
+    """k-NN affinity with similarities raised to ``gamma``.
 
     Args:
         embeddings: (N, D) embeddings (L2-normalized here; cosine similarity).
         k: neighbours per node (self excluded); clipped to N - 1.
         gamma: power applied to the (non-negative) similarities.
-        symmetric: return W + W^T (else the directed W).
+        kind: "symmetric" W + W^T, "directed" W itself (row i holds i's k neighbours), or "mutual":
+            an edge only between mutual k-NN (i among j's k neighbours and j among i's), weight s_ij^gamma.
 
     Returns:
         (N, N) sparse COO affinity, zero diagonal.
@@ -29,6 +33,8 @@ def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0, symmetr
         raise ValueError(f"k must be >= 1, got {k}")
     if gamma <= 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"kind must be one of {GRAPH_KINDS}, got '{kind}'")
     x = F.normalize(embeddings.detach().float().cpu(), dim=1)
     n = x.shape[0]
     k = min(k, n - 1)
@@ -42,8 +48,11 @@ def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0, symmetr
     # drop self wherever it appears (ties may push it out of column 0)
     keep = (ids != rows) & (ids >= 0)
     r, c, s = rows[keep], ids[keep], scores[keep].clamp_min(0.0) ** gamma
+    if kind == "mutual":
+        both = torch.isin(c * n + r, r * n + c)
+        r, c, s = r[both], c[both], s[both] / 2  # (W + W^T) / 2 on mutual pairs: exactly symmetric
     W = torch.sparse_coo_tensor(torch.stack([r, c]), s, (n, n), check_invariants=False)
-    return (W + W.t()).coalesce() if symmetric else W.coalesce()
+    return W.coalesce() if kind == "directed" else (W + W.t()).coalesce()
 
 
 def stationary_distribution(A: torch.Tensor, damping: float = 0.99, tol: float = 1e-10, max_iter: int = 1000) -> torch.Tensor:
