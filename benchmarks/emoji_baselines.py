@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Dict
 
@@ -22,6 +23,9 @@ from metricvision.engine.builders import build_model
 from metricvision.engine.runs import load_run
 from metricvision.metrics import evaluate_retrieval
 from metricvision.models import Embedder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pixel_baselines import pixel_embeddings  # noqa: E402
 
 KEYS = ("precision@1", "recall@4", "r_precision", "map@r", "nmi")
 
@@ -39,8 +43,7 @@ def main() -> None:
     test = load_emoji("test")
     labels = np.array([s.label for s in test])
     rows: Dict[str, Dict[str, float]] = {}
-    pixels = torch.tensor(np.stack([s.image for s in test]).reshape(len(test), -1), dtype=torch.float32) / 255
-    rows["raw pixels (40x40x3)"] = evaluate_retrieval(torch.nn.functional.normalize(pixels - pixels.mean(0), dim=1), labels)
+    rows["raw pixels (40x40x3)"] = evaluate_retrieval(pixel_embeddings(test), labels)
     recipe.model.pretrained = False
     torch.manual_seed(0)
     rows["untrained model (random init)"] = evaluate_retrieval(embed(build_model(recipe), test, recipe.data.image_size), labels)

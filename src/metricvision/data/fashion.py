@@ -94,7 +94,7 @@ def _samples(path: Optional[str]) -> Tuple[List[Sample], np.ndarray]:
     return samples, original
 
 
-@register_dataset("fashion", protocol="retrieval", licence=_LICENCE,
+@register_dataset("fashion", protocol="retrieval", licence=_LICENCE, fetch="fashion",
                   description="Fashion-MNIST, 70,000 images of 10 classes (`data fetch fashion`): "
                               "category retrieval, classes 0-4 train, 5-9 test")
 def fashion_splits(path: Optional[str] = None, train_classes: int = 5) -> Splits:
@@ -108,7 +108,7 @@ def fashion_splits(path: Optional[str] = None, train_classes: int = 5) -> Splits
     return out
 
 
-@register_dataset("fashion_incremental", protocol="incremental", class_disjoint=False, licence=_LICENCE,
+@register_dataset("fashion_incremental", protocol="incremental", class_disjoint=False, licence=_LICENCE, fetch="fashion",
                   description="Fashion-MNIST class-incremental: original train / test, classes cut into tasks in order")
 def fashion_incremental_splits(path: Optional[str] = None) -> Splits:
     """{"train", "test"}: the original files, every class on both sides."""
@@ -124,7 +124,7 @@ def pareto_counts(n_max: int, num_classes: int, imbalance: float) -> List[int]:
     return [max(1, int(round(n_max / (c + 1) ** a))) for c in range(num_classes)]
 
 
-@register_dataset("fashion_longtail", protocol="longtail", class_disjoint=False, licence=_LICENCE,
+@register_dataset("fashion_longtail", protocol="longtail", class_disjoint=False, licence=_LICENCE, fetch="fashion",
                   description="Fashion-MNIST long tail: train thinned to a Pareto profile (6000 .. 12), balanced test")
 def fashion_longtail_splits(path: Optional[str] = None, imbalance: float = 500.0) -> Splits:
     """{"train": the first pareto_counts(...)[c] train images of class c, "test": the original test file}.
@@ -141,7 +141,7 @@ def fashion_longtail_splits(path: Optional[str] = None, imbalance: float = 500.0
 
 
 @register_dataset("fashion_openset", splits=("train", "test", "open"), protocol="openset", class_disjoint=False,
-                  licence=_LICENCE, description="Fashion-MNIST open set: classes 0-5 known (train / test), 6-9 open")
+                  licence=_LICENCE, fetch="fashion", description="Fashion-MNIST open set: classes 0-5 known (train / test), 6-9 open")
 def fashion_openset_splits(path: Optional[str] = None, known: int = 6) -> Splits:
     """{"train", "test"}: known classes of the original files; "open": test images of the other classes (label -1)."""
     if not 0 < known < len(CLASSES):

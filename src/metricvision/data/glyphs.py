@@ -180,7 +180,7 @@ _LICENCE = "OFL-1.1 (Noto, most fonts), GPL + font exception, GUST, Apache-2.0 (
 
 
 @register_dataset(
-    "glyphs", protocol="retrieval", licence=_LICENCE,
+    "glyphs", protocol="retrieval", licence=_LICENCE, fetch="glyphs",
     description="1,545 characters of 31 scripts x 1,013 free fonts, 46,044 images (`data fetch glyphs`); "
                 "characters alternate train / test",
 )
@@ -191,7 +191,7 @@ def glyphs_splits(path: Optional[str] = None) -> Splits:
 
 
 @register_dataset(
-    "glyphs_fewshot", protocol="fewshot", licence=_LICENCE,
+    "glyphs_fewshot", protocol="fewshot", licence=_LICENCE, fetch="glyphs",
     description="glyphs, Omniglot-style: 758 characters of 15 background scripts train, 787 of 16 evaluation scripts test",
 )
 def glyphs_fewshot_splits(path: Optional[str] = None) -> Splits:

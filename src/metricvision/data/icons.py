@@ -159,7 +159,7 @@ def fetch_and_build(size: int = DEFAULT_SIZE, out: Optional[Path] = None) -> Dic
 
 
 @register_dataset(
-    "icons", protocol="retrieval",
+    "icons", protocol="retrieval", fetch="icons",
     licence="GPL / LGPL / CC-BY-SA / public domain per theme (see NOTICE); built locally, not shipped",
     description="3,790 icon names drawn by 15 Debian icon themes, 23,372 images (`data fetch icons`); "
                 "names alternate train / test",

@@ -44,6 +44,8 @@ class DatasetInfo:
         needs_path: whether ``create`` needs a path (its folder in the native layout).
         licence: the terms of the data, in a few words.
         description: one line for `metricvision data list`.
+        fetch: the `metricvision data fetch` NAME that builds its default file into the cache ("" when
+            none: it ships with the package or is read at a path).
     """
 
     name: str
@@ -54,6 +56,7 @@ class DatasetInfo:
     needs_path: bool = True
     licence: str = ""
     description: str = ""
+    fetch: str = ""
 
 
 def _first_param_required(fn: Callable[..., Any]) -> bool:

@@ -27,7 +27,7 @@ from metricvision._atomic import atomic_write
 from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, eval_recipes,
                                           resolve_eval, run_evaluations)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
-from metricvision.index.whitening import WHITENINGS, fit_whitening
+from metricvision.index.whitening import WHITENING_FILE, WHITENINGS, fit_whitening, save_whitening
 from metricvision.losses import LossOutput
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -366,6 +366,7 @@ class Trainer:
         whiten = None
         if e.whitening != "none":
             whiten = fit_whitening(e.whitening, self.embed(self.train_samples, desc="embedding the training set"), [s.label for s in self.train_samples])
+            save_whitening(whiten, self.run_dir / WHITENING_FILE)  # `metricvision embed RUN` applies it
 
         def embed_fn(samples: List[Sample]) -> torch.Tensor:
             emb = self.embed(samples) if whiten is None else whiten.transform(self.embed(samples))

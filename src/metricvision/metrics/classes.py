@@ -1,7 +1,8 @@
 """Class-level protocols: few-shot episodes, long-tail shot groups, open set, class-incremental.
 
 - few-shot: N-way K-shot episodes scored by prototypes (Snell et al. 2017), accuracy mean
-  +- 1.96 std / sqrt(episodes), as the miniImageNet literature reports it.
+  +- 1.96 std / sqrt(episodes), as the miniImageNet literature reports it; ``fewshot_grid`` runs
+  several (N, K) on one embedding (Omniglot's 5 / 20-way, 1 / 5-shot).
 - long-tail: OLTR's ``shot_acc`` (Liu et al. 2019, github.com/zhmiao/OpenLongTailRecognition-OLTR,
   utils.py): per-class accuracy averaged within many / medium / few-shot groups; groups are
   many >= 100 and few <= 20 training images, as the issue specifies (OLTR's code uses > 100 and < 20).
@@ -89,6 +90,13 @@ def open_set_f_measure(pred: np.ndarray, labels: np.ndarray) -> float:
 def open_set_scores(scores: ArrayLike, classes: np.ndarray, labels: np.ndarray, threshold: float = 0.1, temperature: float = 0.1) -> Dict[str, float]:
     """F-measure with rejection and AUROC (known = positive) from (N, C) class similarities.
 
+    ``auroc`` ranks items by the softmax confidence (OLTR's score), ``auroc_max_score`` by the
+    best raw score (the similarity to the nearest class mean; a classifier's largest logit). They
+    can disagree on either side of 0.5: an unknown class that resembles exactly one known class
+    (Fashion-MNIST's sneakers, only near sandals) gets a confident softmax while known classes
+    that resemble each other (pullover, coat) do not, so ``auroc`` falls below 0.5 although
+    the unknown items are farther from every class mean (``auroc_max_score`` above 0.5).
+
     Args:
         scores: (N, C) float32 / float64 similarities to the known classes, finite.
         classes: (C,) class labels of the columns.
@@ -102,7 +110,9 @@ def open_set_scores(scores: ArrayLike, classes: np.ndarray, labels: np.ndarray, 
     pred = np.where(conf.numpy() < threshold, -1, classes[arg.numpy()])
     known = labels != -1
     out = {"f_measure": open_set_f_measure(pred, labels), "closed_accuracy": float((pred[known] == labels[known]).mean())}
-    out["auroc"] = float(roc_auc_score(known, conf.numpy())) if known.any() and (~known).any() else float("nan")
+    both = known.any() and (~known).any()
+    out["auroc"] = float(roc_auc_score(known, conf.numpy())) if both else float("nan")
+    out["auroc_max_score"] = float(roc_auc_score(known, scores.max(1).values.numpy())) if both else float("nan")
     return out
 
 
@@ -128,6 +138,22 @@ def few_shot(embed_fn: EmbedFn, splits: Splits, n_way: int = 5, k_shot: int = 1,
     """N-way K-shot episodes on the ``split`` split (miniImageNet "test", or any dataset)."""
     require_splits(splits, [split], "fewshot")
     return few_shot_accuracy(embed(embed_fn, splits[split]), labels_of(splits[split]), n_way, k_shot, n_query, episodes, seed)
+
+
+@PROTOCOLS.register("fewshot_grid")
+def few_shot_grid(embed_fn: EmbedFn, splits: Splits, ways: Sequence[int] = (5, 20), shots: Sequence[int] = (1, 5),
+                  n_query: int = 15, episodes: int = 600, seed: int = 0, split: str = "test") -> Dict[str, float]:
+    """Every N-way K-shot setting of ``ways`` x ``shots`` (Omniglot's 5 / 20-way, 1 / 5-shot) on one
+    embedding of the ``split`` split: "{N}way_{K}shot" (accuracy) and "{N}way_{K}shot_ci95" (95% interval)."""
+    require_splits(splits, [split], "fewshot_grid")
+    x, y = embed(embed_fn, splits[split]), labels_of(splits[split])
+    out: Dict[str, float] = {}
+    for n in ways:
+        for k in shots:
+            r = few_shot_accuracy(x, y, int(n), int(k), n_query, episodes, seed)
+            out[f"{n}way_{k}shot"], out[f"{n}way_{k}shot_ci95"] = r["accuracy"], r["ci95"]
+    out["episodes"] = float(episodes)
+    return out
 
 
 @PROTOCOLS.register("longtail")

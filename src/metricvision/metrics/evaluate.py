@@ -1,9 +1,10 @@
 """Streaming evaluation of category retrieval, with k = max(max(ks), largest R).
 
 Queries against separate references go through an index in chunks, holding one (chunk, k)
-neighbour list at a time; leave-one-out runs ``self_knn``, which yields finished row blocks
-and holds about k + 128 candidates per row. Metrics are running sums, never N x N: 1M x 128
-embeddings evaluate in a few GB.
+neighbour list at a time; leave-one-out with k <= SELF_KNN_MAX_K runs ``self_knn``, which yields
+finished row blocks and holds about k + 128 candidates per row (larger k, as in category-level sets
+of a few thousand images a class, goes through the index too). Metrics are running sums, never
+N x N: 1M x 128 embeddings evaluate in a few GB.
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from metricvision.metrics.clustering import cluster_scores
 from metricvision.metrics.retrieval import ap_at_r_per_query, hits_from_labels, r_precision_per_query
 
 ArrayLike = np.ndarray | torch.Tensor
+# Leave-one-out k above this goes through the chunked exact index instead of ``self_knn``: self_knn
+# holds (N, >= k + 128) candidate lists, and above block / 16 = 4096 / 16 neighbours its diagonal
+# blocks give no first bound of the k-th best, so the lists widen towards N x N (Fashion-MNIST's
+# 35,000 test images, R = 6,999: 13 GB); the index holds (query_chunk, k) at a time.
+SELF_KNN_MAX_K = 256
 
 
 def evaluate_retrieval(
@@ -115,13 +121,13 @@ def retrieval_scores(
 def _ranked(q: np.ndarray, qy: np.ndarray, r: np.ndarray, loo: bool, k: int, index: Optional[Index], query_chunk: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """(query rows (b,), (b, k) ranked reference ids) for chunks covering every query once.
 
-    Equal scores rank the smaller reference index first. Leave-one-out with no index given
-    runs the symmetric ``self_knn`` (each pair of blocks scored once) on the queries ordered
+    Equal scores rank the smaller reference index first. Leave-one-out with no index given and
+    k <= SELF_KNN_MAX_K runs the symmetric ``self_knn`` (each pair of blocks scored once) on the queries ordered
     by label: a row's first block then holds its class mates, so its threshold starts near its
     final value and fewer candidates are kept. The order changes the speed only: ties are
     broken by the original index, so the neighbours, and the metrics, do not depend on it.
     """
-    if loo and index is None and k >= 1:
+    if loo and index is None and 1 <= k <= SELF_KNN_MAX_K:
         from metricvision.index.self_knn import self_knn  # numba loads here, not at import
 
         order = np.argsort(qy, kind="stable")
@@ -157,7 +163,7 @@ def _settle_last_place(q: np.ndarray, r: np.ndarray, scores: np.ndarray, ids: np
 def exact_index(dim: int) -> Index:
     """Exact inner-product index for queries against separate references: faiss's flat index
     when faiss is installed (BLAS matmul + fused heap top-k), else the torch FlatIndex.
-    (Leave-one-out, one set against itself, goes through the faster ``self_knn``.)"""
+    (Leave-one-out, one set against itself, goes through the faster ``self_knn`` while k is small.)"""
     try:
         return FaissIndex(dim, "Flat", "ip")
     except ImportError:
