@@ -16,7 +16,8 @@ ROOT=${ROOT:-runs/settings}
 OUT=${OUT:-benchmarks/results_settings.json}
 mkdir -p "$ROOT"
 echo "load at the start: $(uptime)"
-matrix() { python benchmarks/run_matrix.py --seeds 0 1 2 --root "$ROOT" "$@"; }
+PYTHON=${PYTHON:-python3}
+matrix() { "$PYTHON" benchmarks/run_matrix.py --seeds 0 1 2 --root "$ROOT" "$@"; }
 
 # Every call runs at once, in the background: the main call with the given --jobs, the others with one
 # torch thread per job, so the cores stay busy until the longest chain (teacher, then student) ends.
@@ -46,8 +47,8 @@ for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 for s in 0 1 2; do
   run="$ROOT/fewshot_dense__-__s$s"
   [ -f "$run/implant.json" ] || [ ! -f "$run/metrics.json" ] || \
-    python -m metricvision.cli implant "$run" --n-query 5 --episodes 200 --seed 0 > "$run/implant.log" 2>&1 &
+    "$PYTHON" -m metricvision.cli implant "$run" --n-query 5 --episodes 200 --seed 0 > "$run/implant.log" 2>&1 &
 done
 wait
 echo "load at the end: $(uptime)"
-python benchmarks/settings_table.py "$ROOT"/*.json --runs "$ROOT" --out "$OUT"
+"$PYTHON" benchmarks/settings_table.py "$ROOT"/*.json --runs "$ROOT" --out "$OUT"

@@ -47,19 +47,38 @@ def test_implant_command_evaluates_a_dense_run(tmp_path, emoji_small):
 
     from metricvision.cli import main
     from metricvision.engine.runs import load_run
-    from metricvision.supervision.implant import BackboneImplant, block_maps
 
     train, test = emoji_small
     run = tmp_path / "run"
     Trainer(load_recipe("fewshot_dense", TINY + ["eval.clustering=false"]), run, train, test).fit()
-    # the implant sees the last block's input, strided to its output, and keeps the block's own maps first
-    _, model = load_run(run)
-    stem, last = block_maps(model.backbone, torch.rand(2, 3, 40, 40))
-    imp = BackboneImplant(stem.shape[1], 8, stem.shape[-1] // last.shape[-1])
-    out = imp(stem, last)
-    assert out.shape == (2, last.shape[1] + 8, *last.shape[-2:]) and torch.equal(out[:, : last.shape[1]], last)
     # the command reads the run's evaluation dataset (emoji test: 2 renderings per identity in the real split)
     assert main(["implant", str(run), "--n-way", "3", "--k-shot", "1", "--n-query", "1", "--episodes", "3",
-                 "--steps", "2", "--json"]) == 0
+                 "--steps", "2", "--layers", "3", "--json"]) == 0
     result = json.loads((run / "implant.json").read_text())
     assert result["episodes"] == 3 and 0 <= result["accuracy"] <= 1 and 0 <= result["frozen_accuracy"] <= 1
+    assert result["layers"] == 3
+
+
+def test_implants_run_beside_each_of_the_last_conv_layers():
+    from metricvision.models.backbones import small_cnn
+    from metricvision.supervision.implant import BackboneImplant, block_maps, conv_layers, split_last_layers
+
+    backbone, _ = small_cnn()
+    backbone.eval()
+    layers = conv_layers(backbone)  # 4 blocks of 2 convolutions, each with its norm / activation / pooling
+    assert len(layers) == 8 and all(isinstance(l[0], torch.nn.Conv2d) for l in layers)
+    assert isinstance(layers[1][-1], torch.nn.MaxPool2d)
+    x = torch.rand(2, 3, 40, 40)
+    stem, units = split_last_layers(backbone, 2)
+    assert torch.equal(torch.nn.Sequential(stem, *units)(x), backbone(x))  # the cut changes nothing
+    inputs, last = block_maps(backbone, x, layers=2)
+    assert [tuple(i.shape) for i in inputs] == [(2, 128, 5, 5), (2, 256, 5, 5)] and last.shape == (2, 256, 5, 5)
+    inputs = [i.requires_grad_(True) for i in inputs]
+    imp = BackboneImplant([128, 256], 8, [1, 1])
+    out = imp(inputs, last)
+    # the original maps come first, unchanged; the implant stream starts at the first implanted layer
+    assert out.shape == (2, 256 + 8, 5, 5) and torch.equal(out[:, :256], last)
+    out[:, 256:].sum().backward()
+    assert inputs[0].grad.abs().sum() > 0 and inputs[1].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="layers must be in \\[1, 7\\] for this backbone \\(8 conv layers\\), got 8"):
+        split_last_layers(backbone, 8)

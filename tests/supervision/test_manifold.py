@@ -53,7 +53,7 @@ def test_supervision_batches_and_relevance():
 
 
 def _loop_stationary(x, k, gamma, damping, iters=3000):
-    """Plain loops: directed k-NN affinity, row-normalized walk with a uniform jump, power iteration."""
+    """Plain loops: mutual k-NN affinity, row-normalized walk with a uniform jump, power iteration."""
     x = torch.nn.functional.normalize(x.double(), dim=1).tolist()
     n = len(x)
     sims = [[sum(a * b for a, b in zip(x[i], x[j])) for j in range(n)] for i in range(n)]
@@ -61,7 +61,8 @@ def _loop_stationary(x, k, gamma, damping, iters=3000):
     A = [[0.0] * n for _ in range(n)]
     for i in range(n):
         for j in nbrs[i]:
-            A[i][j] = max(0.0, sims[i][j]) ** gamma
+            if i in nbrs[j]:
+                A[i][j] = max(0.0, sims[i][j]) ** gamma
     pi = [1.0 / n] * n
     for _ in range(iters):
         new = [(1 - damping) / n] * n
@@ -70,7 +71,8 @@ def _loop_stationary(x, k, gamma, damping, iters=3000):
             for j in range(n):
                 new[j] += damping * pi[i] * (A[i][j] / row if row > 0 else 1.0 / n)
         pi = new
-    modes = [i for i in range(n) if all(pi[i] >= pi[j] for j in nbrs[i])]
+    edges = [[j for j in range(n) if A[i][j] > 0] for i in range(n)]
+    modes = [i for i in range(n) if edges[i] and all(pi[i] >= pi[j] for j in edges[i])]
     return torch.tensor(pi, dtype=torch.float64), sorted(modes, key=lambda i: -pi[i])
 
 

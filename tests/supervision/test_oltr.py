@@ -15,7 +15,7 @@ from metricvision.supervision.oltr import class_centroids, first_appearance
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from native_datasets import pictures, save, write_long_tail  # noqa: E402
 
-TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "model.dim=16", "data.image_size=16",
+TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.dim=16", "data.image_size=16",
         "data.num_workers=0", "data.batch_size=8", "data.samples_per_class=4", "train.epochs=1", "train.eval_every=0",
         "optim.warmup_steps=1", "train.threads=1", "eval.params.many=8", "eval.params.few=3",
         "supervision.params.samples_per_class=4"]
@@ -95,3 +95,27 @@ def test_emoji_lt_oltr_recipe_with_an_open_split(tmp_path, capsys):
     assert main(["train", "emoji_lt_oltr", *[a for kv in sets for a in ("--set", kv)], "--out", str(run), "--json"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"accuracy", "few_shot", "oltr_accuracy", "oltr_f_measure", "oltr_auroc"} <= set(metrics)
+
+
+def test_modulated_attention_equals_a_loop_and_starts_as_gem():
+    from metricvision.models import Embedder
+    from metricvision.models.pooling import GeM, ModulatedAttention
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 6, 3, 4, generator=g)
+    att = ModulatedAttention(6, reduction=2)
+    assert torch.allclose(att(x), GeM()(x), atol=1e-6)  # zero-initialised mask: the identity on the maps
+    torch.nn.init.normal_(att.mask.weight, generator=g)
+    want = torch.empty_like(x)
+    for n in range(2):
+        f = x[n].reshape(6, -1)  # (C, HW)
+        conv = lambda m, v: m.weight.reshape(m.weight.shape[0], -1) @ v + (0 if m.bias is None else m.bias[:, None])
+        theta, phi, gx = conv(att.theta, f), conv(att.phi, f), conv(att.g, f)
+        sa = torch.stack([sum(torch.softmax(theta[:, i] @ phi, 0)[j] * gx[:, j] for j in range(12)) for i in range(12)], 1)
+        where = torch.softmax(conv(att.spatial, f)[0], 0)
+        want[n] = (f + where * conv(att.mask, sa)).reshape(6, 3, 4)
+    assert torch.allclose(att.attend(x), want, atol=1e-5)
+    emb = Embedder("small_cnn", pooling="modulated_attention", dim=8)  # the backbone's channels reach the pooling
+    assert emb.pool.theta.in_channels == 256 and emb(torch.rand(2, 3, 32, 32)).shape == (2, 8)
+    with pytest.raises(ValueError, match="reduction in \\[1, channels\\], got 6, 7"):
+        ModulatedAttention(6, reduction=7)

@@ -28,9 +28,15 @@ def test_knn_graph_matches_loop():
         s[i] = -float("inf")
         for j in s.topk(4).indices:
             ref[i, j] = S[i, j].clamp_min(0) ** 3
-    ref = ref + ref.T
-    assert torch.allclose(W, ref, atol=1e-5)
+    assert torch.allclose(W, ref + ref.T, atol=1e-5)
     assert torch.all(W.diagonal() == 0)
+    assert torch.allclose(knn_graph(x, k=4, gamma=3.0, kind="directed").to_dense(), ref, atol=1e-5)
+    mutual = knn_graph(x, k=4, gamma=3.0, kind="mutual").to_dense()
+    want = torch.where((ref > 0) & (ref.T > 0), ref, torch.zeros_like(ref))
+    assert torch.allclose(mutual, want, atol=1e-5) and torch.equal(mutual, mutual.T)
+    assert 0 < int((want > 0).sum()) < int((ref > 0).sum())
+    with pytest.raises(ValueError, match="kind must be one of .*, got 'reciprocal'"):
+        knn_graph(x, k=4, kind="reciprocal")
 
 
 def test_cg_equals_direct_solve_and_scipy():

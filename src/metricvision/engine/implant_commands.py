@@ -16,7 +16,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k-shot", type=int, default=1, help="support images per class (default 1)")
     p.add_argument("--n-query", type=int, default=15, help="query images per class (default 15)")
     p.add_argument("--episodes", type=int, default=200, help="number of episodes (default 200)")
-    p.add_argument("--dim", type=int, default=32, help="implant filters")
+    p.add_argument("--dim", type=int, default=32, help="filters of each implant (default 32)")
+    p.add_argument("--layers", type=int, default=2, help="last conv layers of the backbone with an implant beside them (default 2)")
     p.add_argument("--steps", type=int, default=20, help="SGD steps on each support set")
     p.add_argument("--seed", type=int, default=0, help="seed of the episode sampler (default 0)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -42,10 +43,11 @@ def implant(args: argparse.Namespace) -> Dict[str, Any]:
     samples = splits[args.split]
     data = SampleDataset(samples, TRANSFORMS.create("eval", size=recipe.data.image_size))
     images = torch.stack([data[i][0] for i in range(len(data))])
-    stem, last = block_maps(model.backbone, (images - model.mean) / model.std)
-    result: Dict[str, Any] = evaluate_implanting(stem, last, np.array([s.label for s in samples]), args.n_way, args.k_shot,
+    inputs, last = block_maps(model.backbone, (images - model.mean) / model.std, args.layers)
+    result: Dict[str, Any] = evaluate_implanting(inputs, last, np.array([s.label for s in samples]), args.n_way, args.k_shot,
                                                  args.n_query, args.episodes, args.seed, args.dim, args.steps)
-    result.update({"n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query, "split": args.split})
+    result.update({"n_way": args.n_way, "k_shot": args.k_shot, "n_query": args.n_query, "split": args.split,
+                   "layers": args.layers})
     with atomic_write(args.run / "implant.json") as f:
         f.write(json.dumps(result, indent=2).encode())
     return result

@@ -9,8 +9,9 @@ For a (B, D) direct feature v (the embedding), with a memory M of (C, D) class c
 and the cosine-norm classifier scores s (|v_meta| / (1 + |v_meta|)) <v_meta / |v_meta|, w_c / |w_c|>,
 so a sample far from every centroid gets flat scores (open-set rejection by confidence). The loss is
 cross-entropy plus ``centroid_weight`` x the attraction of v to its class centroid. OLTR's modulated
-attention on feature maps and the repelling term of its centroid loss are left out; the centroids
-are set from outside (``set_centroids``: the ``oltr`` supervision refreshes them every epoch).
+attention on the feature maps is a pooling of the Embedder (``modulated_attention``, models/pooling.py);
+the repelling term of its centroid loss is left out; the centroids are set from outside
+(``set_centroids``: the ``oltr`` supervision refreshes them every epoch).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from metricvision.models.backbones import create_backbone
 from metricvision.models.multiscale import multiscale_embed
-from metricvision.models.pooling import POOLINGS, GeM
+from metricvision.models.pooling import GeM, create_pooling
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,7 +21,7 @@ class Embedder(nn.Module):
 
     Args:
         backbone: backbone name (see ``create_backbone``).
-        pooling: "avg", "gem" or "max".
+        pooling: a POOLINGS name ("avg", "gem", "max", "modulated_attention").
         dim: embedding size D; 0 keeps the backbone's C channels (no head).
         pretrained: load pretrained backbone weights (offline resolver).
         weights_path: explicit weights file for the backbone.
@@ -59,7 +59,7 @@ class Embedder(nn.Module):
         self.backbone, channels = create_backbone(backbone, pretrained, weights_path, last_stride)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
-        self.pool = POOLINGS.create(pooling)
+        self.pool = create_pooling(pooling, channels)
         self.head: nn.Module = nn.Linear(channels, dim) if dim else nn.Identity()
         self.dim = dim or channels
         self.normalize = normalize

@@ -5,22 +5,27 @@ Shared by label propagation (Iscen et al., CVPR 2019) and mining on manifolds
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metricvision.index.flat import FlatIndex
 
 
-def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0, symmetric: bool = True) -> torch.Tensor:
-    """k-NN affinity with similarities raised to ``gamma``: W + W^T, or W itself (row i holds i's k neighbours).
+GRAPH_KINDS = ("symmetric", "directed", "mutual")
+
+
+def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0, kind: str = "symmetric") -> torch.Tensor:
+    """k-NN affinity with similarities raised to ``gamma``.
 
     Args:
         embeddings: (N, D) embeddings (L2-normalized here; cosine similarity).
         k: neighbours per node (self excluded); clipped to N - 1.
         gamma: power applied to the (non-negative) similarities.
-        symmetric: return W + W^T (else the directed W).
+        kind: "symmetric" W + W^T, "directed" W itself (row i holds i's k neighbours), or "mutual":
+            an edge only between mutual k-NN (i among j's k neighbours and j among i's), weight s_ij^gamma.
 
     Returns:
         (N, N) sparse COO affinity, zero diagonal.
@@ -29,21 +34,27 @@ def knn_graph(embeddings: torch.Tensor, k: int = 50, gamma: float = 3.0, symmetr
         raise ValueError(f"k must be >= 1, got {k}")
     if gamma <= 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"kind must be one of {GRAPH_KINDS}, got '{kind}'")
     x = F.normalize(embeddings.detach().float().cpu(), dim=1)
     n = x.shape[0]
     k = min(k, n - 1)
     if k < 1:
         return torch.sparse_coo_tensor(torch.empty(2, 0, dtype=torch.int64), torch.empty(0), (n, n), check_invariants=False).coalesce()
-    index = FlatIndex(x.shape[1], "ip")
-    index.add(x)
-    scores, ids = index.search(x, k + 1)
-    scores, ids = torch.from_numpy(scores), torch.from_numpy(ids)
+    from metricvision.index.self_knn import self_knn  # numba loads here, not at import
+
+    # exact leave-one-out k-NN: each pair of blocks scored once (half the matmuls of a search), bf16 where it pays
+    found = list(self_knn(x, k, progress=False))
+    scores = torch.from_numpy(np.concatenate([f[1] for f in found]))
+    ids = torch.from_numpy(np.concatenate([f[2] for f in found]))
     rows = torch.arange(n).unsqueeze(1).expand_as(ids)
-    # drop self wherever it appears (ties may push it out of column 0)
-    keep = (ids != rows) & (ids >= 0)
+    keep = ids >= 0
     r, c, s = rows[keep], ids[keep], scores[keep].clamp_min(0.0) ** gamma
+    if kind == "mutual":
+        both = torch.isin(c * n + r, r * n + c)
+        r, c, s = r[both], c[both], s[both] / 2  # (W + W^T) / 2 on mutual pairs: exactly symmetric
     W = torch.sparse_coo_tensor(torch.stack([r, c]), s, (n, n), check_invariants=False)
-    return (W + W.t()).coalesce() if symmetric else W.coalesce()
+    return W.coalesce() if kind == "directed" else (W + W.t()).coalesce()
 
 
 def stationary_distribution(A: torch.Tensor, damping: float = 0.99, tol: float = 1e-10, max_iter: int = 1000) -> torch.Tensor:
@@ -133,4 +144,7 @@ def diffuse(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     Y = Y.to(W_normalized.dtype)
-    return conjugate_gradient(lambda X: X - alpha * torch.sparse.mm(W_normalized, X), Y, tol, max_iter)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        W = W_normalized.to_sparse_csr() if W_normalized.layout == torch.sparse_coo else W_normalized  # 2-3x faster products
+    return conjugate_gradient(lambda X: X - alpha * (W @ X), Y, tol, max_iter)

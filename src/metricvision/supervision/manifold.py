@@ -1,8 +1,9 @@
 """Unsupervised metric learning by mining on manifolds (Iscen et al., CVPR 2018).
 
-Anchors are the modes of the stationary distribution pi of a random walk on the (directed)
-k-NN graph: samples whose pi is at least that of each of their k-NN neighbours, the highest pi
-first (many relevant samples, spread over the collection). For an anchor x, e_k(x) are its k Euclidean (cosine) neighbours and m_k(x) its k nearest
+Anchors are the modes of the stationary distribution pi of a random walk on the mutual k-NN
+graph (edge weights = similarities^3, transitions P = D^-1 A): samples with an edge whose pi is at
+least that of each of their graph neighbours, the highest pi first (many relevant samples, spread
+over the collection). For an anchor x, e_k(x) are its k Euclidean (cosine) neighbours and m_k(x) its k nearest
 points by manifold similarity, the diffusion (I - alpha W)^-1 e_x on the k-NN graph.
 Hard positives are manifold neighbours that are not Euclidean neighbours,
 m_k(x) minus e_k(x); hard negatives are Euclidean neighbours that are not manifold
@@ -48,18 +49,18 @@ def stationary_modes(
     Args:
         embeddings: (N, D) embeddings (cosine similarity).
         num: anchors to return at most (the modes with the highest probability).
-        graph_k, gamma: the directed k-NN graph (``knn_graph(..., symmetric=False)``); a node is
-            a mode when its probability is >= that of each of its graph_k neighbours.
+        graph_k, gamma: the mutual k-NN graph (``knn_graph(..., kind="mutual")``); a node with at least
+            one edge is a mode when its probability is >= that of each of its neighbours in that graph.
         damping: see ``stationary_distribution``.
 
     Returns:
         (A,) anchor indices, highest probability first, and the (N,) stationary distribution.
     """
-    A = knn_graph(embeddings, graph_k, gamma, symmetric=False)
+    A = knn_graph(embeddings, graph_k, gamma, kind="mutual")
     pi = stationary_distribution(A, damping)
     r, c = A.indices()
-    best_neighbour = torch.full_like(pi, -1.0).scatter_reduce(0, r, pi[c], "amax")
-    modes = (pi >= best_neighbour).nonzero().squeeze(1)
+    best_neighbour = torch.full_like(pi, float("inf")).scatter_reduce(0, r, pi[c], "amax", include_self=False)
+    modes = (pi >= best_neighbour).nonzero().squeeze(1)  # a node without an edge keeps +inf: never a mode
     return modes[pi[modes].argsort(descending=True, stable=True)][:num], pi
 
 
