@@ -5,8 +5,10 @@
 # open set; $FASHION_SEEDS, default one seed). Extra arguments go to every run_matrix.py call:
 #
 #     bash benchmarks/matrix_datasets.sh --set train.device=cuda --jobs 8          # one GPU, 16 cores
-#     bash benchmarks/matrix_datasets.sh --set train.epochs=1 --seeds 0 --jobs 1   # CPU smoke test
+#     bash benchmarks/matrix_datasets.sh --seeds 0 --jobs 1 --set train.epochs=1 \
+#         --set incremental.tasks=1 --set incremental.epochs_per_task=1          # CPU smoke test
 #
+# (incremental recipes need train.epochs = incremental.tasks x incremental.epochs_per_task.)
 # Needs `metricvision data fetch icons`, `glyphs` and `fashion` first (or METRICVISION_CACHE pointing at the
 # files). Budget: every part-1 recipe trains about as many optimizer steps on each dataset as the default
 # recipe on emoji (12 epochs x 29 batches = 348): icons 4 epochs x 90 batches, glyphs 2 x 180. Resumable:
