@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run_matrix import mean_std  # noqa: E402
+from run_matrix import mean_std, row_key, row_label  # noqa: E402
 
 SHORT = {"precision@1": "P@1", "map@r": "MAP@R", "r_precision": "RP", "nmi": "NMI"}
 # the scores shown for a supervision-setting row, where present (incremental, long tail, open set; OLTR's classifier)
@@ -66,10 +66,9 @@ def main() -> None:
     ap.add_argument("results", type=Path, nargs="+", help="JSON lists of rows (run_matrix.py / pixel_baselines.py --out)")
     ap.add_argument("--keys", nargs="+", default=["precision@1", "map@r"], help="retrieval metrics shown per dataset")
     a = ap.parse_args()
-    # a (recipe, dataset, seed) found in several files counts once: the last file's row
-    unique = {(r["recipe"], r["dataset"], r["seed"]): r for path in a.results if path.exists()
-              for r in json.loads(path.read_text())}
-    rows = [r for r in unique.values() if "error" not in r]
+    # a job found in several files counts once: the last file's row; a variant shows as "recipe [tag]"
+    unique = {row_key(r): r for path in a.results if path.exists() for r in json.loads(path.read_text())}
+    rows = [{**r, "recipe": row_label(r["recipe"], r.get("tag", ""))} for r in unique.values() if "error" not in r]
     retrieval = [r for r in rows if "precision@1" in r]
     if retrieval:
         print(table(retrieval, a.keys))

@@ -10,7 +10,9 @@ wins); ``--tag T`` names a variant (its rows' recipe is "RECIPE [T]").
         --jobs 2 --root runs/matrix --out benchmarks/results_matrix.json [--set train.device=cuda]
     python benchmarks/run_matrix.py --summarize benchmarks/results_matrix.json
 
---jobs N runs N jobs at once, each with ``--threads`` torch threads (default: cores // N).
+--jobs N runs N jobs at once, each with ``--threads`` torch threads (default: cores // N). In a --set value,
+``{seed}`` becomes the job's seed (``--set distill.teacher=runs/matrix/default__-__s{seed}``). With --tag the rows carry
+it, so variants of one recipe (other --set) keep apart in --out and in the table.
 """
 from __future__ import annotations
 
@@ -43,9 +45,9 @@ def run_job(recipe: str, dataset: str, seed: int, a: argparse.Namespace) -> Dict
     out = a.root / job_name(recipe, dataset, seed, a.tag)
     metrics = out / "metrics.json"
     t0 = time.time()
-    label = row_label(recipe, a.tag)
     if not metrics.exists():
-        sets = [f"train.seed={seed}", *(kv for d, kv in a.set_for if d == dataset), *a.overrides]
+        sets = [f"train.seed={seed}", *(kv for d, kv in a.set_for if d == dataset),
+                *(o.replace("{seed}", str(seed)) for o in a.overrides)]
         if dataset != "-":
             sets.append(f"data.dataset={dataset}")
         cmd = [sys.executable, "-m", "metricvision.cli", "train", recipe, "--out", str(out), "--no-report"]
@@ -57,19 +59,24 @@ def run_job(recipe: str, dataset: str, seed: int, a: argparse.Namespace) -> Dict
             rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         if rc != 0 or not metrics.exists():
             print(f"FAILED {out.name} (rc {rc}); see {a.root / (out.name + '.log')}", flush=True)
-            return {"recipe": label, "dataset": dataset, "seed": seed, "error": rc}
+            return {"recipe": recipe, "dataset": dataset, "seed": seed, "tag": a.tag, "error": rc}
     m = json.loads(metrics.read_text())
-    row = {"recipe": label, "dataset": dataset, "seed": seed, "seconds": round(time.time() - t0, 1),
+    row = {"recipe": recipe, "dataset": dataset, "seed": seed, "tag": a.tag, "seconds": round(time.time() - t0, 1),
            **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
     print(json.dumps({k: row[k] for k in ("recipe", "dataset", "seed", "seconds", *KEYS) if k in row}), flush=True)
     return row
 
 
+def row_key(row: Dict) -> tuple:
+    """(recipe, dataset, tag, seed): one job of the matrix."""
+    return row["recipe"], row["dataset"], row.get("tag", ""), row["seed"]
+
+
 def merge_rows(path: Path, rows: List[Dict]) -> None:
-    """Write ``rows`` into the JSON list at ``path``, replacing its rows of the same (recipe, dataset, seed)."""
+    """Write ``rows`` into the JSON list at ``path``, replacing its rows of the same job (row_key)."""
     old = json.loads(path.read_text()) if path.exists() else []
-    done = {(r["recipe"], r["dataset"], r["seed"]) for r in rows}
-    path.write_text(json.dumps([o for o in old if (o["recipe"], o["dataset"], o["seed"]) not in done] + rows, indent=1))
+    done = {row_key(r) for r in rows}
+    path.write_text(json.dumps([o for o in old if row_key(o) not in done] + rows, indent=1))
 
 
 def mean_std(rows: List[Dict], key: str) -> str:
@@ -81,11 +88,12 @@ def mean_std(rows: List[Dict], key: str) -> str:
 
 
 def summarize(rows: List[Dict], keys=KEYS) -> str:
-    """Markdown table: one line per (recipe, dataset), mean +- std (x 100) of ``keys`` over seeds."""
+    """Markdown table: one line per (recipe[tag], dataset), mean +- std (x 100) of ``keys`` over seeds."""
     groups: Dict[tuple, List[Dict]] = {}
     for r in rows:
         if "error" not in r:
-            groups.setdefault((r["recipe"], r["dataset"]), []).append(r)
+            name = r["recipe"] + (f" [{r['tag']}]" if r.get("tag") else "")
+            groups.setdefault((name, r["dataset"]), []).append(r)
     present = [k for k in keys if any(k in r for g in groups.values() for r in g)]
     lines = ["| recipe | dataset | seeds | " + " | ".join(present) + " |",
              "|---|---|---|" + "---|" * len(present)]
@@ -100,10 +108,10 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["default"], help="recipe names or YAML paths")
     ap.add_argument("--datasets", nargs="+", default=["-"], help="data.dataset values ('-' keeps the recipe's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every job")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every job ({seed}: the job's seed)")
     ap.add_argument("--set-for", nargs=2, action="append", default=[], metavar=("DATASET", "KEY=VALUE"),
                     help="override for the jobs of DATASET only (--set wins over it)")
-    ap.add_argument("--tag", default="", help="variant name: suffix of the run folders, '[TAG]' after the recipe in rows")
+    ap.add_argument("--tag", default="", help="variant name: suffix of the run folders, '[TAG]' after the recipe in tables")
     ap.add_argument("--jobs", type=int, default=1, help="jobs run at once")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default cores // jobs)")
     ap.add_argument("--root", type=Path, default=Path("runs/matrix"), help="folder of the run folders")

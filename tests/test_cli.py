@@ -39,6 +39,24 @@ def test_train_evaluate_embed(tmp_path, capsys):
         assert z["embeddings"].shape == (3800, 128) and z["labels"].shape == (3800,)
 
 
+def test_embed_makes_the_evaluations_descriptors_multiscale_and_whitened(tmp_path, capsys):
+    """`embed` uses the run's eval.scales and the whitening its evaluation fitted: its vectors score as metrics.json."""
+    from metricvision.metrics.evaluate import evaluate_retrieval
+
+    run, out = tmp_path / "run", tmp_path / "emb.npz"
+    sets = ["--set", "eval.whitening=pca", "--set", "eval.scales=[1.0,0.5]", "--set", "data.image_size=24"]
+    assert main(["train", *FAST, *sets, "--out", str(run), "--json", "--no-report"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert (run / "whitening.npz").exists()
+    assert main(["embed", str(run), "--dataset", "emoji", "--split", "test", "--out", str(out)]) == 0
+    with np.load(out) as z:
+        ours = evaluate_retrieval(z["embeddings"], z["labels"], clustering=False)
+    assert ours["map@r"] == pytest.approx(trained["map@r"], abs=1e-5)
+    (run / "whitening.npz").unlink()
+    assert main(["embed", str(run), "--dataset", "emoji", "--out", str(out)]) == 2
+    assert "run `metricvision evaluate" in capsys.readouterr().err
+
+
 def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert main(["train", "--set", "train.epochs=x"]) == 2
     assert "train.epochs must be int, got 'x'" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
@@ -83,7 +83,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     return metrics
 
 
-def _embed_fn(model: Any, image_size: int):
+def _embed_fn(model: Any, image_size: int, scales: Sequence[float] = (1.0,), whitening: Any = None):
+    """samples -> (N, D) embeddings as the run's evaluation makes them: eval transform, ``scales``, ``whitening``."""
     import torch
 
     from metricvision.data.sample import SampleDataset
@@ -95,9 +96,22 @@ def _embed_fn(model: Any, image_size: int):
         from tqdm import tqdm
 
         loader = torch.utils.data.DataLoader(SampleDataset(samples, transform), batch_size=256)
-        return model.encode((x for x, _ in tqdm(loader, desc="embedding", unit="batch", leave=False)))
+        emb = model.encode((x for x, _ in tqdm(loader, desc="embedding", unit="batch", leave=False)), scales=scales)
+        return emb if whitening is None else whitening.transform(emb)
 
     return fn
+
+
+def _run_whitening(run: Path, kind: str) -> Any:
+    """The whitening the run fitted at its last evaluation (None when its recipe has none)."""
+    from metricvision.index.whitening import WHITENING_FILE, load_whitening
+
+    if kind == "none":
+        return None
+    if not (run / WHITENING_FILE).exists():
+        raise FileNotFoundError(f"{run / WHITENING_FILE} not found: the recipe whitens its descriptors (eval.whitening={kind}) "
+                                f"and the run has not saved its whitening yet; run `metricvision evaluate {run}` first")
+    return load_whitening(run / WHITENING_FILE)
 
 
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
@@ -143,7 +157,8 @@ def embed(args: argparse.Namespace) -> Dict[str, Any]:
     recipe, model = load_run(args.run)
     found = load_samples(args.dataset, args.images, args.split, args.data)
     samples = drop_unreadable(found, args.strict, args.out.with_name(args.out.name + ".unreadable.txt"))
-    emb = _embed_fn(model, recipe.data.image_size)(samples).numpy()
+    fn = _embed_fn(model, recipe.data.image_size, recipe.eval.scales, _run_whitening(args.run, recipe.eval.whitening))
+    emb = fn(samples).numpy()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")
     np.savez(tmp, embeddings=emb, labels=np.array([s.label for s in samples]),

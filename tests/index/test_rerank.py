@@ -89,3 +89,38 @@ def test_top_k_and_errors():
         Diffusion().search(np.zeros((1, 3), np.float32), 2)
     with pytest.raises(ValueError, match="ranks"):
         alpha_query_expansion(np.zeros((2, 3)), np.zeros((4, 3)), np.zeros((2, 1)), n=3)
+
+
+def _arcs():
+    """Two parallel arcs of 200 unit vectors each (the second lifted 0.08 off the plane) and their labels."""
+    t = np.linspace(0, np.pi / 2, 200)
+    arc = np.stack([np.cos(t), np.sin(t), np.zeros_like(t)], 1)
+    other = arc.copy()
+    other[:, 2] = 0.08
+    x = np.concatenate([arc, other]).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), np.repeat([0, 1], 200)
+
+
+def test_revisited_scores_rerank_by_diffusion_and_alpha_qe():
+    """revisited mAP with rerank= equals revisited mAP of the re-ranked lists; diffusion helps on a manifold."""
+    from metricvision.index.rerank import expanded_queries
+    from metricvision.metrics import revisited_scores
+
+    x, labels = _arcs()
+    q = x[:1]
+    gnd = [{"easy": list(np.flatnonzero(labels == 0)[100:150]), "hard": list(np.flatnonzero(labels == 0)[150:]), "junk": []}]
+    plain = revisited_scores(q, x, gnd)
+    params = {"k": 5, "alpha": 0.99, "query_k": 3, "maxiter": 200}
+    diffused = revisited_scores(q, x, gnd, rerank="diffusion", rerank_params=params)
+    assert diffused["medium_map"] > plain["medium_map"] + 0.1
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:4] + 0.3 * rng.normal(size=(4, 8)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    gnd = [{"easy": list(rng.choice(60, 6, replace=False)), "hard": [i], "junk": []} for i in range(4)]
+    qe = revisited_scores(q, x, gnd, rerank="alpha_qe", rerank_params={"n": 5, "alpha": 3.0})
+    assert qe == revisited_scores(expanded_queries(q, x, 5, 3.0), x, gnd)
+    assert qe != revisited_scores(q, x, gnd)
+    with pytest.raises(ValueError, match="rerank must be one of none, alpha_qe, diffusion, got 'dba'"):
+        revisited_scores(q, x, gnd, rerank="dba")

@@ -8,6 +8,7 @@ import torch
 from metricvision.config import load_recipe
 from metricvision.engine.trainer import Trainer
 from metricvision.supervision.incremental_metric import IncrementalMetric, drift_compensation, held_out
+from resume_helpers import KillAt, Killed
 
 TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "data.image_size=24", "model.dim=16",
         "data.batch_size=16", "data.samples_per_class=4", "optim.warmup_steps=2", "eval.clustering=false",
@@ -91,9 +92,48 @@ def test_icarl_recipe_runs_the_same_task_sequence(tmp_path, emoji_small):
     assert "classifier.weight" in t._modules()["hook_ICaRL"].state_dict()  # checkpointed with the run
 
 
-def test_incremental_refuses_to_resume_without_its_memory(tmp_path, emoji_small):
+@pytest.mark.parametrize("recipe", ["incremental_metric", "incremental_icarl"])
+def test_incremental_state_survives_a_kill_and_the_run_resumes(tmp_path, emoji_small, recipe):
+    # bitwise equality with an uninterrupted run needs separate processes (two Trainers in one process differ
+    # in the last float bits); here the state a resumed run starts from must equal the killed run's
     train, test = emoji_small
-    Trainer(load_recipe("incremental_metric", TINY + ["train.epochs=1", "incremental.tasks=1"]), tmp_path / "run", train, test).fit()
-    t = Trainer(load_recipe("incremental_metric", TINY + ["train.epochs=1", "incremental.tasks=1"]), tmp_path / "run", train, test)
+    killed = Trainer(load_recipe(recipe, TINY), tmp_path / "run", train, test)
+    killed.hooks.append(KillAt(2))  # after task 2 of 3: memory, means and the previous embeddings are all set
+    with pytest.raises(Killed):
+        killed.fit()
+    t = Trainer(load_recipe(recipe, TINY), tmp_path / "run", train, test)
+    assert t.restore() and t.epoch == 2
+    t._call("on_fit_start")
+    (a,), (b,) = [[h for h in x.hooks if isinstance(h, IncrementalMetric)] for x in (killed, t)]
+    assert list(a.memory_.exemplars_) == list(b.memory_.exemplars_) and len(a.memory_) > 0
+    assert all(torch.equal(a.memory_.exemplars_[c], b.memory_.exemplars_[c]) for c in a.memory_.exemplars_)
+    assert list(a.means_) == list(b.means_) and all(torch.equal(a.means_[c], b.means_[c]) for c in a.means_)
+    assert torch.equal(a.previous_, b.previous_)
+    for k in ("nme", "sdc"):
+        assert np.array_equal(a.accuracy_[k], b.accuracy_[k], equal_nan=True) and a.seen_[k] == b.seen_[k]
+        assert len(b.seen_[k]) == 2
+    if recipe == "incremental_icarl":
+        assert all(torch.equal(p, q) for p, q in zip(a.old_classifier_, b.old_classifier_))
+    t = Trainer(load_recipe(recipe, TINY), tmp_path / "run", train, test)
+    metrics = t.fit(resume=True)
+    assert [e["epoch"] for e in t.history["epochs"]] == [1, 2, 3]
+    acc = np.array(metrics["incremental_nme_task_accuracy"], dtype=float)
+    assert acc.shape == (3, 3) and not np.isnan(acc[np.tril_indices(3)]).any()
+
+
+def test_incremental_refuses_a_checkpoint_without_its_memory(tmp_path, emoji_small):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    train, test = emoji_small
+    recipe = TINY + ["train.epochs=1", "incremental.tasks=1"]
+    Trainer(load_recipe("incremental_metric", recipe), tmp_path / "run", train, test).fit()
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    assert any(k.startswith("state_IncrementalMetric.memory") for k in tensors)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("state_")}, str(path), metadata=meta)  # an older checkpoint
+    t = Trainer(load_recipe("incremental_metric", recipe), tmp_path / "run", train, test)
     with pytest.raises(ValueError, match="'incremental_metric' cannot resume \\(at epoch 1\\)"):
         t.fit(resume=True)

@@ -7,6 +7,7 @@ import torch
 from metricvision.config import load_recipe
 from metricvision.engine.trainer import Trainer
 from metricvision.supervision.mean_teacher import MeanTeacherPropagation
+from resume_helpers import KillAt, Killed
 
 TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.pooling=avg", "data.image_size=24", "model.dim=16",
         "data.batch_size=16", "train.epochs=1", "optim.warmup_steps=2", "eval.clustering=false",
@@ -34,6 +35,25 @@ def test_mean_teacher_recipe_trains_with_consistency_to_an_ema(tmp_path, emoji_s
         assert torch.allclose(p, 0.5 * b + 0.5 * q.detach(), atol=1e-6)
     target = hook.teacher_(x)
     assert torch.allclose(out.value, ((z - target) ** 2).sum(1).mean(), atol=1e-6)
+
+
+def test_mean_teacher_and_pseudo_labels_survive_a_kill(tmp_path, emoji_small):
+    train, test = emoji_small
+    # epoch 2 trains on epoch 1's pseudo-labels; a slow teacher differs from the student it would restart from
+    recipe = TINY + ["train.epochs=2", "supervision.params.refresh_every=2", "supervision.params.ema_decay=0.9"]
+    killed = Trainer(load_recipe("semi_propagation_mean_teacher_10", recipe), tmp_path / "run", train, test)
+    killed.hooks.append(KillAt(1))
+    with pytest.raises(Killed):
+        killed.fit()
+    t = Trainer(load_recipe("semi_propagation_mean_teacher_10", recipe), tmp_path / "run", train, test)
+    assert t.restore() and t.epoch == 1
+    t._call("on_fit_start")
+    (a,), (b,) = [[h for h in x.hooks if isinstance(h, MeanTeacherPropagation)] for x in (killed, t)]
+    assert torch.equal(a.labels_, b.labels_) and torch.equal(a.weights_, b.weights_) and bool((b.labels_ >= 0).all())
+    teacher, student = b.teacher_.state_dict(), t.model.state_dict()
+    assert all(torch.equal(v, teacher[k]) for k, v in a.teacher_.state_dict().items())
+    assert not all(torch.equal(v, student[k]) for k, v in teacher.items())
+    assert 0 < Trainer(load_recipe("semi_propagation_mean_teacher_10", recipe), tmp_path / "run", train, test).fit(resume=True)["map@r"] <= 1
 
 
 def test_mean_teacher_checks_its_decay():

@@ -40,7 +40,8 @@ class Sample:
 def load_image(image: Any) -> Image.Image:
     """Open a path or wrap an array as an RGB PIL image; a corrupt file names its path."""
     if isinstance(image, np.ndarray):
-        return Image.fromarray(image).convert("RGB")
+        img = Image.fromarray(image)
+        return img if img.mode == "RGB" else img.convert("RGB")
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     path = Path(image)

@@ -27,7 +27,7 @@ from metricvision._atomic import atomic_write
 from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, eval_recipes,
                                           resolve_eval, run_evaluations)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
-from metricvision.index.whitening import WHITENINGS, fit_whitening
+from metricvision.index.whitening import WHITENING_FILE, WHITENINGS, fit_whitening, save_whitening
 from metricvision.losses import LossOutput
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -47,8 +47,23 @@ class Hook(Protocol):
     batch_sampler(trainer, epoch) -> the epoch's batches of dataset indices (default: PK on labels);
     extra_loss(trainer, indices (B,), embeddings (B, D)) -> LossOutput added to the loss (a teacher,
         a previous model); on_epoch_end(trainer, epoch, record);
-    on_fit_end(trainer, metrics): may add entries to the final metrics before metrics.json is written.
+    on_fit_end(trainer, metrics): may add entries to the final metrics before metrics.json is written;
+    checkpoint_state() -> {name: tensor}: the hook's own state (a memory, a teacher), saved with every checkpoint;
+    restore_state(state): given that state back by ``restore`` (before on_fit_start), {} from a checkpoint without it.
     """
+
+
+class _HookState:
+    """A hook's checkpoint_state / restore_state seen by the checkpoint as a module's state_dict / load_state_dict."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.hook.checkpoint_state()
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        self.hook.restore_state(state)
 
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -164,9 +179,10 @@ class Trainer:
                 fn(self, *args)
 
     # ---- state -------------------------------------------------------------------------
-    def _modules(self) -> Dict[str, torch.nn.Module]:
+    def _modules(self) -> Dict[str, Any]:
         hooks = {f"hook_{type(h).__name__}": h for h in self.hooks if isinstance(h, torch.nn.Module)}
-        return {"model": self.model, "loss": self.loss, **hooks}
+        states = {f"state_{type(h).__name__}": _HookState(h) for h in self.hooks if hasattr(h, "checkpoint_state")}
+        return {"model": self.model, "loss": self.loss, **hooks, **states}
 
     def save(self) -> None:
         """Checkpoint the end of epoch ``self.epoch`` (atomic); never replaces a good one with non-finite weights."""
@@ -350,6 +366,7 @@ class Trainer:
         whiten = None
         if e.whitening != "none":
             whiten = fit_whitening(e.whitening, self.embed(self.train_samples, desc="embedding the training set"), [s.label for s in self.train_samples])
+            save_whitening(whiten, self.run_dir / WHITENING_FILE)  # `metricvision embed RUN` applies it
 
         def embed_fn(samples: List[Sample]) -> torch.Tensor:
             emb = self.embed(samples) if whiten is None else whiten.transform(self.embed(samples))

@@ -82,8 +82,16 @@ def alpha_qe_search(
     """
     x = as_float32(database, name="database")
     index = _exact(x) if index is None else index
+    return index.search(expanded_queries(queries, x, n, alpha, index), k)
+
+
+def expanded_queries(queries: ArrayLike, database: ArrayLike, n: int = 10, alpha: float = 3.0,
+                     index: Optional[Index] = None) -> np.ndarray:
+    """(Q, D) alpha-QE queries: search ``database`` (N, D) for each query's top-``n``, then expand with them."""
+    x = as_float32(database, name="database")
+    index = _exact(x) if index is None else index
     _, ranks = index.search(queries, max(n, 1))
-    return index.search(alpha_query_expansion(queries, x, ranks, n, alpha), k)
+    return alpha_query_expansion(queries, x, ranks, n, alpha)
 
 
 class Diffusion:

@@ -5,11 +5,13 @@ float64 with numpy; inputs and outputs are (N, D) arrays or tensors (the type is
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
 import torch
 
+from metricvision._atomic import atomic_write
 from metricvision.index.base import ArrayLike, as_float32
 
 
@@ -119,6 +121,8 @@ class LearnedWhitening(_Whitening):
 
 
 WHITENINGS = ("none", "pca", "learned")
+# the whitening a run fitted at its last evaluation, in its run folder
+WHITENING_FILE = "whitening.npz"
 
 
 def label_pairs(labels: ArrayLike) -> np.ndarray:
@@ -147,3 +151,17 @@ def fit_whitening(kind: str, x: ArrayLike, labels: ArrayLike, dim: Optional[int]
     if len(pairs) == 0:
         raise ValueError("learned whitening needs matching pairs: no label has two or more items")
     return LearnedWhitening(dim).fit(x, pairs)
+
+
+def save_whitening(whitening: _Whitening, path: str | os.PathLike) -> None:
+    """Write a fitted whitening (mean (D,), projection (D, d), normalize) to ``path`` (.npz), atomically."""
+    with atomic_write(path) as f:
+        np.savez(f, mean=whitening.mean_, projection=whitening.projection_, normalize=whitening.normalize)
+
+
+def load_whitening(path: str | os.PathLike) -> _Whitening:
+    """The whitening ``save_whitening`` wrote to ``path``; its ``transform`` gives the same outputs."""
+    with np.load(path) as z:
+        w = _Whitening()
+        w.mean_, w.projection_, w.normalize, w.dim = z["mean"], z["projection"], bool(z["normalize"]), None
+    return w

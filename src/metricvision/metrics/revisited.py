@@ -12,7 +12,7 @@ in which no query has a positive has no mAP (0 / 0 there): NaN here, with a warn
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -73,7 +73,8 @@ def mean_average_precision(
     return out
 
 
-def ranked_positions(queries: torch.Tensor, db: torch.Tensor, items: Sequence[np.ndarray], db_chunk: int = 262144) -> List[np.ndarray]:
+def ranked_positions(queries: torch.Tensor, db: torch.Tensor, items: Sequence[np.ndarray], db_chunk: int = 262144,
+                     scores: Optional[torch.Tensor] = None) -> List[np.ndarray]:
     """For each query, the 0-based positions of ``items[i]`` in its ranking of ``db`` by inner product.
 
     Ties are ranked by db index (a stable sort). One query's score row is held at a time,
@@ -83,12 +84,16 @@ def ranked_positions(queries: torch.Tensor, db: torch.Tensor, items: Sequence[np
         queries: (Q, D) embeddings, float32 or float64 like ``db``.
         db: (N, D) embeddings.
         items: per query, (M,) db indices whose positions are wanted.
+        scores: (Q, N) scores to rank by instead of inner products (a re-ranking's, e.g. diffusion).
     """
     row = torch.empty(db.shape[0], dtype=db.dtype)
     out = []
     for i in range(queries.shape[0]):
-        for s in range(0, db.shape[0], db_chunk):
-            torch.mv(db[s : s + db_chunk], queries[i], out=row[s : s + db_chunk])
+        if scores is not None:
+            row = scores[i]
+        else:
+            for s in range(0, db.shape[0], db_chunk):
+                torch.mv(db[s : s + db_chunk], queries[i], out=row[s : s + db_chunk])
         order = torch.sort(row, descending=True, stable=True).indices
         position = torch.empty_like(order)
         position[order] = torch.arange(len(order))
@@ -96,13 +101,17 @@ def ranked_positions(queries: torch.Tensor, db: torch.Tensor, items: Sequence[np
     return out
 
 
-def revisited_scores(queries: ArrayLike, db: ArrayLike, gnd: Sequence[Dict[str, Sequence[int]]], kappas: Sequence[int] = KAPPAS) -> Dict[str, float]:
+def revisited_scores(queries: ArrayLike, db: ArrayLike, gnd: Sequence[Dict[str, Sequence[int]]], kappas: Sequence[int] = KAPPAS,
+                     rerank: str = "none", rerank_params: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     """{easy,medium,hard}_map and _mp@k (fractions, not percent) from embeddings and ground truth.
 
     Args:
-        queries: (Q, D) float32 / float64 embeddings of the cropped queries, finite.
+        queries: (Q, D) float32 / float64 embeddings of the cropped queries, finite, L2-normalized for a re-ranking.
         db: (N, D) embeddings of the database (distractors appended after the dataset images).
         gnd: per query, "easy" / "hard" / "junk" lists of db indices.
+        rerank: "none"; "alpha_qe" (alpha query expansion, Radenovic et al. 2018: params n, alpha); or
+            "diffusion" (Iscen et al. 2017 on the db's mutual kNN graph: params k, alpha, gamma, query_k, maxiter).
+        rerank_params: the re-ranking's keyword arguments (index/rerank.py).
 
     Returns:
         A protocol in which no query has a positive reports NaN (with a warning); an error
@@ -111,9 +120,10 @@ def revisited_scores(queries: ArrayLike, db: ArrayLike, gnd: Sequence[Dict[str, 
     queries, db = as_float_tensors(queries=queries, db=db)
     if not any(len(g.get("easy", [])) or len(g.get("hard", [])) for g in gnd):
         raise ValueError("no query has an easy or hard image: every protocol's mAP is undefined; check the ground truth")
+    queries, scores = reranked(queries, db, rerank, rerank_params or {})
     kinds = ("easy", "hard", "junk")
     items = [np.concatenate([np.asarray(g.get(k, []), dtype=np.int64) for k in kinds]) for g in gnd]
-    found = ranked_positions(queries, db, items)
+    found = ranked_positions(queries, db, items, scores=scores)
     by_kind = []
     for g, pos in zip(gnd, found):
         sizes = np.cumsum([0] + [len(g.get(k, [])) for k in kinds])
@@ -127,12 +137,31 @@ def revisited_scores(queries: ArrayLike, db: ArrayLike, gnd: Sequence[Dict[str, 
     return out
 
 
+RERANKINGS = ("none", "alpha_qe", "diffusion")
+
+
+def reranked(queries: torch.Tensor, db: torch.Tensor, rerank: str, params: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(queries to rank db by, (Q, N) scores that replace inner products or None) after re-ranking ``rerank``."""
+    if rerank not in RERANKINGS:
+        raise ValueError(f"rerank must be one of {', '.join(RERANKINGS)}, got {rerank!r}")
+    if rerank == "none":
+        return queries, None
+    from metricvision.index.rerank import Diffusion, expanded_queries
+
+    q, x = queries.numpy().astype(np.float32), db.numpy().astype(np.float32)
+    if rerank == "alpha_qe":
+        return torch.from_numpy(expanded_queries(q, x, **params)).to(db.dtype), None
+    return queries, torch.from_numpy(Diffusion(**params).fit(x).scores(q))
+
+
 @PROTOCOLS.register("roxford5k")
 @PROTOCOLS.register("rparis6k")
 @PROTOCOLS.register("revisited")
-def revisited(embed_fn: EmbedFn, splits: Splits, kappas: Sequence[int] = KAPPAS) -> Dict[str, float]:
-    """Revisited Oxford / Paris: queries cropped to their box; "distractors" (R-1M) appended to "db"."""
+def revisited(embed_fn: EmbedFn, splits: Splits, kappas: Sequence[int] = KAPPAS, rerank: str = "none",
+              rerank_params: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
+    """Revisited Oxford / Paris: queries cropped to their box; "distractors" (R-1M) appended to "db";
+    optional alpha-QE / diffusion re-ranking (``eval.params.rerank``, see revisited_scores)."""
     require_splits(splits, ["query", "db"], "revisited")
     q = embed(embed_fn, splits["query"], crop=True)
     db = embed(embed_fn, splits["db"] + splits.get("distractors", []))
-    return revisited_scores(q, db, [s.meta for s in splits["query"]], kappas)
+    return revisited_scores(q, db, [s.meta for s in splits["query"]], kappas, rerank, rerank_params)

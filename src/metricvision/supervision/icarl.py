@@ -35,7 +35,7 @@ class ICaRL(IncrementalMetric, nn.Module):
         IncrementalMetric.__init__(self, test_fraction, seed)
         self.scale = scale
         self.classifier: Optional[nn.Linear] = None
-        self.old_classifier_: Optional[tuple] = None  # (weight, bias) tensors: not a submodule, not checkpointed
+        self.old_classifier_: Optional[tuple] = None  # (weight, bias) of the previous task: in checkpoint_state
 
     def setup(self, trainer: Any) -> None:
         """The classifier over all training classes (only the seen ones are scored)."""
@@ -61,6 +61,19 @@ class ICaRL(IncrementalMetric, nn.Module):
                 old = F.linear(self.scale * self.previous_[indices.cpu()].to(embeddings.device), w, b)[:, seen[:n_old]]
         loss = icarl_loss(logits, y, old)
         return LossOutput(loss, {"icarl": float(loss.detach())})
+
+    def checkpoint_state(self) -> Dict[str, torch.Tensor]:
+        """``IncrementalMetric``'s state and the previous task's classifier."""
+        state = super().checkpoint_state()
+        if self.old_classifier_ is not None:
+            state["old_weight"], state["old_bias"] = self.old_classifier_
+        return state
+
+    def _restore(self, state: Dict[str, torch.Tensor]) -> None:
+        super()._restore(state)
+        if "old_weight" in state:
+            device = self.classifier.weight.device
+            self.old_classifier_ = (state["old_weight"].to(device), state["old_bias"].to(device))
 
     def on_epoch_end(self, trainer: Any, epoch: int, record: Dict[str, float]) -> None:
         """At the end of a task, also keep the classifier as the next task's distillation target."""

@@ -73,13 +73,15 @@ class IncrementalMetric:
         self.memory_: Optional[ExemplarMemory] = None
         self.previous_: Optional[torch.Tensor] = None  # (N, D) embeddings at the end of the previous task
         self.means_: Dict[int, torch.Tensor] = {}  # SDC-compensated class means (unnormalized)
+        self.restored_: Dict[str, torch.Tensor] = {}  # checkpoint_state of a resumed run, applied in on_fit_start
 
     def on_fit_start(self, trainer: Any) -> None:
-        """Split the classes into tasks and hold out the per-task test samples."""
+        """Split the classes into tasks and hold out the per-task test samples (and restore a resumed run's state)."""
         c, r = trainer.recipe.incremental, trainer.recipe
-        if trainer.epoch > 0:
+        if trainer.epoch > 0 and not self.restored_:
             raise ValueError(f"supervision '{r.supervision.name}' cannot resume (at epoch {trainer.epoch}): its exemplar "
-                             "memory, class means and task accuracies are not in the checkpoint; start the run again")
+                             "memory, class means and task accuracies are not in the checkpoint (written by an older "
+                             "version); start the run again")
         if r.train.epochs != c.tasks * c.epochs_per_task:
             raise ValueError(f"train.epochs must be incremental.tasks x incremental.epochs_per_task = "
                              f"{c.tasks * c.epochs_per_task}, got {r.train.epochs}")
@@ -91,6 +93,44 @@ class IncrementalMetric:
         self.memory_ = ExemplarMemory(c.memory)
         self.accuracy_ = {k: np.full((c.tasks, c.tasks), np.nan) for k in ("nme", "sdc")}
         self.seen_: Dict[str, List[float]] = {"nme": [], "sdc": []}
+        if trainer.epoch > 0:
+            self._restore(self.restored_)
+
+    def checkpoint_state(self) -> Dict[str, torch.Tensor]:
+        """Exemplars (herding order), class means, the previous task's (N, D) embeddings, per-task accuracies."""
+        state: Dict[str, torch.Tensor] = {}
+        if self.memory_ is None:
+            return state
+        for k in ("nme", "sdc"):  # NaN (not measured yet) as -1: checkpoints refuse non-finite tensors
+            state[f"accuracy_{k}"] = torch.from_numpy(np.nan_to_num(self.accuracy_[k], nan=-1.0))
+            state[f"seen_{k}"] = torch.tensor(self.seen_[k], dtype=torch.float64)
+        ex = self.memory_.exemplars_
+        if ex:
+            state["memory_classes"] = torch.tensor(list(ex))
+            state["memory_sizes"] = torch.tensor([len(v) for v in ex.values()])
+            state["memory_indices"] = self.memory_.indices()
+        if self.means_:
+            state["means_classes"] = torch.tensor(list(self.means_))
+            state["means"] = torch.stack(list(self.means_.values()))
+        if self.previous_ is not None:
+            state["previous"] = self.previous_
+        return state
+
+    def restore_state(self, state: Dict[str, torch.Tensor]) -> None:
+        """Keep a checkpoint's state until ``on_fit_start`` has built the tasks."""
+        self.restored_ = dict(state)
+
+    def _restore(self, state: Dict[str, torch.Tensor]) -> None:
+        for k in ("nme", "sdc"):
+            acc = state[f"accuracy_{k}"].numpy().copy()
+            self.accuracy_[k] = np.where(acc < 0, np.nan, acc)
+            self.seen_[k] = state[f"seen_{k}"].tolist()
+        if "memory_classes" in state:
+            parts = state["memory_indices"].split(state["memory_sizes"].tolist())
+            self.memory_.exemplars_ = dict(zip(state["memory_classes"].tolist(), parts))
+        if "means_classes" in state:
+            self.means_ = dict(zip(state["means_classes"].tolist(), state["means"]))
+        self.previous_ = state.get("previous")
 
     def task(self, epoch: int) -> int:
         """The task trained in ``epoch`` (0-based)."""

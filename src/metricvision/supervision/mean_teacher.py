@@ -5,13 +5,13 @@ A simplified combination: the student trains on the propagated pseudo-labels (``
 plus ``consistency`` x the mean squared distance between its embeddings of the batch and those of
 its exponential moving average (the teacher, decay ``ema_decay``) on the same augmented images;
 the paper's consistency is between class posteriors on two augmentations of the image. The teacher
-is updated before each step from the student's weights after the previous one; it is not saved in
-the checkpoint (a resumed run starts it again from the student).
+is updated before each step from the student's weights after the previous one, and saved with every
+checkpoint (a resumed run continues with it).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -44,7 +44,17 @@ class MeanTeacherPropagation(LabelPropagation):
         """Bind the labels, start the teacher from the student, keep the images of every training forward."""
         super().on_fit_start(trainer)
         self.teacher_ = copy.deepcopy(trainer.model).eval().requires_grad_(False)
+        teacher = {k[len("teacher."):]: v for k, v in self.restored_.items() if k.startswith("teacher.")}
+        if teacher:
+            self.teacher_.load_state_dict(teacher)
         trainer.model.register_forward_pre_hook(self._keep)
+
+    def checkpoint_state(self) -> Dict[str, torch.Tensor]:
+        """The pseudo-labels (``LabelPropagation``) and the teacher's weights."""
+        state = super().checkpoint_state()
+        if self.teacher_ is not None:
+            state.update({f"teacher.{k}": v for k, v in self.teacher_.state_dict().items()})
+        return state
 
     def _keep(self, module: nn.Module, args: Any) -> None:
         if module.training:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -120,6 +120,7 @@ class LabelPropagation(Supervision):
         self.k, self.gamma, self.alpha, self.max_iter = k, gamma, alpha, max_iter
         self.refresh_every = refresh_every
         self.class_balance = class_balance
+        self.restored_: Dict[str, torch.Tensor] = {}  # checkpoint_state of a resumed run, applied in on_fit_start
         super().__init__(labels, label_fraction, label_seed, samples_per_class, label_mode)
 
     def bind(self, labels: LabelsLike) -> None:
@@ -139,3 +140,17 @@ class LabelPropagation(Supervision):
         self.weights_ = weights
         unlabeled = self.given_ < 0
         return {"pseudo_certainty": float(out.certainty[unlabeled].mean()) if unlabeled.any() else 1.0}
+
+    def on_fit_start(self, trainer: Any) -> None:
+        """Bind the training labels, then the pseudo-labels of a resumed run (used until the next refresh)."""
+        super().on_fit_start(trainer)
+        if "labels" in self.restored_:
+            self.labels_, self.weights_ = self.restored_["labels"], self.restored_["weights"]
+
+    def checkpoint_state(self) -> Dict[str, torch.Tensor]:
+        """The (N,) pseudo-labels and weights of the last refresh."""
+        return {} if self.labels_ is None else {"labels": self.labels_, "weights": self.weights_}
+
+    def restore_state(self, state: Dict[str, torch.Tensor]) -> None:
+        """Keep a checkpoint's state until ``on_fit_start`` has bound the labels."""
+        self.restored_ = dict(state)
