@@ -56,3 +56,12 @@ def test_registry_builds_from_samples_and_checks_cameras():
     assert isinstance(sampler, CameraPKSampler)
     with pytest.raises(ValueError, match="3 cameras for 4 labels"):
         CameraPKSampler([0, 0, 1, 1], [0, 1, 0], 2, 2)
+
+
+def test_too_few_classes_for_the_batch_names_the_samples_per_class_that_fits():
+    labels = np.repeat(np.arange(5), 100)  # Fashion-MNIST's 5 training classes, the default batch 128 = 64 x 2
+    with pytest.raises(ValueError, match=r"needs 64 classes but the data has only 5; set data.samples_per_class=32"):
+        PKSampler(labels, batch_size=128, k=2)
+    assert PKSampler(labels, batch_size=128, k=32).p == 4
+    with pytest.raises(ValueError, match=r"data.samples_per_class=6 "):
+        PKSampler(np.repeat(np.arange(3), 10), batch_size=18, k=2)

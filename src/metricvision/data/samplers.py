@@ -32,7 +32,11 @@ class PKSampler(torch.utils.data.Sampler[List[int]]):
         self.by_class: Dict[int, np.ndarray] = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels[labels >= 0])}
         self.p, self.k, self.seed, self.epoch = batch_size // k, k, seed, 0
         if len(self.by_class) < self.p:
-            raise ValueError(f"batch needs {self.p} classes but the data has only {len(self.by_class)}")
+            n = len(self.by_class)
+            # the smallest K that divides the batch and leaves at most n classes per batch
+            fit = next((kk for kk in range(-(-batch_size // max(n, 1)), batch_size + 1) if batch_size % kk == 0), batch_size)
+            raise ValueError(f"a batch of {batch_size} = {self.p} classes x {k} needs {self.p} classes but the data has "
+                             f"only {n}; set data.samples_per_class={fit} (or a smaller data.batch_size)")
         n = int((labels >= 0).sum())
         self.batches_per_epoch = batches_per_epoch or max(1, n // batch_size)
 
