@@ -226,11 +226,15 @@ class ItemsView:
     Args:
         paths: items.sqlite of the base, then of each segment (disjoint ids).
         tombstones: (T,) sorted ids that are deleted.
+        ranges: (lowest, highest) id of each segment; the base holds only ids below them all,
+            so lookups by id go to the one part that can hold it. None: ask every part.
     """
 
-    def __init__(self, paths: Sequence[Path], tombstones: np.ndarray) -> None:
+    def __init__(self, paths: Sequence[Path], tombstones: np.ndarray,
+                 ranges: Optional[Sequence[Tuple[int, int]]] = None) -> None:
         self.parts = [ItemsReader(p) for p in paths]
         self.tombstones = tombstones
+        self.ranges = None if ranges is None else np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
 
     def _live(self, ids: np.ndarray) -> np.ndarray:
         return ids[~np.isin(ids, self.tombstones)] if self.tombstones.size else ids
@@ -247,8 +251,17 @@ class ItemsView:
 
     def items(self, ids: Sequence[int]) -> Dict[int, Dict[str, Any]]:
         """Live items by id (missing ids are left out)."""
-        wanted = self._live(np.asarray([int(i) for i in ids], dtype=np.int64)).tolist()
-        return {i: it for p in self.parts for i, it in p.items(wanted).items()} if wanted else {}
+        wanted = self._live(np.asarray([int(i) for i in ids], dtype=np.int64))
+        if self.ranges is None:
+            picks = [np.ones(wanted.shape, dtype=bool)] * len(self.parts)
+        else:
+            below = wanted < self.ranges[:, 0].min() if len(self.ranges) else np.ones(wanted.shape, dtype=bool)
+            picks = [below, *((wanted >= lo) & (wanted <= hi) for lo, hi in self.ranges)]
+        found: Dict[int, Dict[str, Any]] = {}
+        for part, pick in zip(self.parts, picks):
+            if pick.any():
+                found.update(part.items(wanted[pick].tolist()))
+        return found
 
     def allowed_ids(self, filters: Dict[str, Any]) -> np.ndarray:
         """Sorted (n,) int64 live ids matching every filter."""

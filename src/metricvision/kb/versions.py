@@ -78,7 +78,9 @@ def load_version(store: IndexStore, version: int, verify: bool, known: Parts) ->
     base = load(INDEX_FILE, INDEXES.get(manifest["kind"]))
     segments = [load(f"{n}.bin", FlatIndex) for n in names]
     tombstones = np.load(folder / TOMBSTONES) if TOMBSTONES in keys else np.empty(0, np.int64)
-    items = ItemsView([folder / ITEMS, *(folder / f"{n}.sqlite" for n in names)], tombstones)
+    ranges = [(int(s.ids.min()), int(s.ids.max())) for s in segments if len(s)]
+    items = ItemsView([folder / ITEMS, *(folder / f"{n}.sqlite" for n in names)], tombstones,
+                      ranges if len(ranges) == len(segments) else None)
     return SegmentedIndex(base, segments, tombstones), items, parts
 
 
