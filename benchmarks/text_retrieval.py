@@ -1,11 +1,12 @@
 """Text-to-image search and composed queries on the emoji dataset (unseen identities).
 
-Aligns MobileNetV2 (frozen, ImageNet) + a linear head to the frozen all-MiniLM-L6-v2 text
-space on the train split, then prints text-to-image Recall@k on the class-disjoint test
-split against chance, and the skin-tone composed-query table (image only, text only,
-weighted sum, trained combiner).
+Aligns MobileNetV2 (ImageNet; frozen unless --tune-blocks) + a linear head to the frozen
+all-MiniLM-L6-v2 text space on the train split (``kb.align.train_alignment``: clip loss,
+128 px, caption variants from the emoji metadata), then prints text-to-image Recall@k on
+the class-disjoint test split against chance, and the skin-tone composed-query table
+(image only, text only, weighted sum, trained combiner).
 
-    python benchmarks/text_retrieval.py [--out runs/text_align] [--epochs 40]
+    python benchmarks/text_retrieval.py [--out runs/text_align] [--epochs 40] [--tune-blocks 0]
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from metricvision.cli import main
@@ -82,3 +83,16 @@ def test_best_regions_max_items_keeps_the_best_items_in_order():
     top = best_regions(table, q, per_item=1, max_items=3)
     ranked = sorted(every, key=lambda i: -every[i][0]["score"])
     assert list(top) == ranked[:3] and list(every) == ranked
+
+
+def test_detector_proposer_gives_at_most_max_regions_in_the_image(tmp_path, shapes_kb):
+    from metricvision.kb.regions import create_proposer
+    from metricvision.localization.detector import QueryDetector
+    from metricvision.localization.train import save_detector
+
+    save_detector(QueryDetector(shapes_kb.model.embedder, hidden=8), tmp_path / "det.safetensors")
+    proposer = create_proposer(shapes_kb.model, str(tmp_path / "det.safetensors"), max_regions=5)
+    boxes, emb = proposer(np.asarray(scene(draw("circle", "red", 28), (40, 40), side=128)))
+    assert 1 <= len(boxes) <= 5 and emb.shape == (len(boxes), shapes_kb.model.dim)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 128).all()
+    assert torch.linalg.norm(emb, dim=1) == pytest.approx(torch.ones(len(boxes)), abs=1e-4)
