@@ -137,6 +137,8 @@ function renderHits(hits) {
         frame.append(b);
       }
     }
+    const region = h.regions && h.regions.length ? h.regions[0] : null;
+    if (region) drawRegion(frame, img, region.box);
     const meta = document.createElement("div");
     meta.className = "meta";
     const cap = document.createElement("div");
@@ -159,9 +161,49 @@ function renderHits(hits) {
       runSearch(true);
     });
     meta.append(cap, score, again);
+    if (region) {
+      const byRegion = document.createElement("button");
+      byRegion.type = "button";
+      byRegion.className = "again by-region";
+      byRegion.textContent = "search with this region";
+      byRegion.addEventListener("click", () => searchWithRegion(img, region.box));
+      meta.append(byRegion);
+    }
     card.append(frame, meta);
     grid.append(card);
   }
+}
+
+// the best region of a hit (KB built with --regions): a dashed box over the image, in image pixels
+function drawRegion(frame, img, box) {
+  const place = () => {
+    const [x0, y0, x1, y1] = box;
+    const w = img.naturalWidth, hgt = img.naturalHeight;
+    if (!w || !hgt) return;
+    const b = document.createElement("div");
+    b.className = "region";
+    Object.assign(b.style, {
+      left: (100 * x0 / w) + "%", top: (100 * y0 / hgt) + "%",
+      width: (100 * (x1 - x0) / w) + "%", height: (100 * (y1 - y0) / hgt) + "%",
+    });
+    frame.append(b);
+  };
+  if (img.complete && img.naturalWidth) place();
+  else img.addEventListener("load", place, { once: true });
+}
+
+// crop a hit's region out of its (same-origin) image and search with the crop as the image query
+function searchWithRegion(img, box) {
+  const [x0, y0, x1, y1] = box.map(Math.round);
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, x1 - x0);
+  canvas.height = Math.max(1, y1 - y0);
+  canvas.getContext("2d").drawImage(img, x0, y0, canvas.width, canvas.height, 0, 0, canvas.width, canvas.height);
+  canvas.toBlob((blob) => {
+    setImage(new File([blob], "region.png", { type: "image/png" }));
+    $("text").value = "";
+    runSearch(false);
+  }, "image/png");
 }
 
 async function runSearch(pushUrl) {
