@@ -19,7 +19,7 @@ per-query work (``boxes``).
         --checkpoint runs/text_align/image_model.safetensors --out runs/detector.safetensors
     metricvision detector train --scenes runs/scenes/train --steps 1200 --crop-steps 0 --prime \
         --checkpoint runs/text_align/image_model.safetensors --out runs/detector_primed.safetensors
-    metricvision detector train --scenes runs/scenes/train --max-scenes 150 --steps 400 --weak \
+    metricvision detector train --scenes runs/scenes/train --max-scenes 100 --steps 300 --weak \
         --checkpoint runs/text_align/image_model.safetensors --out runs/detector_weak.safetensors
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
         --detector runs/detector.safetensors --primed-detector runs/detector_primed.safetensors \

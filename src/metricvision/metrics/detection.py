@@ -191,10 +191,12 @@ def mask_ap(pred_masks: Sequence[np.ndarray], pred_scores: Sequence[np.ndarray],
             dets.append({"image_id": i + 1, "category_id": 1, "segmentation": rle(m), "score": float(s)})
     if not gts:
         return {"AP": -1.0, "AP50": -1.0, "AP75": -1.0}
+    if not dets:
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     coco = COCO()
     coco.dataset = {"images": images, "annotations": gts, "categories": [{"id": 1, "name": "object"}]}
     coco.createIndex()
-    ev = COCOeval(coco, coco.loadRes(dets) if dets else COCO(), "segm")
+    ev = COCOeval(coco, coco.loadRes(dets), "segm")
     ev.params.maxDets = [1, 10, max_dets]
     import contextlib
     import io
