@@ -65,13 +65,7 @@ def test_diffusion_equals_dense_solve(data):
 
 def test_diffusion_follows_the_manifold():
     """Two parallel arcs: far along its own arc beats near across the gap only after diffusion."""
-    t = np.linspace(0, np.pi / 2, 200)
-    arc = np.stack([np.cos(t), np.sin(t), np.zeros_like(t)], 1)
-    other = arc.copy()
-    other[:, 2] = 0.08
-    x = np.concatenate([arc, other]).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    labels = np.repeat([0, 1], 200)
+    x, labels = _arcs()
     q = x[:1]
     exact = FlatIndex(3)
     exact.add(x)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from metricvision.localization.detector import head_optimizer
 from metricvision.losses import LOSSES
 from metricvision.models import Embedder
 
@@ -125,9 +126,7 @@ def train_crop_embedder(crop: CropEmbedder, stems: torch.Tensor, ids: torch.Tens
         raise ValueError("no crop has a reference identity: check that the scenes and references come from one split")
     torch.manual_seed(seed)
     metric = LOSSES.create(loss)
-    params = [p for n, p in crop.named_parameters() if not n.startswith("embedder.")]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    opt, sched = head_optimizer(crop, lr, steps)
     crop.train()
     logs, running = [], []
     for step in range(steps):

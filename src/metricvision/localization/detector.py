@@ -21,6 +21,7 @@ reference (another vendor's rendering or the name).
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -243,3 +244,10 @@ def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: T
     total = loss_obj + loss_box + loss_metric + loss_match
     return total, {"objectness": loss_obj.item(), "box": loss_box.item(), "metric": loss_metric.item(),
                    "match": loss_match.item(), "positives": int(pos.sum())}
+
+
+def head_optimizer(module: torch.nn.Module, lr: float, steps: int) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``module``'s parameters outside its frozen ``embedder``, with a cosine decay over ``steps``."""
+    params = [p for n, p in module.named_parameters() if not n.startswith("embedder.")]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from metricvision.localization.detector import QueryDetector
+from metricvision.localization.detector import QueryDetector, head_optimizer
 
 
 def local_peaks(maps: torch.Tensor) -> torch.Tensor:
@@ -113,13 +113,9 @@ def train_weak(detector: QueryDetector, feats: torch.Tensor, present: Sequence[t
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    import math
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    params = [p for n, p in detector.named_parameters() if not n.startswith("embedder.")]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    opt, sched = head_optimizer(detector, lr, steps)
     detector.train()
     logs, running = [], []
     for step in range(steps):

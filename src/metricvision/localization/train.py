@@ -8,7 +8,6 @@ another vendor than the scenes', and its name.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,7 +18,7 @@ from PIL import Image
 
 from metricvision._atomic import atomic_write
 from metricvision.localization.crops import CropEmbedder
-from metricvision.localization.detector import QueryDetector, detection_losses
+from metricvision.localization.detector import QueryDetector, detection_losses, head_optimizer
 from metricvision.losses import LOSSES
 
 
@@ -120,9 +119,7 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
         boxes = [b[x == ref_ids[targets[k]]] if targets[k] >= 0 else b[:0] for k, (b, x) in enumerate(zip(boxes, ids))]
         ids = [x[x == ref_ids[targets[k]]] if targets[k] >= 0 else x[:0] for k, x in enumerate(ids)]
     metric = LOSSES.create(loss)
-    params = [p for n, p in detector.named_parameters() if not n.startswith("embedder.")]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    opt, sched = head_optimizer(detector, lr, steps)
     detector.train()
     logs, running = [], []
     for step in range(steps):

@@ -126,16 +126,7 @@ function renderHits(hits) {
       frame.append(heat);
     }
     if (h.boxes && h.size && best > 0 && h.score >= BOX_CONFIDENCE * best) {
-      const [w, hgt] = h.size;
-      for (const [x0, y0, x1, y1] of h.boxes) {
-        const b = document.createElement("div");
-        b.className = "box";
-        Object.assign(b.style, {
-          left: (100 * x0 / w) + "%", top: (100 * y0 / hgt) + "%",
-          width: (100 * (x1 - x0) / w) + "%", height: (100 * (y1 - y0) / hgt) + "%",
-        });
-        frame.append(b);
-      }
+      for (const box of h.boxes) frame.append(boxElement("box", box, h.size[0], h.size[1]));
     }
     const region = h.regions && h.regions.length ? h.regions[0] : null;
     if (region) drawRegion(frame, img, region.box);
@@ -174,19 +165,21 @@ function renderHits(hits) {
   }
 }
 
+// a box [x0, y0, x1, y1] in pixels of a w x h image, placed in percent over its frame
+function boxElement(className, [x0, y0, x1, y1], w, h) {
+  const b = document.createElement("div");
+  b.className = className;
+  Object.assign(b.style, {
+    left: (100 * x0 / w) + "%", top: (100 * y0 / h) + "%",
+    width: (100 * (x1 - x0) / w) + "%", height: (100 * (y1 - y0) / h) + "%",
+  });
+  return b;
+}
+
 // the best region of a hit (KB built with --regions): a dashed box over the image, in image pixels
 function drawRegion(frame, img, box) {
   const place = () => {
-    const [x0, y0, x1, y1] = box;
-    const w = img.naturalWidth, hgt = img.naturalHeight;
-    if (!w || !hgt) return;
-    const b = document.createElement("div");
-    b.className = "region";
-    Object.assign(b.style, {
-      left: (100 * x0 / w) + "%", top: (100 * y0 / hgt) + "%",
-      width: (100 * (x1 - x0) / w) + "%", height: (100 * (y1 - y0) / hgt) + "%",
-    });
-    frame.append(b);
+    if (img.naturalWidth && img.naturalHeight) frame.append(boxElement("region", box, img.naturalWidth, img.naturalHeight));
   };
   if (img.complete && img.naturalWidth) place();
   else img.addEventListener("load", place, { once: true });
