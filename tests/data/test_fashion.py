@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metricvision.data import DATASETS, check_class_disjoint
-from metricvision.data.fashion import FILES, build, pareto_counts, read_idx
+from metricvision.data.fashion import FILES, build, power_law_counts, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -63,17 +63,17 @@ def test_benchmark_views(fashion_file):
     assert DATASETS.info("fashion_incremental").protocol == "incremental"
     lt = DATASETS.create("fashion_longtail", path=str(fashion_file), imbalance=4.0)
     sizes = np.bincount([s.label for s in lt["train"]], minlength=10)
-    assert sizes.tolist() == pareto_counts(4, 10, 4.0) and sizes[0] == 4 and sizes[-1] == 1
+    assert sizes.tolist() == power_law_counts(4, 10, 4.0) and sizes[0] == 4 and sizes[-1] == 1
     op = DATASETS.create("fashion_openset", path=str(fashion_file))
     assert {s.label for s in op["train"]} == set(range(6)) == {s.label for s in op["test"]}
     assert len(op["open"]) == 8 and {s.label for s in op["open"]} == {-1}
     assert DATASETS.info("fashion_openset").splits == ("train", "test", "open")
 
 
-def test_pareto_counts_and_bad_options(fashion_file):
-    assert pareto_counts(6000, 10, 100.0)[0] == 6000 and pareto_counts(6000, 10, 100.0)[-1] == 60
+def test_power_law_counts_and_bad_options(fashion_file):
+    assert power_law_counts(6000, 10, 100.0)[0] == 6000 and power_law_counts(6000, 10, 100.0)[-1] == 60
     with pytest.raises(ValueError, match="imbalance must be >= 1"):
-        pareto_counts(10, 10, 0.5)
+        power_law_counts(10, 10, 0.5)
     with pytest.raises(ValueError, match="train_classes must be in"):
         DATASETS.create("fashion", path=str(fashion_file), train_classes=10)
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, TypeVar
+
+T = TypeVar("T")
 
 _LICENSE_LINE = re.compile(r"^License:\s*(\S.*)$", re.MULTILINE)
 
@@ -52,3 +55,13 @@ def print_licences(licences: Dict[str, str]) -> None:
     """One line per package: its licences."""
     for pkg, lic in licences.items():
         print(f"{pkg}: licence {lic}", flush=True)
+
+
+def build_from_packages(packages: Sequence[str], build: Callable[[Path, Dict[str, str]], T]) -> T:
+    """Download and unpack ``packages`` into a temporary folder, print their licences, and return
+    ``build(root, licences)`` (root: the unpacked tree, e.g. root / "usr" / "share" / ...)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = fetch_debs(list(packages), Path(tmp))
+        licences = package_licences(root, list(packages))
+        print_licences(licences)
+        return build(root, licences)

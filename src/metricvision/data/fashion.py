@@ -7,21 +7,20 @@ deterministic views of it:
 - ``fashion``: category-level retrieval, classes 0-4 train, 5-9 test (class-disjoint);
 - ``fashion_incremental``: the original train / test files; the protocol cuts classes in
   sorted order into tasks (split-by-classes, e.g. 5 tasks of 2 classes);
-- ``fashion_longtail``: the original test file, and a train file thinned to a Pareto
-  (power-law) profile: class c keeps 6000 / (c + 1) ** a images, a set by ``imbalance``;
+- ``fashion_longtail``: the original test file, and a train file thinned to a power-law
+  profile: class c keeps 6000 / (c + 1) ** a images, a set by ``imbalance``;
 - ``fashion_openset``: known classes 0 .. known-1 train and test; test images of the others are "open".
 """
 from __future__ import annotations
 
 import gzip
 import math
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from metricvision.data.debian import fetch_debs, package_licences, print_licences
+from metricvision.data.debian import build_from_packages
 from metricvision.data.packfile import cache_dir, load_packed, save_packed
 from metricvision.data.registry import Splits, register_dataset
 from metricvision.data.sample import Sample
@@ -77,11 +76,8 @@ def default_path() -> Path:
 
 def fetch_and_build(out: Optional[Path] = None) -> Dict[str, int]:
     """Download and unpack dataset-fashion-mnist into a temporary folder, print its licence, build."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = fetch_debs([PACKAGE], Path(tmp))
-        licences = package_licences(root, [PACKAGE])
-        print_licences(licences)
-        return build(root / "usr" / "share" / "datasets" / "fashion-mnist", out or default_path(), licences)
+    return build_from_packages([PACKAGE], lambda root, licences: build(
+        root / "usr" / "share" / "datasets" / "fashion-mnist", out or default_path(), licences))
 
 
 def _samples(path: Optional[str]) -> Tuple[List[Sample], np.ndarray]:
@@ -116,8 +112,9 @@ def fashion_incremental_splits(path: Optional[str] = None) -> Splits:
     return {split: [s for s, o in zip(samples, original) if o == i] for i, split in enumerate(("train", "test"))}
 
 
-def pareto_counts(n_max: int, num_classes: int, imbalance: float) -> List[int]:
-    """Class sizes n_max / (c + 1) ** a, a = log(imbalance) / log(num_classes): the last is n_max / imbalance."""
+def power_law_counts(n_max: int, num_classes: int, imbalance: float) -> List[int]:
+    """Class sizes n_max / (c + 1) ** a, a = log(imbalance) / log(num_classes): the last is n_max / imbalance
+    (a Zipf-like power law; ``data.longtail.pareto_counts`` is the Pareto profile of the emoji / ImageNet-LT splits)."""
     if imbalance < 1:
         raise ValueError(f"imbalance must be >= 1, got {imbalance}")
     a = math.log(imbalance) / math.log(num_classes)
@@ -125,9 +122,9 @@ def pareto_counts(n_max: int, num_classes: int, imbalance: float) -> List[int]:
 
 
 @register_dataset("fashion_longtail", protocol="longtail", class_disjoint=False, licence=_LICENCE, fetch="fashion",
-                  description="Fashion-MNIST long tail: train thinned to a Pareto profile (6000 .. 12), balanced test")
+                  description="Fashion-MNIST long tail: train thinned to a power-law profile (6000 .. 12), balanced test")
 def fashion_longtail_splits(path: Optional[str] = None, imbalance: float = 500.0) -> Splits:
-    """{"train": the first pareto_counts(...)[c] train images of class c, "test": the original test file}.
+    """{"train": the first power_law_counts(...)[c] train images of class c, "test": the original test file}.
 
     The default ``imbalance`` 500 (6000, 924, ..., 16, 12 images) puts 4 / 4 / 2 classes in the
     longtail protocol's many (> 100) / medium / few (< 20) shot groups.
@@ -136,7 +133,7 @@ def fashion_longtail_splits(path: Optional[str] = None, imbalance: float = 500.0
     by_class: Dict[int, List[Sample]] = {}
     for s in splits["train"]:
         by_class.setdefault(s.label, []).append(s)
-    counts = pareto_counts(max(len(v) for v in by_class.values()), len(CLASSES), imbalance)
+    counts = power_law_counts(max(len(v) for v in by_class.values()), len(CLASSES), imbalance)
     return {"train": [s for c in sorted(by_class) for s in by_class[c][: counts[c]]], "test": splits["test"]}
 
 

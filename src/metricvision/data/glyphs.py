@@ -11,14 +11,13 @@ from Debian's free font packages. Two deterministic, class-disjoint splits:
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from metricvision.data.debian import fetch_debs, package_licences, print_licences
+from metricvision.data.debian import build_from_packages
 from metricvision.data.packfile import cache_dir, load_packed, save_packed
 from metricvision.data.registry import Splits, register_dataset
 from metricvision.data.sample import Sample
@@ -154,11 +153,8 @@ def default_path(size: int = DEFAULT_SIZE) -> Path:
 
 def fetch_and_build(size: int = DEFAULT_SIZE, out: Optional[Path] = None) -> Dict[str, int]:
     """Download and unpack the font packages into a temporary folder, print their licences, build."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = fetch_debs(list(PACKAGES), Path(tmp))
-        licences = package_licences(root, list(PACKAGES))
-        print_licences(licences)
-        return build(root / "usr" / "share" / "fonts", out or default_path(size), size, licences=licences)
+    return build_from_packages(PACKAGES, lambda root, licences: build(
+        root / "usr" / "share" / "fonts", out or default_path(size), size, licences=licences))
 
 
 def load_glyphs(path: Optional[str | Path], train: Sequence[bool]) -> Splits:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from metricvision.localization.detector import head_optimizer
+from metricvision.localization.detector import HeadSteps
 from metricvision.losses import LOSSES
 from metricvision.models import Embedder
 
@@ -126,21 +126,13 @@ def train_crop_embedder(crop: CropEmbedder, stems: torch.Tensor, ids: torch.Tens
         raise ValueError("no crop has a reference identity: check that the scenes and references come from one split")
     torch.manual_seed(seed)
     metric = LOSSES.create(loss)
-    opt, sched = head_optimizer(crop, lr, steps)
+    head = HeadSteps(crop, lr, steps, log_every)
     crop.train()
-    logs, running = [], []
-    for step in range(steps):
+    for _ in range(steps):
         pick = usable[torch.randperm(len(usable))[:batch_size]]
         jit = torch.randint(stems.shape[0], (len(pick),))
         emb = crop.head(stems[jit, pick].float())
         value = torch.stack([metric(emb, ids[pick], ref_embeddings=r, ref_labels=ref_ids).value for r in refs]).mean()
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        sched.step()
-        running.append(value.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            logs.append({"step": step + 1, "crop_metric": float(np.mean(running))})
-            running = []
+        head.step(value, name="crop_metric")
     crop.eval()
-    return logs
+    return head.logs

@@ -246,8 +246,26 @@ def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: T
                    "match": loss_match.item(), "positives": int(pos.sum())}
 
 
-def head_optimizer(module: torch.nn.Module, lr: float, steps: int) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``module``'s parameters outside its frozen ``embedder``, with a cosine decay over ``steps``."""
-    params = [p for n, p in module.named_parameters() if not n.startswith("embedder.")]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+class HeadSteps:
+    """AdamW over ``module``'s parameters outside its frozen ``embedder``, a cosine decay over ``steps``, and
+    ``logs``: the mean of each logged value every ``log_every`` steps (the last step included)."""
+
+    def __init__(self, module: torch.nn.Module, lr: float, steps: int, log_every: int) -> None:
+        params = [p for n, p in module.named_parameters() if not n.startswith("embedder.")]
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+        self.steps, self.log_every, self.done = steps, log_every, 0
+        self.logs: List[dict] = []
+        self._running: List[dict] = []
+
+    def step(self, loss: torch.Tensor, name: str = "loss", **info: float) -> None:
+        """One optimizer step on the scalar ``loss``; logs it as ``name`` beside ``info``."""
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.done += 1
+        self._running.append({name: loss.item(), **info})
+        if self.done % self.log_every == 0 or self.done == self.steps:
+            self.logs.append({"step": self.done, **{k: float(np.mean([r[k] for r in self._running])) for k in self._running[0]}})
+            self._running = []

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from metricvision.localization.detector import QueryDetector, head_optimizer
+from metricvision.localization.detector import HeadSteps, QueryDetector
 
 
 def local_peaks(maps: torch.Tensor) -> torch.Tensor:
@@ -115,23 +115,15 @@ def train_weak(detector: QueryDetector, feats: torch.Tensor, present: Sequence[t
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    opt, sched = head_optimizer(detector, lr, steps)
+    head = HeadSteps(detector, lr, steps, log_every)
     detector.train()
-    logs, running = [], []
-    for step in range(steps):
+    for _ in range(steps):
         pick = rng.choice(len(feats), size=min(batch_size, len(feats)), replace=False)
         held = torch.isin(ref_ids, torch.cat([present[i] for i in pick]))
         cols = torch.nonzero(held | torch.isin(torch.arange(len(ref_ids)), torch.from_numpy(
             rng.choice(len(ref_ids), size=min(negatives, len(ref_ids)), replace=False)))).flatten()
         loss, _ = weak_losses(detector, feats[pick].float(), image_size, [present[i] for i in pick], [r[cols] for r in refs],
                               ref_ids[cols])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            logs.append({"step": step + 1, "weak": float(np.mean(running))})
-            running = []
+        head.step(loss, name="weak")
     detector.eval()
-    return logs
+    return head.logs

@@ -18,7 +18,7 @@ from PIL import Image
 
 from metricvision._atomic import atomic_write
 from metricvision.localization.crops import CropEmbedder
-from metricvision.localization.detector import QueryDetector, detection_losses, head_optimizer
+from metricvision.localization.detector import QueryDetector, HeadSteps, detection_losses
 from metricvision.losses import LOSSES
 
 
@@ -119,24 +119,16 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
         boxes = [b[x == ref_ids[targets[k]]] if targets[k] >= 0 else b[:0] for k, (b, x) in enumerate(zip(boxes, ids))]
         ids = [x[x == ref_ids[targets[k]]] if targets[k] >= 0 else x[:0] for k, x in enumerate(ids)]
     metric = LOSSES.create(loss)
-    opt, sched = head_optimizer(detector, lr, steps)
+    head = HeadSteps(detector, lr, steps, log_every)
     detector.train()
-    logs, running = [], []
-    for step in range(steps):
+    for _ in range(steps):
         pick = rng.choice(usable, size=min(batch_size, len(usable)), replace=False)
         primes = torch.stack([refs[int(rng.integers(len(refs)))][targets[i]] for i in pick]) if primed else None
         total, info = detection_losses(detector, feats_all[pick].float(), size, [boxes[i] for i in pick],
                                        [ids[i] for i in pick], refs, ref_ids, metric, primes=primes)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        sched.step()
-        running.append({"loss": total.item(), **info})
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            logs.append({"step": step + 1, **{k: float(np.mean([r[k] for r in running])) for k in running[0]}})
-            running = []
+        head.step(total, **info)
     detector.eval()
-    return logs
+    return head.logs
 
 
 def save_detector(detector: QueryDetector, path: str | Path, image_model: Optional[str] = None,
