@@ -4,7 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from metricvision.data.transforms import TRANSFORMS, height_width
+from torchvision import transforms as T
+
+from metricvision.data.transforms import TRANSFORMS, as_float_images, height_width
 
 
 def picture(w=70, h=90):
@@ -18,8 +20,34 @@ def picture(w=70, h=90):
 ])
 def test_output_shapes(name, size, shape):
     torch.manual_seed(0)
-    x = TRANSFORMS.create(name, size=size)(picture())
+    x = as_float_images(TRANSFORMS.create(name, size=size)(picture()))
     assert x.shape == shape and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def torchvision_train(size, scale_min, jitter):
+    """The "train" augmentation as the torchvision composition it stands for."""
+    return T.Compose([
+        T.RandomApply([T.ColorJitter(jitter, jitter, jitter, 0.05)], p=0.8),
+        T.RandomGrayscale(0.1),
+        T.RandomResizedCrop(height_width(size), scale=(scale_min, 1.0), ratio=(0.8, 1.25)),
+        T.RandomApply([T.RandomRotation(10, fill=255)], p=0.3),
+        T.PILToTensor(),
+    ])
+
+
+@pytest.mark.parametrize("size,scale_min,jitter", [(72, 0.6, 0.3), ([40, 24], 0.3, 0.5), (32, 1.0, 0.0)])
+def test_train_augment_equals_the_torchvision_composition_pixel_for_pixel(size, scale_min, jitter):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (int(rng.integers(20, 60)), int(rng.integers(20, 60)), 3), dtype=np.uint8))
+              for _ in range(150)]
+    ours, theirs = TRANSFORMS.create("train", size=size, scale_min=scale_min, jitter=jitter), torchvision_train(size, scale_min, jitter)
+    torch.manual_seed(1)
+    a = [ours(im) for im in images] + [torch.rand(1)]
+    torch.manual_seed(1)
+    b = [theirs(im) for im in images] + [torch.rand(1)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # same pixels, same random numbers drawn
+    batch = as_float_images(torch.stack(a[:1]))
+    torch.testing.assert_close(batch[0], b[0].float() / 255, rtol=0, atol=0)
 
 
 def test_reid_erasing_fills_with_the_imagenet_mean():

@@ -1,4 +1,4 @@
-"""Image transforms: PIL image -> float tensor (3, H, W) in [0, 1].
+"""Image transforms: PIL image -> tensor (3, H, W), float in [0, 1] or uint8 (scaled by ``as_float_images``).
 
 Each is registered by name and built with ``size`` (an int for H = W, or (H, W)) and its
 own keyword options (a recipe's ``data.train_transform_params``). Normalization happens in
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -41,25 +42,71 @@ def _check_probability(name: str, p: float) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {p}")
 
 
-@TRANSFORMS.register("train")
-def train_transform(size: Size = 48, scale_min: float = 0.6, jitter: float = 0.3) -> Transform:
-    """Colour jitter and random greyscale on the source image, then random resized crop and slight rotation.
+class TrainAugment:
+    """The emoji/icons/glyphs training augmentation: PIL RGB image -> uint8 tensor (3, H, W).
 
-    No flips (emoji and text are chiral). The colour operations run on the PIL source image, before
-    the crop upsamples it (40 px emoji -> 72 px), and every step is one PIL call: 2-3x cheaper than the
-    same steps on float tensors after the crop, so that data loading stays a small part of a step on
-    2 cores (benchmarks/train_throughput.py).
+    With probability 0.8 colour jitter (brightness, contrast, saturation in [1 - jitter, 1 + jitter], hue in
+    +- 0.05, in a random order) and with probability 0.1 greyscale, both on the source image; then a random
+    resized crop (scale [scale_min, 1], aspect [0.8, 1.25]) to (H, W) and, with probability 0.3, a rotation
+    of up to 10 degrees (white fill). No flips (emoji and text are chiral).
+
+    Pixel for pixel and draw for draw the torchvision composition RandomApply(ColorJitter) ->
+    RandomGrayscale -> RandomResizedCrop -> RandomApply(RandomRotation) -> PILToTensor (the random numbers
+    come from torchvision's own ``get_params``, in the same order), but each step is one Pillow call,
+    without the per-call dispatch of transform modules: about 2x cheaper, so that data loading stays a
+    small part of a training step on 2 cores (benchmarks/train_throughput.py). The result stays uint8: the
+    Trainer scales the whole batch to [0, 1] at once (``as_float_images``).
     """
-    if not 0 < scale_min <= 1:
-        raise ValueError(f"scale_min must be in (0, 1], got {scale_min}")
-    return T.Compose([
-        T.RandomApply([T.ColorJitter(jitter, jitter, jitter, 0.05)], p=0.8),
-        T.RandomGrayscale(0.1),
-        T.RandomResizedCrop(height_width(size), scale=(scale_min, 1.0), ratio=(0.8, 1.25)),
-        T.RandomApply([T.RandomRotation(10, fill=255)], p=0.3),
-        T.PILToTensor(),
-        T.ConvertImageDtype(torch.float32),
-    ])
+
+    def __init__(self, size: Size = 48, scale_min: float = 0.6, jitter: float = 0.3) -> None:
+        if not 0 < scale_min <= 1:
+            raise ValueError(f"scale_min must be in (0, 1], got {scale_min}")
+        self.size = height_width(size)
+        self.scale = [scale_min, 1.0]
+        self.ratio = [0.8, 1.25]
+        cj = T.ColorJitter(jitter, jitter, jitter, 0.05)  # its ranges: None where a factor cannot change
+        self.ranges = (cj.brightness, cj.contrast, cj.saturation, cj.hue)
+
+    def _jitter(self, img: Image.Image) -> Image.Image:
+        order, *factors = T.ColorJitter.get_params(*self.ranges)
+        for op in order.tolist():
+            f = factors[op]
+            if f is None:
+                continue
+            if op == 0:  # brightness: blend with black
+                img = Image.blend(Image.new("RGB", img.size, 0), img, f)
+            elif op == 1:  # contrast: blend with the rounded mean grey (ImageEnhance.Contrast)
+                mean = int(np.asarray(img.convert("L"), dtype=np.float64).mean() + 0.5)
+                img = Image.blend(Image.new("RGB", img.size, (mean,) * 3), img, f)
+            elif op == 2:  # saturation: blend with the grey image (ImageEnhance.Color)
+                img = Image.blend(img.convert("L").convert("RGB"), img, f)
+            else:  # hue: shift H in HSV, wrapping at 255 (torchvision's adjust_hue)
+                hsv = np.array(img.convert("HSV"))
+                with np.errstate(over="ignore"):
+                    hsv[..., 0] += np.array(f * 255).astype(np.uint8)
+                img = Image.fromarray(hsv, "HSV").convert("RGB")
+        return img
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        if not 0.8 < torch.rand(1):
+            img = self._jitter(img)
+        if torch.rand(1) < 0.1:
+            img = img.convert("L").convert("RGB")
+        top, left, h, w = T.RandomResizedCrop.get_params(img, self.scale, self.ratio)
+        img = img.crop((left, top, left + w, top + h)).resize(self.size[::-1], Image.BILINEAR)
+        if not 0.3 < torch.rand(1):
+            img = img.rotate(T.RandomRotation.get_params([-10.0, 10.0]), Image.NEAREST, fillcolor=(255, 255, 255))
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+TRANSFORMS.register("train")(TrainAugment)
+
+
+def as_float_images(x: torch.Tensor) -> torch.Tensor:
+    """A batch (N, 3, H, W) as float in [0, 1]: uint8 images are divided by 255, float ones returned as they are."""
+    return x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x
 
 
 @TRANSFORMS.register("reid")

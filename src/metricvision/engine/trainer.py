@@ -22,7 +22,7 @@ from tqdm import tqdm
 from metricvision.config import Recipe
 from metricvision.data.samplers import SAMPLERS
 from metricvision.data.sample import Sample, SampleDataset
-from metricvision.data.transforms import TRANSFORMS
+from metricvision.data.transforms import TRANSFORMS, as_float_images
 from metricvision._atomic import atomic_write
 from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, eval_recipes,
                                           resolve_eval, run_evaluations)
@@ -287,7 +287,7 @@ class Trainer:
         losses, t0, skipped = [], time.time(), 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.recipe.train.epochs}", leave=False, dynamic_ncols=True)
         for step, (x, y, idx) in enumerate(bar):
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = as_float_images(x.to(self.device)), y.to(self.device)
             self.batch_indices = idx
             for h in self.hooks:
                 if hasattr(h, "targets"):
