@@ -5,9 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from metricvision.config import load_recipe
 from metricvision.data import relabel
+from metricvision.data.transforms import as_float_images
 from metricvision.engine.distributed import launch_local
 from metricvision.engine.trainer import Trainer
 
@@ -66,3 +68,43 @@ def test_ray_train_runs_ddp_workers_into_one_run_folder(tmp_path: Path, ray_loca
     assert metrics == json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["recall@1"] > 0.1
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def _distill_recipe(teacher: str):
+    return load_recipe("distill", OVERRIDES + [f"distill.teacher={teacher}", "distill.loss=embedding_distillation",
+                                               "distill.params={}", "distill.weight=5.0", "model.pooling=avg"])
+
+
+def _first_step_gradient(trainer: Trainer, batch: list) -> torch.Tensor:
+    """The encoder's gradient of the loss (metric loss + the hooks' terms) on ``batch``, batch norm frozen."""
+    trainer.model.eval()  # running statistics: the same on every rank
+    trainer._call("on_fit_start")
+    x = as_float_images(torch.stack([trainer.train_set[i][0] for i in batch]))
+    y = torch.tensor([trainer.train_set[i][1] for i in batch])
+    trainer.batch_indices = torch.tensor(batch)
+    trainer.batch_loss(x, y).value.backward()
+    return torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+
+
+def _distill_worker(rank: int, world: int, teacher: str, out: str) -> None:
+    from metricvision.engine.ray_train import DistributedTrainer
+
+    train, test = _data()
+    t = DistributedTrainer(_distill_recipe(teacher), Path(out) / "run", train, test)
+    t.sampler.set_epoch(0)
+    torch.save(_first_step_gradient(t, next(iter(t.local_batches(t.sampler)))), Path(out) / f"grad{rank}.pt")
+
+
+def test_two_process_step_with_a_hooks_loss_term_has_the_single_process_gradient(tmp_path: Path) -> None:
+    """A supervision with a loss term of its own (distillation's extra_loss) on 2 DDP processes: after DDP's
+    averaging, every rank holds the gradient of one process on the whole global batch."""
+    train, test = _data()
+    teacher, recipe = tmp_path / "teacher", _recipe("multi_similarity")
+    recipe.train.epochs = 1
+    Trainer(recipe, teacher, train, test).fit()
+    launch_local(_distill_worker, 2, str(teacher), str(tmp_path))
+    single = Trainer(_distill_recipe(str(teacher)), tmp_path / "single", train, test)
+    single.sampler.set_epoch(0)
+    want = _first_step_gradient(single, next(iter(single.sampler)))
+    for rank in range(2):
+        torch.testing.assert_close(torch.load(tmp_path / f"grad{rank}.pt"), want, rtol=1e-4, atol=1e-6)

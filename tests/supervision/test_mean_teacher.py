@@ -61,9 +61,12 @@ def test_mean_teacher_checks_its_decay():
         MeanTeacherPropagation(ema_decay=1.5)
 
 
-def test_a_trainer_with_its_own_batch_loss_refuses_extra_loss_hooks(tmp_path, emoji_small):
+def test_the_distributed_trainer_adds_the_hooks_loss_terms_as_the_trainer_does(tmp_path, emoji_small):
+    """Alone (no process group), DistributedTrainer's step is the Trainer's, the mean teacher's term included."""
     from metricvision.engine.ray_train import DistributedTrainer
 
     train, test = emoji_small
-    with pytest.raises(ValueError, match="'label_propagation_mean_teacher' adds a loss term .* DistributedTrainer"):
-        DistributedTrainer(load_recipe("semi_propagation_mean_teacher_10", TINY), tmp_path / "run", train, test)
+    ref = Trainer(load_recipe("semi_propagation_mean_teacher_10", TINY), tmp_path / "single", train, test)
+    got = DistributedTrainer(load_recipe("semi_propagation_mean_teacher_10", TINY), tmp_path / "ddp", train, test)
+    assert got.fit()["map@r"] == ref.fit()["map@r"]
+    assert got.history["step_loss"] == ref.history["step_loss"]

@@ -140,9 +140,6 @@ class Trainer:
             from metricvision.engine.tensorboard import TensorBoardLogger
 
             self.hooks.append(TensorBoardLogger(self.run_dir / "tensorboard"))
-        if type(self).batch_loss is not Trainer.batch_loss and any(hasattr(h, "extra_loss") for h in self.hooks):
-            raise ValueError(f"supervision '{recipe.supervision.name}' adds a loss term (extra_loss), which "
-                             f"{type(self).__name__} does not support yet; train it with the plain Trainer")
         self._call("setup")
         d, size = recipe.data, recipe.data.image_size
         self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
