@@ -28,8 +28,10 @@ bg() { local name=$1; shift; matrix --out "$ROOT/$name.json" "$@" > "$ROOT/$name
   matrix --out "$ROOT/distill.json" "$@" --recipes distill --set "distill.teacher=$ROOT/default__-__s{seed}" --jobs 3 --threads 1
 ) > "$ROOT/distill.out" 2>&1 & pids+=($!)
 # the settings, each recipe as it is
-bg settings "$@" --recipes semi_labelled_10 semi_propagation_10 semi_propagation_mean_teacher_10 \
-  unsup_manifold_mining incremental_metric incremental_icarl fewshot_dense
+bg settings "$@" --recipes unsup_manifold_mining incremental_metric incremental_icarl fewshot_dense
+# semi-supervised: each seed keeps another 10% of the labels (label_seed = the seed)
+bg semi "$@" --recipes semi_labelled_10 semi_propagation_10 semi_propagation_mean_teacher_10 \
+  --set "supervision.params.label_seed={seed}" --jobs 3 --threads 1
 # all labels: the upper end of the semi-supervised gap (same batches and schedule as semi_labelled_10)
 bg all_labels "$@" --tag all_labels --recipes semi_labelled_10 --set supervision.params.label_fraction=1.0 --jobs 3 --threads 1
 # the pretrained model, no training: the baseline of manifold mining
