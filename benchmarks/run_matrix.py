@@ -1,7 +1,8 @@
 """Run a matrix of `metricvision train` jobs (recipes x datasets x seeds) in parallel, one process each.
 
 Each job is ``metricvision train RECIPE --set train.seed=S --set data.dataset=D [--set ...]`` in its own run
-folder under --root; a job whose metrics.json already exists is skipped, so a killed matrix resumes. Every job's
+folder under --root; a job whose metrics.json already exists is skipped and one with a checkpoint but no
+metrics.json continues from its last finished epoch (``train --resume``), so a killed matrix resumes. Every job's
 metrics are gathered into one JSON file (--out) and printed as a table, mean +- std over seeds.
 ``--set-for D K=V`` overrides K for dataset D's jobs only (e.g. fewer epochs on a larger dataset; a --set of K
 wins); ``--tag T`` names a variant (its rows' recipe is "RECIPE [T]").
@@ -53,6 +54,8 @@ def run_job(recipe: str, dataset: str, seed: int, a: argparse.Namespace) -> Dict
         cmd = [sys.executable, "-m", "metricvision.cli", "train", recipe, "--out", str(out), "--no-report"]
         for s in sets:
             cmd += ["--set", s]
+        if (out / "checkpoint.safetensors").exists():  # a killed job continues from its last epoch
+            cmd.append("--resume")
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(a.root / f"{out.name}.log", "w") as log:
