@@ -26,7 +26,7 @@ def teacher_run(tmp_path_factory, emoji_small):
 
 def test_distill_recipe_trains_a_student_on_cached_teacher_embeddings(tmp_path, emoji_small, teacher_run):
     train, test = emoji_small
-    recipe = load_recipe("distill", TINY + ["data.image_size=24", "model.dim=16", f"distill.teacher={teacher_run}"])
+    recipe = load_recipe("distill", TINY + ["data.image_size=24", "model.dim=48", f"distill.teacher={teacher_run}"])
     t = Trainer(recipe, tmp_path / "student", train, test)
     (hook,) = [h for h in t.hooks if isinstance(h, TeacherDistillation)]
     metrics = t.fit()
@@ -40,9 +40,9 @@ def test_distill_recipe_trains_a_student_on_cached_teacher_embeddings(tmp_path, 
     assert cached.shape == (len(train), 48) and torch.allclose(cached, t_recipe.embed(train), atol=1e-5)
     # the added term is weight x the distillation loss of the student against the cached rows
     idx = torch.arange(8)
-    z = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
-    want = create_loss("rank_distillation", k=8, beta=16.0)(z, cached[idx]).value
-    assert torch.allclose(hook.extra_loss(t, idx, z).value, want)
+    z = torch.nn.functional.normalize(torch.randn(8, 48), dim=1)
+    want = recipe.distill.weight * create_loss(recipe.distill.loss, **recipe.distill.params)(z, cached[idx]).value
+    assert recipe.distill.weight != 1 and torch.allclose(hook.extra_loss(t, idx, z).value, want)
 
 
 def test_second_student_reads_the_cache_without_the_teacher(tmp_path, emoji_small, teacher_run):
@@ -50,7 +50,7 @@ def test_second_student_reads_the_cache_without_the_teacher(tmp_path, emoji_smal
     teacher = tmp_path / "teacher"
     shutil.copytree(teacher_run, teacher)
     run = tmp_path / "student"
-    common = TINY + ["data.image_size=24", "model.dim=16", "model.backbone=small_cnn"]
+    common = TINY + ["data.image_size=24", "model.dim=48", "model.backbone=small_cnn"]
     Trainer(load_recipe("distill", common + [f"distill.teacher={teacher}"]), run, train, test).fit()
     before = torch.load(run / CACHE)["embeddings"]
     (teacher / CHECKPOINT).unlink()  # the teacher cannot run any more: only the cache can serve it

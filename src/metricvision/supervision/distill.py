@@ -4,7 +4,7 @@ The teacher is a run folder written by ``metricvision train``; its embeddings of
 set (at the teacher's own resolution, eval transform) are computed once and cached in the
 student's run folder, so a student of another backbone / resolution trains without running
 the teacher again. Each batch adds ``weight`` x a distillation loss (``losses/distillation.py``:
-kd, rkd_distance, rkd_angle, rank_distillation) between the student's (B, D_s) embeddings and
+kd, rkd_distance, rkd_angle, rank_distillation, embedding_distillation) between the student's (B, D_s) embeddings and
 the cached (B, D_t) teacher embeddings of the same samples to the student's own loss.
 """
 from __future__ import annotations
