@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -32,6 +33,28 @@ from metricvision.kb.store import KnowledgeBase
 
 WORDS = ("red", "green", "blue", "yellow", "black", "orange", "circle", "square", "triangle", "wooden", "metal",
          "glass", "lamp", "chair", "cup", "bottle", "clock", "vase")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict = {}
+    stats: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
 
 
 def free_port() -> int:
@@ -168,16 +191,23 @@ def main() -> None:
     print(f"KB of {len(kb)} items, {a.requests} requests per phase, mix {a.mix}, server threads {a.threads}, processes {a.workers}"
           + (f", {a.writes_per_s:g} writes/s" if writer else ""))
     print("| concurrency | req/s | errors | request | n | p50 ms | p95 ms |\n|---|---|---|---|---|---|---|")
+    cpu_rows = []
     for c in levels:
-        start = time.perf_counter()
+        load = os.getloadavg()[0]
+        server_cpu, client_cpu, start = process_cpu_s(server.pid), time.process_time(), time.perf_counter()
         results = asyncio.run(phase(c, range(a.requests)))
         wall = time.perf_counter() - start
+        server_cpu, client_cpu = process_cpu_s(server.pid) - server_cpu, time.process_time() - client_cpu
+        cpu_rows.append(f"concurrency {c}: server {1000 * server_cpu / a.requests:.2f} ms, client "
+                        f"{1000 * client_cpu / a.requests:.2f} ms CPU per request; load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
         bad = sum(status != 200 for _, _, status in results)
         errors += bad
         rates[c] = a.requests / wall
         for kind in [*dict.fromkeys(k for k, _, _ in results), "all"]:
             lat = np.array([t for k, t, _ in results if kind in (k, "all")]) * 1000
             print(f"| {c} | {rates[c]:.1f} | {bad} | {kind} | {len(lat)} | {np.percentile(lat, 50):.1f} | {np.percentile(lat, 95):.1f} |")
+    for row in cpu_rows:
+        print(row)
     if len(levels) > 1:
         print(f"throughput at concurrency {levels[-1]} / concurrency {levels[0]}: {rates[levels[-1]] / rates[levels[0]]:.2f}x")
     if recall:
