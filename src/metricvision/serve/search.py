@@ -14,8 +14,9 @@ import time
 import urllib.parse
 from dataclasses import dataclass, fields
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
+from metricvision.data import load_image
 from metricvision.kb.live import LiveKB
 from metricvision.kb.query import MODES, encode_text_cached, search
 from metricvision.kb.regions import has_regions
@@ -99,9 +100,11 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         try:
-            return float(value.strip()) if isinstance(value, str) else float("x")
+            if isinstance(value, str):
+                return float(value.strip())
         except ValueError:
-            raise _invalid(name, "Input should be a valid number, unable to parse string as a number") from None
+            pass
+        raise _invalid(name, "Input should be a valid number, unable to parse string as a number")
     if not isinstance(value, str):
         raise _invalid(name, "Input should be a valid string")
     return value
@@ -125,7 +128,7 @@ class Searcher:
     def __init__(self, live: LiveKB, workers: Any, combiner: Any, max_upload_bytes: int, max_pixels: int) -> None:
         self.live, self.workers, self.combiner = live, workers, combiner
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
-        self.inline = 0  # searches answered on the event loop (tests and /metrics readers)
+        self.inline = 0  # searches answered on the event loop (a count for tests and operators)
 
     async def answer(self, q: SearchQuery, upload: Optional[bytes]) -> bytes:
         """The JSON body of the answer; BadRequest for a 4xx / 503."""
@@ -168,8 +171,6 @@ class Searcher:
 
 def item_image(kb: Any, item_id: int) -> Any:
     """The image of item ``item_id`` (a 404 when the item or its file is missing)."""
-    from metricvision.data import load_image
-
     try:
         kb.get(item_id)
     except KeyError as e:
@@ -241,11 +242,9 @@ class FastSearch:
 
 def _replay(data: bytes, receive: Receive) -> Receive:
     """A receive that gives the already-read body once, then defers to ``receive``."""
-    pending: List[Tuple[bytes]] = [(data,)]
+    pending = [{"type": "http.request", "body": data, "more_body": False}]
 
     async def again() -> Dict[str, Any]:
-        if pending:
-            return {"type": "http.request", "body": pending.pop()[0], "more_body": False}
-        return await receive()
+        return pending.pop() if pending else await receive()
 
     return again
