@@ -227,6 +227,14 @@ def main() -> None:
             server.kill()
             raise SystemExit("the server did not become ready")
         time.sleep(0.2)
+    # /readyz answers once one process is up; with --workers the others may still be loading the
+    # KB (seconds of CPU at 1M, which the first phase would pay for): wait until the server idles
+    used = process_cpu_s(server.pid)
+    while time.monotonic() < deadline + 120:
+        time.sleep(0.5)
+        used, before = process_cpu_s(server.pid), used
+        if used - before < 0.05:
+            break
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0, limits=limits)
     recall: List[float] = []
