@@ -148,3 +148,25 @@ def test_text_embedding_cache_peeks_without_encoding_and_evicts_the_oldest():
     assert cache.cache_info() == (0, 0, 2, 0)
     with pytest.raises(ValueError, match="maxsize must be >= 1"):
         TextEmbeddingCache(0)
+
+
+def test_searches_that_arrive_together_go_to_the_pool_and_a_lone_one_stays_on_the_loop(shapes_kb_path):
+    import asyncio
+
+    from metricvision.serve.search import SearchQuery
+
+    app = create_app(shapes_kb_path)
+    searcher = app.state.searcher
+    query = SearchQuery(text="blue triangle zq3", k=2)
+
+    async def go():
+        first = await searcher.answer(query, None)  # not cached yet: encoded on the pool
+        alone = await searcher.answer(query, None)
+        together = await asyncio.gather(*(searcher.answer(query, None) for _ in range(3)))
+        return first, alone, together
+
+    first, alone, together = asyncio.run(go())
+    assert first == alone and all(t == alone for t in together)
+    assert (searcher.inline, searcher.pooled) == (1, 4) and searcher.active == 0
+    app.state.workers.pool.shutdown(wait=False)
+    app.state.live.close()

@@ -4,11 +4,13 @@ Multipart bodies (image uploads, the web page) go through FastAPI's form parsing
 (``application/x-www-form-urlencoded``) and JSON bodies are parsed here by hand, with the
 same checks and the same 4xx errors, skipping FastAPI's form parsing, dependency solving and
 routing (about a third of the server's CPU per text query). A vector search for a text whose
-embedding is cached, without filters or heat maps, runs on the event loop itself: a hop to a
-worker thread (and the GIL hand-offs it brings) would cost more than the search.
+embedding is cached, without filters or heat maps, runs on the event loop itself when no other
+search is under way (a hop to a worker thread would add latency and buy nothing), and on the
+worker pool when others are (faiss releases the GIL: searches then use every core).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.parse
@@ -128,10 +130,18 @@ class Searcher:
     def __init__(self, live: LiveKB, workers: Any, combiner: Any, max_upload_bytes: int, max_pixels: int) -> None:
         self.live, self.workers, self.combiner = live, workers, combiner
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
-        self.inline = 0  # searches answered on the event loop (a count for tests and operators)
+        self.active = 0  # requests inside answer()
+        self.inline = self.pooled = 0  # searches answered on the event loop / on the pool
 
     async def answer(self, q: SearchQuery, upload: Optional[bytes]) -> bytes:
         """The JSON body of the answer; BadRequest for a 4xx / 503."""
+        self.active += 1
+        try:
+            return await self._answer(q, upload)
+        finally:
+            self.active -= 1
+
+    async def _answer(self, q: SearchQuery, upload: Optional[bytes]) -> bytes:
         q.check()
         kb, parsed = self.live.snapshot(), parse_filters(q.filters)
         deadline = time.monotonic() + self.workers.budget_s * 0.8
@@ -158,9 +168,16 @@ class Searcher:
                  and not q.with_heatmap and encode_text_cached.cached(kb.model, q.text.strip())
                  and not has_regions(kb.path))
         if short:
+            # requests that arrived together all reach this point before any decides: alone, the search
+            # runs here (no hop: the lowest latency); with company, on the pool, where faiss runs
+            # without the GIL, in parallel with the other searches and with this loop
+            await asyncio.sleep(0)
+            short = self.active == 1
+        if short:
             self.inline += 1
             hits = run()
         else:
+            self.pooled += 1
             hits = await self.workers.run(run)
         for h in hits:
             h["image_url"] = f"/v1/items/{h['id']}/image"
