@@ -150,23 +150,31 @@ def test_text_embedding_cache_peeks_without_encoding_and_evicts_the_oldest():
         TextEmbeddingCache(0)
 
 
-def test_searches_that_arrive_together_go_to_the_pool_and_a_lone_one_stays_on_the_loop(shapes_kb_path):
+def test_searches_that_arrive_together_go_to_the_pool_unless_no_worker_is_free(shapes_kb_path):
     import asyncio
 
     from metricvision.serve.search import SearchQuery
 
-    app = create_app(shapes_kb_path)
-    searcher = app.state.searcher
+    app = create_app(shapes_kb_path, threads=4)
+    searcher, workers = app.state.searcher, app.state.workers
     query = SearchQuery(text="blue triangle zq3", k=2)
 
     async def go():
         first = await searcher.answer(query, None)  # not cached yet: encoded on the pool
         alone = await searcher.answer(query, None)
         together = await asyncio.gather(*(searcher.answer(query, None) for _ in range(3)))
-        return first, alone, together
+        counts = (searcher.inline, searcher.pooled)
+        release = threading.Event()
+        blockers = [asyncio.ensure_future(workers.run(release.wait, 30)) for _ in range(4)]  # every thread taken
+        await asyncio.sleep(0.05)
+        busy = await asyncio.gather(*(searcher.answer(query, None) for _ in range(3)))
+        release.set()
+        await asyncio.gather(*blockers)
+        return first, alone, together, counts, busy
 
-    first, alone, together = asyncio.run(go())
-    assert first == alone and all(t == alone for t in together)
-    assert (searcher.inline, searcher.pooled) == (1, 4) and searcher.active == 0
-    app.state.workers.pool.shutdown(wait=False)
+    first, alone, together, counts, busy = asyncio.run(go())
+    assert first == alone and all(t == alone for t in together + busy)
+    assert counts == (1, 3)  # alone: on the loop; together: on the pool
+    assert (searcher.inline, searcher.pooled) == (4, 3) and searcher.active == 0 and workers.busy == 0
+    workers.pool.shutdown(wait=False)
     app.state.live.close()

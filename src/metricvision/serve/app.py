@@ -50,7 +50,8 @@ class Workers:
 
     def __init__(self, threads: int, queue: int, budget_s: float) -> None:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mv-serve")
-        self.slots = threads + queue
+        self.threads, self.slots = threads, threads + queue
+        self.busy = 0  # calls holding a thread (or about to)
         self.budget_s = budget_s
         self._sem: Optional[asyncio.Semaphore] = None
 
@@ -66,14 +67,19 @@ class Workers:
                 raise BadRequest(503, f"server busy: no worker free within {self.budget_s:g} s; retry later") from None
         else:
             await self._sem.acquire()
+        self.busy += 1
+        future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        future.add_done_callback(self._done)  # the thread is free when fn returns, not when we stop waiting
         try:
-            future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
             done, _ = await asyncio.wait([future], timeout=max(self.budget_s - (time.monotonic() - start), 0.001))
             if not done:  # the work goes on in its thread; the client is answered now
                 raise BadRequest(503, f"request exceeded its time budget of {self.budget_s:g} s")
             return future.result()
         finally:
             self._sem.release()
+
+    def _done(self, _: Any) -> None:
+        self.busy -= 1
 
 
 def create_app(

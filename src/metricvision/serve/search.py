@@ -5,8 +5,9 @@ Multipart bodies (image uploads, the web page) go through FastAPI's form parsing
 same checks and the same 4xx errors, skipping FastAPI's form parsing, dependency solving and
 routing (about a third of the server's CPU per text query). A vector search for a text whose
 embedding is cached, without filters or heat maps, runs on the event loop itself when no other
-search is under way (a hop to a worker thread would add latency and buy nothing), and on the
-worker pool when others are (faiss releases the GIL: searches then use every core).
+such search is under way (a hop to a worker thread would add latency and buy nothing) or no
+worker thread is free, and else on the worker pool (faiss releases the GIL: the searches
+then use every core).
 """
 from __future__ import annotations
 
@@ -130,18 +131,11 @@ class Searcher:
     def __init__(self, live: LiveKB, workers: Any, combiner: Any, max_upload_bytes: int, max_pixels: int) -> None:
         self.live, self.workers, self.combiner = live, workers, combiner
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
-        self.active = 0  # requests inside answer()
-        self.inline = self.pooled = 0  # searches answered on the event loop / on the pool
+        self.active = 0  # short searches under way
+        self.inline = self.pooled = 0  # short searches answered on the event loop / on the pool
 
     async def answer(self, q: SearchQuery, upload: Optional[bytes]) -> bytes:
         """The JSON body of the answer; BadRequest for a 4xx / 503."""
-        self.active += 1
-        try:
-            return await self._answer(q, upload)
-        finally:
-            self.active -= 1
-
-    async def _answer(self, q: SearchQuery, upload: Optional[bytes]) -> bytes:
         q.check()
         kb, parsed = self.live.snapshot(), parse_filters(q.filters)
         deadline = time.monotonic() + self.workers.budget_s * 0.8
@@ -168,16 +162,22 @@ class Searcher:
                  and not q.with_heatmap and encode_text_cached.cached(kb.model, q.text.strip())
                  and not has_regions(kb.path))
         if short:
-            # requests that arrived together all reach this point before any decides: alone, the search
-            # runs here (no hop: the lowest latency); with company, on the pool, where faiss runs
-            # without the GIL, in parallel with the other searches and with this loop
-            await asyncio.sleep(0)
-            short = self.active == 1
-        if short:
-            self.inline += 1
-            hits = run()
+            # short searches that arrived together all reach this point before any decides: alone, the
+            # search runs here (no hop: the lowest latency); with company, on the pool, where faiss runs
+            # without the GIL, in parallel with the others and with this loop, unless every worker
+            # thread is taken (by image queries, heat maps: waiting behind them would cost more)
+            self.active += 1
+            try:
+                await asyncio.sleep(0)
+                if self.active == 1 or self.workers.busy >= self.workers.threads:
+                    self.inline += 1
+                    hits = run()
+                else:
+                    self.pooled += 1
+                    hits = await self.workers.run(run)
+            finally:
+                self.active -= 1
         else:
-            self.pooled += 1
             hits = await self.workers.run(run)
         for h in hits:
             h["image_url"] = f"/v1/items/{h['id']}/image"
