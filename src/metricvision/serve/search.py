@@ -5,8 +5,8 @@ Multipart bodies (image uploads, the web page) go through FastAPI's form parsing
 same checks and the same 4xx errors, skipping FastAPI's form parsing, dependency solving and
 routing (about a third of the server's CPU per text query). A vector search for a text whose
 embedding is cached, without filters or heat maps, runs on the event loop itself when no other
-such search is under way (a hop to a worker thread would add latency and buy nothing) or no
-worker thread is free, and else on the worker pool (faiss releases the GIL: the searches
+such search is under way (a hop to a worker thread would add latency and buy nothing) or
+long work (image queries, heat maps) holds every worker thread, and else on the worker pool (faiss releases the GIL: the searches
 then use every core).
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ class Searcher:
     def __init__(self, live: LiveKB, workers: Any, combiner: Any, max_upload_bytes: int, max_pixels: int) -> None:
         self.live, self.workers, self.combiner = live, workers, combiner
         self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
-        self.active = 0  # short searches under way
+        self.active = self.in_pool = 0  # short searches under way, and those of them on the pool
         self.inline = self.pooled = 0  # short searches answered on the event loop / on the pool
 
     async def answer(self, q: SearchQuery, upload: Optional[bytes]) -> bytes:
@@ -165,16 +165,20 @@ class Searcher:
             # short searches that arrived together all reach this point before any decides: alone, the
             # search runs here (no hop: the lowest latency); with company, on the pool, where faiss runs
             # without the GIL, in parallel with the others and with this loop, unless every worker
-            # thread is taken (by image queries, heat maps: waiting behind them would cost more)
+            # thread is taken by long work (image queries, heat maps: waiting behind them costs more)
             self.active += 1
             try:
                 await asyncio.sleep(0)
-                if self.active == 1 or self.workers.busy >= self.workers.threads:
+                if self.active == 1 or self.workers.busy - self.in_pool >= self.workers.threads:
                     self.inline += 1
                     hits = run()
                 else:
                     self.pooled += 1
-                    hits = await self.workers.run(run)
+                    self.in_pool += 1
+                    try:
+                        hits = await self.workers.run(run)
+                    finally:
+                        self.in_pool -= 1
             finally:
                 self.active -= 1
         else:
