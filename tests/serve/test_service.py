@@ -262,3 +262,50 @@ def _ready(base: str) -> bool:
     except httpx.TransportError:
         return False
 
+
+
+@pytest.mark.slow
+def test_worker_processes_have_their_own_sockets_and_a_dead_one_is_replaced(kb_copy):
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    server = subprocess.Popen([sys.executable, "-m", "metricvision.cli", "serve", str(kb_copy), "--port", str(port),
+                               "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+
+    def children() -> set:
+        with open(f"/proc/{server.pid}/task/{server.pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+
+    def listening(pid: int) -> set:  # inodes of the listening TCP sockets on the port that the process holds
+        try:
+            held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            with open(f"/proc/{pid}/net/tcp") as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except OSError:  # gone
+            return set()
+        return {r[9] for r in rows if r[3] == "0A" and int(r[1].split(":")[1], 16) == port and f"socket:[{r[9]}]" in held}
+
+    def serving() -> dict:  # child -> its listening socket (multiprocessing's helper processes hold none)
+        return {p: inodes for p in children() if (inodes := listening(p))}
+
+    def own_sockets() -> bool:  # two processes, one socket each, not a shared one
+        s = serving()
+        return len(s) == 2 and all(len(i) == 1 for i in s.values()) and len(set.union(*s.values())) == 2
+
+    try:
+        assert wait_until(lambda: _ready(base), timeout=120)
+        assert wait_until(own_sockets, timeout=60) and not listening(server.pid)
+        first = set(serving())
+        os.kill(min(first), signal.SIGKILL)
+        assert wait_until(lambda: own_sockets() and set(serving()) != first, timeout=120)
+        assert all(_ready(base) for _ in range(8))  # fresh connections, whichever process takes them
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert server.returncode == 0 and b"exited with" in server.stdout.read()

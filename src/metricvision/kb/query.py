@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import base64
-import functools
+import threading
 import time
+from collections import OrderedDict, namedtuple
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -23,11 +24,64 @@ RRF_C = 60
 TEXT_CACHE = 4096
 
 
-@functools.lru_cache(maxsize=TEXT_CACHE)
-def encode_text_cached(model: ImageTextModel, text: str) -> torch.Tensor:
-    """(1, D) embedding of ``text`` by ``model``; the last TEXT_CACHE (model, text) pairs are kept
-    (a server sees the same queries again, and text encoding is serialized by the model's lock)."""
-    return model.encode_text([text])
+CacheInfo = namedtuple("CacheInfo", "hits misses maxsize currsize")
+
+
+class TextEmbeddingCache:
+    """``cache(model, text)`` -> (1, D) embedding of ``text`` by ``model``, the last ``maxsize`` pairs kept.
+
+    A server sees the same queries again, and text encoding is serialized by the model's lock.
+    Unlike ``functools.lru_cache`` it can be asked whether a text is cached without encoding it
+    (``peek``): the server answers such queries without a hop to a worker thread.
+
+    Args:
+        maxsize: (model, text) pairs kept, least recently used dropped first.
+    """
+
+    def __init__(self, maxsize: int = TEXT_CACHE) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize, self.hits, self.misses = maxsize, 0, 0
+        self._items: "OrderedDict[Tuple[ImageTextModel, str], torch.Tensor]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def peek(self, model: ImageTextModel, text: str) -> Optional[torch.Tensor]:
+        """The cached (1, D) embedding (counted as a hit), None when it is not cached."""
+        with self._lock:
+            emb = self._items.get((model, text))
+            if emb is not None:
+                self._items.move_to_end((model, text))
+                self.hits += 1
+            return emb
+
+    def cached(self, model: ImageTextModel, text: str) -> bool:
+        """Whether the embedding of ``text`` by ``model`` is cached (nothing is counted or moved)."""
+        return (model, text) in self._items
+
+    def __call__(self, model: ImageTextModel, text: str) -> torch.Tensor:
+        emb = self.peek(model, text)
+        if emb is not None:
+            return emb
+        emb = model.encode_text([text])  # outside the lock: the model serializes encoding itself
+        with self._lock:
+            self.misses += 1
+            self._items[(model, text)] = emb
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+        return emb
+
+    def cache_info(self) -> CacheInfo:
+        """hits, misses, maxsize and currsize, as ``functools.lru_cache`` reports them."""
+        return CacheInfo(self.hits, self.misses, self.maxsize, len(self._items))
+
+    def cache_clear(self) -> None:
+        """Forget every embedding."""
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
+
+encode_text_cached = TextEmbeddingCache()
 
 
 def load_combiner(kb: KnowledgeBase) -> Optional[Combiner]:

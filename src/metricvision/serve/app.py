@@ -21,23 +21,21 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from metricvision.data import Sample, load_image
+from metricvision.data import Sample
 from metricvision.index.store import StoreBusy
 from metricvision.kb.live import LiveKB
-from metricvision.kb.query import MODES, load_combiner, search
+from metricvision.kb.query import MODES, load_combiner
 from metricvision.kb.store import KnowledgeBase
 from metricvision.serve.access import ApiKeys, RateLimiter
 from metricvision.serve.guard import Guard
-from metricvision.serve.inputs import (MAX_PIXELS, MAX_UPLOAD_BYTES, BadRequest, decode_upload, parse_filters,
-                                       parse_item_id, parse_metadata)
+from metricvision.serve.inputs import MAX_PIXELS, MAX_UPLOAD_BYTES, BadRequest, decode_upload, parse_item_id, parse_metadata
 from metricvision.serve.metrics import RequestMetrics
+from metricvision.serve.search import HEATMAP_TOP, FastSearch, Searcher, SearchQuery
 
 STATIC = Path(__file__).parent / "static"
-MAX_K = 100
-HEATMAP_TOP = 12
 FORM_OVERHEAD = 64 * 1024  # multipart headers and text fields around the image
 
 
@@ -52,7 +50,8 @@ class Workers:
 
     def __init__(self, threads: int, queue: int, budget_s: float) -> None:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mv-serve")
-        self.slots = threads + queue
+        self.threads, self.slots = threads, threads + queue
+        self.busy = 0  # calls holding a thread (or about to)
         self.budget_s = budget_s
         self._sem: Optional[asyncio.Semaphore] = None
 
@@ -68,14 +67,19 @@ class Workers:
                 raise BadRequest(503, f"server busy: no worker free within {self.budget_s:g} s; retry later") from None
         else:
             await self._sem.acquire()
+        self.busy += 1
+        future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        future.add_done_callback(self._done)  # the thread is free when fn returns, not when we stop waiting
         try:
-            future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
             done, _ = await asyncio.wait([future], timeout=max(self.budget_s - (time.monotonic() - start), 0.001))
             if not done:  # the work goes on in its thread; the client is answered now
                 raise BadRequest(503, f"request exceeded its time budget of {self.budget_s:g} s")
             return future.result()
         finally:
             self._sem.release()
+
+    def _done(self, _: Any) -> None:
+        self.busy -= 1
 
 
 def create_app(
@@ -120,6 +124,7 @@ def create_app(
     workers = Workers(threads, queue, budget_s)
     writes = ThreadPoolExecutor(1, thread_name_prefix="mv-write")
     metrics = RequestMetrics()
+    searcher = Searcher(live, workers, combiner, max_upload_bytes, max_pixels)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -129,7 +134,8 @@ def create_app(
         writes.shutdown(wait=False)
 
     app = FastAPI(title="metricvision", version="1", lifespan=lifespan)
-    app.state.live, app.state.workers = live, workers
+    app.state.live, app.state.workers, app.state.searcher = live, workers, searcher
+    app.add_middleware(FastSearch, searcher=searcher)  # added first: it sits inside Guard
     app.add_middleware(Guard, max_body=max_upload_bytes + FORM_OVERHEAD, metrics=metrics, keys=api_keys,
                        limiter=RateLimiter(rate_limit, rate_burst) if rate_limit else None)
     if cors_origins:
@@ -186,43 +192,12 @@ def create_app(
         heatmap_top: int = Form(HEATMAP_TOP),
         text_weight: float = Form(0.5),
         mode: str = Form("vector"),
-    ) -> JSONResponse:
-        if not 1 <= k <= MAX_K:
-            raise BadRequest(400, f"k must be in [1, {MAX_K}], got {k}")
-        if not 0 <= heatmap_top <= HEATMAP_TOP * 2:
-            raise BadRequest(400, f"heatmap_top must be in [0, {HEATMAP_TOP * 2}], got {heatmap_top}")
-        if not 0.0 <= text_weight <= 1.0:
-            raise BadRequest(400, f"text_weight must be in [0, 1], got {text_weight}")
-        if mode not in MODES:
-            raise BadRequest(400, f"mode must be one of {MODES}, got '{mode[:32]}'")
-        kb, parsed = live.snapshot(), parse_filters(filters)
-        deadline = time.monotonic() + workers.budget_s * 0.8
+    ) -> Response:
+        # form and JSON bodies are answered by FastSearch before they get here; multipart ones come here
+        query = SearchQuery(text, item_id, k, filters, with_heatmap, heatmap_top, text_weight, mode)
+        query.check()
         upload = await image.read(max_upload_bytes + 1) if image is not None and image.filename else None
-        has_text = bool(text and text.strip())
-        if upload is None and not item_id and not has_text:
-            raise BadRequest(400, "give an image, an item_id or a text")
-        if has_text and kb.card.text_model is None and mode != "keyword":
-            raise BadRequest(400, "this knowledge base has no text model; search with an image")
-
-        def run() -> list:
-            query_image: Any = None
-            if upload is not None:
-                query_image = decode_upload(upload, max_upload_bytes, max_pixels)
-            elif item_id:
-                query_image = _item_image(kb, parse_item_id(item_id))
-            try:
-                return search(kb, query_image, text, k, parsed, with_heatmap, text_weight, combiner, mode,
-                              heatmap_top, deadline)
-            except ValueError as e:
-                raise BadRequest(400, str(e)) from None
-
-        hits = await workers.run(run)
-        for h in hits:
-            h["image_url"] = f"/v1/items/{h['id']}/image"
-            h.pop("image")
-        # plain JSON types only: serialized directly, skipping FastAPI's per-field encoder (0.15 ms a query)
-        return JSONResponse({"hits": hits, "version": kb.version,
-                             "query": {"text": text, "item_id": item_id, "image": upload is not None, "k": k, "mode": mode}})
+        return Response(await searcher.answer(query, upload), media_type="application/json")
 
     @app.get("/v1/items/{raw_id}/image")
     def item_image(raw_id: str) -> FileResponse:
@@ -294,11 +269,3 @@ def _get(kb: KnowledgeBase, item_id: int) -> Dict[str, Any]:
         return kb.get(item_id)
     except KeyError as e:
         raise BadRequest(404, str(e.args[0])) from None
-
-
-def _item_image(kb: KnowledgeBase, item_id: int) -> Any:
-    _get(kb, item_id)
-    try:
-        return load_image(kb.image_path(item_id))
-    except (OSError, ValueError) as e:
-        raise BadRequest(404, f"image of item {item_id} cannot be read: {e}") from None

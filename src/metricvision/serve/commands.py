@@ -47,8 +47,60 @@ def _serve(args: argparse.Namespace) -> None:
     else:
         app.state.live.close()  # each worker process opens the KB itself
         del app
-        uvicorn.run("metricvision.serve.commands:app_from_env", factory=True, workers=args.workers,
-                    host=args.host, port=args.port, log_level="warning")
+        serve_processes(args.workers, args.host, args.port)
+
+
+def serve_processes(n: int, host: str, port: int, poll_s: float = 0.5) -> None:
+    """Run ``n`` server processes, each with its own SO_REUSEPORT socket on ``host:port``.
+
+    uvicorn's ``workers`` share one listening socket, and whichever process wakes first accepts
+    a burst of connections: with keep-alive clients one process served almost all of them
+    (measured: 2.6 s vs 0.2 s of CPU in 3 s). With a socket each the kernel spreads new
+    connections over the processes by address hash, and a process binds only once its KB is
+    loaded. A process that dies is started again; SIGINT / SIGTERM stop them all.
+    """
+    import multiprocessing
+    import signal
+    import threading
+
+    ctx = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs = [ctx.Process(target=_serve_one, args=(host, port), name=f"metricvision-serve-{i}") for i in range(n)]
+    try:
+        for proc in procs:
+            proc.start()
+        while not stop.wait(poll_s):
+            for i, proc in enumerate(procs):
+                if proc.exitcode is not None:  # died: its connections are gone, the others keep serving
+                    print(f"server process {proc.pid} exited with {proc.exitcode}; starting another", flush=True)
+                    procs[i] = ctx.Process(target=_serve_one, args=(host, port), name=proc.name)
+                    procs[i].start()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve_one(host: str, port: int) -> None:
+    """One server process of ``serve_processes``: loads the app, then binds its own socket."""
+    import socket
+
+    import uvicorn
+
+    app = app_from_env()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 def app_from_env() -> Any:
