@@ -263,6 +263,10 @@ def _ready(base: str) -> bool:
         return False
 
 
+def _status(url: str) -> int:
+    """The status of a GET on a fresh connection."""
+    return httpx.get(url).status_code
+
 
 @pytest.mark.slow
 def test_worker_processes_have_their_own_sockets_and_a_dead_one_is_replaced(kb_copy):
@@ -275,7 +279,7 @@ def test_worker_processes_have_their_own_sockets_and_a_dead_one_is_replaced(kb_c
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     server = subprocess.Popen([sys.executable, "-m", "metricvision.cli", "serve", str(kb_copy), "--port", str(port),
-                               "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               "--workers", "2", "--rate-limit", "0.001"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
 
     def children() -> set:
@@ -301,6 +305,9 @@ def test_worker_processes_have_their_own_sockets_and_a_dead_one_is_replaced(kb_c
     try:
         assert wait_until(lambda: _ready(base), timeout=120)
         assert wait_until(own_sockets, timeout=60) and not listening(server.pid)
+        # one budget per client across the processes: a burst of 20, whichever process takes each connection
+        codes = [_status(base + "/v1/info") for _ in range(30)]
+        assert codes.count(200) == 20 and codes.count(429) == 10, codes
         first = set(serving())
         os.kill(min(first), signal.SIGKILL)
         assert wait_until(lambda: own_sockets() and set(serving()) != first, timeout=120)

@@ -1,12 +1,17 @@
 """Who may call the API: API keys with read / write scopes, and a per-client rate limit."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import hmac
+import mmap
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
+
+import numpy as np
 
 SCOPES = ("read", "write")
 ENV_KEYS = "METRICVISION_API_KEYS"
@@ -82,14 +87,65 @@ class RateLimiter:
         self._buckets: Dict[str, Tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    def spend(self, tokens: float, last: float, now: float) -> Tuple[float, float]:
+        """(tokens left, seconds to wait) after one request at ``now`` on a bucket of ``tokens`` at ``last``."""
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        return (tokens - 1 if wait == 0 else tokens), wait
+
     def take(self, client: str) -> float:
         """Spend one token of ``client``: 0.0 when allowed, else the seconds until one is available."""
         now = time.monotonic()
         with self._lock:
             tokens, last = self._buckets.pop(client, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
-            self._buckets[client] = (tokens - 1 if wait == 0 else tokens, now)
+            tokens, wait = self.spend(tokens, last, now)
+            self._buckets[client] = (tokens, now)
             if len(self._buckets) > self.max_clients:
                 self._buckets.pop(next(iter(self._buckets)))
         return wait
+
+
+class SharedRateLimiter(RateLimiter):
+    """The token buckets of ``RateLimiter`` in a file that the processes of `serve --workers N` share,
+    so a client has one budget whichever process takes its connection.
+
+    ``slots`` (tokens, last) float64 pairs live in a memory map of ``path``; a client is hashed to a slot
+    (clients that collide share a bucket) and the slot is read and written under an exclusive ``flock``
+    of the file. Times are CLOCK_MONOTONIC, the same in every process of the machine.
+
+    Args:
+        rate, burst: as ``RateLimiter``.
+        path: the shared file (created, and sized, when missing or short).
+        slots: buckets in the file.
+    """
+
+    def __init__(self, rate: float, burst: int, path: str | os.PathLike, slots: int = 65536) -> None:
+        super().__init__(rate, burst)
+        self.slots = slots
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self._fd).st_size < 16 * slots:
+            os.ftruncate(self._fd, 16 * slots)
+        self._table = np.frombuffer(mmap.mmap(self._fd, 16 * slots), dtype=np.float64).reshape(slots, 2)
+
+    def take(self, client: str) -> float:
+        """Spend one token of ``client`` in the shared table: 0.0 when allowed, else the seconds to wait."""
+        slot = int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "little") % self.slots
+        now = time.monotonic()
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                tokens, last = self._table[slot]
+                if last == 0:  # a slot never used (monotonic time is > 0)
+                    tokens, last = float(self.burst), now
+                tokens, wait = self.spend(tokens, last, now)
+                self._table[slot] = (tokens, now)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return wait
+
+
+def rate_limiter(rate: Optional[float], burst: int, table: Optional[str] = None) -> Optional[RateLimiter]:
+    """None without a rate; the buckets in ``table`` (a file shared by processes) when given, else in memory."""
+    if not rate:
+        return None
+    return SharedRateLimiter(rate, burst, table) if table else RateLimiter(rate, burst)

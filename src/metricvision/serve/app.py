@@ -29,7 +29,7 @@ from metricvision.index.store import StoreBusy
 from metricvision.kb.live import LiveKB
 from metricvision.kb.query import MODES, load_combiner
 from metricvision.kb.store import KnowledgeBase
-from metricvision.serve.access import ApiKeys, RateLimiter
+from metricvision.serve.access import ApiKeys, rate_limiter
 from metricvision.serve.guard import Guard
 from metricvision.serve.inputs import MAX_PIXELS, MAX_UPLOAD_BYTES, BadRequest, decode_upload, parse_item_id, parse_metadata
 from metricvision.serve.metrics import RequestMetrics
@@ -90,6 +90,7 @@ def create_app(
     cors_origins: Sequence[str] = (),
     rate_limit: Optional[float] = None,
     rate_burst: int = 20,
+    rate_table: Optional[str] = None,
     threads: int = 4,
     queue: int = 64,
     budget_s: float = 10.0,
@@ -104,6 +105,8 @@ def create_app(
         cors_origins: origins allowed to call the API from a browser ("*" for any).
         rate_limit: requests per second per client (API key, else address); None: unlimited.
         rate_burst: requests a client may send at once above the rate.
+        rate_table: a file holding the clients' buckets, shared by the processes of `serve --workers N`
+            (None: the buckets live in this process).
         threads: worker threads for decoding, embedding, search and heat maps.
         queue: requests that may wait for a worker before the server answers 503.
         budget_s: time budget of a request; heat maps past it are skipped.
@@ -137,7 +140,7 @@ def create_app(
     app.state.live, app.state.workers, app.state.searcher = live, workers, searcher
     app.add_middleware(FastSearch, searcher=searcher)  # added first: it sits inside Guard
     app.add_middleware(Guard, max_body=max_upload_bytes + FORM_OVERHEAD, metrics=metrics, keys=api_keys,
-                       limiter=RateLimiter(rate_limit, rate_burst) if rate_limit else None)
+                       limiter=rate_limiter(rate_limit, rate_burst, rate_table))
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from typing import Any
 
 CONFIG_ENV = "METRICVISION_SERVE_CONFIG"  # the options, for worker processes started by uvicorn
@@ -25,7 +26,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-s", type=float, default=10.0, help="time budget of a request")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the port (each loads the KB and follows CURRENT; "
-                        "rate limits and /metrics are per process; default 1)")
+                        "one rate limit per client across them, /metrics per process; default 1)")
     p.set_defaults(func=_serve)
 
 
@@ -37,8 +38,24 @@ def _serve(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     options = {k: getattr(args, k) for k in ("kb", "max_upload_mb", "api_keys", "cors_origin", "rate_limit", "threads", "budget_s")}
+    table = None
+    if args.workers > 1 and args.rate_limit:  # the processes share the clients' token buckets
+        fd, table = tempfile.mkstemp(prefix="metricvision-rate-")
+        os.close(fd)
+    options["rate_table"] = table
     os.environ[CONFIG_ENV] = json.dumps(options)
-    app: Any = app_from_env()  # built here once even with workers: a broken KB fails before any process starts
+    try:
+        _run(args)
+    finally:
+        if table:
+            os.unlink(table)
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Build the app (once, so that a broken KB fails before any process starts) and serve it."""
+    import uvicorn
+
+    app: Any = app_from_env()
     keys = app.state.api_keys
     access = f"{len(keys.keys)} API keys" if keys else "open access (no API keys)"
     print(f"serving {args.kb} on http://{args.host}:{args.port}/ ({access}, {args.workers} process(es))", flush=True)
@@ -111,7 +128,8 @@ def app_from_env() -> Any:
     o = json.loads(os.environ[CONFIG_ENV])
     keys = ApiKeys.load(o["api_keys"])
     app = create_app(o["kb"], max_upload_bytes=int(o["max_upload_mb"] * 1024 * 1024), api_keys=keys,
-                     cors_origins=o["cors_origin"], rate_limit=o["rate_limit"], threads=o["threads"],
+                     cors_origins=o["cors_origin"], rate_limit=o["rate_limit"], rate_table=o.get("rate_table"),
+                     threads=o["threads"],
                      budget_s=o["budget_s"])
     app.state.api_keys = keys
     return app
