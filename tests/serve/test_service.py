@@ -227,14 +227,8 @@ def test_api_keys_from_file_and_environment(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_worker_processes_all_serve_an_item_written_through_one(kb_copy):
     import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    server = subprocess.Popen([sys.executable, "-m", "metricvision.cli", "serve", str(kb_copy), "--port", str(port),
-                               "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server, port = _serve(kb_copy, "--workers", "2", stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: _ready(base), timeout=120), server.stderr.read1().decode() if server.poll() else ""
@@ -256,6 +250,20 @@ def test_worker_processes_all_serve_an_item_written_through_one(kb_copy):
         server.wait(timeout=30)
 
 
+def _serve(kb, *options: str, stdout):
+    """`metricvision serve KB OPTIONS` in a subprocess on a free port: (process, port)."""
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    server = subprocess.Popen([sys.executable, "-m", "metricvision.cli", "serve", str(kb), "--port", str(port), *options],
+                              env=env, stdout=stdout, stderr=subprocess.PIPE)
+    return server, port
+
+
 def _ready(base: str) -> bool:
     try:
         return httpx.get(base + "/readyz").status_code == 200
@@ -272,14 +280,8 @@ def _status(url: str) -> int:
 def test_worker_processes_have_their_own_sockets_and_a_dead_one_is_replaced(kb_copy):
     import signal
     import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    server = subprocess.Popen([sys.executable, "-m", "metricvision.cli", "serve", str(kb_copy), "--port", str(port),
-                               "--workers", "2", "--rate-limit", "0.001"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server, port = _serve(kb_copy, "--workers", "2", "--rate-limit", "0.001", stdout=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
 
     def children() -> set:
