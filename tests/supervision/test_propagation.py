@@ -108,6 +108,26 @@ def test_label_propagation_supervision_refresh_and_targets():
     assert rel.tolist() == [[-1, 1, 0], [1, -1, 0], [0, 0, -1]]
 
 
+def test_keep_leaves_the_least_certain_pseudo_labels_unlabeled():
+    x, y = _two_clusters()
+    x[20:30] = (x[20:30] + x[60:70]) / 2  # ten points between the clusters: the least certain
+    given = torch.full_like(y, -1)
+    given[:3], given[40:43] = 0, 1
+    everything = SUPERVISIONS.create("label_propagation", labels=given, k=10, class_balance=False)
+    half = SUPERVISIONS.create("label_propagation", labels=given, k=10, class_balance=False, keep=0.5)
+    everything.refresh(x), half.refresh(x)
+    unlabeled = given < 0
+    dropped = half.labels_ == -1
+    assert int(dropped.sum()) == int(unlabeled.sum()) // 2 and not bool((dropped & ~unlabeled).any())
+    assert bool((half.weights_[dropped] == 0).all())
+    kept = unlabeled & ~dropped  # the kept ones are the more certain half, with the full run's labels
+    assert everything.weights_[kept].min() >= everything.weights_[dropped].max()
+    assert torch.equal(half.labels_[~dropped], everything.labels_[~dropped])
+    assert bool(dropped[20:30].all())
+    with pytest.raises(ValueError, match="keep must be in"):
+        LabelPropagation(given, keep=0.0)
+
+
 def test_label_propagation_needs_labels():
     try:
         LabelPropagation([-1, -1])

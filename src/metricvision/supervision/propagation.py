@@ -97,6 +97,8 @@ class LabelPropagation(Supervision):
         class_balance: multiply weights by the inverse class frequency.
         refresh_every: propagate again every this many epochs (the pseudo-labels of the
             epochs between are those of the last propagation).
+        keep: fraction of the unlabeled samples, the most certain, that take their pseudo-label;
+            the others stay unlabeled until the next propagation (1.0: all of them).
     """
 
     needs_embeddings = True
@@ -114,9 +116,13 @@ class LabelPropagation(Supervision):
         max_iter: int = 20,
         class_balance: bool = True,
         refresh_every: int = 1,
+        keep: float = 1.0,
     ) -> None:
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        if not 0 < keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {keep}")
+        self.keep = keep
         self.k, self.gamma, self.alpha, self.max_iter = k, gamma, alpha, max_iter
         self.refresh_every = refresh_every
         self.class_balance = class_balance
@@ -133,12 +139,15 @@ class LabelPropagation(Supervision):
     def refresh(self, embeddings: torch.Tensor) -> Dict[str, float]:
         """Propagate the given labels on the (N, D) embeddings; returns logs."""
         out = propagate_labels(embeddings, self.given_, self.num_classes, self.k, self.gamma, self.alpha, self.max_iter)
-        self.labels_ = out.labels
-        weights = out.certainty
+        unlabeled = self.given_ < 0
+        labels, weights = out.labels.clone(), out.certainty.clone()
+        if self.keep < 1 and unlabeled.any():
+            cut = torch.quantile(out.certainty[unlabeled].float(), 1 - self.keep)
+            dropped = unlabeled & (out.certainty < cut)
+            labels[dropped], weights[dropped] = -1, 0.0
         if self.class_balance:
             weights = weights * out.class_weights[out.labels]
-        self.weights_ = weights
-        unlabeled = self.given_ < 0
+        self.labels_, self.weights_ = labels, weights
         return {"pseudo_certainty": float(out.certainty[unlabeled].mean()) if unlabeled.any() else 1.0}
 
     def on_fit_start(self, trainer: Any) -> None:
