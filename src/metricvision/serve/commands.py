@@ -32,7 +32,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the serve extra; used by _run)
     except ImportError as e:
         raise ImportError("`serve` needs the 'serve' extra: pip install -e '.[serve]'") from e
     if args.workers < 1:
