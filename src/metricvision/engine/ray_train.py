@@ -70,16 +70,19 @@ class DistributedTrainer(Trainer):
             return batches
         return ShardedBatchSampler(batches, self.recipe.data.samples_per_class, self.world, self.rank)
 
-    def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
-        """This rank's rows against the embeddings of the whole global batch, plus the hooks' terms.
+    def train_model(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) embeddings of this rank's rows through the DDP wrapper (gradients averaged over ranks)."""
+        return self.ddp_model(x)
 
-        A hook's ``extra_loss`` (a teacher, a previous model) sees this rank's rows only: a term that is
-        a mean over samples (embedding distillation) averages over ranks to its single-process value;
-        a term over pairs of the batch (rank or relational distillation) counts the pairs within a rank.
+    def metric_loss(self, z: torch.Tensor, y: torch.Tensor) -> LossOutput:
+        """This rank's rows against the embeddings of the whole global batch.
+
+        The hooks' ``extra_loss`` terms (a teacher, a previous model), added by ``batch_loss``, see this rank's
+        rows only: a term that is a mean over samples (embedding distillation) averages over ranks to its
+        single-process value; a term over pairs of the batch (rank or relational distillation) counts the
+        pairs within a rank.
         """
-        z = self.ddp_model(x)
-        with torch.autocast(self.device.type, enabled=False):
-            return self.hook_losses(gathered_loss(self.ddp_loss, z.float(), y), z.float())
+        return gathered_loss(self.ddp_loss, z, y)
 
     @torch.no_grad()
     def embed(self, samples: Sequence[Sample], batch_size: int = 256) -> torch.Tensor:

@@ -329,13 +329,21 @@ class Trainer:
         return batches
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
-        """Loss of one batch (DistributedTrainer scores it against the whole gathered batch).
+        """Loss of one batch: the metric loss plus the hooks' terms on the (B, D) embeddings.
 
         Under mixed precision the model runs in the autocast dtype and the loss in float32.
         """
-        z = self.model(x)
+        z = self.train_model(x)
         with torch.autocast(self.device.type, enabled=False):
-            return self.hook_losses(self.loss(z.float(), y), z.float())
+            return self.hook_losses(self.metric_loss(z.float(), y), z.float())
+
+    def train_model(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) training embeddings of a batch (DistributedTrainer: through its DDP wrapper)."""
+        return self.model(x)
+
+    def metric_loss(self, z: torch.Tensor, y: torch.Tensor) -> LossOutput:
+        """The recipe's loss of the batch (DistributedTrainer scores it against the whole gathered batch)."""
+        return self.loss(z, y)
 
     def hook_losses(self, out: LossOutput, z: torch.Tensor) -> LossOutput:
         """``out`` plus every hook's ``extra_loss`` on the (B, D) embeddings of the current batch."""
