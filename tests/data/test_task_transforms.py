@@ -35,19 +35,37 @@ def torchvision_train(size, scale_min, jitter):
     ])
 
 
-@pytest.mark.parametrize("size,scale_min,jitter", [(72, 0.6, 0.3), ([40, 24], 0.3, 0.5), (32, 1.0, 0.0)])
-def test_train_augment_equals_the_torchvision_composition_pixel_for_pixel(size, scale_min, jitter):
+@pytest.mark.parametrize("size,scale_min,jitter", [(72, 0.6, 0.3), ([40, 24], 0.3, 0.5), (32, 1.0, 0.0), (24, 0.08, 0.4)])
+@pytest.mark.parametrize("path", ["call", "batch"])
+def test_train_augment_equals_the_torchvision_composition_pixel_for_pixel(size, scale_min, jitter, path):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (int(rng.integers(20, 60)), int(rng.integers(20, 60)), 3), dtype=np.uint8))
               for _ in range(150)]
+    images += [Image.fromarray(rng.integers(0, 255, (90, 12, 3), dtype=np.uint8))] * 3  # RandomResizedCrop's fallback
     ours, theirs = TRANSFORMS.create("train", size=size, scale_min=scale_min, jitter=jitter), torchvision_train(size, scale_min, jitter)
     torch.manual_seed(1)
-    a = [ours(im) for im in images] + [torch.rand(1)]
+    torch.rand(600)  # the replay crosses a regeneration of the generator's state
+    a = ([ours(im) for im in images] if path == "call" else ours.batch(images[:70]) + ours.batch(images[70:])) + [torch.rand(3)]
     torch.manual_seed(1)
-    b = [theirs(im) for im in images] + [torch.rand(1)]
+    torch.rand(600)
+    b = [theirs(im) for im in images] + [torch.rand(3)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # same pixels, same random numbers drawn
     batch = as_float_images(torch.stack(a[:1]))
     torch.testing.assert_close(batch[0], b[0].float() / 255, rtol=0, atol=0)
+
+
+def test_replayed_draws_equal_torch_calls_and_advance_the_generator():
+    from metricvision.data.torch_draws import TORCH_DRAWS, replayed_draws
+    for seed in range(3):
+        calls = [("rand",), ("uniform", 0.7, 1.3), ("randint", 41), ("randperm", 4), ("uniform", -10.0, 10.0),
+                 ("uniform", -0.05, 0.05), ("randint", 3)] * 200
+        torch.manual_seed(seed)
+        with replayed_draws() as draws:
+            mine = [getattr(draws, c[0])(*c[1:]) for c in calls]
+        after = torch.rand(5)
+        torch.manual_seed(seed)
+        theirs = [getattr(TORCH_DRAWS, c[0])(*c[1:]) for c in calls]
+        assert mine == theirs and torch.equal(after, torch.rand(5))
 
 
 def test_reid_erasing_fills_with_the_imagenet_mean():

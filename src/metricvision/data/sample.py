@@ -82,14 +82,25 @@ class SampleDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+    def image(self, i: int) -> Image.Image:
+        """The RGB image of sample ``i`` (cut to its box with ``crop``)."""
         s = self.samples[i]
-        img = load_image(crop_to_box(s).image if self.crop else s.image)
+        return load_image(crop_to_box(s).image if self.crop else s.image)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+        img = self.image(i)
         if self.transform is not None:
             x = self.transform(img)
         else:
             x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return x, s.label
+        return x, self.samples[i].label
+
+    def __getitems__(self, indices: Sequence[int]) -> List[Tuple[torch.Tensor, int]]:
+        """A DataLoader batch: a transform with ``batch`` (e.g. TrainAugment) augments the images in one call."""
+        batch = getattr(self.transform, "batch", None)
+        if batch is None:
+            return [self[i] for i in indices]
+        return list(zip(batch([self.image(i) for i in indices]), (self.samples[i].label for i in indices)))
 
     @property
     def labels(self) -> np.ndarray:

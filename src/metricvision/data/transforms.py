@@ -6,7 +6,8 @@ the Embedder, with the backbone's statistics.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple, Union
+import math
+from typing import Any, Callable, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,12 +16,20 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from metricvision._registry import Registry
+from metricvision.data.torch_draws import TORCH_DRAWS, Draws, f32, replayed_draws
 
 Transform = Callable[[Image.Image], torch.Tensor]
 TRANSFORMS: Registry[Transform] = Registry("transform")
 Size = Union[int, Sequence[int]]
 # ImageNet's mean colour: erased areas become 0 after the Embedder's normalization
 IMAGENET_MEAN_COLOUR = [0.485, 0.456, 0.406]
+_core = Image.core
+_DITHER = Image.Dither.FLOYDSTEINBERG  # what Image.convert passes
+_LEVELS = np.arange(256)
+# point() tables of an HSV image whose H is shifted by s (uint8 wrap-around), S and V kept
+_HUE_LUTS = [[(v + s) & 255 for v in range(256)] + list(range(256)) * 2 for s in range(256)]
+# torch.rand(1) compared with a Python float compares in float32
+_P01, _P03, _P08 = f32(0.1), f32(0.3), f32(0.8)
 
 
 def height_width(size: Size) -> Tuple[int, int]:
@@ -51,11 +60,13 @@ class TrainAugment:
     of up to 10 degrees (white fill). No flips (emoji and text are chiral).
 
     Pixel for pixel and draw for draw the torchvision composition RandomApply(ColorJitter) ->
-    RandomGrayscale -> RandomResizedCrop -> RandomApply(RandomRotation) -> PILToTensor (the random numbers
-    come from torchvision's own ``get_params``, in the same order), but each step is one Pillow call,
-    without the per-call dispatch of transform modules: about 2x cheaper, so that data loading stays a
-    small part of a training step on 2 cores (benchmarks/train_throughput.py). The result stays uint8: the
-    Trainer scales the whole batch to [0, 1] at once (``as_float_images``).
+    RandomGrayscale -> RandomResizedCrop -> RandomApply(RandomRotation) -> PILToTensor: the same random
+    numbers from torch's generator in the same order (``torch_draws``), the same Pillow operations, but
+    each one call of Pillow's core without the per-call dispatch of transform modules. ``batch`` (used by
+    the dataset's batched fetch) reads a whole batch's numbers from a numpy replay of the generator: about
+    2.5x cheaper than the composition, so that data loading stays a small part of a training step on 2
+    cores (benchmarks/train_throughput.py). The result stays uint8: the Trainer scales the whole batch to
+    [0, 1] at once (``as_float_images``).
     """
 
     def __init__(self, size: Size = 48, scale_min: float = 0.6, jitter: float = 0.3) -> None:
@@ -63,42 +74,69 @@ class TrainAugment:
             raise ValueError(f"scale_min must be in (0, 1], got {scale_min}")
         self.size = height_width(size)
         self.scale = [scale_min, 1.0]
-        self.ratio = [0.8, 1.25]
+        self.log_ratio = torch.log(torch.tensor([0.8, 1.25])).tolist()  # float32, as RandomResizedCrop draws it
         cj = T.ColorJitter(jitter, jitter, jitter, 0.05)  # its ranges: None where a factor cannot change
         self.ranges = (cj.brightness, cj.contrast, cj.saturation, cj.hue)
 
-    def _jitter(self, img: Image.Image) -> Image.Image:
-        order, *factors = T.ColorJitter.get_params(*self.ranges)
-        for op in order.tolist():
+    def _jitter(self, im: Any, draws: Draws) -> Any:
+        """ColorJitter on a core image (torchvision's adjust_* on PIL images)."""
+        order = draws.randperm(4)
+        factors = [None if r is None else draws.uniform(r[0], r[1]) for r in self.ranges]
+        for op in order:
             f = factors[op]
             if f is None:
                 continue
             if op == 0:  # brightness: blend with black
-                img = Image.blend(Image.new("RGB", img.size, 0), img, f)
+                im = _core.blend(_core.fill("RGB", im.size, 0), im, f)
             elif op == 1:  # contrast: blend with the rounded mean grey (ImageEnhance.Contrast)
-                mean = int(np.asarray(img.convert("L"), dtype=np.float64).mean() + 0.5)
-                img = Image.blend(Image.new("RGB", img.size, (mean,) * 3), img, f)
+                mean = np.dot(im.convert("L", _DITHER).histogram(), _LEVELS) / (im.size[0] * im.size[1])
+                im = _core.blend(_core.fill("RGB", im.size, (int(mean + 0.5),) * 3), im, f)
             elif op == 2:  # saturation: blend with the grey image (ImageEnhance.Color)
-                img = Image.blend(img.convert("L").convert("RGB"), img, f)
+                im = _core.blend(im.convert("L", _DITHER).convert("RGB", _DITHER), im, f)
             else:  # hue: shift H in HSV, wrapping at 255 (torchvision's adjust_hue)
-                hsv = np.array(img.convert("HSV"))
-                with np.errstate(over="ignore"):
-                    hsv[..., 0] += np.array(f * 255).astype(np.uint8)
-                img = Image.fromarray(hsv, "HSV").convert("RGB")
-        return img
+                shift = int(np.array(f * 255).astype(np.uint8))
+                im = im.convert("HSV", _DITHER).point(_HUE_LUTS[shift], None).convert("RGB", _DITHER)
+        return im
+
+    def _crop_box(self, width: int, height: int, draws: Draws) -> Tuple[int, int, int, int]:
+        """(top, left, h, w): RandomResizedCrop.get_params."""
+        area = height * width
+        for _ in range(10):
+            target_area = area * draws.uniform(*self.scale)
+            aspect = torch.tensor([draws.uniform(*self.log_ratio)]).exp_().item()
+            w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = draws.randint(height - h + 1)
+                return top, draws.randint(width - w + 1), h, w
+        ratio = width / height  # fallback: the central crop of the nearest allowed aspect
+        w, h = (width, int(round(width / 0.8))) if ratio < 0.8 else (
+            (int(round(height * 1.25)), height) if ratio > 1.25 else (width, height))
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def apply(self, img: Image.Image, draws: Draws) -> torch.Tensor:
+        """(3, H, W) uint8 augmentation of ``img`` with the random numbers of ``draws``."""
+        im = (img if img.mode == "RGB" else img.convert("RGB")).im
+        if draws.rand() <= _P08:
+            im = self._jitter(im, draws)
+        if draws.rand() < _P01:
+            im = im.convert("L", _DITHER).convert("RGB", _DITHER)
+        top, left, h, w = self._crop_box(im.size[0], im.size[1], draws)
+        im = im.crop((left, top, left + w, top + h))
+        size = self.size[::-1]
+        if im.size != size:
+            im = im.resize(size, Image.BILINEAR, (0, 0) + im.size)
+        out = Image.Image()._new(im)
+        if draws.rand() <= _P03:
+            out = out.rotate(draws.uniform(-10.0, 10.0), Image.NEAREST, fillcolor=(255, 255, 255))
+        return torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8).view(size[1], size[0], 3).permute(2, 0, 1)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        if not 0.8 < torch.rand(1):
-            img = self._jitter(img)
-        if torch.rand(1) < 0.1:
-            img = img.convert("L").convert("RGB")
-        top, left, h, w = T.RandomResizedCrop.get_params(img, self.scale, self.ratio)
-        img = img.crop((left, top, left + w, top + h)).resize(self.size[::-1], Image.BILINEAR)
-        if not 0.3 < torch.rand(1):
-            img = img.rotate(T.RandomRotation.get_params([-10.0, 10.0]), Image.NEAREST, fillcolor=(255, 255, 255))
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        return self.apply(img, TORCH_DRAWS)
+
+    def batch(self, images: Sequence[Image.Image]) -> List[torch.Tensor]:
+        """``[self(img) for img in images]``, the random numbers read from a replay of torch's generator."""
+        with replayed_draws() as draws:
+            return [self.apply(img, draws) for img in images]
 
 
 TRANSFORMS.register("train")(TrainAugment)

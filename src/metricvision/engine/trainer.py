@@ -89,6 +89,9 @@ class _Indexed(torch.utils.data.Dataset):
         x, y = self.base[i]
         return x, y, i
 
+    def __getitems__(self, indices: Sequence[int]):
+        return [(x, y, i) for (x, y), i in zip(self.base.__getitems__(indices), indices)]
+
 
 class Trainer:
     """Trains an Embedder with a loss over similarity matrices on a dataset's training split and
