@@ -70,6 +70,10 @@ def main() -> None:
         loader = torch.utils.data.DataLoader(trainer.train_set, batch_sampler=trainer.sampler)
         trainer.sampler.set_epoch(0)
         batches = [(as_float_images(x.to(trainer.device)), y.to(trainer.device)) for x, y in loader]
+        start = time.perf_counter()
+        for _ in loader:  # the same batches again, warm
+            pass
+        loading = (time.perf_counter() - start) / args.steps
         images = sum(len(y) for _, y in batches)
         trainer_epoch(trainer, 0)  # warm-up: allocator, oneDNN kernels
         plain_loop(model, loss, optimizer, batches, trainer.amp_dtype)
@@ -81,6 +85,7 @@ def main() -> None:
     print(f"recipe {recipe.name}: {recipe.model.backbone}, batch {recipe.data.batch_size}, "
           f"{args.steps} steps x {args.repeats} repeats, device {trainer.device}, threads {torch.get_num_threads()}, "
           f"amp {recipe.train.amp}, num_workers {recipe.data.num_workers}")
+    print(f"data loading alone (sampler, decode, augmentation, collation): {loading * 1000:.1f} ms a step")
     print(f"{'':10s} {'s/step':>8s} {'images/s':>9s}")
     for name, times, t in (("trainer", ours, t_ours), ("plain", plain, t_plain)):
         runs = " ".join(f"{s / args.steps:.3f}" for s in times)
