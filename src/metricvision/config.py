@@ -102,13 +102,16 @@ class SupervisionConfig:
 class DistillConfig:
     """Distillation (supervision "distillation"): a teacher run folder, a LOSSES distillation loss
     (kd, rkd_distance, rkd_angle, rank_distillation, embedding_distillation) with its params, added
-    with ``weight`` to the student's own loss (which sees no labels with ``use_labels: false``)."""
+    with ``weight`` to the student's own loss (which sees no labels with ``use_labels: false``);
+    ``init_from_teacher`` starts a student of the teacher's architecture (e.g. at a lower resolution)
+    from the teacher's trained weights instead of the backbone's pretrained ones."""
 
     teacher: Optional[str] = None
     loss: str = "rank_distillation"
     params: Dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
     use_labels: bool = True
+    init_from_teacher: bool = False  # start the student from the teacher's weights (same architecture)
 
 
 @dataclass

@@ -67,3 +67,31 @@ def test_distillation_without_teacher_says_how_to_set_it(tmp_path, emoji_small):
     t = Trainer(load_recipe("distill", TINY + ["data.image_size=24"]), tmp_path / "s", train, test)
     with pytest.raises(ValueError, match="distill.teacher=RUN"):
         t.fit()
+
+
+def test_init_from_teacher_starts_the_student_from_the_teachers_weights(tmp_path, emoji_small, teacher_run):
+    train, test = emoji_small
+    same = TINY + ["model.backbone=small_cnn", "model.dim=48", "data.image_size=24", f"distill.teacher={teacher_run}",
+                   "distill.init_from_teacher=true"]
+    t = Trainer(load_recipe("distill", same + ["train.epochs=0"]), tmp_path / "s", train, test)
+    t.fit()
+    _, teacher = load_run(teacher_run)
+    want = teacher.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in t.model.state_dict().items())
+    # a resumed run keeps its own trained weights: the teacher's are copied only at the start
+    run = tmp_path / "r"
+    Trainer(load_recipe("distill", same), run, train, test).fit()
+    resumed = Trainer(load_recipe("distill", same + ["train.epochs=2"]), run, train, test)
+    trained = {k: v.clone() for k, v in load_run(run)[1].state_dict().items()}
+    resumed.restore()
+    resumed._call("on_fit_start")
+    assert any(not torch.equal(v, want[k]) for k, v in trained.items())
+    assert all(torch.equal(v, trained[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_init_from_teacher_names_an_architecture_mismatch(tmp_path, emoji_small, teacher_run):
+    train, test = emoji_small
+    recipe = load_recipe("distill", TINY + ["model.backbone=small_cnn", "model.dim=32", "data.image_size=24",
+                                            f"distill.teacher={teacher_run}", "distill.init_from_teacher=true"])
+    with pytest.raises(ValueError, match="init_from_teacher.*differs"):
+        Trainer(recipe, tmp_path / "s", train, test).fit()

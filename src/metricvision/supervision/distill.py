@@ -5,7 +5,9 @@ set (at the teacher's own resolution, eval transform) are computed once and cach
 student's run folder, so a student of another backbone / resolution trains without running
 the teacher again. Each batch adds ``weight`` x a distillation loss (``losses/distillation.py``:
 kd, rkd_distance, rkd_angle, rank_distillation, embedding_distillation) between the student's (B, D_s) embeddings and
-the cached (B, D_t) teacher embeddings of the same samples to the student's own loss.
+the cached (B, D_t) teacher embeddings of the same samples to the student's own loss. With
+``distill.init_from_teacher`` a student of the teacher's architecture starts from its trained weights
+(the same network at a lower input resolution: cheaper inference, fine-tuned to rank like the teacher).
 """
 from __future__ import annotations
 
@@ -44,6 +46,23 @@ def teacher_embeddings(teacher_run: str | Path, samples: list, device: torch.dev
     return emb
 
 
+def init_from_teacher(student: torch.nn.Module, teacher_run: str | Path) -> None:
+    """Copy the trained weights of the teacher run's model into ``student`` (the same architecture).
+
+    Raises:
+        ValueError: the architectures differ (names the first mismatching parameters).
+    """
+    from metricvision.engine.runs import load_run
+
+    _, teacher = load_run(teacher_run)
+    mine, theirs = student.state_dict(), teacher.state_dict()
+    differ = sorted(set(mine) ^ set(theirs)) + [k for k in mine if k in theirs and mine[k].shape != theirs[k].shape]
+    if differ:
+        raise ValueError(f"distill.init_from_teacher: the student's model differs from the teacher's ({teacher_run}) in "
+                         f"{differ[:3]}; use the teacher's model.backbone / model.dim / model.pooling, or init_from_teacher=false")
+    student.load_state_dict(theirs)
+
+
 @SUPERVISIONS.register("distillation")
 class TeacherDistillation:
     """Hook adding ``weight`` x a distillation loss towards cached teacher embeddings.
@@ -80,6 +99,8 @@ class TeacherDistillation:
             raise ValueError("distill.loss must be a distillation loss (kd, rkd_distance, rkd_angle, rank_distillation, "
                              f"embedding_distillation), got '{self.loss_name}'")
         self.loss_ = loss.to(trainer.device)
+        if d.init_from_teacher and trainer.epoch == 0:  # not on a resumed run: its checkpoint holds the student
+            init_from_teacher(trainer.model, self.teacher)
         cache = trainer.run_dir / CACHE
         self.embeddings_ = teacher_embeddings(self.teacher, trainer.train_samples, trainer.device, cache)
         trainer._log({"event": "supervision", "teacher": str(self.teacher), "teacher_dim": int(self.embeddings_.shape[1])})
