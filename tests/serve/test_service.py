@@ -318,3 +318,12 @@ def test_worker_processes_have_their_own_sockets_and_a_dead_one_is_replaced(kb_c
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     assert server.returncode == 0 and b"exited with" in server.stdout.read()
+
+
+def test_restart_backoff_grows_while_a_process_keeps_dying_and_resets_after_a_healthy_run():
+    from metricvision.serve.commands import RestartBackoff
+
+    b = RestartBackoff(first_s=1.0, max_s=8.0, healthy_s=60.0)
+    assert [b.after_exit(0.3) for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # a crash loop: 1, 2, 4 ... 8 s
+    assert b.after_exit(3600.0) == 0.0  # died after an hour of service: started again at once
+    assert b.after_exit(2.0) == 1.0

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from typing import Any
 
 CONFIG_ENV = "METRICVISION_SERVE_CONFIG"  # the options, for worker processes started by uvicorn
@@ -67,6 +68,21 @@ def _run(args: argparse.Namespace) -> None:
         serve_processes(args.workers, args.host, args.port)
 
 
+class RestartBackoff:
+    """Delay before a dead server process is started again: none after a long run, doubling from
+    ``first_s`` to ``max_s`` while the process keeps dying within ``healthy_s`` of its start (a
+    broken KB or port would otherwise be reloaded twice a second)."""
+
+    def __init__(self, first_s: float = 1.0, max_s: float = 30.0, healthy_s: float = 60.0) -> None:
+        self.first_s, self.max_s, self.healthy_s = first_s, max_s, healthy_s
+        self.delay_s = 0.0
+
+    def after_exit(self, uptime_s: float) -> float:
+        """Seconds to wait before the next start of a process that ran ``uptime_s``."""
+        self.delay_s = 0.0 if uptime_s >= self.healthy_s else min(self.max_s, max(self.first_s, 2 * self.delay_s))
+        return self.delay_s
+
+
 def serve_processes(n: int, host: str, port: int, poll_s: float = 0.5) -> None:
     """Run ``n`` server processes, each with its own SO_REUSEPORT socket on ``host:port``.
 
@@ -74,7 +90,8 @@ def serve_processes(n: int, host: str, port: int, poll_s: float = 0.5) -> None:
     a burst of connections: with keep-alive clients one process served almost all of them
     (measured: 2.6 s vs 0.2 s of CPU in 3 s). With a socket each the kernel spreads new
     connections over the processes by address hash, and a process binds only once its KB is
-    loaded. A process that dies is started again; SIGINT / SIGTERM stop them all.
+    loaded. A process that dies is started again, after a growing delay while it keeps dying
+    soon after its start (``RestartBackoff``); SIGINT / SIGTERM stop them all.
     """
     import multiprocessing
     import signal
@@ -84,21 +101,30 @@ def serve_processes(n: int, host: str, port: int, poll_s: float = 0.5) -> None:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     procs = [ctx.Process(target=_serve_one, args=(host, port), name=f"metricvision-serve-{i}") for i in range(n)]
+    started = [0.0] * n  # monotonic start of each process; its restart time while it waits
+    backoff = [RestartBackoff() for _ in range(n)]
     try:
-        for proc in procs:
+        for i, proc in enumerate(procs):
             proc.start()
+            started[i] = time.monotonic()
         while not stop.wait(poll_s):
+            now = time.monotonic()
             for i, proc in enumerate(procs):
-                if proc.exitcode is not None:  # died: its connections are gone, the others keep serving
-                    print(f"server process {proc.pid} exited with {proc.exitcode}; starting another", flush=True)
+                if proc.pid is not None and proc.exitcode is not None:  # died: the others keep serving
+                    delay = backoff[i].after_exit(now - started[i])
+                    print(f"server process {proc.pid} exited with {proc.exitcode} after {now - started[i]:.1f} s; "
+                          f"starting another in {delay:.0f} s", flush=True)
                     procs[i] = ctx.Process(target=_serve_one, args=(host, port), name=proc.name)
+                    started[i] = now + delay
+                if procs[i].pid is None and now >= started[i]:
                     procs[i].start()
     finally:
         for proc in procs:
-            if proc.is_alive():
+            if proc.pid is not None and proc.is_alive():
                 proc.terminate()
         for proc in procs:
-            proc.join(30)
+            if proc.pid is not None:
+                proc.join(30)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
