@@ -1,6 +1,6 @@
 """Training throughput of the Trainer against a plain PyTorch loop: same model, batch, optimizer, one process.
 
-    python benchmarks/train_throughput.py [--recipe default --steps 16 --repeats 5 --set key=value ...]
+    python benchmarks/train_throughput.py [--recipe default --steps 16 --repeats 7 --set key=value ...]
 
 The Trainer runs ``train_epoch`` (sampler, DataLoader, transforms, hooks, autocast, the
 gradient scaler and the schedule) for ``--steps`` PK batches of the recipe's dataset. The
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--steps", type=int, default=16, help="batches per timed run")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--set", action="append", default=[], help="recipe override key=value")
     args = parser.parse_args()
 
