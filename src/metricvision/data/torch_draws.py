@@ -10,6 +10,7 @@ themselves (a single image, or a torch whose generator state layout is not the o
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 from typing import Dict, Iterator, List, Optional, Protocol, Tuple
 
@@ -121,6 +122,7 @@ def _write_state(state: torch.Tensor, key: np.ndarray, pos: int) -> None:
     a[_NEXT:_NEXT + 8].view("<u8")[0] = pos
 
 
+@functools.lru_cache(maxsize=None)
 def _replay_matches() -> bool:
     """Whether replayed draws equal torch's on this torch build (checked once, the generator left as it was)."""
     saved = torch.get_rng_state()
@@ -138,16 +140,11 @@ def _replay_matches() -> bool:
         torch.set_rng_state(saved)
 
 
-_MATCHES: List[bool] = []
-
-
 @contextlib.contextmanager
 def replayed_draws() -> Iterator[Draws]:
     """Draws equal to torch's next ones; on exit the default CPU generator is advanced past all of them."""
-    if not _MATCHES:
-        _MATCHES.append(_replay_matches())
     state = torch.get_rng_state()
-    read = _read_state(state) if _MATCHES[0] else None
+    read = _read_state(state) if _replay_matches() else None
     if read is None:
         yield TORCH_DRAWS
         return
