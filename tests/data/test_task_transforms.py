@@ -85,3 +85,29 @@ def test_patches_are_grey_and_bad_options_are_named():
         TRANSFORMS.create("reid", erasing=2.0)
     with pytest.raises(ValueError, match=r"\[height, width\]"):
         height_width([1, 2, 3])
+
+
+def test_train_augment_reduces_a_photograph_first_then_equals_the_composition_on_the_reduced_copy():
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 255, (700, 1000, 3), dtype=np.uint8))
+    ours, theirs = TRANSFORMS.create("train", size=48), torchvision_train(48, 0.6, 0.3)
+    factor = 700 // ours.reduce_above
+    assert factor == 5 and ours.reduce_above * factor <= 700
+    torch.manual_seed(2)
+    a = ours.batch([photo] * 20)
+    torch.manual_seed(2)
+    b = [theirs(photo.reduce(factor)) for _ in range(20)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_large_jpeg_decodes_reduced_for_train_augment_but_whole_for_other_transforms(tmp_path):
+    from metricvision.data.sample import Sample, SampleDataset
+
+    path = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 255, (1400, 2000, 3), dtype=np.uint8)).save(path, quality=90)
+    train = SampleDataset([Sample(image=str(path), label=0)], TRANSFORMS.create("train", size=48))
+    img = train.image(0)
+    assert train.transform.reduce_above <= min(img.size) < 2 * train.transform.reduce_above and img.size[0] > img.size[1]
+    assert train[0][0].shape == (3, 48, 48)
+    assert SampleDataset([Sample(image=str(path), label=0)], TRANSFORMS.create("eval", size=48)).image(0).size == (2000, 1400)

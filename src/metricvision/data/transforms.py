@@ -64,9 +64,15 @@ class TrainAugment:
     numbers from torch's generator in the same order (``torch_draws``), the same Pillow operations, but
     each one call of Pillow's core without the per-call dispatch of transform modules. ``batch`` (used by
     the dataset's batched fetch) reads a whole batch's numbers from a numpy replay of the generator: 16 ms
-    for 128 emoji instead of the composition's 33 ms, so that data loading stays a small part of a training step on 2
-    cores (benchmarks/train_throughput.py). The result stays uint8: the Trainer scales the whole batch to
-    [0, 1] at once (``as_float_images``).
+    for 128 emoji instead of the composition's 33 ms, so that data loading stays a small part of a
+    training step on 2 cores (benchmarks/train_throughput.py). The result stays uint8: the Trainer scales
+    the whole batch to [0, 1] at once (``as_float_images``).
+
+    One departure: a source much larger than the output (shorter side over 2 max(H, W) / sqrt(0.8
+    scale_min), e.g. a photograph of a ``folder`` dataset) is first reduced by the integer factor that keeps
+    it above that (``Image.reduce``, a box filter), so that the colour jitter does not run on millions of
+    pixels; the composition then applies to the reduced copy. Emoji, icons, glyphs and Fashion-MNIST
+    images (28-48 px) are never reduced.
     """
 
     def __init__(self, size: Size = 48, scale_min: float = 0.6, jitter: float = 0.3) -> None:
@@ -75,6 +81,8 @@ class TrainAugment:
         self.size = height_width(size)
         self.scale = [scale_min, 1.0]
         self.log_ratio = torch.log(torch.tensor([0.8, 1.25])).tolist()  # float32, as RandomResizedCrop draws it
+        # a source whose shorter side exceeds this is first reduced (its smallest crop still >= 2x the output)
+        self.reduce_above = math.ceil(2 * max(self.size) / math.sqrt(scale_min * 0.8))
         cj = T.ColorJitter(jitter, jitter, jitter, 0.05)  # its ranges: None where a factor cannot change
         self.ranges = (cj.brightness, cj.contrast, cj.saturation, cj.hue)
 
@@ -116,6 +124,9 @@ class TrainAugment:
     def apply(self, img: Image.Image, draws: Draws) -> torch.Tensor:
         """(3, H, W) uint8 augmentation of ``img`` with the random numbers of ``draws``."""
         im = (img if img.mode == "RGB" else img.convert("RGB")).im
+        factor = min(im.size) // self.reduce_above
+        if factor >= 2:  # a photograph: jitter and crop a box-filtered 1/factor copy (Image.reduce)
+            im = im.reduce((factor, factor), (0, 0) + im.size)
         if draws.rand() <= _P08:
             im = self._jitter(im, draws)
         if draws.rand() < _P01:
