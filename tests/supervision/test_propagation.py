@@ -175,3 +175,28 @@ def test_refresh_every_skips_epochs_between_refreshes():
     assert not SUPERVISIONS.create("partial_labels").refresh_due(0)
     with pytest.raises(ValueError, match="refresh_every must be >= 1"):
         SUPERVISIONS.create("label_propagation", refresh_every=0)
+
+
+def test_csr_matmul_equals_the_dense_product_with_empty_rows_in_both_precisions():
+    from metricvision.supervision.csr_kernels import csr_matmul
+
+    rng = np.random.default_rng(0)
+    dense = rng.random((40, 30)) * (rng.random((40, 30)) < 0.2)
+    dense[[3, 17]] = 0  # rows without entries
+    csr = torch.from_numpy(dense).to_sparse_csr()
+    parts = (csr.crow_indices().numpy(), csr.col_indices().numpy(), csr.values().numpy())
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((30, 7)).astype(dtype)
+        out = csr_matmul(*parts, x, threads=2)
+        assert out.dtype == dtype
+        np.testing.assert_allclose(out, dense @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_diffuse_equals_the_dense_solve_of_i_minus_alpha_w():
+    x = torch.nn.functional.normalize(torch.randn(120, 16, generator=torch.Generator().manual_seed(1)), dim=1)
+    Wn = normalize_affinity(knn_graph(x, 8, 3.0))
+    Y = torch.zeros(120, 3)
+    Y[[0, 40, 80], [0, 1, 2]] = 1.0
+    Z = diffuse(Wn, Y, alpha=0.9, tol=1e-10, max_iter=500)
+    want = np.linalg.solve(np.eye(120) - 0.9 * Wn.to_dense().double().numpy(), Y.double().numpy())
+    np.testing.assert_allclose(Z.numpy(), want, rtol=1e-4, atol=1e-6)

@@ -118,12 +118,12 @@ def conjugate_gradient(
         if bool((rs <= stop).all()):
             break
         AP = matvec(P)
-        denom = (P * AP).sum(0)
+        denom = torch.linalg.vecdot(P, AP, dim=0)
         step = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
-        X = X + step * P
-        R = R - step * AP
-        rs_new = (R * R).sum(0)
-        P = R + torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs)) * P
+        X.addcmul_(P, step)  # in place: the (N, C) blocks are the CG's memory traffic
+        R.addcmul_(AP, step, value=-1)
+        rs_new = torch.linalg.vecdot(R, R, dim=0)
+        P.mul_(torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))).add_(R)
         rs = rs_new
     return X
 
@@ -147,4 +147,10 @@ def diffuse(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         W = W_normalized.to_sparse_csr() if W_normalized.layout == torch.sparse_coo else W_normalized  # 2-3x faster products
-    return conjugate_gradient(lambda X: X - alpha * (W @ X), Y, tol, max_iter)
+    if W.device.type != "cpu":
+        return conjugate_gradient(lambda X: X - alpha * (W @ X), Y, tol, max_iter)
+    from metricvision.supervision.csr_kernels import csr_matmul  # numba loads here, not at import
+
+    csr = (W.crow_indices().numpy(), W.col_indices().numpy(), W.values().numpy())
+    threads = torch.get_num_threads()
+    return conjugate_gradient(lambda X: X - alpha * torch.from_numpy(csr_matmul(*csr, X.numpy(), threads)), Y, tol, max_iter)
