@@ -82,7 +82,7 @@ class MeanTeacherPropagation(LabelPropagation):
             return super().on_epoch_start(trainer, epoch)
         student, trainer.model = trainer.model, self.teacher_
         try:
-            embeddings = trainer.embed(trainer.train_samples, desc="embedding the training set (teacher)")
+            embeddings = trainer.embed(trainer.train_samples)
         finally:
             trainer.model = student
         trainer._log({"event": "supervision", "epoch": epoch, **self.refresh(embeddings)})
