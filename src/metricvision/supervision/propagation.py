@@ -1,10 +1,15 @@
-"""Semi-supervised metric learning by label propagation (Iscen et al., CVPR 2019).
+"""Semi-supervised metric learning by label propagation (a simplified Iscen et al., CVPR 2019).
 
-Each epoch: a k-NN graph on the current embeddings (similarities^gamma, W + W^T,
-symmetric normalization), diffusion of the class-size-normalized one-hot labels with
-conjugate gradient (alpha = 0.99), pseudo-labels = argmax, weighted by
-1 - entropy / log(C) (certainty) and by the inverse class frequency (class balance).
-Labeled samples keep their label with certainty weight 1.
+At the start of every ``refresh_every``-th epoch: a k-NN graph on the current embeddings of the
+training set (similarities^gamma, W + W^T, symmetric normalization), diffusion of the
+class-size-normalized one-hot labels with conjugate gradient, pseudo-labels = argmax, certainty
+w_i = 1 - H(Z_i) / log(C) divided by its maximum over the samples (as the authors' code), and
+inverse class frequencies as class weights. Labeled samples keep their label with certainty 1.
+Where the paper weights each sample's loss by w_i (and each class by its weight), here the weights
+are sampling probabilities within a class and classes are drawn uniformly (``weighted_pk_batches``),
+so any metric loss trains on them unchanged and the classes are balanced by the sampling itself.
+The paper first trains on the labeled samples alone; here the first propagation runs on the
+initial (pretrained) embeddings.
 """
 from __future__ import annotations
 
