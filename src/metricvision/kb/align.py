@@ -12,7 +12,7 @@ text queries).
 from __future__ import annotations
 
 from math import comb
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ from metricvision.kb.model import ImageTextModel, ModelCard
 from metricvision.losses import create_loss
 from metricvision.metrics.retrieval import hits_from_labels, recall_at_k
 from metricvision.models import Embedder
-from metricvision.models.text import TextEncoder
+from metricvision.kb.text_tower import TunedTextTop
+from metricvision.models.text import MiniLMTextEncoder, TextEncoder
 
 
 def class_captions(samples: Sequence[Sample]) -> Tuple[np.ndarray, List[str]]:
@@ -88,6 +89,8 @@ def train_alignment(
     tune_blocks: int = 0,
     backbone_lr: float = 1e-4,
     extra_texts: bool = True,
+    text_layers: int = 0,
+    text_lr: float = 2e-5,
 ) -> Tuple[ImageTextModel, List[Dict[str, float]]]:
     """Align a pretrained Embedder (head, and optionally its last blocks) to the frozen text space of ``text``.
 
@@ -107,9 +110,11 @@ def train_alignment(
         tune_blocks: last children of an ``nn.Sequential`` backbone trained too (0: head only).
         backbone_lr: learning rate of those blocks.
         extra_texts: also use the subcategory, short names and a prompt (``caption_variants``).
+        text_layers: last transformer layers of the (MiniLM) text encoder tuned too (0: text frozen).
+        text_lr: their learning rate.
 
     Returns:
-        the aligned model (card with text_model set) and per-epoch logs.
+        the aligned model (card with text_model set; its text encoder carries the tuned weights) and per-epoch logs.
     """
     torch.manual_seed(seed)
     embedder = Embedder(backbone, pooling="avg", dim=text.dim, pretrained=True)
@@ -120,17 +125,21 @@ def train_alignment(
     classes, _ = class_captions(samples)
     first = {int(s.label): s for s in reversed(samples)}
     variants = [caption_variants(first[int(c)]) if extra_texts else [first[int(c)].caption] for c in classes]
-    flat = text.encode_text([t for v in variants for t in v])
+    texts = [t for v in variants for t in v]
+    text_top = _text_top(text, text_layers, texts)
+    flat = text.encode_text(texts) if text_top is None else None
     owner = torch.tensor([i for i, v in enumerate(variants) for _ in v])
     ref_labels = torch.arange(len(classes))
     label_to_ref = {int(c): i for i, c in enumerate(classes)}
     labels = torch.tensor([label_to_ref[int(s.label)] for s in samples])
     feats = trunk_features(embedder, trunk, model.to_tensor([s.image for s in samples]))
     criterion = create_loss(loss)
+    text_params = list(text_top.parameters()) if text_top is not None else []
     opt = torch.optim.AdamW([{"params": list(embedder.head.parameters()) + list(criterion.parameters()), "lr": lr},
-                             {"params": list(top.parameters()), "lr": backbone_lr}], weight_decay=1e-4)
+                             {"params": list(top.parameters()), "lr": backbone_lr},
+                             {"params": text_params, "lr": text_lr}], weight_decay=1e-4)
     steps = max(epochs * -(-len(feats) // batch_size), 1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [lr, backbone_lr], total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [lr, backbone_lr, text_lr], total_steps=steps, pct_start=0.1)
     logs = []
     embedder.head.train()
     bar = tqdm(range(epochs), desc="aligning", unit="epoch", leave=False)
@@ -140,7 +149,8 @@ def train_alignment(
             b = order[s : s + batch_size]
             pick = _pick_variants(owner, len(classes))
             z = F.normalize(embedder.head(embedder.pool(top(feats[b]))), dim=1)
-            out = criterion(z, labels[b], ref_embeddings=flat[pick], ref_labels=ref_labels)
+            refs = flat[pick] if text_top is None else text_top(pick)
+            out = criterion(z, labels[b], ref_embeddings=refs, ref_labels=ref_labels)
             opt.zero_grad()
             out.value.backward()
             opt.step()
@@ -149,7 +159,18 @@ def train_alignment(
         logs.append({"epoch": epoch, "loss": total / max(len(feats), 1)})
         bar.set_postfix(loss=f"{logs[-1]['loss']:.4f}")
     embedder.eval()
+    if text_top is not None:
+        model = ImageTextModel(card, embedder, text=text.tuned(text_top.tuned_state()))
     return model, logs
+
+
+def _text_top(text: TextEncoder, layers: int, texts: Sequence[str]) -> Optional[TunedTextTop]:
+    """Trainable last ``layers`` of the text encoder over ``texts``; None when nothing is tuned."""
+    if layers == 0:
+        return None
+    if not isinstance(text, MiniLMTextEncoder):
+        raise ValueError(f"tuning text layers needs the 'minilm' text model, not '{text.name}'")
+    return TunedTextTop(text, layers, texts)
 
 
 def _pick_variants(owner: torch.Tensor, num_classes: int) -> torch.Tensor:
