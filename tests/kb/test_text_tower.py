@@ -16,7 +16,7 @@ TEXTS = ["red circle", "a small blue square on white", "green triangle"]
 
 def test_untouched_top_reproduces_the_encoder():
     text = create_text_encoder("minilm")
-    top = TunedTextTop(text, 2, TEXTS)
+    top = TunedTextTop(text, 2, TEXTS, chunk=2)
     with torch.no_grad():
         out = top(torch.tensor([2, 0, 1]))
     assert torch.allclose(out, text.encode_text([TEXTS[2], TEXTS[0], TEXTS[1]]), atol=1e-5)

@@ -1,13 +1,13 @@
-"""Aligning an image encoder to a frozen text space, and measuring text-to-image search.
+"""Aligning an image encoder to a text space, and measuring text-to-image search.
 
-The text encoder is frozen (its space is the KB's); the Embedder's linear head, and
-optionally the backbone's last blocks, are trained so that an image's embedding scores
-its own class's text above the other classes' texts: an image-text contrastive loss
-(``clip``, symmetric InfoNCE with a learned temperature, by default) whose references are
-the text embeddings of the training classes, each class drawn per step among its
-caption, caption + subcategory, short names and a prompt. Since the head is linear it
-applies at every location too, so dense features live in the text space (heat maps for
-text queries).
+The Embedder's linear head, and optionally the backbone's last blocks and the (MiniLM)
+text encoder's last layers, are trained so that an image's embedding scores its own
+class's text above the other classes' texts: an image-text contrastive loss (``clip``,
+symmetric InfoNCE with a learned temperature, by default) whose references are the text
+embeddings of the training classes, each class drawn per step among its caption, caption +
+subcategory, short names and a prompt. Tuned text layers ship with the image checkpoint
+(``kb.model.TEXT_PREFIX``). Since the head is linear it applies at every location too, so
+dense features live in the text space (heat maps for text queries).
 """
 from __future__ import annotations
 

@@ -25,10 +25,12 @@ class TunedTextTop(nn.Module):
         encoder: the frozen MiniLM encoder.
         layers: how many of its last transformer layers are tuned (>= 1).
         texts: the texts that ``forward`` embeds, by row.
+        chunk: texts run through the layers at once.
     """
 
-    def __init__(self, encoder: MiniLMTextEncoder, layers: int, texts: Sequence[str]) -> None:
+    def __init__(self, encoder: MiniLMTextEncoder, layers: int, texts: Sequence[str], chunk: int = 128) -> None:
         super().__init__()
+        self.chunk = chunk
         stack = encoder.model.encoder.layer
         if not 0 < layers <= len(stack):
             raise ValueError(f"text layers to tune must be in [1, {len(stack)}], got {layers}")
@@ -42,7 +44,15 @@ class TunedTextTop(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B,) text rows -> (B, dim) normalized embeddings through the tuned layers."""
+        """(B,) text rows -> (B, dim) normalized embeddings through the tuned layers.
+
+        Rows run in chunks of similar length, each padded only to its own longest text.
+        """
+        order = self.mask[rows].sum(1).argsort()
+        parts = [self._embed(rows[chunk]) for chunk in order.split(self.chunk)]
+        return torch.cat(parts)[order.argsort()] if parts else torch.empty(0, self.states.shape[-1])
+
+    def _embed(self, rows: torch.Tensor) -> torch.Tensor:
         mask = self.mask[rows]
         width = int(mask.sum(1).max())
         mask, x = mask[:, :width], self.states[rows, :width]
