@@ -127,7 +127,7 @@ def train_alignment(
     variants = [caption_variants(first[int(c)]) if extra_texts else [first[int(c)].caption] for c in classes]
     texts = [t for v in variants for t in v]
     text_top = _text_top(text, text_layers, texts)
-    flat = text.encode_text(texts) if text_top is None else None
+    flat = text.encode_text(texts) if text_top is None else torch.empty(0)
     owner = torch.tensor([i for i, v in enumerate(variants) for _ in v])
     ref_labels = torch.arange(len(classes))
     label_to_ref = {int(c): i for i, c in enumerate(classes)}
@@ -145,11 +145,18 @@ def train_alignment(
     bar = tqdm(range(epochs), desc="aligning", unit="epoch", leave=False)
     for epoch in bar:
         order, total = torch.randperm(len(feats)), 0.0
+        if text_top is not None:  # tuned text: the other classes' texts as of the epoch's start
+            with torch.no_grad():
+                bank = text_top(_pick_variants(owner, len(classes)))
         for s in range(0, len(feats), batch_size):
             b = order[s : s + batch_size]
             pick = _pick_variants(owner, len(classes))
             z = F.normalize(embedder.head(embedder.pool(top(feats[b]))), dim=1)
-            refs = flat[pick] if text_top is None else text_top(pick)
+            if text_top is None:
+                refs = flat[pick]
+            else:  # the batch's classes through the tuned layers (with gradients), the rest from the epoch's start
+                present = labels[b].unique()
+                refs = bank.index_copy(0, present, text_top(pick[present]))
             out = criterion(z, labels[b], ref_embeddings=refs, ref_labels=ref_labels)
             opt.zero_grad()
             out.value.backward()
