@@ -56,9 +56,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-model", default="minilm", help="registered text encoder whose space images are aligned to (default: minilm)")
     p.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
     p.add_argument("--image-size", type=int, default=128, help="side images are resized to (default: 128)")
-    p.add_argument("--tune-blocks", type=int, default=3,
-                   help="also train the backbone's last N blocks, not only the linear head (default: 3)")
-    p.add_argument("--backbone-lr", type=float, default=3e-4, help="learning rate of those blocks (default: 3e-4)")
+    p.add_argument("--tune-blocks", type=int, default=0,
+                   help="also train the backbone's last N blocks, not only the linear head (default: 0)")
+    p.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of those blocks (default: 1e-4)")
     p.add_argument("--loss", default="clip", help="registered image-text loss (default: clip, symmetric with a learned temperature)")
     p.add_argument("--text-layers", type=int, default=1,
                    help="also tune the text model's last N layers (minilm; shipped in the checkpoint; 0: frozen) (default: 1)")
