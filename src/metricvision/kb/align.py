@@ -23,10 +23,10 @@ from tqdm import tqdm
 from metricvision.data import Sample
 from metricvision.index import FlatIndex
 from metricvision.kb.model import ImageTextModel, ModelCard
+from metricvision.kb.text_tower import TunedTextTop
 from metricvision.losses import create_loss
 from metricvision.metrics.retrieval import hits_from_labels, recall_at_k
 from metricvision.models import Embedder
-from metricvision.kb.text_tower import TunedTextTop
 from metricvision.models.text import MiniLMTextEncoder, TextEncoder
 
 
@@ -92,16 +92,19 @@ def train_alignment(
     text_layers: int = 0,
     text_lr: float = 2e-5,
 ) -> Tuple[ImageTextModel, List[Dict[str, float]]]:
-    """Align a pretrained Embedder (head, and optionally its last blocks) to the frozen text space of ``text``.
+    """Align a pretrained Embedder (head, and optionally its last blocks) to the text space of ``text``.
 
     The trunk's outputs are computed once; each step runs the tuned blocks (batch norm
     statistics frozen), pooling and head on a batch, and scores it against the text
     embeddings of every training class (one of ``caption_variants`` per class, drawn
-    per step when ``extra_texts``) with an image-text contrastive loss.
+    per step when ``extra_texts``) with an image-text contrastive loss. With ``text_layers``
+    the texts' token states below the tuned layers are computed once too; each step runs the
+    tuned layers on the texts of the batch's classes, the other classes keeping their
+    embeddings from the epoch's start.
 
     Args:
         samples: training samples (label = class, caption = its text).
-        text: the frozen text encoder (its dim becomes the embedding dim).
+        text: the text encoder (its dim becomes the embedding dim; frozen unless ``text_layers``).
         backbone: a backbone with pretrained weights available offline.
         image_size: side images are resized to.
         epochs, lr, batch_size, seed: optimisation (AdamW, one-cycle schedule).
