@@ -41,7 +41,8 @@ def test_tuned_text_layers_ship_with_the_checkpoint_and_the_kb(tmp_path):
     model, _ = train_alignment(shape_classes(), text, image_size=32, epochs=2, batch_size=8, text_layers=1, text_lr=1e-3)
     state = model.text.tuned_state
     assert state and {k.split(".")[2] for k in state} == {"5"}
-    assert not torch.equal(state["encoder.layer.5.output.dense.weight"], text.model.state_dict()["encoder.layer.5.output.dense.weight"])
+    key = "encoder.layer.5.output.dense.weight"
+    assert not torch.equal(state[key], text.model.state_dict()[key])
     card = save_image_model(model.embedder, tmp_path / "m.safetensors", 32, "minilm", text_state=state)
     assert card.text_tuned
     loaded = ImageTextModel.from_checkpoint(tmp_path / "m.safetensors")
