@@ -90,7 +90,7 @@ def train_alignment(
     backbone_lr: float = 1e-4,
     extra_texts: bool = True,
     text_layers: int = 0,
-    text_lr: float = 2e-5,
+    text_lr: float = 1e-4,
 ) -> Tuple[ImageTextModel, List[Dict[str, float]]]:
     """Align a pretrained Embedder (head, and optionally its last blocks) to the text space of ``text``.
 
