@@ -7,7 +7,7 @@ variants from the emoji metadata), then prints text-to-image Recall@k on the cla
 test split against chance, and the skin-tone composed-query table (image only, text only,
 weighted sum, trained combiner).
 
-    python benchmarks/text_retrieval.py [--out runs/text_align] [--epochs 40] [--tune-blocks 0] [--text-layers 1]
+    python benchmarks/text_retrieval.py [--out runs/text_align] [--epochs 40] [--tune-blocks 0] [--text-layers 2]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--tune-blocks", type=int, default=0, help="backbone blocks trained besides the head")
     ap.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of those blocks")
     ap.add_argument("--loss", default="clip", help="registered image-text loss")
-    ap.add_argument("--text-layers", type=int, default=1, help="last text-model layers tuned too (shipped in the checkpoint)")
+    ap.add_argument("--text-layers", type=int, default=2, help="last text-model layers tuned too (shipped in the checkpoint)")
     ap.add_argument("--text-lr", type=float, default=1e-4, help="learning rate of those layers")
     ap.add_argument("--no-extra-texts", action="store_true", help="train on the names only")
     a = ap.parse_args()

@@ -60,8 +60,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="also train the backbone's last N blocks, not only the linear head (default: 0)")
     p.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of those blocks (default: 1e-4)")
     p.add_argument("--loss", default="clip", help="registered image-text loss (default: clip, symmetric with a learned temperature)")
-    p.add_argument("--text-layers", type=int, default=1,
-                   help="also tune the text model's last N layers (minilm; shipped in the checkpoint; 0: frozen) (default: 1)")
+    p.add_argument("--text-layers", type=int, default=2,
+                   help="also tune the text model's last N layers (minilm; shipped in the checkpoint; 0: frozen) (default: 2)")
     p.add_argument("--text-lr", type=float, default=1e-4, help="learning rate of those layers (default: 1e-4)")
     p.add_argument("--no-extra-texts", action="store_true",
                    help="train on the names only, not also on subcategory, short names and a prompt")

@@ -74,7 +74,7 @@ def composed_recall(
 def run_alignment(
     out_dir: str | Path, text_model: str = "minilm", epochs: int = 40, dataset_path: Optional[str] = None,
     build_kb: bool = False, seed: int = 0, image_size: int = 128, tune_blocks: int = 0, backbone_lr: float = 1e-4,
-    loss: str = "clip", extra_texts: bool = True, text_layers: int = 1, text_lr: float = 1e-4,
+    loss: str = "clip", extra_texts: bool = True, text_layers: int = 2, text_lr: float = 1e-4,
 ) -> Dict[str, Any]:
     """Align on the emoji train split, evaluate on the test split, train the combiner; write everything to out_dir.
 
