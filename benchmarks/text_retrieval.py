@@ -1,12 +1,13 @@
 """Text-to-image search and composed queries on the emoji dataset (unseen identities).
 
-Aligns MobileNetV2 (ImageNet; frozen unless --tune-blocks) + a linear head to the frozen
-all-MiniLM-L6-v2 text space on the train split (``kb.align.train_alignment``: clip loss,
-128 px, caption variants from the emoji metadata), then prints text-to-image Recall@k on
-the class-disjoint test split against chance, and the skin-tone composed-query table
-(image only, text only, weighted sum, trained combiner).
+Aligns MobileNetV2 (ImageNet; its last --tune-blocks blocks tuned on cached trunk features) +
+a linear head with all-MiniLM-L6-v2 (its last --text-layers layers tuned, shipped in the
+checkpoint) on the train split (``kb.align.train_alignment``: clip loss, 128 px, caption
+variants from the emoji metadata), then prints text-to-image Recall@k on the class-disjoint
+test split against chance, and the skin-tone composed-query table (image only, text only,
+weighted sum, trained combiner).
 
-    python benchmarks/text_retrieval.py [--out runs/text_align] [--epochs 40] [--tune-blocks 0]
+    python benchmarks/text_retrieval.py [--out runs/text_align] [--epochs 40] [--tune-blocks 0] [--text-layers 2]
 """
 from __future__ import annotations
 
@@ -24,10 +25,13 @@ def main() -> None:
     ap.add_argument("--tune-blocks", type=int, default=0, help="backbone blocks trained besides the head")
     ap.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of those blocks")
     ap.add_argument("--loss", default="clip", help="registered image-text loss")
+    ap.add_argument("--text-layers", type=int, default=2, help="last text-model layers tuned too (shipped in the checkpoint)")
+    ap.add_argument("--text-lr", type=float, default=1e-4, help="learning rate of those layers")
     ap.add_argument("--no-extra-texts", action="store_true", help="train on the names only")
     a = ap.parse_args()
     m = run_alignment(a.out, text_model=a.text_model, epochs=a.epochs, image_size=a.image_size,
-                      tune_blocks=a.tune_blocks, backbone_lr=a.backbone_lr, loss=a.loss, extra_texts=not a.no_extra_texts)
+                      tune_blocks=a.tune_blocks, backbone_lr=a.backbone_lr, loss=a.loss, extra_texts=not a.no_extra_texts,
+                      text_layers=a.text_layers, text_lr=a.text_lr)
     t = m["text_to_image"]
     print(f"text-to-image, {int(t['queries'])} unseen emoji names vs {int(t['gallery'])} test images "
           f"(alignment {m['align_seconds']:.0f} s, total {m['total_seconds']:.0f} s)")

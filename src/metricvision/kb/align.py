@@ -1,18 +1,18 @@
-"""Aligning an image encoder to a frozen text space, and measuring text-to-image search.
+"""Aligning an image encoder to a text space, and measuring text-to-image search.
 
-The text encoder is frozen (its space is the KB's); the Embedder's linear head, and
-optionally the backbone's last blocks, are trained so that an image's embedding scores
-its own class's text above the other classes' texts: an image-text contrastive loss
-(``clip``, symmetric InfoNCE with a learned temperature, by default) whose references are
-the text embeddings of the training classes, each class drawn per step among its
-caption, caption + subcategory, short names and a prompt. Since the head is linear it
-applies at every location too, so dense features live in the text space (heat maps for
-text queries).
+The Embedder's linear head, and optionally the backbone's last blocks and the (MiniLM)
+text encoder's last layers, are trained so that an image's embedding scores its own
+class's text above the other classes' texts: an image-text contrastive loss (``clip``,
+symmetric InfoNCE with a learned temperature, by default) whose references are the text
+embeddings of the training classes, each class drawn per step among its caption, caption +
+subcategory, short names and a prompt. Tuned text layers ship with the image checkpoint
+(``kb.model.TEXT_PREFIX``). Since the head is linear it applies at every location too, so
+dense features live in the text space (heat maps for text queries).
 """
 from __future__ import annotations
 
 from math import comb
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,10 +23,11 @@ from tqdm import tqdm
 from metricvision.data import Sample
 from metricvision.index import FlatIndex
 from metricvision.kb.model import ImageTextModel, ModelCard
+from metricvision.kb.text_tower import TunedTextTop
 from metricvision.losses import create_loss
 from metricvision.metrics.retrieval import hits_from_labels, recall_at_k
 from metricvision.models import Embedder
-from metricvision.models.text import TextEncoder
+from metricvision.models.text import MiniLMTextEncoder, TextEncoder
 
 
 def class_captions(samples: Sequence[Sample]) -> Tuple[np.ndarray, List[str]]:
@@ -88,17 +89,22 @@ def train_alignment(
     tune_blocks: int = 0,
     backbone_lr: float = 1e-4,
     extra_texts: bool = True,
+    text_layers: int = 0,
+    text_lr: float = 1e-4,
 ) -> Tuple[ImageTextModel, List[Dict[str, float]]]:
-    """Align a pretrained Embedder (head, and optionally its last blocks) to the frozen text space of ``text``.
+    """Align a pretrained Embedder (head, and optionally its last blocks) to the text space of ``text``.
 
     The trunk's outputs are computed once; each step runs the tuned blocks (batch norm
     statistics frozen), pooling and head on a batch, and scores it against the text
     embeddings of every training class (one of ``caption_variants`` per class, drawn
-    per step when ``extra_texts``) with an image-text contrastive loss.
+    per step when ``extra_texts``) with an image-text contrastive loss. With ``text_layers``
+    the texts' token states below the tuned layers are computed once too; each step runs the
+    tuned layers on the texts of the batch's classes, the other classes keeping their
+    embeddings from the epoch's start.
 
     Args:
         samples: training samples (label = class, caption = its text).
-        text: the frozen text encoder (its dim becomes the embedding dim).
+        text: the text encoder (its dim becomes the embedding dim; frozen unless ``text_layers``).
         backbone: a backbone with pretrained weights available offline.
         image_size: side images are resized to.
         epochs, lr, batch_size, seed: optimisation (AdamW, one-cycle schedule).
@@ -107,9 +113,11 @@ def train_alignment(
         tune_blocks: last children of an ``nn.Sequential`` backbone trained too (0: head only).
         backbone_lr: learning rate of those blocks.
         extra_texts: also use the subcategory, short names and a prompt (``caption_variants``).
+        text_layers: last transformer layers of the (MiniLM) text encoder tuned too (0: text frozen).
+        text_lr: their learning rate.
 
     Returns:
-        the aligned model (card with text_model set) and per-epoch logs.
+        the aligned model (card with text_model set; its text encoder carries the tuned weights) and per-epoch logs.
     """
     torch.manual_seed(seed)
     embedder = Embedder(backbone, pooling="avg", dim=text.dim, pretrained=True)
@@ -120,27 +128,39 @@ def train_alignment(
     classes, _ = class_captions(samples)
     first = {int(s.label): s for s in reversed(samples)}
     variants = [caption_variants(first[int(c)]) if extra_texts else [first[int(c)].caption] for c in classes]
-    flat = text.encode_text([t for v in variants for t in v])
+    texts = [t for v in variants for t in v]
+    text_top = _text_top(text, text_layers, texts)
+    flat = text.encode_text(texts) if text_top is None else torch.empty(0)
     owner = torch.tensor([i for i, v in enumerate(variants) for _ in v])
     ref_labels = torch.arange(len(classes))
     label_to_ref = {int(c): i for i, c in enumerate(classes)}
     labels = torch.tensor([label_to_ref[int(s.label)] for s in samples])
     feats = trunk_features(embedder, trunk, model.to_tensor([s.image for s in samples]))
     criterion = create_loss(loss)
+    text_params = list(text_top.parameters()) if text_top is not None else []
     opt = torch.optim.AdamW([{"params": list(embedder.head.parameters()) + list(criterion.parameters()), "lr": lr},
-                             {"params": list(top.parameters()), "lr": backbone_lr}], weight_decay=1e-4)
+                             {"params": list(top.parameters()), "lr": backbone_lr},
+                             {"params": text_params, "lr": text_lr}], weight_decay=1e-4)
     steps = max(epochs * -(-len(feats) // batch_size), 1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [lr, backbone_lr], total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [lr, backbone_lr, text_lr], total_steps=steps, pct_start=0.1)
     logs = []
     embedder.head.train()
     bar = tqdm(range(epochs), desc="aligning", unit="epoch", leave=False)
     for epoch in bar:
         order, total = torch.randperm(len(feats)), 0.0
+        if text_top is not None:  # tuned text: the other classes' texts as of the epoch's start
+            with torch.no_grad():
+                bank = text_top(_pick_variants(owner, len(classes)))
         for s in range(0, len(feats), batch_size):
             b = order[s : s + batch_size]
             pick = _pick_variants(owner, len(classes))
             z = F.normalize(embedder.head(embedder.pool(top(feats[b]))), dim=1)
-            out = criterion(z, labels[b], ref_embeddings=flat[pick], ref_labels=ref_labels)
+            if text_top is None:
+                refs = flat[pick]
+            else:  # the batch's classes through the tuned layers (with gradients), the rest from the epoch's start
+                present = labels[b].unique()
+                refs = bank.index_copy(0, present, text_top(pick[present]))
+            out = criterion(z, labels[b], ref_embeddings=refs, ref_labels=ref_labels)
             opt.zero_grad()
             out.value.backward()
             opt.step()
@@ -149,7 +169,18 @@ def train_alignment(
         logs.append({"epoch": epoch, "loss": total / max(len(feats), 1)})
         bar.set_postfix(loss=f"{logs[-1]['loss']:.4f}")
     embedder.eval()
+    if text_top is not None:
+        model = ImageTextModel(card, embedder, text=text.tuned(text_top.tuned_state()))
     return model, logs
+
+
+def _text_top(text: TextEncoder, layers: int, texts: Sequence[str]) -> Optional[TunedTextTop]:
+    """Trainable last ``layers`` of the text encoder over ``texts``; None when nothing is tuned."""
+    if layers == 0:
+        return None
+    if not isinstance(text, MiniLMTextEncoder):
+        raise ValueError(f"tuning text layers needs the 'minilm' text model, not '{text.name}'")
+    return TunedTextTop(text, layers, texts)
 
 
 def _pick_variants(owner: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -60,6 +60,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="also train the backbone's last N blocks, not only the linear head (default: 0)")
     p.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of those blocks (default: 1e-4)")
     p.add_argument("--loss", default="clip", help="registered image-text loss (default: clip, symmetric with a learned temperature)")
+    p.add_argument("--text-layers", type=int, default=2,
+                   help="also tune the text model's last N layers (minilm; shipped in the checkpoint; 0: frozen) (default: 2)")
+    p.add_argument("--text-lr", type=float, default=1e-4, help="learning rate of those layers (default: 1e-4)")
     p.add_argument("--no-extra-texts", action="store_true",
                    help="train on the names only, not also on subcategory, short names and a prompt")
     p.add_argument("--dataset-path", help="emoji dataset file (default: the packaged one)")
@@ -162,7 +165,8 @@ def _align(args: argparse.Namespace) -> Dict[str, Any]:
 
     return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs, dataset_path=args.dataset_path,
                          build_kb=args.build_kb, image_size=args.image_size, tune_blocks=args.tune_blocks,
-                         backbone_lr=args.backbone_lr, loss=args.loss, extra_texts=not args.no_extra_texts)
+                         backbone_lr=args.backbone_lr, loss=args.loss, extra_texts=not args.no_extra_texts,
+                         text_layers=args.text_layers, text_lr=args.text_lr)
 
 
 def parse_filters(items: List[str]) -> Dict[str, Any]:

@@ -74,11 +74,12 @@ def composed_recall(
 def run_alignment(
     out_dir: str | Path, text_model: str = "minilm", epochs: int = 40, dataset_path: Optional[str] = None,
     build_kb: bool = False, seed: int = 0, image_size: int = 128, tune_blocks: int = 0, backbone_lr: float = 1e-4,
-    loss: str = "clip", extra_texts: bool = True,
+    loss: str = "clip", extra_texts: bool = True, text_layers: int = 2, text_lr: float = 1e-4,
 ) -> Dict[str, Any]:
     """Align on the emoji train split, evaluate on the test split, train the combiner; write everything to out_dir.
 
-    image_size, tune_blocks, backbone_lr, loss, extra_texts: as in ``train_alignment``.
+    image_size, tune_blocks, backbone_lr, loss, extra_texts, text_layers, text_lr: as in ``train_alignment``;
+    tuned text layers are written into the checkpoint and embed every text (queries, tone modifiers).
     Writes image_model.safetensors, combiner.safetensors, metrics.json (and kb/ with ``build_kb``).
     """
     from metricvision.data.emoji import load_emoji
@@ -89,9 +90,11 @@ def run_alignment(
     start = time.time()
     text = create_text_encoder(text_model)
     align = {"image_size": image_size, "tune_blocks": tune_blocks, "backbone_lr": backbone_lr, "loss": loss,
-             "extra_texts": extra_texts}
+             "extra_texts": extra_texts, "text_layers": text_layers, "text_lr": text_lr}
     model, logs = train_alignment(train, text, epochs=epochs, seed=seed, **align)
-    card = save_image_model(model.embedder, out / "image_model.safetensors", model.card.image_size, text.name)
+    text = model.text
+    card = save_image_model(model.embedder, out / "image_model.safetensors", model.card.image_size, text.name,
+                            text_state=getattr(text, "tuned_state", None))
     model = ImageTextModel(card, model.embedder)
     align_seconds = time.time() - start
     metrics: Dict[str, Any] = {"text_to_image": text_to_image_recall(model, test), "align_seconds": align_seconds,

@@ -23,6 +23,7 @@ from metricvision.models import Embedder
 from metricvision.models.text import TextEncoder, create_text_encoder
 
 CARD_KEY = "metricvision_card"
+TEXT_PREFIX = "text."
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ModelCard:
         checkpoint: path of the weights file, None for the plain (pretrained) backbone.
         checkpoint_sha256: hash of that file.
         text_model: text encoder whose space the image embeddings live in, None when not aligned.
+        text_tuned: the checkpoint also holds tuned weights of the text model (keys ``TEXT_PREFIX`` + its
+            own names), which then embeds the text queries.
     """
 
     backbone: str = "mobilenet_v2"
@@ -50,6 +53,7 @@ class ModelCard:
     checkpoint: Optional[str] = None
     checkpoint_sha256: Optional[str] = None
     text_model: Optional[str] = None
+    text_tuned: bool = False
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelCard":
@@ -76,9 +80,10 @@ class ImageTextModel:
     Args:
         card: the model card; when ``card.checkpoint`` is set its weights are loaded.
         embedder: an already built Embedder (skips building from the card).
+        text: an already built text encoder of the card's text model (skips loading it).
     """
 
-    def __init__(self, card: ModelCard, embedder: Optional[Embedder] = None) -> None:
+    def __init__(self, card: ModelCard, embedder: Optional[Embedder] = None, text: Optional[TextEncoder] = None) -> None:
         if embedder is None:
             if not card.pretrained and not card.checkpoint:
                 raise ValueError(f"backbone '{card.backbone}' without pretrained weights needs a checkpoint; "
@@ -88,11 +93,12 @@ class ImageTextModel:
             if card.checkpoint:
                 from safetensors.torch import load_file
 
-                embedder.load_state_dict(load_file(card.checkpoint))
+                state = load_file(card.checkpoint)
+                embedder.load_state_dict({k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)})
         self.embedder = embedder.eval()
         self.card = card
         self.card.dim, self.card.head = embedder.dim, isinstance(embedder.head, torch.nn.Linear)
-        self._text: Optional[TextEncoder] = None
+        self._text: Optional[TextEncoder] = text
         # fast tokenizers refuse concurrent calls ("Already borrowed"): text encoding is serialized,
         # image encoding (the Embedder stays in eval mode) runs in parallel
         self._text_lock = threading.Lock()
@@ -128,6 +134,8 @@ class ImageTextModel:
             )
         if self._text is None:
             text = create_text_encoder(self.card.text_model)
+            if self.card.text_tuned:
+                text = _tuned_text(text, self.card)
             if text.dim != self.dim:
                 raise ValueError(f"text model '{self.card.text_model}' has dim {text.dim}, images have {self.dim}")
             self._text = text
@@ -171,18 +179,39 @@ class ImageTextModel:
 
 
 def save_image_model(embedder: Embedder, path: str | os.PathLike, image_size: int, text_model: Optional[str] = None,
-                     pretrained: bool = True) -> ModelCard:
-    """Write the Embedder's weights with its card in the safetensors metadata (temp name, then rename)."""
+                     pretrained: bool = True, text_state: Optional[Dict[str, torch.Tensor]] = None) -> ModelCard:
+    """Write the Embedder's weights with its card in the safetensors metadata (temp name, then rename).
+
+    ``text_state``: tuned weights of the text model (named as in it), stored under ``TEXT_PREFIX``.
+    """
     from safetensors.torch import save
 
+    if text_state and text_model is None:
+        raise ValueError("tuned text weights need the name of their text model")
     card = ModelCard(backbone=embedder.backbone_name, pooling=_pooling_name(embedder), dim=embedder.dim,
-                     head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained, text_model=text_model)
+                     head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained,
+                     text_model=text_model, text_tuned=bool(text_state))
     path = Path(path)
     state = {k: v.contiguous() for k, v in embedder.state_dict().items()}
+    state.update({TEXT_PREFIX + k: v.contiguous() for k, v in (text_state or {}).items()})
     with atomic_write(path) as f:
         f.write(save(state, metadata={CARD_KEY: json.dumps(asdict(card))}))
     card.checkpoint, card.checkpoint_sha256 = str(path.resolve()), file_sha256(path)
     return card
+
+
+def _tuned_text(text: TextEncoder, card: ModelCard) -> TextEncoder:
+    """The card's text encoder with the tuned weights stored in its checkpoint."""
+    from safetensors.torch import load_file
+
+    if not card.checkpoint:
+        raise ValueError("the card says the text model was tuned, but it names no checkpoint holding those weights")
+    state = {k[len(TEXT_PREFIX):]: v for k, v in load_file(card.checkpoint).items() if k.startswith(TEXT_PREFIX)}
+    if not state:
+        raise ValueError(f"{card.checkpoint} holds no tuned text weights ('{TEXT_PREFIX}*'), though its card says so")
+    if not hasattr(text, "tuned"):
+        raise ValueError(f"text model '{card.text_model}' cannot load tuned weights")
+    return text.tuned(state)
 
 
 def _pooling_name(embedder: Embedder) -> str:

@@ -10,12 +10,13 @@ Names:
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, List, Protocol, Sequence
+from typing import Any, Dict, Iterator, List, Protocol, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,19 +71,57 @@ class MiniLMTextEncoder:
             raise ImportError("text model 'minilm' needs transformers and tokenizers: pip install -e '.[text]'") from e
         self.batch_size, self.max_length = batch_size, max_length
         self.tokenizer, self.model = _load_minilm(str(minilm_model_dir()))
+        self.tuned_state: Dict[str, torch.Tensor] = {}
+
+    def _batches(self, texts: Sequence[str]) -> Iterator[Dict[str, torch.Tensor]]:
+        texts = _check_texts(texts)
+        for s in range(0, len(texts), self.batch_size):
+            yield self.tokenizer(texts[s : s + self.batch_size], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(N,) strings -> (N, 384)."""
-        texts = _check_texts(texts)
         out = [torch.empty(0, self.dim)]
-        for s in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[s : s + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=1).float())
+        for batch in self._batches(texts):
+            out.append(mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"]).float())
         return torch.cat(out)
+
+    @torch.no_grad()
+    def token_states(self, texts: Sequence[str], layer: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(N, T, 384) token states entering transformer layer ``layer`` (0 = the embeddings), and the (N, T) mask."""
+        states, masks = [], []
+        for batch in self._batches(texts):
+            states.append(self.model(**batch, output_hidden_states=True).hidden_states[layer])
+            masks.append(batch["attention_mask"])
+        width = max((m.shape[1] for m in masks), default=0)
+        pad = [(F.pad(h, (0, 0, 0, width - h.shape[1])), F.pad(m, (0, width - m.shape[1]))) for h, m in zip(states, masks)]
+        if not pad:
+            return torch.empty(0, 0, self.dim), torch.empty(0, 0, dtype=torch.long)
+        return torch.cat([h for h, _ in pad]), torch.cat([m for _, m in pad])
+
+    def tuned(self, state: Dict[str, torch.Tensor]) -> "MiniLMTextEncoder":
+        """A copy whose model has the given weights (e.g. tuned last layers, named as in the model) loaded.
+
+        Raises:
+            ValueError: a key the model does not have.
+        """
+        out = copy.copy(self)
+        out.model = copy.deepcopy(self.model)  # the loaded model is shared (cached): never change it in place
+        params = out.model.state_dict()
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise ValueError(f"tuned text weights {unknown[:3]} are not in model 'minilm'")
+        out.model.load_state_dict({**params, **state})
+        out.model.eval()
+        out.tuned_state = dict(state)
+        return out
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T, D) token states, (N, T) mask -> (N, D) normalized mean over the unmasked tokens."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=1)
 
 
 @lru_cache(maxsize=1)
