@@ -6,6 +6,7 @@ the Embedder, with the backbone's statistics.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, List, Sequence, Tuple, Union
 
@@ -26,8 +27,6 @@ IMAGENET_MEAN_COLOUR = [0.485, 0.456, 0.406]
 _core = Image.core
 _DITHER = Image.Dither.FLOYDSTEINBERG  # what Image.convert passes
 _LEVELS = np.arange(256)
-# point() tables of an HSV image whose H is shifted by s (uint8 wrap-around), S and V kept
-_HUE_LUTS = [[(v + s) & 255 for v in range(256)] + list(range(256)) * 2 for s in range(256)]
 # torch.rand(1) compared with a Python float compares in float32
 _P01, _P03, _P08 = f32(0.1), f32(0.3), f32(0.8)
 
@@ -44,6 +43,12 @@ def height_width(size: Size) -> Tuple[int, int]:
 def eval_transform(size: Size = 48) -> Transform:
     """Resize to (H, W)."""
     return v2.Compose([v2.ToImage(), v2.Resize(height_width(size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+
+
+@functools.lru_cache(maxsize=256)
+def _hue_lut(shift: int) -> List[int]:
+    """point() table of an HSV image whose H is shifted by ``shift`` (uint8 wrap-around), S and V kept."""
+    return [(v + shift) & 255 for v in range(256)] + list(range(256)) * 2
 
 
 def _check_probability(name: str, p: float) -> None:
@@ -103,7 +108,7 @@ class TrainAugment:
                 im = _core.blend(im.convert("L", _DITHER).convert("RGB", _DITHER), im, f)
             else:  # hue: shift H in HSV, wrapping at 255 (torchvision's adjust_hue)
                 shift = int(np.array(f * 255).astype(np.uint8))
-                im = im.convert("HSV", _DITHER).point(_HUE_LUTS[shift], None).convert("RGB", _DITHER)
+                im = im.convert("HSV", _DITHER).point(_hue_lut(shift), None).convert("RGB", _DITHER)
         return im
 
     def _crop_box(self, width: int, height: int, draws: Draws) -> Tuple[int, int, int, int]:

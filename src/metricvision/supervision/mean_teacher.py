@@ -118,7 +118,7 @@ class MeanTeacherPropagation(LabelPropagation):
         """The teacher's images of the batch: another augmentation of each (``second_view``) or the student's."""
         if not self.second_view:
             return self.images_
-        views = torch.stack([trainer.train_set[int(i)][0] for i in indices])
+        views = torch.stack([x for x, _ in trainer.train_set.__getitems__(indices.tolist())])  # the batched augmentation
         return as_float_images(views.to(self.images_.device))
 
     def consistency_weight(self, trainer: Any) -> float:
