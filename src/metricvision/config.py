@@ -45,7 +45,7 @@ class ModelConfig:
     pooling: str = "gem"
     dim: int = 128
     neck: str = "none"  # or "bnneck"
-    last_stride: int = 2  # 1: a ResNet's last stage at stride 1 (re-ID)
+    last_stride: int = 2  # 1: the last downsampling at stride 1 (re-ID ResNets, dense maps of MobileNets)
 
 
 @dataclass

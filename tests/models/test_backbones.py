@@ -18,11 +18,21 @@ def test_last_stride_one_doubles_the_final_map(name):
     assert f1.shape[-2:] == (4, 8)
 
 
-def test_last_stride_refused_without_layer4():
-    with pytest.raises(ValueError, match="layer4"):
-        create_backbone("mobilenet_v3_small", last_stride=1)
-    with pytest.raises(ValueError, match="small_cnn"):
-        create_backbone("small_cnn", last_stride=1)
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_last_stride_one_on_mobilenets_doubles_the_final_map_only(name):
+    x = torch.rand(1, 3, 72, 72)
+    net2, _ = create_backbone(name)
+    net1, _ = create_backbone(name, last_stride=1)
+    strided = lambda net: [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided(net1)) == len(strided(net2)) - 1
+    assert net2.eval()(x).shape[-2:] == (3, 3)
+    assert net1.eval()(x).shape[-2:] == (5, 5)
+
+
+def test_last_stride_refused_where_pooling_downsamples_last():
+    for name in ("small_cnn", "vgg11", "densenet121"):
+        with pytest.raises(ValueError, match=name):
+            create_backbone(name, last_stride=1)
 
 
 def test_bare_torchvision_names_and_unknown_name():

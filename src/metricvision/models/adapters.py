@@ -11,20 +11,32 @@ from torch import nn
 
 
 def set_last_stride(model: nn.Module, stride: int, name: str) -> None:
-    """Set the stride of the first block of ``model.layer4`` (ResNet-like) to ``stride``, in place.
+    """Set the stride of the network's last downsampling to ``stride``, in place.
 
-    Luo et al. 2019 ("bag of tricks" re-ID baseline) use stride 1, doubling the last feature map.
+    ResNet-like (a ``layer4``): the first block of ``layer4`` (Luo et al. 2019, the "bag of tricks" re-ID
+    baseline, doubling the last feature map). Otherwise (MobileNet-like: downsampling blocks without a
+    shortcut) the last stride-2 convolution, provided no strided pooling follows it.
     """
     if stride not in (1, 2):
         raise ValueError(f"last_stride must be 1 or 2, got {stride}")
     layer4 = getattr(model, "layer4", None)
-    if layer4 is None:
-        raise ValueError(f"last_stride applies to ResNet-like backbones with a layer4, not '{name}'")
-    for m in layer4[0].modules():
+    if layer4 is not None:
+        for m in layer4[0].modules():
+            if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+                m.stride = (stride, stride)
+            elif isinstance(m, nn.AvgPool2d) and m.stride == 2:  # timm's avg-down shortcut
+                m.stride = m.kernel_size = stride
+        return
+    last = None
+    for m in model.modules():
         if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
-            m.stride = (stride, stride)
-        elif isinstance(m, nn.AvgPool2d) and m.stride == 2:  # timm's avg-down shortcut
-            m.stride = m.kernel_size = stride
+            last = m
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and m.stride not in (1, (1, 1), None):
+            last = None
+    if last is None:
+        raise ValueError(f"last_stride applies to ResNet-like backbones (a layer4) or to those whose last downsampling "
+                         f"is a stride-2 convolution (MobileNets), not '{name}'")
+    last.stride = (stride, stride)
 
 
 class TorchvisionViTGrid(nn.Module):

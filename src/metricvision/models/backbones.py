@@ -153,14 +153,16 @@ def create_backbone(
     """(module, out_channels) for a registered name, a torchvision model name, "torchvision:NAME" or "timm:NAME".
 
     Args:
-        last_stride: 1 sets the stride of a ResNet's last stage to 1 (re-ID); 2 leaves it.
+        last_stride: 1 sets the stride of the last downsampling (a ResNet's last stage, a MobileNet's last
+            strided block) to 1, doubling the final map (re-ID, dense classification); 2 leaves it.
     """
     if name.startswith("timm:"):
         return timm_backbone(name.split(":", 1)[1], pretrained, weights_path, last_stride)
     if name in BACKBONES:
+        net, channels = BACKBONES.create(name, pretrained=pretrained, weights_path=weights_path)
         if last_stride != 2:
-            raise ValueError(f"last_stride applies to torchvision / timm ResNets, not '{name}'")
-        return BACKBONES.create(name, pretrained=pretrained, weights_path=weights_path)
+            set_last_stride(net, last_stride, name)
+        return net, channels
     import torchvision
 
     tv_name = name.split(":", 1)[1] if name.startswith("torchvision:") else name

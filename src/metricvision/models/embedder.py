@@ -31,7 +31,7 @@ class Embedder(nn.Module):
             norm (for a triplet term) next to the one after it (for an ID term), as the
             "bnneck_id_triplet" loss expects; in eval mode it is the normalized feature
             after the norm, (N, D).
-        last_stride: 1 for a ResNet's last stage at stride 1 (twice the final map); else 2.
+        last_stride: 1 for the last downsampling at stride 1 (twice the final map); else 2.
         channels_last: run the backbone in channels-last memory format (oneDNN's depthwise and
             grouped convolutions are several times faster so on CPU; tensor cores prefer it on GPU).
 
