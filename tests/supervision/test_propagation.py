@@ -6,7 +6,8 @@ import torch
 
 from metricvision.supervision import SUPERVISIONS
 from metricvision.supervision.base import keep_fraction_of_labels
-from metricvision.supervision.graph import conjugate_gradient, diffuse, knn_graph, normalize_affinity
+from metricvision.index.diffusion import conjugate_gradient, diffuse
+from metricvision.supervision.graph import knn_graph, normalize_affinity
 from metricvision.supervision.propagation import LabelPropagation, propagate_labels
 
 
@@ -178,7 +179,7 @@ def test_refresh_every_skips_epochs_between_refreshes():
 
 
 def test_csr_matmul_equals_the_dense_product_with_empty_rows_in_both_precisions():
-    from metricvision.supervision.csr_kernels import csr_matmul
+    from metricvision.index.csr_kernels import csr_matmul
 
     rng = np.random.default_rng(0)
     dense = rng.random((40, 30)) * (rng.random((40, 30)) < 0.2)

@@ -9,10 +9,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.linalg import cg
+import torch
 
 from metricvision.index.base import ArrayLike, Index, as_float32
 from metricvision.index.flat import FlatIndex
+from metricvision.index.diffusion import diffuse
 
 
 def _exact(database: np.ndarray) -> FlatIndex:
@@ -134,22 +135,22 @@ class Diffusion:
         degree = np.asarray(a.sum(1)).reshape(-1)
         inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-300)), 0.0)
         d = sparse.diags(inv_sqrt)
-        self.graph_ = (d @ a @ d).tocsr()
-        self.system_ = (sparse.identity(n, format="csr") - self.alpha * self.graph_).tocsr()
+        g = (d @ a @ d).tocsr()
+        self.graph_ = torch.sparse_csr_tensor(torch.from_numpy(g.indptr.astype(np.int64)),
+                                              torch.from_numpy(g.indices.astype(np.int64)), torch.from_numpy(g.data), (n, n))
         return self
 
     def scores(self, queries: ArrayLike) -> np.ndarray:
         """(Q, N) diffusion scores f of (Q, D) L2-normalized queries."""
-        if not hasattr(self, "system_"):
+        if not hasattr(self, "graph_"):
             raise RuntimeError("Diffusion.fit(database) must be called before scores/search")
         q = as_float32(queries, self.index_.dim, "queries")
         seed_scores, seeds = self.index_.search(q, min(self.query_k, len(self.index_)))
-        out = np.zeros((q.shape[0], len(self.index_)), dtype=np.float32)
-        for row in range(q.shape[0]):
-            y = np.zeros(len(self.index_))
-            y[seeds[row]] = self._affinity(seed_scores[row])
-            out[row], _ = cg(self.system_, y, rtol=self.tol, maxiter=self.maxiter)
-        return out
+        y = torch.zeros(len(self.index_), q.shape[0], dtype=torch.float64)
+        valid = seeds >= 0
+        cols = np.broadcast_to(np.arange(q.shape[0])[:, None], seeds.shape)
+        y[torch.from_numpy(seeds[valid]), torch.from_numpy(cols[valid])] = torch.from_numpy(self._affinity(seed_scores[valid]))
+        return diffuse(self.graph_, y, self.alpha, self.tol, self.maxiter).T.float().numpy()
 
     def search(self, queries: ArrayLike, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Top-k database positions by diffusion score -> (scores (Q, k), positions (Q, k))."""
