@@ -178,6 +178,16 @@ def test_refresh_every_skips_epochs_between_refreshes():
         SUPERVISIONS.create("label_propagation", refresh_every=0)
 
 
+def test_start_epoch_trains_on_the_labeled_samples_alone_until_it():
+    sup = SUPERVISIONS.create("label_propagation", label_fraction=0.5, samples_per_class=2, start_epoch=2, refresh_every=2)
+    assert [sup.refresh_due(e) for e in range(7)] == [False, False, True, False, True, False, True]
+    sup.bind(np.repeat(np.arange(4), 4))
+    for b in sup.batches(4, 10, torch.Generator().manual_seed(0)):  # before any refresh: labeled samples only
+        assert all(int(sup.labels_[i]) >= 0 for i in b)
+    with pytest.raises(ValueError, match="start_epoch must be >= 0"):
+        SUPERVISIONS.create("label_propagation", start_epoch=-1)
+
+
 def test_csr_matmul_equals_the_dense_product_with_empty_rows_in_both_precisions():
     from metricvision.index.csr_kernels import csr_matmul
 

@@ -8,8 +8,9 @@ inverse class frequencies as class weights. Labeled samples keep their label wit
 Where the paper weights each sample's loss by w_i (and each class by its weight), here the weights
 are sampling probabilities within a class and classes are drawn uniformly (``weighted_pk_batches``),
 so any metric loss trains on them unchanged and the classes are balanced by the sampling itself.
-The paper first trains on the labeled samples alone; here the first propagation runs on the
-initial (pretrained) embeddings.
+The paper first trains on the labeled samples alone, then propagates; here, within one schedule, the
+first ``start_epoch`` epochs train on the labeled samples alone (0: the first propagation runs on the
+initial, pretrained embeddings).
 """
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ class LabelPropagation(Supervision):
             epochs between are those of the last propagation).
         keep: fraction of the unlabeled samples, the most certain, that take their pseudo-label;
             the others stay unlabeled until the next propagation (1.0: all of them).
+        start_epoch: epochs trained on the labeled samples alone before the first propagation.
     """
 
     needs_embeddings = True
@@ -122,14 +124,17 @@ class LabelPropagation(Supervision):
         class_balance: bool = True,
         refresh_every: int = 1,
         keep: float = 1.0,
+        start_epoch: int = 0,
     ) -> None:
+        if start_epoch < 0:
+            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
         if not 0 < keep <= 1:
             raise ValueError(f"keep must be in (0, 1], got {keep}")
         self.keep = keep
         self.k, self.gamma, self.alpha, self.max_iter = k, gamma, alpha, max_iter
-        self.refresh_every = refresh_every
+        self.refresh_every, self.start_epoch = refresh_every, start_epoch
         self.class_balance = class_balance
         self.restored_: Dict[str, torch.Tensor] = {}  # checkpoint_state of a resumed run, applied in on_fit_start
         super().__init__(labels, label_fraction, label_seed, samples_per_class, label_mode)
@@ -140,6 +145,10 @@ class LabelPropagation(Supervision):
         if not bool((self.given_ >= 0).any()):
             raise ValueError("label propagation needs at least one labeled sample, got none")
         self.num_classes = int(self.given_.max()) + 1
+
+    def refresh_due(self, epoch: int) -> bool:
+        """Propagate at ``start_epoch`` and every ``refresh_every`` epochs after it."""
+        return epoch >= self.start_epoch and (epoch - self.start_epoch) % self.refresh_every == 0
 
     def refresh(self, embeddings: torch.Tensor) -> Dict[str, float]:
         """Propagate the given labels on the (N, D) embeddings; returns logs."""
