@@ -42,6 +42,9 @@ bg open "$@" --tag open --recipes emoji_lt_balanced emoji_lt_oltr --set data.opt
 # the prototype baseline of few-shot: episodic training, 5-way 1-shot episodes as fewshot_dense's evaluation
 bg episodic "$@" --recipes fewshot_episodic --jobs 3 --threads 1 \
   --set "eval.also.fewshot={protocol: fewshot, params: {n_way: 5, k_shot: 1, n_query: 5, episodes: 600}}"
+# the same at fewshot_dense's 72 px input
+bg episodic72 "$@" --tag px72 --recipes fewshot_episodic --jobs 3 --threads 1 --set data.image_size=72 \
+  --set "eval.also.fewshot={protocol: fewshot, params: {n_way: 5, k_shot: 1, n_query: 5, episodes: 600}}"
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 [ "$status" = 0 ] || echo "some calls failed: see $ROOT/*.out and the job logs beside them" >&2
