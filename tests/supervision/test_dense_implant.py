@@ -7,7 +7,7 @@ from metricvision.engine.trainer import Trainer
 from metricvision.supervision.dense import DenseClassification
 from metricvision.supervision.fewshot import dense_classification_loss
 
-TINY = ["model.pretrained=false", "data.image_size=40", "data.batch_size=16", "data.samples_per_class=4",
+TINY = ["model.pretrained=false", "data.image_size=72", "data.batch_size=16", "data.samples_per_class=4",
         "train.epochs=1", "optim.warmup_steps=2", "model.dim=16", "eval.params.n_way=3", "eval.params.n_query=1",
         "eval.params.episodes=5"]
 
@@ -18,7 +18,7 @@ def test_dense_recipe_trains_the_backbone_on_its_maps(tmp_path, emoji_small):
     (hook,) = [h for h in t.hooks if isinstance(h, DenseClassification)]
     conv = next(t.model.backbone.parameters()).detach().clone()
     w = hook.classifier.weight.detach().clone()
-    x = torch.rand(4, 3, 40, 40)
+    x = torch.rand(4, 3, 72, 72)
     t.model.train()
     z = t.model(x)
     idx = torch.tensor([0, 1, 2, 3])
@@ -37,8 +37,10 @@ def test_dense_recipe_trains_the_backbone_on_its_maps(tmp_path, emoji_small):
 
 def test_dense_refuses_small_maps(tmp_path, emoji_small):
     train, test = emoji_small
-    with pytest.raises(ValueError, match="maps of at least 5 x 5, got 3 x 3 at data.image_size=24"):
-        Trainer(load_recipe("fewshot_dense", TINY + ["data.image_size=24"]), tmp_path / "run", train, test)
+    with pytest.raises(ValueError, match="maps of at least 5 x 5, got 3 x 3 at data.image_size=40"):
+        Trainer(load_recipe("fewshot_dense", TINY + ["data.image_size=40"]), tmp_path / "run", train, test)
+    with pytest.raises(ValueError, match="maps of at least 5 x 5, got 3 x 3 at data.image_size=72"):  # the last stride kept
+        Trainer(load_recipe("fewshot_dense", TINY + ["model.last_stride=2"]), tmp_path / "run", train, test)
 
 
 @pytest.mark.slow  # embeds the emoji test split (about 30 s on a loaded 2-core machine)
