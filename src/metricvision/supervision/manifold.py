@@ -111,7 +111,9 @@ class ManifoldMining(Supervision):
 
     Batches are (anchor, positive, negative) tuples. For a loss that reads labels, tuple t
     of a batch gets label 2t for its anchor and positive and 2t + 1 for its negative, so
-    the positive is the anchor's only relevant item and everything else is irrelevant.
+    the positive is the anchor's only relevant item and everything else is irrelevant; with the
+    loss's ``miner: tuple`` only each anchor's pairs with its own positive and negative count, as
+    in the paper (the other tuples of the batch are then not negatives).
 
     Args:
         num_samples: N, the size of the training set (None: bound by the Trainer).
