@@ -7,6 +7,7 @@ random (its ablation); retrieval on unseen identities.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -34,7 +35,7 @@ def main() -> None:
 
         def batches(epoch, head):
             used.append(sup.refresh(embed(head, train["x"]))["anchors_with_tuples"])
-            return sup.batches(96, 10_000, g)
+            return sup.batches(96, math.ceil(used[-1] / 32), g)  # about one tuple per anchor
 
         head = train_head(make_head(seed=a.seed), train["x"], a.epochs, batches,
                           lambda e, idx: loss(e, tuple_labels(len(idx))).value, lr=3e-4)

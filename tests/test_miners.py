@@ -12,7 +12,7 @@ from loss_helpers import assert_same, batch  # noqa: E402
 
 from metricvision.losses import create_loss  # noqa: E402
 from metricvision.miners import MINERS, create_miner  # noqa: E402
-from metricvision.similarity import IGNORED, relevance_from_labels, similarity  # noqa: E402
+from metricvision.similarity import IGNORED, IRRELEVANT, RELEVANT, relevance_from_labels, similarity  # noqa: E402
 
 COS = distances.CosineSimilarity
 
@@ -95,3 +95,18 @@ def test_every_miner_returns_a_subset_of_the_relevance(name):
     kept = mined != IGNORED
     assert torch.equal(mined[kept], rel[kept])
     assert kept.any()
+
+
+def test_tuple_miner_keeps_each_anchor_with_its_own_positive_and_negative():
+    S = torch.rand(9, 9)
+    y = torch.tensor([0, 0, 1, 2, 2, 3, 4, 4, 5])  # three (anchor, positive, negative) tuples
+    rel = relevance_from_labels(y, y, exclude_self=True)
+    mined = create_miner("tuple")(S, rel)
+    want = torch.full((9, 9), IGNORED, dtype=torch.int8)
+    for t in range(3):
+        a, p, n = 3 * t, 3 * t + 1, 3 * t + 2
+        want[a, p] = want[p, a] = RELEVANT
+        want[a, n] = want[n, a] = IRRELEVANT
+    assert torch.equal(mined, want)
+    with pytest.raises(ValueError, match="size must be >= 2, got 1"):
+        create_miner("tuple", size=1)

@@ -46,6 +46,7 @@ class ModelConfig:
     dim: int = 128
     neck: str = "none"  # or "bnneck"
     last_stride: int = 2  # 1: the last downsampling at stride 1 (re-ID ResNets, dense maps of MobileNets)
+    frozen_bn: bool = False  # the backbone's batch norms keep their pretrained statistics in training
 
 
 @dataclass

@@ -160,6 +160,31 @@ class HardestRowColumnMiner(Miner):
         return relevance_from_masks(pos, keep_neg)
 
 
+@MINERS.register("tuple")
+class TupleMiner(Miner):
+    """The pairs of tuples laid out consecutively in the batch: (anchor, positive, negative), ...
+
+    Rows (and columns) t * size ... t * size + size - 1 hold tuple t, its anchor first. Only the
+    pairs of each anchor with the other items of its own tuple are kept, in both directions, as in
+    the tuple losses of Radenovic et al. (2018) and Iscen et al. (2018), where a tuple is never
+    compared with the other tuples of the batch.
+
+    Args:
+        size: items per tuple (3: anchor, positive, negative).
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        if size < 2:
+            raise ValueError(f"size must be >= 2, got {size}")
+        self.size = size
+
+    def __call__(self, S: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+        q = torch.arange(relevance.shape[0], device=relevance.device)[:, None]
+        r = torch.arange(relevance.shape[1], device=relevance.device)[None, :]
+        keep = (q // self.size == r // self.size) & ((q % self.size == 0) | (r % self.size == 0))
+        return relevance.masked_fill(~keep, IGNORED)
+
+
 @MINERS.register("distance_weighted")
 class DistanceWeightedMiner(Miner):
     """Distance-weighted sampling (Wu et al. 2017) on unit vectors, d = sqrt(2 - 2 S).

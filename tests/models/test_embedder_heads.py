@@ -62,3 +62,20 @@ def test_multiscale_encode_equals_the_reference_combination():
     avg = Embedder("small_cnn", pooling="avg", dim=8).eval()
     with torch.no_grad():
         torch.testing.assert_close(avg.encode(x, scales=scales), multiscale_embed(avg, x, scales, "sum"))
+
+
+def test_frozen_bn_keeps_the_backbone_statistics_in_training():
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 32, 32)
+    for frozen in (False, True):
+        emb = Embedder("small_cnn", pooling="avg", dim=16, frozen_bn=frozen).train()
+        bns = [m for m in emb.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns and emb.training and emb.head.training
+        before = [m.running_mean.clone() for m in bns]
+        out = emb(x)
+        changed = any(not torch.equal(b, m.running_mean) for b, m in zip(before, bns))
+        assert changed != frozen and all(m.training != frozen for m in bns)
+        if frozen:  # the batch norms still train their affine weights, and use the running statistics
+            out.sum().backward()
+            assert all(m.weight.grad is not None for m in bns)
+            torch.testing.assert_close(out, emb.eval()(x))

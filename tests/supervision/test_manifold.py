@@ -112,3 +112,28 @@ def test_mining_uses_stationary_anchors_or_random_ones():
     assert len(rnd.pools_.anchors) == 20
     with pytest.raises(ValueError, match="anchor_selection must be one of"):
         SUPERVISIONS.create("manifold_mining", anchor_selection="modes")
+
+
+def test_batches_fill_the_epoch_by_cycling_through_the_anchors():
+    x, arc = _two_arcs()
+    sup = SUPERVISIONS.create("manifold_mining", num_samples=120, num_anchors=5, k=10, graph_k=4, seed=0, anchor_selection="random")
+    sup.refresh(x)
+    usable = [a for a, p, n in zip(sup.pools_.anchors.tolist(), sup.pools_.positives, sup.pools_.negatives) if len(p) and len(n)]
+    assert 0 < len(usable) <= 5
+    out = sup.batches(12, 2 * len(usable), torch.Generator().manual_seed(1))
+    assert len(out) == 2 * len(usable) and all(len(b) == 12 for b in out)  # 4 tuples a batch: each anchor 8 times
+    anchors = [b[i] for b in out for i in range(0, 12, 3)]
+    for s in range(0, len(anchors), len(usable)):  # every anchor once before any repeats
+        assert sorted(anchors[s : s + len(usable)]) == sorted(usable)
+    for b in out:
+        for t in range(0, 12, 3):
+            a, p, n = b[t : t + 3]
+            i = sup.pools_.anchors.tolist().index(a)
+            assert p in sup.pools_.positives[i].tolist() and n in sup.pools_.negatives[i].tolist()
+
+
+def test_all_anchors():
+    x, _ = _two_arcs()
+    sup = SUPERVISIONS.create("manifold_mining", num_samples=120, num_anchors=20, k=10, graph_k=4, anchor_selection="all")
+    assert sup.refresh(x)["anchors"] == 120
+    assert sup.pools_.anchors.tolist() == list(range(120))

@@ -34,6 +34,9 @@ class Embedder(nn.Module):
         last_stride: 1 for the last downsampling at stride 1 (twice the final map); else 2.
         channels_last: run the backbone in channels-last memory format (oneDNN's depthwise and
             grouped convolutions are several times faster so on CPU; tensor cores prefer it on GPU).
+        frozen_bn: the backbone's batch norms stay in eval mode in training (their running
+            statistics are kept; their affine weights still train), as cirtorch fine-tunes retrieval
+            networks; batches of mined tuples would otherwise replace the pretrained statistics.
 
     Images are normalized with the backbone's ``input_mean`` / ``input_std`` (ImageNet's by default).
     """
@@ -49,6 +52,7 @@ class Embedder(nn.Module):
         neck: str = "none",
         last_stride: int = 2,
         channels_last: bool = True,
+        frozen_bn: bool = False,
     ) -> None:
         super().__init__()
         if dim < 0:
@@ -56,6 +60,7 @@ class Embedder(nn.Module):
         if neck not in NECKS:
             raise ValueError(f"neck must be one of {NECKS}, got '{neck}'")
         self.backbone_name = backbone
+        self.frozen_bn = frozen_bn
         self.backbone, channels = create_backbone(backbone, pretrained, weights_path, last_stride)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
@@ -71,6 +76,15 @@ class Embedder(nn.Module):
         std = getattr(self.backbone, "input_std", IMAGENET_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "Embedder":
+        """Training mode, the backbone's batch norms excepted with ``frozen_bn``."""
+        super().train(mode)
+        if mode and self.frozen_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, C, h, w) backbone feature maps."""

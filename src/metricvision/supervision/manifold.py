@@ -38,7 +38,7 @@ class MinedPools:
     negatives: List[torch.Tensor]
 
 
-ANCHOR_SELECTIONS = ("stationary", "random")
+ANCHOR_SELECTIONS = ("stationary", "random", "all")
 
 
 def stationary_modes(
@@ -111,15 +111,18 @@ class ManifoldMining(Supervision):
 
     Batches are (anchor, positive, negative) tuples. For a loss that reads labels, tuple t
     of a batch gets label 2t for its anchor and positive and 2t + 1 for its negative, so
-    the positive is the anchor's only relevant item and everything else is irrelevant.
+    the positive is the anchor's only relevant item and everything else is irrelevant; with the
+    loss's ``miner: tuple`` only each anchor's pairs with its own positive and negative count, as
+    in the paper (the other tuples of the batch are then not negatives).
 
     Args:
         num_samples: N, the size of the training set (None: bound by the Trainer).
         num_anchors: anchors per refresh at most.
         k, graph_k, gamma, alpha, max_iter: see ``mine_on_manifold``.
         seed: random seed of the batches (and of the anchors with ``anchor_selection="random"``).
-        anchor_selection: "stationary" (the modes of ``stationary_modes``, as the paper) or
-            "random" (the paper's ablation).
+        anchor_selection: "stationary" (the modes of ``stationary_modes``, as the paper), "random"
+            (the paper's ablation) or "all" (every sample, ``num_anchors`` ignored, as the authors'
+            script for CUB-200-2011).
         damping: see ``stationary_distribution``.
     """
 
@@ -161,8 +164,10 @@ class ManifoldMining(Supervision):
         n = len(self)
         if self.anchor_selection == "stationary":
             anchors, _ = stationary_modes(embeddings, self.num_anchors, self.graph_k, self.gamma, self.damping)
-        else:
+        elif self.anchor_selection == "random":
             anchors = torch.randperm(n, generator=self.generator)[: min(self.num_anchors, n)]
+        else:
+            anchors = torch.arange(n)
         self.pools_ = mine_on_manifold(embeddings, anchors, self.k, self.graph_k, self.gamma, self.alpha, self.max_iter)
         self._pairs = {}
         for a, pos, neg in zip(self.pools_.anchors.tolist(), self.pools_.positives, self.pools_.negatives):
@@ -185,20 +190,34 @@ class ManifoldMining(Supervision):
         return rel
 
     def batches(self, batch_size: int, num_batches: int, generator: Optional[torch.Generator] = None) -> List[List[int]]:
-        """Up to ``num_batches`` batches of batch_size // 3 (anchor, positive, negative) tuples."""
+        """``num_batches`` batches of batch_size // 3 (anchor, positive, negative) tuples.
+
+        As in the authors' training code, an epoch is as many tuples as the schedule asks for, not one
+        per anchor: anchors are drawn in turn from random permutations of those with both pools non-empty
+        (an anchor repeats only once all have been drawn), each tuple with a random positive and a random
+        negative of its anchor's pools.
+        """
         if self.pools_ is None:
             raise RuntimeError("call refresh(embeddings) before drawing batches")
         g = generator or self.generator
-        tuples = []
-        for a, pos, neg in zip(self.pools_.anchors.tolist(), self.pools_.positives, self.pools_.negatives):
-            if len(pos) and len(neg):
+        usable = [(a, pos, neg) for a, pos, neg in zip(self.pools_.anchors.tolist(), self.pools_.positives, self.pools_.negatives)
+                  if len(pos) and len(neg)]
+        if not usable:
+            return []
+        per = max(1, batch_size // 3)
+        order: List[int] = []
+        out = []
+        for _ in range(num_batches):
+            batch: List[int] = []
+            for _ in range(per):
+                if not order:
+                    order = torch.randperm(len(usable), generator=g).tolist()
+                a, pos, neg = usable[order.pop()]
                 p = pos[torch.randint(len(pos), (1,), generator=g)].item()
                 q = neg[torch.randint(len(neg), (1,), generator=g)].item()
-                tuples.append([a, p, q])
-        per = max(1, batch_size // 3)
-        order = torch.randperm(len(tuples), generator=g).tolist()
-        out = [[i for t in order[s : s + per] for i in tuples[t]] for s in range(0, len(order), per)]
-        return out[:num_batches]
+                batch += [a, p, q]
+            out.append(batch)
+        return out
 
     def targets(self, trainer: Any, indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Tuple labels by position: anchor and positive 2t, negative 2t + 1."""
