@@ -67,6 +67,15 @@ def init_from_teacher(student: torch.nn.Module, teacher_run: str | Path) -> None
     student.load_state_dict(theirs)
 
 
+def _distillation_loss(name: str, params: Dict[str, Any], field: str) -> DistillationLoss:
+    """The registered distillation loss ``name`` built with ``params``; ``field`` names the recipe field in errors."""
+    loss = LOSSES.create(name, **params)
+    if not isinstance(loss, DistillationLoss):
+        raise ValueError(f"{field} must be a distillation loss (kd, rkd_distance, rkd_angle, rank_distillation, "
+                         f"embedding_distillation), got '{name}'")
+    return loss
+
+
 @SUPERVISIONS.register("distillation")
 class TeacherDistillation:
     """Hook adding ``weight`` x a distillation loss towards cached teacher embeddings.
@@ -80,15 +89,18 @@ class TeacherDistillation:
         weight: factor of the distillation term.
         use_labels: False hides the labels from the student's own loss (distillation only).
         views: K > 0 distils towards the teacher's embeddings of K cached augmented views (``distill_views``).
+        also: more distillation losses (default parameters) -> their weights, added beside the main term.
     """
 
     def __init__(self, teacher: Optional[str] = None, loss: Optional[str] = None, params: Optional[Dict[str, Any]] = None,
-                 weight: Optional[float] = None, use_labels: Optional[bool] = None, views: Optional[int] = None) -> None:
+                 weight: Optional[float] = None, use_labels: Optional[bool] = None, views: Optional[int] = None,
+                 also: Optional[Dict[str, float]] = None) -> None:
         self.teacher, self.loss_name, self.params, self.weight = teacher, loss, params, weight
-        self.use_labels, self.views = use_labels, views
+        self.use_labels, self.views, self.also = use_labels, views, also
         self.embeddings_: Optional[torch.Tensor] = None  # (N, D_t), or (N, K, D_t) with views
         self.views_: Optional[ViewDataset] = None
         self.loss_: Optional[DistillationLoss] = None
+        self.also_: Dict[str, DistillationLoss] = {}
 
     def on_fit_start(self, trainer: Any) -> None:
         """Resolve the settings, build the loss and load (or compute and cache) the teacher embeddings."""
@@ -103,11 +115,9 @@ class TeacherDistillation:
         self.views = d.views if self.views is None else self.views
         if self.views < 0:
             raise ValueError(f"distill.views must be >= 0, got {self.views}")
-        loss = LOSSES.create(self.loss_name, **self.params)
-        if not isinstance(loss, DistillationLoss):
-            raise ValueError("distill.loss must be a distillation loss (kd, rkd_distance, rkd_angle, rank_distillation, "
-                             f"embedding_distillation), got '{self.loss_name}'")
-        self.loss_ = loss.to(trainer.device)
+        self.also = dict(d.also if self.also is None else self.also)
+        self.loss_ = _distillation_loss(self.loss_name, self.params, "distill.loss").to(trainer.device)
+        self.also_ = {name: _distillation_loss(name, {}, "distill.also").to(trainer.device) for name in self.also}
         if d.init_from_teacher and trainer.epoch == 0:  # not on a resumed run: its checkpoint holds the student
             init_from_teacher(trainer.model, self.teacher)
         if self.views:
@@ -145,4 +155,9 @@ class TeacherDistillation:
         teacher = self.embeddings_[rows] if self.views_ is None else self.embeddings_[rows, self.views_.view_of[rows]]
         teacher = teacher.to(embeddings.device)
         out = self.loss_(embeddings, teacher)
-        return LossOutput(self.weight * out.value, {"distill": float(out.value.detach()), **out.logs})
+        value, logs = self.weight * out.value, {"distill": float(out.value.detach()), **out.logs}
+        for name, loss in self.also_.items():
+            term = loss(embeddings, teacher).value
+            value = value + self.also[name] * term
+            logs[f"distill_{name}"] = float(term.detach())
+        return LossOutput(value, logs)
