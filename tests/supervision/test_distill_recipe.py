@@ -12,7 +12,7 @@ from metricvision.losses import create_loss
 from metricvision.supervision.distill import CACHE, TeacherDistillation
 
 TINY = ["model.pretrained=false", "model.pooling=avg", "data.batch_size=16", "data.samples_per_class=4",
-        "train.epochs=1", "optim.warmup_steps=2", "eval.clustering=false"]
+        "train.epochs=1", "optim.warmup_steps=2", "eval.clustering=false", "distill.views=0"]  # the clean-image cache
 
 
 @pytest.fixture(scope="module")
