@@ -4,8 +4,11 @@ View ``k`` of training image ``i`` is the training augmentation (``TrainAugment`
 greyscale, random resized crop, rotation) with random numbers drawn from a generator seeded by
 (seed, i, k) alone. The crop box is chosen on the source image and the angle does not depend on the
 output size, so the same view rendered at the teacher's resolution and at the student's shows the same
-content. The teacher embeds its renderings of K views per image once (cached like the clean-image
-embeddings); each epoch the student trains on one of the K views of each image, rendered at its own
+content. This is exact for a source that no size reduces first (``TrainAugment.reduce_above``: every
+emoji, icon or glyph); simplified for large photographs: the source is decoded as the student's augmentation
+needs it, and a crop drawn on a copy reduced by another factor, or ``randint`` over another range, can give the
+two resolutions different views. The teacher embeds its renderings of K views per image once (cached like the
+clean-image embeddings); each epoch the student trains on one of the K views of each image, rendered at its own
 resolution, and is pulled onto the teacher's embedding of that very view.
 """
 from __future__ import annotations
