@@ -105,7 +105,10 @@ class DistillConfig:
     (kd, rkd_distance, rkd_angle, rank_distillation, embedding_distillation) with its params, added
     with ``weight`` to the student's own loss (which sees no labels with ``use_labels: false``);
     ``init_from_teacher`` starts a student of the teacher's architecture (e.g. at a lower resolution)
-    from the teacher's trained weights instead of the backbone's pretrained ones."""
+    from the teacher's trained weights instead of the backbone's pretrained ones; ``views`` K > 0 caches
+    the teacher's embeddings of K augmented views per training image (``supervision/distill_views.py``)
+    instead of the clean images', and the student is pulled onto the teacher's embedding of the view it sees;
+    ``also`` adds more distillation terms beside the main one, e.g. {rkd_distance: 1, rkd_angle: 2}."""
 
     teacher: Optional[str] = None
     loss: str = "rank_distillation"
@@ -113,6 +116,8 @@ class DistillConfig:
     weight: float = 1.0
     use_labels: bool = True
     init_from_teacher: bool = False  # start the student from the teacher's weights (same architecture)
+    views: int = 0  # K > 0: the teacher's embeddings of K augmented views per image, the student trains on those views
+    also: Dict[str, float] = field(default_factory=dict)  # more distillation losses (default params) -> their weights
 
 
 @dataclass

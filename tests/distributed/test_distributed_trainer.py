@@ -72,7 +72,8 @@ def test_ray_train_runs_ddp_workers_into_one_run_folder(tmp_path: Path, ray_loca
 
 def _distill_recipe(teacher: str):
     return load_recipe("distill", OVERRIDES + [f"distill.teacher={teacher}", "distill.loss=embedding_distillation",
-                                               "distill.params={}", "distill.weight=5.0", "model.pooling=avg"])
+                                               "distill.params={}", "distill.weight=5.0", "model.pooling=avg",
+                                               "distill.views=0"])
 
 
 def _first_step_gradient(trainer: Trainer, batch: list) -> torch.Tensor:

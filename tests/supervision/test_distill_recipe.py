@@ -12,7 +12,7 @@ from metricvision.losses import create_loss
 from metricvision.supervision.distill import CACHE, TeacherDistillation
 
 TINY = ["model.pretrained=false", "model.pooling=avg", "data.batch_size=16", "data.samples_per_class=4",
-        "train.epochs=1", "optim.warmup_steps=2", "eval.clustering=false"]
+        "train.epochs=1", "optim.warmup_steps=2", "eval.clustering=false", "distill.views=0"]  # the clean-image cache
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,22 @@ def test_init_from_teacher_names_an_architecture_mismatch(tmp_path, emoji_small,
                                             f"distill.teacher={teacher_run}", "distill.init_from_teacher=true"])
     with pytest.raises(ValueError, match="init_from_teacher.*differs"):
         Trainer(recipe, tmp_path / "s", train, test).fit()
+
+
+def test_also_adds_weighted_distillation_terms_beside_the_main_one(tmp_path, emoji_small, teacher_run):
+    train, test = emoji_small
+    common = TINY + ["data.image_size=24", "model.dim=48", "model.backbone=small_cnn", f"distill.teacher={teacher_run}"]
+    recipe = load_recipe("distill", common + ["distill.also={rkd_distance: 1.5, rkd_angle: 2.0}", "train.epochs=0"])
+    t = Trainer(recipe, tmp_path / "s", train, test)
+    t.fit()
+    (hook,) = [h for h in t.hooks if isinstance(h, TeacherDistillation)]
+    idx = torch.arange(8)
+    z = torch.nn.functional.normalize(torch.randn(8, 48, generator=torch.Generator().manual_seed(0)), dim=1)
+    cached = hook.embeddings_[idx]
+    out = hook.extra_loss(t, idx, z)
+    want = (recipe.distill.weight * create_loss("embedding_distillation")(z, cached).value
+            + 1.5 * create_loss("rkd_distance")(z, cached).value + 2.0 * create_loss("rkd_angle")(z, cached).value)
+    assert torch.allclose(out.value, want) and out.logs["distill_rkd_angle"] > 0
+    bad = load_recipe("distill", common + ["distill.also={multi_similarity: 1.0}"])
+    with pytest.raises(ValueError, match="distill.also must be a distillation loss.*got 'multi_similarity'"):
+        Trainer(bad, tmp_path / "b", train, test).fit()

@@ -8,6 +8,9 @@ kd, rkd_distance, rkd_angle, rank_distillation, embedding_distillation) between 
 the cached (B, D_t) teacher embeddings of the same samples to the student's own loss. With
 ``distill.init_from_teacher`` a student of the teacher's architecture starts from its trained weights
 (the same network at a lower input resolution: cheaper inference, fine-tuned to rank like the teacher).
+With ``distill.views`` K > 0 the cache holds the teacher's embeddings of K augmented views of each image
+(``distill_views.py``) and the student trains on the same views at its own resolution: each augmented image
+is pulled onto the teacher's embedding of that augmented image, not of the clean one.
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ import torch
 
 from metricvision._atomic import atomic_write
 from metricvision.data.sample import SampleDataset
-from metricvision.data.transforms import TRANSFORMS
+from metricvision.data.transforms import TRANSFORMS, TrainAugment
 from metricvision.losses import LOSSES, LossOutput
 from metricvision.losses.distillation import DistillationLoss
 from metricvision.supervision.base import SUPERVISIONS
+from metricvision.supervision.distill_views import VIEWS_CACHE, ViewDataset, teacher_view_embeddings
 
 CACHE = "teacher_embeddings.pt"
 
@@ -63,6 +67,15 @@ def init_from_teacher(student: torch.nn.Module, teacher_run: str | Path) -> None
     student.load_state_dict(theirs)
 
 
+def _distillation_loss(name: str, params: Dict[str, Any], field: str) -> DistillationLoss:
+    """The registered distillation loss ``name`` built with ``params``; ``field`` names the recipe field in errors."""
+    loss = LOSSES.create(name, **params)
+    if not isinstance(loss, DistillationLoss):
+        raise ValueError(f"{field} must be a distillation loss (kd, rkd_distance, rkd_angle, rank_distillation, "
+                         f"embedding_distillation), got '{name}'")
+    return loss
+
+
 @SUPERVISIONS.register("distillation")
 class TeacherDistillation:
     """Hook adding ``weight`` x a distillation loss towards cached teacher embeddings.
@@ -75,14 +88,19 @@ class TeacherDistillation:
         params: its keyword arguments.
         weight: factor of the distillation term.
         use_labels: False hides the labels from the student's own loss (distillation only).
+        views: K > 0 distils towards the teacher's embeddings of K cached augmented views (``distill_views``).
+        also: more distillation losses (default parameters) -> their weights, added beside the main term.
     """
 
     def __init__(self, teacher: Optional[str] = None, loss: Optional[str] = None, params: Optional[Dict[str, Any]] = None,
-                 weight: Optional[float] = None, use_labels: Optional[bool] = None) -> None:
+                 weight: Optional[float] = None, use_labels: Optional[bool] = None, views: Optional[int] = None,
+                 also: Optional[Dict[str, float]] = None) -> None:
         self.teacher, self.loss_name, self.params, self.weight = teacher, loss, params, weight
-        self.use_labels = use_labels
-        self.embeddings_: Optional[torch.Tensor] = None
+        self.use_labels, self.views, self.also = use_labels, views, also
+        self.embeddings_: Optional[torch.Tensor] = None  # (N, D_t), or (N, K, D_t) with views
+        self.views_: Optional[ViewDataset] = None
         self.loss_: Optional[DistillationLoss] = None
+        self.also_: Dict[str, DistillationLoss] = {}
 
     def on_fit_start(self, trainer: Any) -> None:
         """Resolve the settings, build the loss and load (or compute and cache) the teacher embeddings."""
@@ -94,16 +112,36 @@ class TeacherDistillation:
         self.params = d.params if self.params is None else self.params
         self.weight = d.weight if self.weight is None else self.weight
         self.use_labels = d.use_labels if self.use_labels is None else self.use_labels
-        loss = LOSSES.create(self.loss_name, **self.params)
-        if not isinstance(loss, DistillationLoss):
-            raise ValueError("distill.loss must be a distillation loss (kd, rkd_distance, rkd_angle, rank_distillation, "
-                             f"embedding_distillation), got '{self.loss_name}'")
-        self.loss_ = loss.to(trainer.device)
+        self.views = d.views if self.views is None else self.views
+        if self.views < 0:
+            raise ValueError(f"distill.views must be >= 0, got {self.views}")
+        self.also = dict(d.also if self.also is None else self.also)
+        self.loss_ = _distillation_loss(self.loss_name, self.params, "distill.loss").to(trainer.device)
+        self.also_ = {name: _distillation_loss(name, {}, "distill.also").to(trainer.device) for name in self.also}
         if d.init_from_teacher and trainer.epoch == 0:  # not on a resumed run: its checkpoint holds the student
             init_from_teacher(trainer.model, self.teacher)
-        cache = trainer.run_dir / CACHE
-        self.embeddings_ = teacher_embeddings(self.teacher, trainer.train_samples, trainer.device, cache)
-        trainer._log({"event": "supervision", "teacher": str(self.teacher), "teacher_dim": int(self.embeddings_.shape[1])})
+        if self.views:
+            self._use_views(trainer)
+        else:
+            self.embeddings_ = teacher_embeddings(self.teacher, trainer.train_samples, trainer.device, trainer.run_dir / CACHE)
+        trainer._log({"event": "supervision", "teacher": str(self.teacher), "teacher_dim": int(self.embeddings_.shape[-1])})
+
+    def _use_views(self, trainer: Any) -> None:
+        """Cache the teacher's embeddings of K views per image; the student's training set becomes those views."""
+        data = trainer.recipe.data
+        augment = trainer.train_set.transform
+        if not isinstance(augment, TrainAugment):
+            raise ValueError(f"distill.views needs data.train_transform 'train' (TrainAugment), got '{data.train_transform}'")
+        seed = trainer.recipe.train.seed
+        self.embeddings_ = teacher_view_embeddings(self.teacher, trainer.train_set, data.train_transform_params, self.views,
+                                                   seed, trainer.device, trainer.run_dir / VIEWS_CACHE)
+        self.views_ = ViewDataset(trainer.train_set, augment, self.views, seed)
+        trainer.train_set = self.views_
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        """With views: draw the view of every image for this epoch."""
+        if self.views_ is not None:
+            self.views_.choose(epoch)
 
     def targets(self, trainer: Any, indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The labels, or all -1 (ignored by the student's own loss) with ``use_labels=False``."""
@@ -113,6 +151,13 @@ class TeacherDistillation:
         """``weight`` x the distillation loss of the (B, D_s) student embeddings against the teacher's."""
         if self.loss_ is None or self.embeddings_ is None:
             raise RuntimeError("distillation: on_fit_start(trainer) must run first")
-        teacher = self.embeddings_[indices.cpu()].to(embeddings.device)
+        rows = indices.cpu()
+        teacher = self.embeddings_[rows] if self.views_ is None else self.embeddings_[rows, self.views_.view_of[rows]]
+        teacher = teacher.to(embeddings.device)
         out = self.loss_(embeddings, teacher)
-        return LossOutput(self.weight * out.value, {"distill": float(out.value.detach()), **out.logs})
+        value, logs = self.weight * out.value, {"distill": float(out.value.detach()), **out.logs}
+        for name, loss in self.also_.items():
+            term = loss(embeddings, teacher).value
+            value = value + self.also[name] * term
+            logs[f"distill_{name}"] = float(term.detach())
+        return LossOutput(value, logs)
