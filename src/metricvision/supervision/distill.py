@@ -19,13 +19,12 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from metricvision._atomic import atomic_write
 from metricvision.data.sample import SampleDataset
 from metricvision.data.transforms import TRANSFORMS, TrainAugment
 from metricvision.losses import LOSSES, LossOutput
 from metricvision.losses.distillation import DistillationLoss
 from metricvision.supervision.base import SUPERVISIONS
-from metricvision.supervision.distill_views import VIEWS_CACHE, ViewDataset, teacher_view_embeddings
+from metricvision.supervision.distill_views import VIEWS_CACHE, ViewDataset, cached_teacher_embeddings, teacher_view_embeddings
 
 CACHE = "teacher_embeddings.pt"
 
@@ -33,21 +32,12 @@ CACHE = "teacher_embeddings.pt"
 def teacher_embeddings(teacher_run: str | Path, samples: list, device: torch.device, cache: Path) -> torch.Tensor:
     """(N, D_t) embeddings of ``samples`` by the teacher of ``teacher_run``, read from ``cache`` when it
     holds this teacher's embeddings of N samples, else computed and written there (atomically)."""
-    key = {"teacher": str(Path(teacher_run).resolve()), "samples": len(samples)}
-    if cache.exists():
-        stored = torch.load(cache, map_location="cpu")
-        if stored.get("key") == key:
-            return stored["embeddings"]
-    from metricvision.engine.runs import load_run  # the teacher is a run folder: the engine reads it back
+    def embed(recipe: Any, model: torch.nn.Module) -> torch.Tensor:
+        loader = torch.utils.data.DataLoader(SampleDataset(samples, TRANSFORMS.create("eval", size=recipe.data.image_size)),
+                                             batch_size=256)
+        return model.encode(x for x, _ in loader).float().cpu()
 
-    recipe, model = load_run(teacher_run)
-    model = model.to(device)
-    loader = torch.utils.data.DataLoader(SampleDataset(samples, TRANSFORMS.create("eval", size=recipe.data.image_size)),
-                                         batch_size=256)
-    emb = model.encode(x for x, _ in loader).float().cpu()
-    with atomic_write(cache) as f:
-        torch.save({"key": key, "embeddings": emb}, f)
-    return emb
+    return cached_teacher_embeddings(teacher_run, {"samples": len(samples)}, cache, device, embed)
 
 
 def init_from_teacher(student: torch.nn.Module, teacher_run: str | Path) -> None:

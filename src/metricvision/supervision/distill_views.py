@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -91,13 +91,11 @@ class ViewDataset(torch.utils.data.Dataset):
         return [self[i] for i in indices]
 
 
-def teacher_view_embeddings(teacher_run: str | Path, base: SampleDataset, augment_params: Dict[str, Any], views: int,
-                            seed: int, device: torch.device, cache: Path, batch_size: int = 256) -> torch.Tensor:
-    """(N, K, D_t) embeddings by the teacher of ``teacher_run`` of K views of each image of ``base``, rendered at
-    the teacher's resolution with ``TrainAugment(**augment_params)``; read from ``cache`` when it holds the
-    same teacher, samples, views, seed and augmentation, else computed and written there (atomically)."""
-    key = {"teacher": str(Path(teacher_run).resolve()), "samples": len(base), "views": views, "seed": seed,
-           "augment": dict(sorted(augment_params.items()))}
+def cached_teacher_embeddings(teacher_run: str | Path, key: Dict[str, Any], cache: Path, device: torch.device,
+                              embed: Callable[[Any, torch.nn.Module], torch.Tensor]) -> torch.Tensor:
+    """The teacher's embeddings read from ``cache`` when it was written for this teacher and ``key``, else
+    ``embed(recipe, model)`` of the teacher run, written there (atomically)."""
+    key = {"teacher": str(Path(teacher_run).resolve()), **key}
     if cache.exists():
         stored = torch.load(cache, map_location="cpu")
         if stored.get("key") == key:
@@ -105,16 +103,28 @@ def teacher_view_embeddings(teacher_run: str | Path, base: SampleDataset, augmen
     from metricvision.engine.runs import load_run  # the teacher is a run folder: the engine reads it back
 
     recipe, model = load_run(teacher_run)
-    model = model.to(device)
-    augment = TrainAugment(size=recipe.data.image_size, **augment_params)
-    pairs = [(i, k) for i in range(len(base)) for k in range(views)]
-
-    def batches():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            yield as_float_images(torch.stack([render_view(augment, base, i, k, seed) for i, k in chunk]))
-
-    emb = model.encode(batches()).float().cpu().view(len(base), views, -1)
+    emb = embed(recipe, model.to(device))
     with atomic_write(cache) as f:
         torch.save({"key": key, "embeddings": emb}, f)
     return emb
+
+
+def teacher_view_embeddings(teacher_run: str | Path, base: SampleDataset, augment_params: Dict[str, Any], views: int,
+                            seed: int, device: torch.device, cache: Path, batch_size: int = 256) -> torch.Tensor:
+    """(N, K, D_t) embeddings by the teacher of ``teacher_run`` of K views of each image of ``base``, rendered at
+    the teacher's resolution with ``TrainAugment(**augment_params)``; cached (``cached_teacher_embeddings``) by
+    teacher, samples, views, seed and augmentation."""
+    key = {"samples": len(base), "views": views, "seed": seed, "augment": dict(sorted(augment_params.items()))}
+    pairs = [(i, k) for i in range(len(base)) for k in range(views)]
+
+    def embed(recipe: Any, model: torch.nn.Module) -> torch.Tensor:
+        augment = TrainAugment(size=recipe.data.image_size, **augment_params)
+
+        def batches():
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start:start + batch_size]
+                yield as_float_images(torch.stack([render_view(augment, base, i, k, seed) for i, k in chunk]))
+
+        return model.encode(batches()).float().cpu().view(len(base), views, -1)
+
+    return cached_teacher_embeddings(teacher_run, key, cache, device, embed)
