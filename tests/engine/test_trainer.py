@@ -95,3 +95,17 @@ def test_bad_loss_parameter_names_allowed(tmp_path, emoji_small):
     train, test = emoji_small
     with pytest.raises(ValueError, match="bad parameters for loss 'multi_similarity'.*allowed"):
         Trainer(tiny_recipe("loss.params={gamma: 1}"), tmp_path, train, test)
+
+
+class FewerBatches:
+    """A supervision that draws only its first two of the schedule's batches."""
+
+    def batch_sampler(self, trainer, epoch):
+        return list(trainer.sampler)[:2]
+
+
+def test_a_hook_drawing_fewer_batches_than_the_schedule_counts_is_warned(tmp_path, emoji_small):
+    train, test = emoji_small
+    t = Trainer(tiny_recipe("train.epochs=1"), tmp_path / "run", train, test, hooks=[FewerBatches()])
+    with pytest.warns(UserWarning, match=f"FewerBatches drew 2 batches for epoch 1; the schedule counts {len(t.sampler)}"):
+        t.train_epoch(0)

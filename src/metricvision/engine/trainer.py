@@ -12,6 +12,7 @@ import math
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
@@ -282,6 +283,9 @@ class Trainer:
         for h in self.hooks:  # a supervision setting may draw its own batches (pseudo-labels, tuples)
             if hasattr(h, "batch_sampler"):
                 sampler = h.batch_sampler(self, epoch)
+                if len(sampler) != len(self.sampler):  # the learning-rate schedule counts len(self.sampler) an epoch
+                    warnings.warn(f"{type(h).__name__} drew {len(sampler)} batches for epoch {epoch + 1}; the schedule "
+                                  f"counts {len(self.sampler)} an epoch, so its warm-up and decay will not end as planned")
         loader = torch.utils.data.DataLoader(_Indexed(self.train_set), batch_sampler=self.local_batches(sampler),
                                              num_workers=self.recipe.data.num_workers)
         losses, t0, skipped = [], time.time(), 0
