@@ -45,8 +45,8 @@ def run_job(recipe: str, dataset: str, seed: int, a: argparse.Namespace) -> Dict
     """Train one job (or read its finished metrics) and return its row."""
     out = a.root / job_name(recipe, dataset, seed, a.tag)
     metrics = out / "metrics.json"
-    t0 = time.time()
-    if not metrics.exists():
+    t0, ran = time.time(), not metrics.exists()
+    if ran:
         sets = [f"train.seed={seed}", *(kv for d, kv in a.set_for if d == dataset),
                 *(o.replace("{seed}", str(seed)) for o in a.overrides)]
         if dataset != "-":
@@ -64,7 +64,8 @@ def run_job(recipe: str, dataset: str, seed: int, a: argparse.Namespace) -> Dict
             print(f"FAILED {out.name} (rc {rc}); see {a.root / (out.name + '.log')}", flush=True)
             return {"recipe": recipe, "dataset": dataset, "seed": seed, "tag": a.tag, "error": rc}
     m = json.loads(metrics.read_text())
-    row = {"recipe": recipe, "dataset": dataset, "seed": seed, "tag": a.tag, "seconds": round(time.time() - t0, 1),
+    row = {"recipe": recipe, "dataset": dataset, "seed": seed, "tag": a.tag,
+           **({"seconds": round(time.time() - t0, 1)} if ran else {}),  # a finished job read back has no wall time here
            **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
     print(json.dumps({k: row[k] for k in ("recipe", "dataset", "seed", "seconds", *KEYS) if k in row}), flush=True)
     return row

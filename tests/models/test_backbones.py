@@ -35,6 +35,27 @@ def test_last_stride_refused_where_pooling_downsamples_last():
             create_backbone(name, last_stride=1)
 
 
+class _ResidualDown(torch.nn.Module):
+    """A downsampling block whose shortcut strides too (no layer4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.short = torch.nn.Conv2d(3, 8, 1, stride=2)
+
+    def forward(self, x):
+        return self.main(x) + self.short(x)
+
+
+def test_last_stride_refused_where_the_last_strided_block_has_a_strided_shortcut():
+    from metricvision.models.adapters import set_last_stride
+
+    net = _ResidualDown()
+    with pytest.raises(ValueError, match="'toy' sits in a block that also downsamples elsewhere"):
+        set_last_stride(net, 1, "toy")
+    assert net.short.stride == (2, 2) and net.main.stride == (2, 2) and net.training  # left as it was
+
+
 def test_bare_torchvision_names_and_unknown_name():
     a, ca = create_backbone("resnet18")
     b, cb = create_backbone("torchvision:resnet18")

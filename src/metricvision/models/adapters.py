@@ -15,7 +15,8 @@ def set_last_stride(model: nn.Module, stride: int, name: str) -> None:
 
     ResNet-like (a ``layer4``): the first block of ``layer4`` (Luo et al. 2019, the "bag of tricks" re-ID
     baseline, doubling the last feature map). Otherwise (MobileNet-like: downsampling blocks without a
-    shortcut) the last stride-2 convolution, provided no strided pooling follows it.
+    shortcut) the last stride-2 convolution, provided no strided pooling follows it and the network still
+    runs (refused where that block also strides a shortcut).
     """
     if stride not in (1, 2):
         raise ValueError(f"last_stride must be 1 or 2, got {stride}")
@@ -37,6 +38,16 @@ def set_last_stride(model: nn.Module, stride: int, name: str) -> None:
         raise ValueError(f"last_stride applies to ResNet-like backbones (a layer4) or to those whose last downsampling "
                          f"is a stride-2 convolution (MobileNets), not '{name}'")
     last.stride = (stride, stride)
+    was = model.training
+    try:  # a residual downsampling block strides its shortcut too: changing one conv breaks the sum
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 64, 64))
+    except RuntimeError as e:
+        last.stride = (2, 2)
+        raise ValueError(f"last_stride: the last stride-2 convolution of '{name}' sits in a block that also "
+                         f"downsamples elsewhere (a shortcut); not supported ({e})") from e
+    finally:
+        model.train(was)
 
 
 class TorchvisionViTGrid(nn.Module):

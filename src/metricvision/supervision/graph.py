@@ -1,4 +1,4 @@
-"""k-NN graphs on embeddings; diffusion on them is ``index.diffusion`` (re-exported here).
+"""k-NN graphs on embeddings (diffusion on them: ``index.diffusion``) and the random walk's stationary distribution.
 
 Shared by label propagation (Iscen et al., CVPR 2019) and mining on manifolds
 (Iscen et al., CVPR 2018).
@@ -8,8 +8,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from metricvision.index.diffusion import conjugate_gradient, diffuse  # noqa: F401  (re-exported)
 
 
 GRAPH_KINDS = ("symmetric", "directed", "mutual")

@@ -18,9 +18,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from metricvision.index.diffusion import diffuse
 from metricvision.similarity import IGNORED, IRRELEVANT, RELEVANT
 from metricvision.supervision.base import SUPERVISIONS, LabelsLike, Supervision
-from metricvision.supervision.graph import diffuse, knn_graph, normalize_affinity, stationary_distribution
+from metricvision.supervision.graph import knn_graph, normalize_affinity, stationary_distribution
 
 
 @dataclass

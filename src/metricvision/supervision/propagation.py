@@ -20,8 +20,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from metricvision.index.diffusion import diffuse
 from metricvision.supervision.base import SUPERVISIONS, LabelsLike, Supervision
-from metricvision.supervision.graph import diffuse, knn_graph, normalize_affinity
+from metricvision.supervision.graph import knn_graph, normalize_affinity
 
 
 @dataclass
