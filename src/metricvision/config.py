@@ -108,7 +108,9 @@ class DistillConfig:
     from the teacher's trained weights instead of the backbone's pretrained ones; ``views`` K > 0 caches
     the teacher's embeddings of K augmented views per training image (``supervision/distill_views.py``)
     instead of the clean images', and the student is pulled onto the teacher's embedding of the view it sees;
-    ``also`` adds more distillation terms beside the main one, e.g. {rkd_distance: 1, rkd_angle: 2}."""
+    ``also`` adds more distillation terms beside the main one, e.g. {rkd_distance: 1, rkd_angle: 2};
+    ``mixup`` p > 0 blends that fraction of the views with a view of another training image (the teacher
+    embeds the same blend)."""
 
     teacher: Optional[str] = None
     loss: str = "rank_distillation"
@@ -118,6 +120,7 @@ class DistillConfig:
     init_from_teacher: bool = False  # start the student from the teacher's weights (same architecture)
     views: int = 0  # K > 0: the teacher's embeddings of K augmented views per image, the student trains on those views
     also: Dict[str, float] = field(default_factory=dict)  # more distillation losses (default params) -> their weights
+    mixup: float = 0.0  # with views: the fraction of views blended with another image's view (weight U(0, 0.5))
 
 
 @dataclass

@@ -31,6 +31,27 @@ def test_a_view_is_the_same_content_at_both_resolutions(emoji_small):
     assert max(same) < 0.06 and sum(same) < 0.5 * sum(other)
 
 
+def test_a_mixup_view_blends_another_images_view_the_same_at_both_resolutions(emoji_small):
+    base = SampleDataset(emoji_small[0][:8])
+    big, small = TrainAugment(size=80), TrainAugment(size=40)
+    blended, kept = 0, 0
+    for i in range(8):
+        plain = render_view(small, base, i, 0, seed=3)
+        mixed = render_view(small, base, i, 0, seed=3, mixup=1.0)
+        assert torch.equal(mixed, render_view(small, base, i, 0, seed=3, mixup=1.0))
+        # the blend = (1 - w) x this view + w x the same view number of another image, w in [0, 0.5]
+        others = [render_view(small, base, j, 0, seed=3).float() for j in range(8)]
+        fits = [float(((mixed.float() - plain.float()) - w * (o - plain.float())).abs().max())
+                for o in others for w in torch.linspace(0, 0.5, 51).tolist()]
+        assert min(fits) <= 2.0  # uint8 rounding and the 0.01 grid of w
+        blended += not torch.equal(mixed, plain)
+        kept += torch.equal(render_view(small, base, i, 0, seed=3, mixup=0.5), plain)
+        hi = F.interpolate(as_float_images(render_view(big, base, i, 0, seed=3, mixup=1.0))[None], size=(40, 40),
+                           mode="bilinear", antialias=True)[0]
+        assert float((hi - as_float_images(mixed)).abs().mean()) < 0.06
+    assert blended >= 5 and 0 < kept < 8  # a partner may be the image itself
+
+
 def test_view_dataset_draws_each_epochs_views_from_seed_and_epoch(emoji_small):
     base = SampleDataset(emoji_small[0][:10])
     a, b = ViewDataset(base, TrainAugment(size=24), 3, seed=1), ViewDataset(base, TrainAugment(size=24), 3, seed=1)

@@ -105,6 +105,8 @@ class TeacherDistillation:
         self.views = d.views if self.views is None else self.views
         if self.views < 0:
             raise ValueError(f"distill.views must be >= 0, got {self.views}")
+        if d.mixup and not self.views:
+            raise ValueError(f"distill.mixup={d.mixup} blends augmented views: it needs distill.views > 0")
         self.also = dict(d.also if self.also is None else self.also)
         self.loss_ = _distillation_loss(self.loss_name, self.params, "distill.loss").to(trainer.device)
         self.also_ = {name: _distillation_loss(name, {}, "distill.also").to(trainer.device) for name in self.also}
@@ -123,9 +125,10 @@ class TeacherDistillation:
         if not isinstance(augment, TrainAugment):
             raise ValueError(f"distill.views needs data.train_transform 'train' (TrainAugment), got '{data.train_transform}'")
         seed = trainer.recipe.train.seed
+        mixup = trainer.recipe.distill.mixup
         self.embeddings_ = teacher_view_embeddings(self.teacher, trainer.train_set, data.train_transform_params, self.views,
-                                                   seed, trainer.device, trainer.run_dir / VIEWS_CACHE)
-        self.views_ = ViewDataset(trainer.train_set, augment, self.views, seed)
+                                                   seed, trainer.device, trainer.run_dir / VIEWS_CACHE, mixup=mixup)
+        self.views_ = ViewDataset(trainer.train_set, augment, self.views, seed, mixup)
         trainer.train_set = self.views_
 
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:

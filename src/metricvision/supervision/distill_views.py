@@ -9,7 +9,11 @@ emoji, icon or glyph); simplified for large photographs: the source is decoded a
 needs it, and a crop drawn on a copy reduced by another factor, or ``randint`` over another range, can give the
 two resolutions different views. The teacher embeds its renderings of K views per image once (cached like the
 clean-image embeddings); each epoch the student trains on one of the K views of each image, rendered at its own
-resolution, and is pulled onto the teacher's embedding of that very view.
+resolution, and is pulled onto the teacher's embedding of that very view. With ``mixup`` p > 0, a fraction p
+of the views (drawn per view from its own seeded generator) blend in, with a weight drawn from U(0, 0.5), view
+``k`` of another training image drawn the same way: the teacher embeds the same blend, so the student matches the
+teacher on images between the training images too (function matching, as Beyer et al. 2022 distil with mixup); the
+label stays the dominant image's.
 """
 from __future__ import annotations
 
@@ -52,9 +56,19 @@ def view_seed(seed: int, index: int, view: int) -> int:
     return (seed * 1_000_003 + index) * 1_009 + view
 
 
-def render_view(augment: TrainAugment, base: SampleDataset, index: int, view: int, seed: int) -> torch.Tensor:
-    """(3, H, W) uint8: view ``view`` of image ``index`` of ``base`` at ``augment``'s size."""
-    return augment.apply(base.image(index), SeededDraws(view_seed(seed, index, view)))
+def render_view(augment: TrainAugment, base: SampleDataset, index: int, view: int, seed: int,
+                mixup: float = 0.0) -> torch.Tensor:
+    """(3, H, W) uint8: view ``view`` of image ``index`` of ``base`` at ``augment``'s size; with probability
+    ``mixup`` (a draw of the view's own generator) blended with view ``view`` of another image."""
+    out = augment.apply(base.image(index), SeededDraws(view_seed(seed, index, view)))
+    if mixup <= 0:
+        return out
+    mix = random.Random(-1 - view_seed(seed, index, view))  # apart from the augmentation's draws
+    if mix.random() >= mixup:
+        return out
+    other, weight = mix.randrange(len(base)), mix.uniform(0.0, 0.5)
+    partner = augment.apply(base.image(other), SeededDraws(view_seed(seed, other, view)))
+    return ((1 - weight) * out.float() + weight * partner.float()).round().to(torch.uint8)
 
 
 class ViewDataset(torch.utils.data.Dataset):
@@ -65,15 +79,18 @@ class ViewDataset(torch.utils.data.Dataset):
         augment: the augmentation rendering the views at the student's resolution.
         views: K, the number of views per image.
         seed: the run's seed (which views exist).
+        mixup: the fraction of views blended with another image's (``render_view``).
 
     Attributes:
         view_of: (N,) int64, the view each image shows this epoch (``choose``).
     """
 
-    def __init__(self, base: SampleDataset, augment: TrainAugment, views: int, seed: int) -> None:
+    def __init__(self, base: SampleDataset, augment: TrainAugment, views: int, seed: int, mixup: float = 0.0) -> None:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
-        self.base, self.augment, self.views, self.seed = base, augment, views, seed
+        if not 0 <= mixup <= 1:
+            raise ValueError(f"mixup must be in [0, 1], got {mixup}")
+        self.base, self.augment, self.views, self.seed, self.mixup = base, augment, views, seed, mixup
         self.view_of = torch.zeros(len(base), dtype=torch.int64)
 
     def __len__(self) -> int:
@@ -85,7 +102,7 @@ class ViewDataset(torch.utils.data.Dataset):
         self.view_of = torch.randint(self.views, (len(self.base),), generator=g)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        return render_view(self.augment, self.base, i, int(self.view_of[i]), self.seed), self.base.samples[i].label
+        return render_view(self.augment, self.base, i, int(self.view_of[i]), self.seed, self.mixup), self.base.samples[i].label
 
     def __getitems__(self, indices: Sequence[int]) -> List[Tuple[torch.Tensor, int]]:
         return [self[i] for i in indices]
@@ -110,11 +127,14 @@ def cached_teacher_embeddings(teacher_run: str | Path, key: Dict[str, Any], cach
 
 
 def teacher_view_embeddings(teacher_run: str | Path, base: SampleDataset, augment_params: Dict[str, Any], views: int,
-                            seed: int, device: torch.device, cache: Path, batch_size: int = 256) -> torch.Tensor:
+                            seed: int, device: torch.device, cache: Path, batch_size: int = 256,
+                            mixup: float = 0.0) -> torch.Tensor:
     """(N, K, D_t) embeddings by the teacher of ``teacher_run`` of K views of each image of ``base``, rendered at
-    the teacher's resolution with ``TrainAugment(**augment_params)``; cached (``cached_teacher_embeddings``) by
-    teacher, samples, views, seed and augmentation."""
+    the teacher's resolution with ``TrainAugment(**augment_params)`` (and ``mixup``, see ``render_view``); cached
+    (``cached_teacher_embeddings``) by teacher, samples, views, seed, augmentation and mixup."""
     key = {"samples": len(base), "views": views, "seed": seed, "augment": dict(sorted(augment_params.items()))}
+    if mixup:
+        key["mixup"] = mixup
     pairs = [(i, k) for i in range(len(base)) for k in range(views)]
 
     def embed(recipe: Any, model: torch.nn.Module) -> torch.Tensor:
@@ -123,7 +143,7 @@ def teacher_view_embeddings(teacher_run: str | Path, base: SampleDataset, augmen
         def batches():
             for start in range(0, len(pairs), batch_size):
                 chunk = pairs[start:start + batch_size]
-                yield as_float_images(torch.stack([render_view(augment, base, i, k, seed) for i, k in chunk]))
+                yield as_float_images(torch.stack([render_view(augment, base, i, k, seed, mixup) for i, k in chunk]))
 
         return model.encode(batches()).float().cpu().view(len(base), views, -1)
 
