@@ -83,6 +83,7 @@ class TrainConfig:
     amp: str = "none"  # "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast with a gradient scaler)
     channels_last: bool = True
     tensorboard: bool = False  # also log each epoch's record to <run>/tensorboard (needs the tensorboard extra)
+    ema: float = 0.0  # d in (0, 1): evaluate and save a moving average of the weights (engine/averaging.py); 0: off
 
     def __post_init__(self) -> None:
         if self.nonfinite not in ("stop", "skip"):

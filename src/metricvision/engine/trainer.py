@@ -25,6 +25,7 @@ from metricvision.data.samplers import SAMPLERS
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS, as_float_images
 from metricvision._atomic import atomic_write
+from metricvision.engine.averaging import ModelAverage
 from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, eval_recipes,
                                           resolve_eval, run_evaluations)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -47,7 +48,7 @@ class Hook(Protocol):
     targets(trainer, indices (B,), labels (B,)) -> labels (B,) used by the loss;
     batch_sampler(trainer, epoch) -> the epoch's batches of dataset indices (default: PK on labels);
     extra_loss(trainer, indices (B,), embeddings (B, D)) -> LossOutput added to the loss (a teacher,
-        a previous model); on_epoch_end(trainer, epoch, record);
+        a previous model); on_step_end(trainer): after each optimizer step; on_epoch_end(trainer, epoch, record);
     on_fit_end(trainer, metrics): may add entries to the final metrics before metrics.json is written;
     checkpoint_state() -> {name: tensor}: the hook's own state (a memory, a teacher), saved with every checkpoint;
     restore_state(state): given that state back by ``restore`` (before on_fit_start), {} from a checkpoint without it.
@@ -140,6 +141,8 @@ class Trainer:
         self.loss = build_loss(recipe, self.num_classes, self.model.dim).to(self.device)
         self.hooks = list(hooks)
         self.hooks += self._supervision_hooks()
+        if recipe.train.ema:
+            self.hooks.append(ModelAverage(recipe.train.ema))
         if recipe.train.tensorboard:
             from metricvision.engine.tensorboard import TensorBoardLogger
 
@@ -315,6 +318,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             self.scaler.update()
             self.scheduler.step()
+            self._call("on_step_end")
         if skipped:
             self._warn(f"epoch {epoch + 1}: skipped {skipped} step(s) with a non-finite loss or gradient (train.nonfinite=skip)")
         self.history["step_loss"] += losses

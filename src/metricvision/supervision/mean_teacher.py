@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from metricvision.data.transforms import as_float_images
+from metricvision.models.averaging import ema_step
 from metricvision.losses import LossOutput
 from metricvision.supervision.base import SUPERVISIONS, LabelsLike
 from metricvision.supervision.propagation import LabelPropagation
@@ -104,15 +105,10 @@ class MeanTeacherPropagation(LabelPropagation):
         if module.training:
             self.images_ = args[0]
 
-    @torch.no_grad()
     def update_teacher(self, student: nn.Module) -> None:
         """One EMA step of the teacher's parameters towards the student's (buffers copied)."""
         self.steps_ += 1
-        decay = min(self.ema_decay, 1.0 - 1.0 / (self.steps_ + 1))
-        for t, s in zip(self.teacher_.parameters(), student.parameters()):
-            t.mul_(decay).add_(s.detach(), alpha=1 - decay)
-        for t, s in zip(self.teacher_.buffers(), student.buffers()):
-            t.copy_(s)
+        ema_step(self.teacher_, student, self.ema_decay, self.steps_)
 
     def teacher_input(self, trainer: Any, indices: torch.Tensor) -> torch.Tensor:
         """The teacher's images of the batch: another augmentation of each (``second_view``) or the student's."""
