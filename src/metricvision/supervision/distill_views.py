@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
+from tqdm import tqdm
 
 from metricvision._atomic import atomic_write
 from metricvision.data.sample import SampleDataset
@@ -141,7 +142,9 @@ def teacher_view_embeddings(teacher_run: str | Path, base: SampleDataset, augmen
         augment = TrainAugment(size=recipe.data.image_size, **augment_params)
 
         def batches():
-            for start in range(0, len(pairs), batch_size):
+            starts = range(0, len(pairs), batch_size)
+            for start in tqdm(starts, desc=f"teacher: embedding {views} views of {len(base)} images", leave=False,
+                              dynamic_ncols=True):
                 chunk = pairs[start:start + batch_size]
                 yield as_float_images(torch.stack([render_view(augment, base, i, k, seed, mixup) for i, k in chunk]))
 
