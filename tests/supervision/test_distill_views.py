@@ -101,3 +101,16 @@ def test_views_need_the_training_augmentation(tmp_path, emoji_small, teacher_run
                                             "data.train_transform=eval"])
     with pytest.raises(ValueError, match="distill.views needs data.train_transform 'train'.*got 'eval'"):
         Trainer(recipe, tmp_path / "s", train, test).fit()
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["distill.views=2", "distill.mixup=1.5"], r"distill.mixup must be in \[0, 1\].*got 1.5"),
+    (["distill.views=0", "distill.mixup=0.5"], "distill.mixup=0.5 blends augmented views: it needs distill.views > 0"),
+])
+def test_mixup_out_of_range_or_without_views_is_refused_before_any_teacher_work(tmp_path, emoji_small, teacher_run, sets,
+                                                                                 message):
+    train, test = emoji_small
+    recipe = load_recipe("distill", TINY + ["data.image_size=24", f"distill.teacher={teacher_run}"] + sets)
+    with pytest.raises(ValueError, match=message):
+        Trainer(recipe, tmp_path / "s", train, test).fit()
+    assert not list((tmp_path / "s").glob("teacher*.pt"))

@@ -105,6 +105,8 @@ class TeacherDistillation:
         self.views = d.views if self.views is None else self.views
         if self.views < 0:
             raise ValueError(f"distill.views must be >= 0, got {self.views}")
+        if not 0 <= d.mixup <= 1:
+            raise ValueError(f"distill.mixup must be in [0, 1] (the fraction of views blended), got {d.mixup}")
         if d.mixup and not self.views:
             raise ValueError(f"distill.mixup={d.mixup} blends augmented views: it needs distill.views > 0")
         self.also = dict(d.also if self.also is None else self.also)

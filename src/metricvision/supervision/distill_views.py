@@ -12,8 +12,8 @@ clean-image embeddings); each epoch the student trains on one of the K views of 
 resolution, and is pulled onto the teacher's embedding of that very view. With ``mixup`` p > 0, a fraction p
 of the views (drawn per view from its own seeded generator) blend in, with a weight drawn from U(0, 0.5), view
 ``k`` of another training image drawn the same way: the teacher embeds the same blend, so the student matches the
-teacher on images between the training images too (function matching, as Beyer et al. 2022 distil with mixup); the
-label stays the dominant image's.
+teacher on images between the training images too (a simplified form of the mixup in Beyer et al. 2022's "function
+matching"); the label stays the dominant image's.
 """
 from __future__ import annotations
 
