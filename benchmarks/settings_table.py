@@ -29,7 +29,7 @@ SECTIONS: List[Tuple[str, List[Row], List[Tuple[str, str]]]] = [
         ("10% labels + propagation + mean teacher, k=10, alpha=0.9", "semi_propagation_mean_teacher_10", "k10_a09", {}),
         ("100% labels (same batches)", "semi_labelled_10", "all_labels", {}),
         ("former 128-d head: 10% labels, labelled only", "semi_labelled_10", "head128", {}),
-        ("former 128-d head: 10% labels + label propagation (k=10, alpha=0.9)", "semi_propagation_10", "head128", {}),
+        ("former 128-d head: 10% labels + label propagation, k=10, alpha=0.9", "semi_propagation_10", "head128", {}),
         ("former 128-d head: 10% labels + label propagation, k=50, alpha=0.99", "semi_propagation_10", "k50_a099", {}),
         ("former 128-d head: 10% labels + propagation + mean teacher", "semi_propagation_mean_teacher_10", "head128", {}),
         ("former 128-d head: 100% labels (same batches)", "semi_labelled_10", "all_labels_head128", {}),
@@ -111,7 +111,7 @@ def goals(m: Dict[Tuple[str, str], Optional[float]]) -> List[str]:
     for model in ("", "former 128-d head: "):
         low, high = m.get((f"{model}10% labels, labelled only", "P@1")), m.get((f"{model}100% labels (same batches)", "P@1"))
         for method in ("10% labels + label propagation (k=20, alpha=0.5)", "10% labels + label propagation, k=10, alpha=0.9",
-                       "10% labels + label propagation (k=10, alpha=0.9)", "10% labels + propagation + mean teacher"):
+                       "10% labels + propagation + mean teacher"):
             got = m.get((model + method, "P@1"))
             if None not in (low, high, got) and high > low:
                 out.append(f"- {model}{method}: closes {100 * (got - low) / (high - low):.1f}% of the P@1 gap to all labels"

@@ -25,5 +25,5 @@ def test_gap_closed_per_model_and_rows_by_tag():
     )
     assert "| 10% labels, labelled only | semi_labelled_10 | 2 | 61.0 +- 1.4 | 30.5 +- 0.7 |  |" in table
     assert "- 10% labels + label propagation (k=20, alpha=0.5): closes 50.0% of the P@1 gap" in table
-    assert "- former 128-d head: 10% labels + label propagation (k=10, alpha=0.9): closes 25.0% of the P@1 gap" in table
+    assert "- former 128-d head: 10% labels + label propagation, k=10, alpha=0.9: closes 25.0% of the P@1 gap" in table
     assert "mean teacher: closes" not in table  # no rows, no goal line
