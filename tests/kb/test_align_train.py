@@ -44,3 +44,23 @@ def test_tuned_blocks_change_and_the_rest_stays():
     last = str(len(model.embedder.backbone) - 1)
     changed = {k.split(".")[0] for k in state if not torch.equal(state[k], reference[k])}
     assert changed == {last} and len(logs) == 2
+
+
+def test_alignment_starts_from_a_trained_runs_backbone_and_pooling(tmp_path, emoji_small):
+    from metricvision.config import load_recipe
+    from metricvision.engine.runs import load_run
+    from metricvision.engine.trainer import Trainer
+
+    train, test = emoji_small
+    run = tmp_path / "run"
+    recipe = load_recipe("default", ["model.backbone=small_cnn", "model.pretrained=false", "data.image_size=32", "model.dim=16",
+                                     "data.batch_size=16", "train.epochs=1", "optim.warmup_steps=2", "eval.clustering=false"])
+    Trainer(recipe, run, train, test).fit()
+    _, trained = load_run(run)
+    model, _ = train_alignment(shape_classes(), create_text_encoder("hashing"), backbone="small_cnn", image_size=32,
+                               epochs=1, batch_size=8, init_run=str(run))
+    assert model.card.pooling == "gem" and float(model.embedder.pool.p) == float(trained.pool.p)
+    for k, v in trained.backbone.state_dict().items():
+        assert torch.equal(model.embedder.backbone.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="has backbone 'small_cnn', expected 'mobilenet_v2'"):
+        train_alignment(shape_classes(), create_text_encoder("hashing"), image_size=32, epochs=1, init_run=str(run))

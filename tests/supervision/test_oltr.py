@@ -2,6 +2,7 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from metricvision.cli import main
 from metricvision.losses import create_loss
-from metricvision.supervision.oltr import class_centroids, first_appearance
+from metricvision.supervision.oltr import OLTR, class_centroids, first_appearance, instance_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from native_datasets import pictures, save, write_long_tail  # noqa: E402
@@ -51,6 +52,35 @@ def test_centroids_and_column_order():
     e = torch.tensor([[1.0, 0], [3, 0], [0, 2], [9, 9]])
     assert torch.equal(class_centroids(e, torch.tensor([1, 1, 0, -1]), 3), torch.tensor([[0.0, 2], [2, 0], [0, 0]]))
     assert first_appearance([5, -1, 2, 5, 7]).tolist() == [5, 2, 7]
+
+
+def test_instance_batches_cover_every_sample_before_repeating_one():
+    b = np.array(instance_batches(10, 4, 5, torch.Generator().manual_seed(0)))
+    assert b.shape == (5, 4)
+    assert sorted(b.ravel()[:10].tolist()) == sorted(b.ravel()[10:].tolist()) == list(range(10))
+    assert np.array(instance_batches(10, 3, 2, torch.Generator().manual_seed(0))).size == 6
+    with pytest.raises(ValueError, match="n >= 1"):
+        instance_batches(0, 4, 1, torch.Generator())
+
+
+def test_plain_epochs_sample_instances_without_memory_then_classes_with_it():
+    """OLTR's two stages: uniform over images (a 300-image class fills the batches) without centroids, then P x K."""
+    labels = [0] * 300 + [1, 1, 2, 2]
+    loss = create_loss("oltr_meta_embedding", num_classes=3, embedding_dim=2)
+    trainer = SimpleNamespace(loss=loss, num_classes=3, device="cpu", recipe=SimpleNamespace(train=SimpleNamespace(seed=0), data=SimpleNamespace(batch_size=4)),
+                              sampler=[None] * 50, train_samples=[SimpleNamespace(label=y) for y in labels],
+                              embed=lambda samples: torch.tensor([[float(s.label), 1.0] for s in samples]))
+    oltr = OLTR(samples_per_class=2, plain_epochs=1)
+    oltr.on_fit_start(trainer)
+    oltr.on_epoch_start(trainer, 0)
+    first = np.array(labels)[np.array(oltr.batch_sampler(trainer, 0))]
+    assert not bool(loss.has_centroids) and (first == 0).mean() > 0.9
+    oltr.on_epoch_start(trainer, 1)
+    second = np.array(labels)[np.array(oltr.batch_sampler(trainer, 1))]
+    assert bool(loss.has_centroids) and torch.allclose(loss.centroids[:, 0], torch.tensor([0.0, 1, 2]))
+    assert (second == 0).mean() < 0.6  # two of the three classes in every batch of 2 x 2
+    with pytest.raises(ValueError, match="plain_epochs"):
+        OLTR(plain_epochs=-1)
 
 
 def test_oltr_recipe_trains_and_reports_long_tail_and_open_set(tmp_path, capsys):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from metricvision.data import Sample
 from metricvision.index import FlatIndex
-from metricvision.kb.model import ImageTextModel, ModelCard
+from metricvision.kb.model import ImageTextModel, ModelCard, pooling_name
 from metricvision.kb.text_tower import TunedTextTop
 from metricvision.losses import create_loss
 from metricvision.metrics.retrieval import hits_from_labels, recall_at_k
@@ -91,6 +91,7 @@ def train_alignment(
     extra_texts: bool = True,
     text_layers: int = 0,
     text_lr: float = 1e-4,
+    init_run: Optional[str] = None,
 ) -> Tuple[ImageTextModel, List[Dict[str, float]]]:
     """Align a pretrained Embedder (head, and optionally its last blocks) to the text space of ``text``.
 
@@ -115,13 +116,15 @@ def train_alignment(
         extra_texts: also use the subcategory, short names and a prompt (``caption_variants``).
         text_layers: last transformer layers of the (MiniLM) text encoder tuned too (0: text frozen).
         text_lr: their learning rate.
+        init_run: a `metricvision train` run folder whose trained backbone and pooling (same backbone name)
+            replace the pretrained ones: an image representation metric-learned on the same training split.
 
     Returns:
         the aligned model (card with text_model set; its text encoder carries the tuned weights) and per-epoch logs.
     """
     torch.manual_seed(seed)
-    embedder = Embedder(backbone, pooling="avg", dim=text.dim, pretrained=True)
-    card = ModelCard(backbone=backbone, pooling="avg", dim=text.dim, head=True, image_size=image_size,
+    embedder = _initial_embedder(backbone, text.dim, init_run)
+    card = ModelCard(backbone=backbone, pooling=pooling_name(embedder), dim=text.dim, head=True, image_size=image_size,
                      pretrained=True, text_model=text.name)
     model = ImageTextModel(card, embedder)
     trunk, top = split_backbone(embedder, tune_blocks)
@@ -172,6 +175,21 @@ def train_alignment(
     if text_top is not None:
         model = ImageTextModel(card, embedder, text=text.tuned(text_top.tuned_state()))
     return model, logs
+
+
+def _initial_embedder(backbone: str, dim: int, init_run: Optional[str]) -> Embedder:
+    """The pretrained ``backbone`` with average pooling and a new (dim) head, or the backbone and pooling of a run."""
+    if init_run is None:
+        return Embedder(backbone, pooling="avg", dim=dim, pretrained=True)
+    from metricvision.engine.runs import load_run
+
+    recipe, trained = load_run(init_run)
+    if trained.backbone_name != backbone:
+        raise ValueError(f"init_run {init_run} has backbone '{trained.backbone_name}', expected '{backbone}'")
+    embedder = Embedder(backbone, pooling=recipe.model.pooling, dim=dim, pretrained=False)
+    embedder.backbone.load_state_dict(trained.backbone.state_dict())
+    embedder.pool.load_state_dict(trained.pool.state_dict())
+    return embedder
 
 
 def _text_top(text: TextEncoder, layers: int, texts: Sequence[str]) -> Optional[TunedTextTop]:

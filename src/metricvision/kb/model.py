@@ -188,7 +188,7 @@ def save_image_model(embedder: Embedder, path: str | os.PathLike, image_size: in
 
     if text_state and text_model is None:
         raise ValueError("tuned text weights need the name of their text model")
-    card = ModelCard(backbone=embedder.backbone_name, pooling=_pooling_name(embedder), dim=embedder.dim,
+    card = ModelCard(backbone=embedder.backbone_name, pooling=pooling_name(embedder), dim=embedder.dim,
                      head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained,
                      text_model=text_model, text_tuned=bool(text_state))
     path = Path(path)
@@ -214,7 +214,8 @@ def _tuned_text(text: TextEncoder, card: ModelCard) -> TextEncoder:
     return text.tuned(state)
 
 
-def _pooling_name(embedder: Embedder) -> str:
+def pooling_name(embedder: Embedder) -> str:
+    """The registered name of the Embedder's pooling."""
     from metricvision.models.pooling import POOLINGS
 
     for name in POOLINGS.names():

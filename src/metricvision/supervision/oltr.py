@@ -1,8 +1,10 @@
 """Long-tail and open-set recognition with a (simplified) OLTR meta-embedding, through the Trainer.
 
-The recipe's loss is ``oltr_meta_embedding`` (``losses/meta_embedding.py``); this setting draws
-class-balanced P x K batches (OLTR's class-aware sampling), refreshes the loss's memory of class
-centroids from the current training embeddings at the start of every epoch, and at the end scores
+The recipe's loss is ``oltr_meta_embedding`` (``losses/meta_embedding.py``). As OLTR, training has two
+stages: the first ``plain_epochs`` train the plain model (the cosine-norm classifier on the direct
+feature, no memory) on instance-sampled batches (uniform over images); the rest draw class-balanced
+P x K batches (OLTR's class-aware sampling) and refresh the loss's memory of class
+centroids from the current training embeddings at the start of every epoch. At the end it scores
 the meta-embedding classifier beside the protocol's nearest-class-mean baseline: many / medium /
 few-shot accuracy on "test", and, when the dataset has an "open" split, open-set F-measure and
 AUROC with the softmax confidence (which the reachability lowers far from every centroid).
@@ -30,6 +32,15 @@ def first_appearance(labels: List[int]) -> np.ndarray:
     return np.array(list(dict.fromkeys(c for c in labels if c >= 0)))
 
 
+def instance_batches(n: int, batch_size: int, num_batches: int, generator: torch.Generator) -> List[List[int]]:
+    """``num_batches`` batches of ``batch_size`` indices in [0, n), uniform over samples (random permutations, chained)."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"instance batches need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    need = num_batches * batch_size
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-need // n))])[:need]
+    return order.view(num_batches, batch_size).tolist() if num_batches else []
+
+
 @SUPERVISIONS.register("oltr")
 class OLTR(Supervision):
     """Class-balanced batches, per-epoch class centroids for the meta-embedding loss, OLTR metrics at the end.
@@ -37,11 +48,14 @@ class OLTR(Supervision):
     Args:
         samples_per_class: K of the class-balanced P x K batches.
         threshold: open-set rejection below this softmax confidence (OLTR: 0.1).
+        plain_epochs: epochs of OLTR's first stage (instance sampling, no memory) before the meta-embedding.
     """
 
-    def __init__(self, samples_per_class: int = 4, threshold: float = 0.1) -> None:
+    def __init__(self, samples_per_class: int = 4, threshold: float = 0.1, plain_epochs: int = 0) -> None:
         super().__init__(None, 1.0, 0, samples_per_class)
-        self.threshold = threshold
+        if plain_epochs < 0:
+            raise ValueError(f"plain_epochs must be >= 0, got {plain_epochs}")
+        self.threshold, self.plain_epochs = threshold, plain_epochs
 
     def on_fit_start(self, trainer: Any) -> None:
         """Bind the labels; the recipe's loss must hold the meta-embedding."""
@@ -50,8 +64,16 @@ class OLTR(Supervision):
         super().on_fit_start(trainer)
 
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
-        """Refresh the centroid memory from the current (N, D) training embeddings."""
-        self.set_memory(trainer, trainer.embed(trainer.train_samples))
+        """Refresh the centroid memory from the current (N, D) training embeddings (second stage)."""
+        if epoch >= self.plain_epochs:
+            self.set_memory(trainer, trainer.embed(trainer.train_samples))
+
+    def batch_sampler(self, trainer: Any, epoch: int) -> List[List[int]]:
+        """Instance-sampled batches in the first stage, class-balanced P x K batches after."""
+        if epoch >= self.plain_epochs:
+            return super().batch_sampler(trainer, epoch)
+        g = torch.Generator().manual_seed(trainer.recipe.train.seed * 1000003 + epoch)
+        return instance_batches(len(self), trainer.recipe.data.batch_size, len(trainer.sampler), g)
 
     def set_memory(self, trainer: Any, embeddings: torch.Tensor) -> None:
         """Class centroids of the training ``embeddings`` into the loss's memory."""
