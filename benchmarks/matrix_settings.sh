@@ -36,8 +36,8 @@ bg semi "$@" --recipes semi_labelled_10 semi_propagation_10 semi_propagation_mea
 bg all_labels "$@" --tag all_labels --recipes semi_labelled_10 --set supervision.params.label_fraction=1.0 --jobs 3 --threads 1
 # the pretrained model, no training: the baseline of manifold mining
 bg pretrained "$@" --tag pretrained --recipes unsup_manifold_mining --set train.epochs=0 --jobs 3 --threads 1
-# long tail and open set on one split: a tenth of the subcategories held out ("open"); NCM open-set scores for both
-bg open "$@" --tag open --recipes emoji_lt_balanced emoji_lt_oltr --set data.options.open_fraction=0.1 \
+# long tail and open set on one split: a tenth of the subcategories held out ("open"); NCM open-set scores for each
+bg open "$@" --tag open --recipes emoji_lt_balanced emoji_lt_instance emoji_lt_oltr --set data.options.open_fraction=0.1 \
   --set "eval.also.open={protocol: openset}" --jobs 6 --threads 1
 # the prototype baseline of few-shot: episodic training, 5-way 1-shot episodes as fewshot_dense's evaluation
 bg episodic "$@" --recipes fewshot_episodic --jobs 3 --threads 1 \

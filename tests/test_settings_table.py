@@ -27,3 +27,14 @@ def test_gap_closed_per_model_and_rows_by_tag():
     assert "- 10% labels + label propagation (k=20, alpha=0.5): closes 50.0% of the P@1 gap" in table
     assert "- former 128-d head: 10% labels + label propagation, k=10, alpha=0.9: closes 25.0% of the P@1 gap" in table
     assert "mean teacher: closes" not in table  # no rows, no goal line
+
+
+def test_oltr_goal_lines_against_both_long_tail_baselines():
+    def lt(recipe, tag, few, f, prefix=""):
+        return [{"recipe": recipe, "tag": tag, "seed": 0, f"{prefix}few_shot": few, f"{prefix}f_measure": f,
+                 "open/f_measure": f}]
+    table = load().tables(lt("emoji_lt_balanced", "open", 0.30, 0.75) + lt("emoji_lt_instance", "open", 0.28, 0.80)
+                          + lt("emoji_lt_oltr", "open", 0.36, 0.81, "oltr_") + lt("emoji_lt_balanced", "open_e8", 0.10, 0.10))
+    assert "- OLTR classifier - class-balanced baseline, few: +6.0 (goal >= +5)" in table
+    assert "- OLTR classifier - instance-sampled baseline, open-set F: +1.0 (goal >= +5)" in table
+    assert "| former 8 epochs: class-balanced normalized softmax, NCM | emoji_lt_balanced [open_e8] | 1 |" in table

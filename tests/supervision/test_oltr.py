@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from metricvision.cli import main
 from metricvision.losses import create_loss
-from metricvision.supervision.oltr import OLTR, class_centroids, first_appearance, instance_batches
+from metricvision.supervision.base import instance_batches
+from metricvision.supervision.oltr import OLTR, class_centroids, first_appearance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from native_datasets import pictures, save, write_long_tail  # noqa: E402

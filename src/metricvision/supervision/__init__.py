@@ -1,6 +1,6 @@
 """Where relevance comes from in each supervision setting."""
 # imported for their registrations: "dense_classification", "distillation", "episodic", "icarl", "incremental_metric",
-# "class_balanced", "label_propagation_mean_teacher", "oltr"
+# "class_balanced", "instance", "label_propagation_mean_teacher", "oltr"
 from metricvision.supervision import dense, distill, fewshot, icarl, incremental_metric, longtail, mean_teacher, oltr  # noqa: F401
 from metricvision.supervision.base import SUPERVISIONS, Supervision, Targets, keep_fraction_of_labels, weighted_pk_batches
 from metricvision.supervision.manifold import ManifoldMining, mine_on_manifold

@@ -133,8 +133,11 @@ class Supervision:
 
     def batch_sampler(self, trainer: Any, epoch: int) -> List[List[int]]:
         """The epoch's batches (as many as the Trainer's own sampler would give)."""
-        g = torch.Generator().manual_seed(trainer.recipe.train.seed * 1000003 + epoch)
-        return self.batches(trainer.recipe.data.batch_size, len(trainer.sampler), g)
+        return self.batches(trainer.recipe.data.batch_size, len(trainer.sampler), epoch_generator(trainer, epoch))
+
+    def instance_batch_sampler(self, trainer: Any, epoch: int) -> List[List[int]]:
+        """The epoch's batches uniform over the training samples (instance sampling; as many as ``batch_sampler``)."""
+        return instance_batches(len(self), trainer.recipe.data.batch_size, len(trainer.sampler), epoch_generator(trainer, epoch))
 
     def targets(self, trainer: Any, indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Labels the loss sees for the batch at ``indices``."""
@@ -147,6 +150,20 @@ def partial_labels(
 ) -> Supervision:
     """Labeled samples only: a fraction of the samples keeps its label, the rest is unused."""
     return Supervision(None, label_fraction, label_seed, samples_per_class, label_mode)
+
+
+def epoch_generator(trainer: Any, epoch: int) -> torch.Generator:
+    """The random generator of an epoch's batches: a function of (train.seed, epoch), so a resumed run replays them."""
+    return torch.Generator().manual_seed(trainer.recipe.train.seed * 1000003 + epoch)
+
+
+def instance_batches(n: int, batch_size: int, num_batches: int, generator: torch.Generator) -> List[List[int]]:
+    """``num_batches`` batches of ``batch_size`` indices in [0, n), uniform over samples (random permutations, chained)."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"instance batches need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    need = num_batches * batch_size
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-need // n))])[:need]
+    return order.view(num_batches, batch_size).tolist() if num_batches else []
 
 
 def weighted_pk_batches(

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from metricvision.losses import LOSSES, LossOutput
 from metricvision.metrics import incremental_scores
 from metricvision.metrics.classify import class_means, ncm_scores
-from metricvision.supervision.base import SUPERVISIONS, weighted_pk_batches
+from metricvision.supervision.base import SUPERVISIONS, epoch_generator, weighted_pk_batches
 from metricvision.supervision.incremental import ExemplarMemory, class_incremental_tasks
 
 
@@ -140,10 +140,9 @@ class IncrementalMetric:
         """P x K batches over the current task's training samples and the exemplar memory."""
         new = np.isin(self.labels_, self.tasks_[self.task(epoch)]) & ~self.test_
         new[self.memory_.indices().numpy()] = True
-        g = torch.Generator().manual_seed(trainer.recipe.train.seed * 1000003 + epoch)
         d = trainer.recipe.data
         return weighted_pk_batches(torch.from_numpy(self.labels_), torch.from_numpy(new).float(), d.batch_size,
-                                   d.samples_per_class, len(trainer.sampler), g)
+                                   d.samples_per_class, len(trainer.sampler), epoch_generator(trainer, epoch))
 
     def extra_loss(self, trainer: Any, indices: torch.Tensor, embeddings: torch.Tensor) -> LossOutput:
         """``distill_weight`` x the distillation loss towards the previous task's embeddings (0 in task 1)."""

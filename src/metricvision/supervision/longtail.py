@@ -1,14 +1,17 @@
-"""Long-tail and open-set settings: class-balanced sampling and open-set rejection by a similarity
+"""Long-tail and open-set settings: class-balanced and instance sampling, and open-set rejection by a similarity
 threshold fitted on validation queries; the Pareto long-tailed split is ``metricvision.data.longtail``
 (re-exported here). Their measures (many / medium / few-shot accuracy, open-set F-measure, AUROC) are
 in ``metricvision.metrics``; the OLTR meta-embedding is ``supervision/oltr.py``."""
 from __future__ import annotations
+
+from typing import Any, List
 
 import numpy as np
 import torch
 
 from metricvision.data.longtail import LT_ORDERS, long_tail_subset, pareto_counts  # noqa: F401 (re-exported)
 from metricvision.supervision.base import SUPERVISIONS, Supervision
+
 
 def reject_below(scores: torch.Tensor, classes: np.ndarray, threshold: float) -> np.ndarray:
     """Open-set prediction: the best-scoring class, or -1 ("unknown") when its score < threshold.
@@ -50,3 +53,15 @@ def fit_threshold(scores: torch.Tensor, classes: np.ndarray, labels: np.ndarray)
 def class_balanced(samples_per_class: int = 4) -> Supervision:
     """Class-balanced sampling: classes drawn uniformly, whatever their size."""
     return Supervision(None, 1.0, 0, samples_per_class)
+
+
+@SUPERVISIONS.register("instance")
+class InstanceSampling(Supervision):
+    """Instance sampling: batches uniform over images, so classes come as often as the data has them."""
+
+    def __init__(self) -> None:
+        super().__init__(None, 1.0, 0, 1)
+
+    def batch_sampler(self, trainer: Any, epoch: int) -> List[List[int]]:
+        """As many batches as the Trainer's sampler gives, drawn from random permutations of the training set."""
+        return self.instance_batch_sampler(trainer, epoch)

@@ -32,15 +32,6 @@ def first_appearance(labels: List[int]) -> np.ndarray:
     return np.array(list(dict.fromkeys(c for c in labels if c >= 0)))
 
 
-def instance_batches(n: int, batch_size: int, num_batches: int, generator: torch.Generator) -> List[List[int]]:
-    """``num_batches`` batches of ``batch_size`` indices in [0, n), uniform over samples (random permutations, chained)."""
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"instance batches need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-    need = num_batches * batch_size
-    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-need // n))])[:need]
-    return order.view(num_batches, batch_size).tolist() if num_batches else []
-
-
 @SUPERVISIONS.register("oltr")
 class OLTR(Supervision):
     """Class-balanced batches, per-epoch class centroids for the meta-embedding loss, OLTR metrics at the end.
@@ -72,8 +63,7 @@ class OLTR(Supervision):
         """Instance-sampled batches in the first stage, class-balanced P x K batches after."""
         if epoch >= self.plain_epochs:
             return super().batch_sampler(trainer, epoch)
-        g = torch.Generator().manual_seed(trainer.recipe.train.seed * 1000003 + epoch)
-        return instance_batches(len(self), trainer.recipe.data.batch_size, len(trainer.sampler), g)
+        return self.instance_batch_sampler(trainer, epoch)
 
     def set_memory(self, trainer: Any, embeddings: torch.Tensor) -> None:
         """Class centroids of the training ``embeddings`` into the loss's memory."""
