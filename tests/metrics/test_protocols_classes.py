@@ -122,6 +122,11 @@ def test_shot_accuracy_matches_oltr():
     preds = np.where(rng.random(300) < 0.7, labels, rng.integers(0, 6, 300))
     out = shot_accuracy(preds, labels, train)
     assert (out["many_shot"], out["medium_shot"], out["few_shot"]) == pytest.approx(ref_shot_acc(preds, labels, train))
+    few = np.isin(labels, [4, 5]) & (preds != labels)  # classes 4 and 5 have <= 20 training samples
+    group = np.select([np.isin(preds, [0, 1]), np.isin(preds, [2, 3])], ["many", "medium"], "few")
+    for g in ("many", "medium", "few"):
+        assert out[f"few_errors_to_{g}"] == pytest.approx((group[few] == g).mean())
+    assert np.isnan(shot_accuracy(labels, labels, train)["few_errors_to_many"])  # no errors, no shares
 
 
 def test_open_set_f_measure_and_protocol():

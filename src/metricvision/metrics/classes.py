@@ -53,19 +53,26 @@ def few_shot_accuracy(
 
 
 def shot_accuracy(pred: np.ndarray, labels: np.ndarray, train_labels: np.ndarray, many: int = 100, few: int = 20) -> Dict[str, float]:
-    """Overall accuracy and per-class accuracy averaged within many / medium / few-shot groups.
+    """Overall accuracy, per-class accuracy averaged within many / medium / few-shot groups, and where the
+    few-shot classes' errors go: ``few_errors_to_{many,medium,few}``, the shares of the misclassified
+    samples of few-shot classes predicted as a class of each group (head bias shows as ``few_errors_to_many``).
 
-    A group without classes reports NaN.
+    A group without classes (or errors) reports NaN.
     """
     train_classes, train_counts = np.unique(train_labels, return_counts=True)
     count_of = dict(zip(train_classes.tolist(), train_counts.tolist()))
+
+    def group(c: int) -> str:
+        n = count_of.get(int(c), 0)
+        return "many" if n >= many else "few" if n <= few else "medium"
+
     groups: Dict[str, List[float]] = {"many": [], "medium": [], "few": []}
     for c in np.unique(labels):
-        acc = float((pred[labels == c] == c).mean())
-        n = count_of.get(int(c), 0)
-        groups["many" if n >= many else "few" if n <= few else "medium"].append(acc)
+        groups[group(c)].append(float((pred[labels == c] == c).mean()))
     out = {"accuracy": float((pred == labels).mean())}
     out.update({f"{g}_shot": float(np.mean(v)) if v else float("nan") for g, v in groups.items()})
+    wrong = [group(p) for p, y in zip(pred, labels) if p != y and group(y) == "few"]
+    out.update({f"few_errors_to_{g}": wrong.count(g) / len(wrong) if wrong else float("nan") for g in groups})
     return out
 
 
