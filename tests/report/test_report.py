@@ -36,6 +36,16 @@ def test_no_banner_without_warnings(tmp_path, emoji_small):
     assert "banner' role" not in path.read_text()
 
 
+def test_long_tail_runs_plot_accuracy_by_class_frequency(tmp_path):
+    from metricvision.report.html import shot_bars
+
+    shots = {"many_shot": 0.8, "medium_shot": 0.4, "few_shot": 0.3, "oltr_many_shot": 0.9, "oltr_medium_shot": 0.5,
+             "oltr_few_shot": 0.2, "accuracy": 0.6}
+    assert shot_bars(shots) == {"nearest class mean": [0.8, 0.4, 0.3], "oltr": [0.9, 0.5, 0.2]}
+    assert "alt='shot accuracy'" in write_report(tmp_path, "lt", shots, {}, {}).read_text()
+    assert "alt='shot accuracy'" not in write_report(tmp_path, "x", {"accuracy": 0.5}, {}, {}).read_text()
+
+
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 

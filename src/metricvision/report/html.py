@@ -75,6 +75,34 @@ def scores_plot(metrics: Dict[str, Any]) -> str:
     return _png(fig)
 
 
+SHOT_GROUPS = ("many", "medium", "few")
+
+
+def shot_bars(metrics: Dict[str, Any]) -> Dict[str, List[float]]:
+    """Per classifier, its many / medium / few-shot accuracies: the protocol's (``*_shot``, "nearest class mean")
+    and each ``PREFIX_few_shot`` one (OLTR's ``oltr_``)."""
+    prefixes = [k[: -len("few_shot")] for k in metrics if k.endswith("few_shot") and isinstance(metrics[k], (int, float))]
+    return {p.rstrip("_") or "nearest class mean": [float(metrics.get(f"{p}{g}_shot", float("nan"))) for g in SHOT_GROUPS]
+            for p in prefixes}
+
+
+def shot_plot(metrics: Dict[str, Any]) -> str:
+    """Base64 PNG of accuracy by class frequency, grouped bars of ``shot_bars``; "" without ``*few_shot``."""
+    bars = shot_bars(metrics)
+    if not bars:
+        return ""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    width = 0.8 / len(bars)
+    for i, (label, values) in enumerate(bars.items()):
+        ax.bar(np.arange(3) + i * width, values, width, label=label)
+    ax.set_xticks(np.arange(3) + 0.4 - width / 2, [f"{g}-shot" for g in SHOT_GROUPS])
+    ax.set_ylabel("per-class accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
 def _short(text: str, width: int = 15) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
@@ -198,6 +226,10 @@ def write_report(run_dir: str | Path, title: str, metrics: Dict[str, Any], histo
         parts.append(f"<h2>Recall@K</h2><img alt='recall curve' src='data:image/png;base64,{recall_plot(curves)}'>")
     elif chart := scores_plot(metrics):
         parts.append(f"<h2>Scores</h2><img alt='scores chart' src='data:image/png;base64,{chart}'>")
+    if chart := shot_plot(metrics):
+        parts.append(f"<h2>Accuracy by class frequency</h2><p>Classes grouped by their number of training images "
+                     f"(many-shot, medium, few-shot); per-class accuracy averaged in each group.</p>"
+                     f"<img alt='shot accuracy' src='data:image/png;base64,{chart}'>")
     if chart := task_accuracy_plot(metrics):
         parts.append(f"<h2>Accuracy of each task over time</h2><img alt='task accuracy' src='data:image/png;base64,{chart}'>")
     if grid_png:
