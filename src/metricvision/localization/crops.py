@@ -126,7 +126,7 @@ def train_crop_embedder(crop: CropEmbedder, stems: torch.Tensor, ids: torch.Tens
         raise ValueError("no crop has a reference identity: check that the scenes and references come from one split")
     torch.manual_seed(seed)
     metric = LOSSES.create(loss)
-    head = HeadSteps(crop, lr, steps, log_every)
+    head = HeadSteps(crop, lr, steps, log_every, desc="crop embedder")
     crop.train()
     for _ in range(steps):
         pick = usable[torch.randperm(len(usable))[:batch_size]]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from metricvision.models import Embedder
 
@@ -247,16 +248,18 @@ def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: T
 
 
 class HeadSteps:
-    """AdamW over ``module``'s parameters outside its frozen ``embedder``, a cosine decay over ``steps``, and
-    ``logs``: the mean of each logged value every ``log_every`` steps (the last step included)."""
+    """AdamW over ``module``'s parameters outside its frozen ``embedder``, a cosine decay over ``steps``,
+    ``logs``: the mean of each logged value every ``log_every`` steps (the last step included), and a
+    progress bar on stderr named ``desc``."""
 
-    def __init__(self, module: torch.nn.Module, lr: float, steps: int, log_every: int) -> None:
+    def __init__(self, module: torch.nn.Module, lr: float, steps: int, log_every: int, desc: str = "training") -> None:
         params = [p for n, p in module.named_parameters() if not n.startswith("embedder.")]
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
         self.steps, self.log_every, self.done = steps, log_every, 0
         self.logs: List[dict] = []
         self._running: List[dict] = []
+        self.bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
 
     def step(self, loss: torch.Tensor, name: str = "loss", **info: float) -> None:
         """One optimizer step on the scalar ``loss``; logs it as ``name`` beside ``info``."""
@@ -266,6 +269,10 @@ class HeadSteps:
         self.sched.step()
         self.done += 1
         self._running.append({name: loss.item(), **info})
+        self.bar.update()
+        self.bar.set_postfix({name: f"{loss.item():.3f}"}, refresh=False)
+        if self.done == self.steps:
+            self.bar.close()
         if self.done % self.log_every == 0 or self.done == self.steps:
             self.logs.append({"step": self.done, **{k: float(np.mean([r[k] for r in self._running])) for k in self._running[0]}})
             self._running = []

@@ -115,7 +115,7 @@ def train_weak(detector: QueryDetector, feats: torch.Tensor, present: Sequence[t
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    head = HeadSteps(detector, lr, steps, log_every)
+    head = HeadSteps(detector, lr, steps, log_every, desc="peak response")
     detector.train()
     for _ in range(steps):
         pick = rng.choice(len(feats), size=min(batch_size, len(feats)), replace=False)

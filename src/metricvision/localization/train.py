@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from metricvision._atomic import atomic_write
 from metricvision.localization.crops import CropEmbedder
@@ -87,7 +88,7 @@ def identity_references(model, split: str, vendor: str = "google") -> Tuple[torc
 def scene_features(detector: QueryDetector, scenes: SceneSet) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """Frozen features of every scene, computed once and kept in half precision: (n, D + C, h, w), and the scene size."""
     feats = []
-    for s in range(0, len(scenes.images), 16):
+    for s in tqdm(range(0, len(scenes.images), 16), desc="scene features", leave=False, dynamic_ncols=True):
         batch = torch.stack([image_tensor(p) for p in scenes.images[s : s + 16]])
         feats.append(detector.features(batch).half())
     return torch.cat(feats), tuple(image_tensor(scenes.images[0]).shape[-2:])
@@ -119,7 +120,7 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
         boxes = [b[x == ref_ids[targets[k]]] if targets[k] >= 0 else b[:0] for k, (b, x) in enumerate(zip(boxes, ids))]
         ids = [x[x == ref_ids[targets[k]]] if targets[k] >= 0 else x[:0] for k, x in enumerate(ids)]
     metric = LOSSES.create(loss)
-    head = HeadSteps(detector, lr, steps, log_every)
+    head = HeadSteps(detector, lr, steps, log_every, desc="detector")
     detector.train()
     for _ in range(steps):
         pick = rng.choice(usable, size=min(batch_size, len(usable)), replace=False)
