@@ -73,7 +73,7 @@ def stage_ms(loc, images: List[torch.Tensor]) -> Dict[str, float]:
         times["head"].append(time.perf_counter() - t1)
         if getattr(loc, "proposals", None):
             t2 = time.perf_counter()
-            loc.crop.embed(image, boxes[0].reshape(-1, 4)[: loc.proposals])
+            loc.embed_crops(image, boxes[0].reshape(-1, 4)[: loc.proposals])
             times.setdefault("crops", []).append(time.perf_counter() - t2)
     return {k: round(1000 * float(np.median(v)), 1) for k, v in times.items()}
 
@@ -106,8 +106,8 @@ def target_masks(scenes: SceneSet, task: str, n: int) -> List[np.ndarray]:
 
 def oracle_ap50(loc, scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
     """Diagnostic, not a method: AP50 per task when the ground-truth boxes of all objects are the proposals,
-    scored by the crop embedder's cosine with the query (the ceiling of the second stage)."""
-    emb = [loc.crop.embed(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
+    scored by the cosine of their crops' embeddings (``embed_crops``) with the query (the ceiling of the second stage)."""
+    emb = [loc.embed_crops(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
     out = {}
     for task in TASKS:
         targets = task_targets(scenes, task)[:n]
@@ -121,12 +121,13 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True, help="image model from `kb align`")
     ap.add_argument("--scenes", required=True, help="folder with val/ and test/ scene folders")
     ap.add_argument("--localizers", nargs="*", default=None, help="registered names (default: all that can run)")
-    ap.add_argument("--detector", help="weights for query_detector and query_detector_crops (`metricvision detector train`)")
+    ap.add_argument("--detector", help="weights for query_detector, query_detector_crops and query_detector_model_crops "
+                    "(`metricvision detector train`)")
     ap.add_argument("--primed-detector", help="weights for query_detector_primed (`metricvision detector train --prime`)")
     ap.add_argument("--weak-detector", help="weights for peak_response (`metricvision detector train --weak`)")
     ap.add_argument("--max-boxes", type=int, default=20, help="boxes per query (default 20)")
     ap.add_argument("--oracle", action="store_true",
-                    help="also print query_detector_crops' AP50 with the ground-truth boxes as proposals (a diagnostic)")
+                    help="also print the two-stage localizers' AP50 with the ground-truth boxes as proposals (a diagnostic)")
     ap.add_argument("--mask-ap", action="store_true",
                     help="also print mask AP50 per task (filled boxes for localizers without masks; pycocotools)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
@@ -136,7 +137,8 @@ def main() -> None:
     model = ImageTextModel.from_checkpoint(a.checkpoint)
     val, test = read_scenes(f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
     n_test, n_val = a.limit or len(test.images), a.val_limit or len(val.images)
-    weights = {"query_detector": a.detector, "query_detector_crops": a.detector, "query_detector_primed": a.primed_detector,
+    weights = {"query_detector": a.detector, "query_detector_crops": a.detector, "query_detector_model_crops": a.detector,
+               "query_detector_primed": a.primed_detector,
                "peak_response": a.weak_detector}
     names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
     val_q, test_q = task_queries(model, val), task_queries(model, test)
@@ -167,7 +169,7 @@ def main() -> None:
         if a.mask_ap:
             print(f"{name} mask AP50:", {task: round(mask_ap([m for m, _ in found_masks[task]], [sc for _, sc in found_masks[task]],
                                                               target_masks(test, task, n_test))["AP50"], 3) for task in TASKS})
-        if a.oracle and name == "query_detector_crops":
+        if a.oracle and hasattr(first, "embed_crops"):
             print(f"{name} AP50 with ground-truth boxes as proposals (diagnostic):", oracle_ap50(first, test, test_q, n_test))
         if name.startswith("query_detector"):
             print(f"{name} stages (median ms, 20 images):", stage_ms(first, [image_tensor(p) for p in test.images[:20]]))

@@ -39,3 +39,16 @@ def test_contract(name, model, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(loc.boxes(prepared, queries), out))
     chosen = loc.fit([prepared, prepared], queries, [np.array([[10.0, 10, 40, 40]]), np.zeros((0, 4))])
     assert isinstance(chosen, dict) and chosen
+
+
+def test_model_crops_are_the_image_models_embeddings_of_the_crops(model, tmp_path):
+    save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "det.safetensors")
+    loc = LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"))
+    assert loc.side == model.card.image_size == 32
+    image = torch.rand(3, 128, 128)
+    got = loc.embed_crops(image, torch.tensor([[0.0, 0.0, 64.0, 64.0], [64.0, 32.0, 128.0, 96.0]]))
+    with torch.no_grad():  # a 64 px square to 32 px: a 2 x 2 average, then the whole image model
+        expected = model.embedder(torch.nn.functional.avg_pool2d(torch.stack([image[:, :64, :64], image[:, 32:96, 64:]]), 2))
+    assert got.shape == (2, model.dim) and torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="side must be"):
+        LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"), side=8)

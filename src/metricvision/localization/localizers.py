@@ -195,10 +195,12 @@ class CropDetectorLocalizer(DetectorLocalizer):
         temperature: scale of the cosine similarity.
     """
 
+    needs_crop_embedder = True
+
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0) -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou)
-        if self.crop is None:
+        if self.crop is None and self.needs_crop_embedder:
             raise ValueError(f"{weights} has no crop embedder; train one with `metricvision detector train --crop-steps N`")
         if proposals < 1:
             raise ValueError(f"proposals must be >= 1, got {proposals}")
@@ -213,7 +215,11 @@ class CropDetectorLocalizer(DetectorLocalizer):
         flat = boxes[0].reshape(-1, 4)
         top = logp.topk(min(200, logp.numel())).indices
         keep = top[nms(flat[top], logp[top], 0.7)][: self.proposals]
-        return flat[keep], logp[keep], self.crop.embed(image, flat[keep])
+        return flat[keep], logp[keep], self.embed_crops(image, flat[keep])
+
+    def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) image in [0, 1], (n, 4) boxes -> (n, D) embeddings of their crops (the trained crop embedder)."""
+        return self.crop.embed(image, boxes)
 
     def boxes(self, prepared: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], queries: torch.Tensor) -> List[np.ndarray]:
         """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
@@ -231,6 +237,33 @@ class CropDetectorLocalizer(DetectorLocalizer):
     def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
         """Choose ``gamma`` and the NMS threshold by AP50 on prepared validation images, one (D,) query row each."""
         return self._grid(prepared, queries, gt_boxes, {"gamma": (0.0, 0.5, 1.0, 2.0, 4.0), "nms_iou": (0.3, 0.5, 0.7)})
+
+
+@LOCALIZERS.register("query_detector_model_crops")
+class ModelCropDetectorLocalizer(CropDetectorLocalizer):
+    """Two stages as ``query_detector_crops``, but each proposal's square crop is embedded by the image model
+    itself, whole, at its card's image size (``side``) with no padding: no crop training, so the crops live
+    exactly where the queries do (the trained crop embedder works at 64 px from a frozen stem).
+
+    Args: as ``CropDetectorLocalizer``, plus side: crop side in pixels (default: the model card's image size).
+    """
+
+    needs_crop_embedder = False
+
+    def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
+                 proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0, side: Optional[int] = None) -> None:
+        super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
+                         temperature=temperature)
+        self.embedder, self.side = model.embedder.eval(), side or model.card.image_size
+        if self.side < 16:
+            raise ValueError(f"side must be >= 16 px, got {self.side}")
+
+    @torch.no_grad()
+    def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) image in [0, 1], (n, 4) boxes -> (n, D) image-model embeddings of their square crops."""
+        from metricvision.localization.crops import crop_boxes
+
+        return self.embedder(crop_boxes(image, boxes, self.side))
 
 
 def _as_array(boxes: Optional[list]) -> np.ndarray:
