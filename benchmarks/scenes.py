@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 from metricvision.kb.model import ImageTextModel
@@ -104,14 +105,14 @@ def target_masks(scenes: SceneSet, task: str, n: int) -> List[np.ndarray]:
     return out
 
 
-def oracle_ap50(loc, scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
+def oracle_ap50(locs: Dict[str, Any], scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
     """Diagnostic, not a method: AP50 per task when the ground-truth boxes of all objects are the proposals,
     scored by the cosine of their crops' embeddings (``embed_crops``) with the query (the ceiling of the second stage)."""
-    emb = [loc.embed_crops(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
+    emb = [locs[TASKS[0]].embed_crops(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
     out = {}
     for task in TASKS:
         targets = task_targets(scenes, task)[:n]
-        scores = [(e @ queries[task][i]).numpy() for i, e in enumerate(emb)]
+        scores = [locs[task].cosines(e, queries[task][i : i + 1])[:, 0].numpy() for i, e in enumerate(emb)]
         out[task] = round(detection_ap(scenes.boxes[:n], scores, [b[t] for b, t in zip(scenes.boxes, targets)])["AP50"], 3)
     return out
 
@@ -130,9 +131,17 @@ def main() -> None:
                     help="also print the two-stage localizers' AP50 with the ground-truth boxes as proposals (a diagnostic)")
     ap.add_argument("--mask-ap", action="store_true",
                     help="also print mask AP50 per task (filled boxes for localizers without masks; pycocotools)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a constructor argument of the localizers run, e.g. side=96 (repeatable)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
     ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
     a = ap.parse_args()
+    options = {}
+    for item in a.option:
+        if "=" not in item:
+            ap.error(f"--option expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        options[key] = yaml.safe_load(value)
     torch.set_num_threads(2)
     model = ImageTextModel.from_checkpoint(a.checkpoint)
     val, test = read_scenes(f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
@@ -143,7 +152,7 @@ def main() -> None:
     names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
     val_q, test_q = task_queries(model, val), task_queries(model, test)
     for name in names:
-        extra = {"weights": weights[name]} if name in weights else {}
+        extra = {"weights": weights[name], **options} if name in weights else dict(options)
         locs = {task: LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra) for task in TASKS}
         first = locs[TASKS[0]]  # prepared images are query-independent: one forward pass serves every task
         val_prep = [first.prepare(image_tensor(p)) for p in val.images[:n_val]]
@@ -170,7 +179,7 @@ def main() -> None:
             print(f"{name} mask AP50:", {task: round(mask_ap([m for m, _ in found_masks[task]], [sc for _, sc in found_masks[task]],
                                                               target_masks(test, task, n_test))["AP50"], 3) for task in TASKS})
         if a.oracle and hasattr(first, "embed_crops"):
-            print(f"{name} AP50 with ground-truth boxes as proposals (diagnostic):", oracle_ap50(first, test, test_q, n_test))
+            print(f"{name} AP50 with ground-truth boxes as proposals (diagnostic):", oracle_ap50(locs, test, test_q, n_test))
         if name.startswith("query_detector"):
             print(f"{name} stages (median ms, 20 images):", stage_ms(first, [image_tensor(p) for p in test.images[:20]]))
         rows = []

@@ -49,6 +49,22 @@ def test_model_crops_are_the_image_models_embeddings_of_the_crops(model, tmp_pat
     got = loc.embed_crops(image, torch.tensor([[0.0, 0.0, 64.0, 64.0], [64.0, 32.0, 128.0, 96.0]]))
     with torch.no_grad():  # a 64 px square to 32 px: a 2 x 2 average, then the whole image model
         expected = model.embedder(torch.nn.functional.avg_pool2d(torch.stack([image[:, :64, :64], image[:, 32:96, 64:]]), 2))
-    assert got.shape == (2, model.dim) and torch.allclose(got, expected, atol=1e-5)
+    assert got.shape == (1, 2, model.dim) and torch.allclose(got[0], expected, atol=1e-5)
     with pytest.raises(ValueError, match="side must be"):
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"), side=8)
+
+
+def test_model_crops_mix_the_trained_crop_embedders_cosine_when_there_is_one(model, tmp_path):
+    save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "det.safetensors", crop=CropEmbedder(model.embedder, side=32))
+    loc = LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"))
+    image, boxes = torch.rand(3, 96, 96), torch.tensor([[0.0, 0.0, 48.0, 48.0], [40.0, 30.0, 90.0, 80.0]])
+    emb = loc.embed_crops(image, boxes)
+    assert torch.allclose(emb[1], loc.crop.embed(image, boxes))
+    queries = torch.nn.functional.normalize(torch.randn(3, model.dim), dim=1)
+    for mix in (0.0, 0.25, 1.0):
+        loc.mix = mix
+        assert torch.allclose(loc.cosines(emb, queries), mix * emb[0] @ queries.T + (1 - mix) * emb[1] @ queries.T, atol=1e-6)
+    chosen = loc.fit([loc.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])
+    assert set(chosen) == {"gamma", "nms_iou", "mix"}
+    with pytest.raises(ValueError, match="mix must be in"):
+        LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"), mix=1.5)
