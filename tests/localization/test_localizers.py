@@ -66,5 +66,8 @@ def test_model_crops_mix_the_trained_crop_embedders_cosine_when_there_is_one(mod
         assert torch.allclose(loc.cosines(emb, queries), mix * emb[0] @ queries.T + (1 - mix) * emb[1] @ queries.T, atol=1e-6)
     chosen = loc.fit([loc.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])
     assert set(chosen) == {"gamma", "nms_iou", "mix"}
+    fixed = LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"), mix=0.5)
+    assert set(fixed.fit([fixed.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])) == {"gamma", "nms_iou"}
+    assert fixed.mix == 0.5
     with pytest.raises(ValueError, match="mix must be in"):
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"), mix=1.5)

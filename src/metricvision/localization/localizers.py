@@ -248,26 +248,27 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     """Two stages as ``query_detector_crops``, but each proposal's square crop is embedded by the image model
     itself, whole, at its card's image size (``side``) with no padding, so the crops live exactly where the
     queries do (the trained crop embedder works at 64 px from a frozen stem). When the weights hold a trained
-    crop embedder too, a crop's cosine is ``mix`` x the image model's + (1 - ``mix``) x the crop embedder's,
-    ``mix`` chosen by ``fit`` on validation scenes with ``gamma`` and the NMS threshold.
+    crop embedder too, a crop's cosine is ``mix`` x the image model's + (1 - ``mix``) x the crop embedder's;
+    unless given, ``mix`` is chosen by ``fit`` on validation scenes with ``gamma`` and the NMS threshold.
 
     Args: as ``CropDetectorLocalizer``, plus side: crop side in pixels (default: the model card's image size),
-        mix: weight of the image model's cosine (1 without a trained crop embedder).
+        mix: weight of the image model's cosine (None: ``fit`` chooses it; 1 without a trained crop embedder).
     """
 
     needs_crop_embedder = False
 
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0, side: Optional[int] = None,
-                 mix: float = 1.0) -> None:
+                 mix: Optional[float] = None) -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
                          temperature=temperature)
         self.embedder, self.side = model.embedder.eval(), side or model.card.image_size
         if self.side < 16:
             raise ValueError(f"side must be >= 16 px, got {self.side}")
-        if not 0.0 <= mix <= 1.0 or (mix < 1.0 and self.crop is None):
+        if mix is not None and (not 0.0 <= mix <= 1.0 or (mix < 1.0 and self.crop is None)):
             raise ValueError(f"mix must be in [0, 1] (1 without a trained crop embedder in {weights}), got {mix}")
-        self.mix = mix
+        self.choose_mix = mix is None and self.crop is not None
+        self.mix = 1.0 if mix is None else mix
 
     @torch.no_grad()
     def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -284,9 +285,10 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         return cos[0] if len(cos) == 1 else self.mix * cos[0] + (1 - self.mix) * cos[1]
 
     def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
-        """Choose ``gamma``, the NMS threshold and (with a crop embedder) ``mix`` by AP50 on prepared validation images."""
+        """Choose ``gamma``, the NMS threshold and (with a crop embedder, unless given) ``mix`` by AP50 on prepared
+        validation images."""
         grid = {"gamma": (0.0, 0.5, 1.0, 2.0, 4.0), "nms_iou": (0.3, 0.5, 0.7)}
-        return self._grid(prepared, queries, gt_boxes, {**grid, "mix": (0.0, 0.5, 1.0)} if self.crop is not None else grid)
+        return self._grid(prepared, queries, gt_boxes, {**grid, "mix": (0.0, 0.5, 1.0)} if self.choose_mix else grid)
 
 
 def _as_array(boxes: Optional[list]) -> np.ndarray:
