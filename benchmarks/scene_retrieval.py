@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--scenes", default="runs/scenes/test", help="folder with annotations.json from `scenes build`")
     ap.add_argument("--checkpoint", default="runs/text_align/image_model.safetensors", help="image model from `kb align`")
     ap.add_argument("--detector", help="query_detector weights: regions from its proposals instead of the grid")
+    ap.add_argument("--region-embedding", choices=("detector", "model"), default="detector",
+                    help="with --detector: regions embedded by the detector or by the image model on their crops")
     ap.add_argument("--limit", type=int, default=0, help="use the first N scenes (0: all)")
     ap.add_argument("--kb", help="KB folder to build (default: a temporary one)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -96,7 +98,7 @@ def main() -> None:
     samples = [Sample(image=str(root / im["file_name"])) for im in images]
     ids = kb.add(samples, image_root=root)
     whole_s = time.time() - start
-    enable_regions(kb.path, a.detector)
+    enable_regions(kb.path, a.detector, a.region_embedding)
     n_regions = add_regions(kb.path, ids, samples, kb_proposer(kb.path, model))
     region_s = time.time() - start - whole_s
 

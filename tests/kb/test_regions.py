@@ -96,3 +96,32 @@ def test_detector_proposer_gives_at_most_max_regions_in_the_image(tmp_path, shap
     assert 1 <= len(boxes) <= 5 and emb.shape == (len(boxes), shapes_kb.model.dim)
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 128).all()
     assert torch.linalg.norm(emb, dim=1) == pytest.approx(torch.ones(len(boxes)), abs=1e-4)
+
+
+def test_detector_regions_embedded_by_the_image_model_on_their_crops(tmp_path, shapes_kb):
+    from metricvision.kb.regions import DetectorProposer, enable_regions, kb_proposer
+    from metricvision.localization.crops import crop_boxes
+    from metricvision.localization.detector import QueryDetector
+    from metricvision.localization.train import save_detector
+
+    weights = tmp_path / "det.safetensors"
+    save_detector(QueryDetector(shapes_kb.model.embedder, hidden=8), weights)
+    image = np.asarray(scene(draw("circle", "red", 28), (40, 40), side=128))
+    by_detector = DetectorProposer(shapes_kb.model, str(weights), max_regions=4)
+    by_model = DetectorProposer(shapes_kb.model, str(weights), max_regions=4, embedding="model")
+    (boxes, det_emb), (same_boxes, emb) = by_detector(image), by_model(image)
+    assert np.array_equal(boxes, same_boxes) and emb.shape == det_emb.shape
+    x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
+    inside = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < 128) & (boxes[:, 3] < 128)  # not clipped
+    assert inside.any()
+    with torch.no_grad():
+        expected = shapes_kb.model.embedder(crop_boxes(x, torch.from_numpy(boxes[inside]), shapes_kb.model.card.image_size))
+    assert torch.allclose(emb[torch.from_numpy(inside)], expected, atol=1e-5)
+    assert not torch.allclose(emb, det_emb, atol=1e-3)
+    kb = tmp_path / "kb"
+    enable_regions(kb, str(weights), "model")
+    assert kb_proposer(kb, shapes_kb.model).embedding == "model"
+    with pytest.raises(ValueError, match="needs detector weights"):
+        enable_regions(tmp_path / "kb2", None, "model")
+    with pytest.raises(ValueError, match="region embedding must be one of"):
+        DetectorProposer(shapes_kb.model, str(weights), embedding="grid")

@@ -37,6 +37,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                                 "the scenes holding them; `kb add` then does the same")
             p.add_argument("--detector", metavar="WEIGHTS",
                            help="regions from this trained query_detector's proposals instead of the grid (implies --regions)")
+            p.add_argument("--region-embedding", choices=("detector", "model"), default="detector",
+                           help="with --detector: embed each region by the detector's region embedding (fast) or by "
+                                "the image model on the region's crop (better matches, one pass per region)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
@@ -121,7 +124,7 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     if args.regions or args.detector:
         from metricvision.kb.regions import enable_regions
 
-        enable_regions(kb.path, args.detector)
+        enable_regions(kb.path, args.detector, args.region_embedding)
         out["regions"] = _add_regions(kb, ids, samples)
     return out
 

@@ -27,6 +27,7 @@ from metricvision.kb.model import ImageTextModel
 
 REGIONS_DIR = "regions"
 PROPOSER_FILE = "proposer.json"
+REGION_EMBEDDINGS = ("detector", "model")  # how a detector's regions are embedded
 GRID_SCALES = (0.5, 0.3, 0.18)
 
 
@@ -80,23 +81,29 @@ class GridProposer:
 
 
 class DetectorProposer:
-    """Regions = the best class-agnostic boxes of a trained ``query_detector`` (objectness, then NMS),
-    each with the detector's region embedding (in the model's space).
+    """Regions = the best class-agnostic boxes of a trained ``query_detector`` (objectness, then NMS), each
+    embedded in the model's space by the detector's region embedding (``embedding="detector"``, one pass) or
+    by the image model itself on the box's square crop at its card's size (``"model"``, as the localizer
+    ``query_detector_model_crops``; one forward pass per region).
 
     Args:
         model: the KB's image model (the one the detector was trained on).
         weights: detector head weights from ``metricvision detector train``.
         max_regions: regions kept per image.
         nms_iou: IoU above which the less objectlike of two boxes is dropped.
+        embedding: "detector" or "model" (``REGION_EMBEDDINGS``).
     """
 
-    def __init__(self, model: ImageTextModel, weights: str, max_regions: int = 30, nms_iou: float = 0.5) -> None:
+    def __init__(self, model: ImageTextModel, weights: str, max_regions: int = 30, nms_iou: float = 0.5,
+                 embedding: str = "detector") -> None:
         from metricvision.localization.localizers import LOCALIZERS
 
         if max_regions < 1:
             raise ValueError(f"max_regions must be >= 1, got {max_regions}")
+        if embedding not in REGION_EMBEDDINGS:
+            raise ValueError(f"region embedding must be one of {REGION_EMBEDDINGS}, got {embedding!r}")
         self.localizer = LOCALIZERS.create("query_detector", model=model, weights=weights)
-        self.max_regions, self.nms_iou = max_regions, nms_iou
+        self.model, self.max_regions, self.nms_iou, self.embedding = model, max_regions, nms_iou, embedding
 
     def __call__(self, image: Any) -> Tuple[np.ndarray, torch.Tensor]:
         """One image -> boxes (R, 4) in pixels and their embeddings (R, D)."""
@@ -110,6 +117,12 @@ class DetectorProposer:
         h, w = x.shape[-2:]
         clipped = torch.stack([boxes[keep, 0].clamp(0, w), boxes[keep, 1].clamp(0, h),
                                boxes[keep, 2].clamp(0, w), boxes[keep, 3].clamp(0, h)], dim=1)
+        if self.embedding == "model":
+            from metricvision.localization.crops import crop_boxes
+
+            with torch.no_grad():
+                emb = self.model.embedder(crop_boxes(x, boxes[keep], self.model.card.image_size))
+            return clipped.numpy().astype(np.float32), emb
         return clipped.numpy().astype(np.float32), emb[keep]
 
 
@@ -118,13 +131,18 @@ def create_proposer(model: ImageTextModel, detector: Optional[str] = None, **kwa
     return DetectorProposer(model, detector, **kwargs) if detector else GridProposer(model, **kwargs)
 
 
-def enable_regions(kb_path: str | os.PathLike, detector: Optional[str] = None) -> None:
-    """Mark the KB as one with regions (KB/regions/proposer.json), so that ``kb add`` proposes them too."""
+def enable_regions(kb_path: str | os.PathLike, detector: Optional[str] = None, embedding: str = "detector") -> None:
+    """Mark the KB as one with regions (KB/regions/proposer.json), so that ``kb add`` proposes them too;
+    ``embedding``: how a detector's regions are embedded (``DetectorProposer``)."""
     if detector and not Path(detector).is_file():
         raise FileNotFoundError(f"detector weights {detector} not found")
+    if embedding not in REGION_EMBEDDINGS:
+        raise ValueError(f"region embedding must be one of {REGION_EMBEDDINGS}, got {embedding!r}")
+    if embedding != "detector" and not detector:
+        raise ValueError(f"region embedding {embedding!r} needs detector weights (grid regions are embedded by the model)")
     folder = region_dir(kb_path)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"detector": str(Path(detector).resolve()) if detector else None}
+    config = {"detector": str(Path(detector).resolve()) if detector else None, "embedding": embedding}
     with atomic_write(folder / PROPOSER_FILE) as f:
         f.write(json.dumps(config).encode())
 
@@ -134,7 +152,10 @@ def kb_proposer(kb_path: str | os.PathLike, model: ImageTextModel) -> Optional[A
     path = region_dir(kb_path) / PROPOSER_FILE
     if not path.exists():
         return None
-    return create_proposer(model, json.loads(path.read_text())["detector"])
+    config = json.loads(path.read_text())
+    if not config["detector"]:
+        return create_proposer(model)
+    return create_proposer(model, config["detector"], embedding=config.get("embedding", "detector"))
 
 
 @dataclass
