@@ -24,6 +24,8 @@ per-query work (``boxes``).
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
         --detector runs/detector.safetensors --primed-detector runs/detector_primed.safetensors \
         --weak-detector runs/detector_weak.safetensors [--mask-ap] [--oracle]
+    python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
+        --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96]
 """
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ def target_masks(scenes: SceneSet, task: str, n: int) -> List[np.ndarray]:
 def oracle_ap50(locs: Dict[str, Any], scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
     """Diagnostic, not a method: AP50 per task when the ground-truth boxes of all objects are the proposals,
     scored by the cosine of their crops' embeddings (``embed_crops``) with the query (the ceiling of the second stage)."""
-    emb = [locs[TASKS[0]].embed_crops(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
+    embed = locs[TASKS[0]].embed_crops  # crop embeddings are query-independent; each task mixes its own cosines
+    emb = [embed(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
     out = {}
     for task in TASKS:
         targets = task_targets(scenes, task)[:n]
