@@ -125,3 +125,28 @@ def test_detector_regions_embedded_by_the_image_model_on_their_crops(tmp_path, s
         enable_regions(tmp_path / "kb2", None, "model")
     with pytest.raises(ValueError, match="region embedding must be one of"):
         DetectorProposer(shapes_kb.model, str(weights), embedding="grid")
+
+
+def test_cli_builds_and_adds_detector_regions_embedded_by_the_model(tmp_path, shapes_kb, capsys):
+    from metricvision.localization.detector import QueryDetector
+    from metricvision.localization.train import save_detector
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for n, (shape, color) in enumerate([("circle", "red"), ("square", "blue")]):
+        scene(draw(shape, color, 28), (30 + 60 * n, 60), side=160).save(folder / f"{n}.png")
+    weights = tmp_path / "det.safetensors"
+    save_detector(QueryDetector(shapes_kb.model.embedder, hidden=8), weights)
+    kb, ckpt = tmp_path / "kb", str(shapes_kb.path / shapes_kb.card.checkpoint)
+    assert main(["kb", "build", str(kb), "--from-folder", str(folder), "--checkpoint", ckpt, "--detector", str(weights),
+                 "--region-embedding", "model", "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert 2 <= built["regions"] <= 2 * 30
+    assert json.loads((kb / "regions" / "proposer.json").read_text())["embedding"] == "model"
+    assert main(["kb", "add", str(kb), "--from-folder", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["regions"] == built["regions"]
+    assert main(["search", str(kb), "--image", str(folder / "0.png"), "--k", "2", "--json"]) == 0
+    assert all(hit["regions"] for hit in json.loads(capsys.readouterr().out))
+    assert main(["kb", "build", str(tmp_path / "kb2"), "--from-folder", str(folder), "--checkpoint", ckpt, "--regions",
+                 "--region-embedding", "model"]) != 0
+    assert "--region-embedding model needs --detector" in capsys.readouterr().err and not (tmp_path / "kb2").exists()

@@ -108,6 +108,9 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.model import ImageTextModel, ModelCard
     from metricvision.kb.store import KnowledgeBase
 
+    if args.region_embedding != "detector" and not args.detector:
+        raise ValueError(f"--region-embedding {args.region_embedding} needs --detector WEIGHTS "
+                         "(grid regions are embedded by the model)")
     samples, skipped = _samples(args)
     if args.checkpoint:
         model = ImageTextModel.from_checkpoint(args.checkpoint)
