@@ -30,7 +30,8 @@ from PIL import Image
 
 from metricvision.data import Sample
 from metricvision.kb.model import ImageTextModel
-from metricvision.kb.regions import add_regions, best_regions, enable_regions, kb_proposer, load_regions, merge_with_regions
+from metricvision.kb.regions import (REGION_EMBEDDINGS, add_regions, best_regions, enable_regions, kb_proposer, load_regions,
+                                     merge_with_regions)
 from metricvision.kb.store import KnowledgeBase
 from metricvision.metrics.revisited import mean_average_precision
 
@@ -81,7 +82,7 @@ def main() -> None:
     ap.add_argument("--scenes", default="runs/scenes/test", help="folder with annotations.json from `scenes build`")
     ap.add_argument("--checkpoint", default="runs/text_align/image_model.safetensors", help="image model from `kb align`")
     ap.add_argument("--detector", help="query_detector weights: regions from its proposals instead of the grid")
-    ap.add_argument("--region-embedding", choices=("detector", "model"), default="detector",
+    ap.add_argument("--region-embedding", choices=REGION_EMBEDDINGS, default="detector",
                     help="with --detector: regions embedded by the detector or by the image model on their crops")
     ap.add_argument("--limit", type=int, default=0, help="use the first N scenes (0: all)")
     ap.add_argument("--kb", help="KB folder to build (default: a temporary one)")

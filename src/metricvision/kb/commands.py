@@ -37,9 +37,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                                 "the scenes holding them; `kb add` then does the same")
             p.add_argument("--detector", metavar="WEIGHTS",
                            help="regions from this trained query_detector's proposals instead of the grid (implies --regions)")
-            p.add_argument("--region-embedding", choices=("detector", "model"), default="detector",
+            p.add_argument("--region-embedding", default="detector", metavar="{detector,model}",
                            help="with --detector: embed each region by the detector's region embedding (fast) or by "
-                                "the image model on the region's crop (better matches, one pass per region)")
+                                "the image model on the region's crop (better matches, one pass per region); "
+                                "checked by kb.regions.check_region_embedding")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
@@ -108,9 +109,9 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.model import ImageTextModel, ModelCard
     from metricvision.kb.store import KnowledgeBase
 
-    if args.region_embedding != "detector" and not args.detector:
-        raise ValueError(f"--region-embedding {args.region_embedding} needs --detector WEIGHTS "
-                         "(grid regions are embedded by the model)")
+    from metricvision.kb.regions import check_region_embedding
+
+    check_region_embedding(args.detector, args.region_embedding)  # before anything is written
     samples, skipped = _samples(args)
     if args.checkpoint:
         model = ImageTextModel.from_checkpoint(args.checkpoint)

@@ -84,7 +84,7 @@ class DetectorProposer:
     """Regions = the best class-agnostic boxes of a trained ``query_detector`` (objectness, then NMS), each
     embedded in the model's space by the detector's region embedding (``embedding="detector"``, one pass) or
     by the image model itself on the box's square crop at its card's size (``"model"``, as the localizer
-    ``query_detector_model_crops``; one forward pass per region).
+    ``query_detector_model_crops``; a forward pass of the whole model for each region's crop).
 
     Args:
         model: the KB's image model (the one the detector was trained on).
@@ -100,8 +100,7 @@ class DetectorProposer:
 
         if max_regions < 1:
             raise ValueError(f"max_regions must be >= 1, got {max_regions}")
-        if embedding not in REGION_EMBEDDINGS:
-            raise ValueError(f"region embedding must be one of {REGION_EMBEDDINGS}, got {embedding!r}")
+        check_region_embedding(weights, embedding)
         self.localizer = LOCALIZERS.create("query_detector", model=model, weights=weights)
         self.model, self.max_regions, self.nms_iou, self.embedding = model, max_regions, nms_iou, embedding
 
@@ -118,10 +117,9 @@ class DetectorProposer:
         clipped = torch.stack([boxes[keep, 0].clamp(0, w), boxes[keep, 1].clamp(0, h),
                                boxes[keep, 2].clamp(0, w), boxes[keep, 3].clamp(0, h)], dim=1)
         if self.embedding == "model":
-            from metricvision.localization.crops import crop_boxes
+            from metricvision.localization.crops import embed_square_crops
 
-            with torch.no_grad():
-                emb = self.model.embedder(crop_boxes(x, boxes[keep], self.model.card.image_size))
+            emb = embed_square_crops(self.model.embedder, x, boxes[keep], self.model.card.image_size)
             return clipped.numpy().astype(np.float32), emb
         return clipped.numpy().astype(np.float32), emb[keep]
 
@@ -131,15 +129,21 @@ def create_proposer(model: ImageTextModel, detector: Optional[str] = None, **kwa
     return DetectorProposer(model, detector, **kwargs) if detector else GridProposer(model, **kwargs)
 
 
+def check_region_embedding(detector: Optional[str], embedding: str) -> None:
+    """Refuse an unknown region embedding, or one other than the grid's own without detector weights."""
+    if embedding not in REGION_EMBEDDINGS:
+        raise ValueError(f"region embedding must be one of {REGION_EMBEDDINGS}, got {embedding!r}")
+    if embedding != "detector" and not detector:
+        raise ValueError(f"region embedding {embedding!r} needs detector weights: --region-embedding {embedding} needs "
+                         "--detector WEIGHTS (grid regions are embedded by the model)")
+
+
 def enable_regions(kb_path: str | os.PathLike, detector: Optional[str] = None, embedding: str = "detector") -> None:
     """Mark the KB as one with regions (KB/regions/proposer.json), so that ``kb add`` proposes them too;
     ``embedding``: how a detector's regions are embedded (``DetectorProposer``)."""
     if detector and not Path(detector).is_file():
         raise FileNotFoundError(f"detector weights {detector} not found")
-    if embedding not in REGION_EMBEDDINGS:
-        raise ValueError(f"region embedding must be one of {REGION_EMBEDDINGS}, got {embedding!r}")
-    if embedding != "detector" and not detector:
-        raise ValueError(f"region embedding {embedding!r} needs detector weights (grid regions are embedded by the model)")
+    check_region_embedding(detector, embedding)
     folder = region_dir(kb_path)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"detector": str(Path(detector).resolve()) if detector else None, "embedding": embedding}

@@ -274,9 +274,9 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """(3, H, W) image in [0, 1], (n, 4) boxes -> (m, n, D) embeddings of their square crops: the image model's,
         then (m = 2) the trained crop embedder's."""
-        from metricvision.localization.crops import crop_boxes
+        from metricvision.localization.crops import embed_square_crops
 
-        own = self.embedder(crop_boxes(image, boxes, self.side))
+        own = embed_square_crops(self.embedder, image, boxes, self.side)
         return torch.stack([own, self.crop.embed(image, boxes)]) if self.crop is not None else own[None]
 
     def cosines(self, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
