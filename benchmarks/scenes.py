@@ -70,8 +70,8 @@ def stage_ms(loc, images: List[torch.Tensor]) -> Dict[str, float]:
         feats = loc.detector.features(image[None])
         t1 = time.perf_counter()
         with torch.no_grad():
-            _, boxes, _ = loc.detector.head(feats, tuple(image.shape[-2:]), primes=None if loc.detector.film is None
-                                            else torch.zeros(1, feats.shape[1] - loc.detector.tap_channels))
+            _, boxes, _ = loc.detector.head(feats, tuple(image.shape[-2:]),
+                                            primes=torch.ones(1, loc.detector.embedder.dim) if loc.detector.primed else None)
         times["backbone"].append(t1 - t0)
         times["head"].append(time.perf_counter() - t1)
         if getattr(loc, "proposals", None):

@@ -74,3 +74,47 @@ def test_primed_detector_starts_as_the_unprimed_one_and_needs_queries(model):
         assert torch.allclose(a, b)
     with pytest.raises(ValueError, match="primed detector needs one"):
         primed.head(feats, (64, 64))
+
+
+def test_backbone_primed_detector_starts_as_the_unprimed_one_and_modulates_the_backbone(model):
+    torch.manual_seed(0)
+    plain = QueryDetector(model.embedder, hidden=8)
+    deep = QueryDetector(model.embedder, hidden=8, prime_at=[6, 10, 13])
+    deep.load_state_dict(plain.state_dict(), strict=False)
+    images = torch.rand(2, 3, 96, 96)
+    stem = deep.features(images)
+    assert stem.shape[1] == 32 and deep.primed and deep.film is None  # layer 6's output: query-independent
+    queries = F.normalize(torch.randn(2, model.dim), dim=1)
+    for a, b in zip(plain.head(plain.features(images), (96, 96)), deep.head(stem, (96, 96), primes=queries)):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="primed detector needs one"):
+        deep.head(stem, (96, 96))
+    with torch.no_grad():  # a modulated middle layer changes what the frozen layers after it compute, per query
+        deep.films["6"].weight.normal_()
+    feats = deep.primed_features(stem, queries)
+    assert not torch.allclose(feats, deep.primed_features(stem, queries.flip(0)))
+    assert torch.allclose(feats[:, model.dim:], deep.primed_features(stem, queries)[:, model.dim:])
+    with pytest.raises(ValueError, match="prime_at must be"):
+        QueryDetector(model.embedder, prime_at=[14])
+
+
+def test_a_backbone_primed_detector_trains_on_the_target_only_and_round_trips(model, tmp_path):
+    from metricvision.localization.localizers import LOCALIZERS
+    from metricvision.localization.train import train_detector
+
+    cfg = SceneConfig(size=96, sides=(28, 40), targets=(1, 1), distractors=(1, 2), blur=0.0)
+    scenes = read_scenes(build_scenes(tmp_path / "s", "train", 3, seed=0, cfg=cfg))
+    ref_ids = torch.unique(torch.from_numpy(np.concatenate(scenes.identities)))
+    torch.manual_seed(0)
+    refs = F.normalize(torch.randn(len(ref_ids), model.dim), dim=1)
+    det = QueryDetector(model.embedder, hidden=8, prime_at=[10, 13])
+    logs = train_detector(det, scenes, ref_ids, [refs], steps=20, batch_size=2, lr=3e-3, log_every=10)
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    assert all(f.weight.abs().sum() > 0 for f in det.films.values())  # the gradient reached the backbone's FiLMs
+    save_detector(det, tmp_path / "d.safetensors")
+    loaded, _ = load_detector(tmp_path / "d.safetensors", model.embedder)
+    assert loaded.prime_at == (10, 13)
+    loc = LOCALIZERS.create("query_detector_primed", model=model, weights=str(tmp_path / "d.safetensors"), max_boxes=3)
+    image = image_tensor(scenes.images[0])
+    expected = det.detect(image[None], refs[:2], max_boxes=3)[0]
+    assert all(np.allclose(a, b) for a, b in zip(loc.localize(image, refs[:2]), expected))

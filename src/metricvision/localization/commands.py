@@ -32,7 +32,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head (default 1e-3)")
     t.add_argument("--loss", default="infonce", help="a registered metric loss taking ref_embeddings")
     t.add_argument("--prime", action="store_true",
-                   help="train a primed detector (query_detector_primed: FiLM of the features by the query)")
+                   help="train a primed detector (query_detector_primed: FiLM of the head's input features by the query)")
+    t.add_argument("--prime-at", type=int, nargs="+", default=[], metavar="LAYER",
+                   help="train a primed detector whose query modulates (FiLM) these backbone layers' outputs, e.g. 6 10 13 "
+                        "(MobileNetV2: stride 8 and 16); the frozen layers after them run on the modulated features"),
     t.add_argument("--weak", action="store_true",
                    help="train from image-level labels only (peak_response, a simplified PRM); --steps applies")
     t.add_argument("--crop-steps", type=int, default=600,
@@ -70,7 +73,7 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
     model = ImageTextModel.from_checkpoint(args.checkpoint)
     scenes = read_scenes(args.scenes, limit=args.max_scenes)
     ref_ids, refs = identity_references(model, "train")
-    det = QueryDetector(model.embedder, prime=args.prime)
+    det = QueryDetector(model.embedder, prime=args.prime, prime_at=args.prime_at)
     if args.weak:  # image-level labels: the identities each scene holds, not where
         feats, size = scene_features(det, scenes)
         present = [torch.from_numpy(x) for x in scenes.identities]

@@ -12,12 +12,16 @@ vendor's rendering or the name, so that an identity never seen in training is fo
 from one query embedding. A location's score for a query is
 sigmoid(objectness) * sigmoid(a * cos(region, query) + b), with a and b learned (BCE).
 
-With ``prime=True`` the query primes the detector (a simplified form of Rosenfeld et al.
-2018, who modulate the backbone's own layers): a linear map of the query embedding gives
+With ``prime=True`` the query primes the detector: a linear map of the query embedding gives
 a per-channel scale and shift (FiLM) of the frozen features at the head's input (the
-backbone's stride-16 and final features), so objectness and boxes are the query's; it is
-trained on the objects of the scene's target identity only, the query being the target's
-reference (another vendor's rendering or the name).
+backbone's stride-16 and final features), so objectness and boxes are the query's. With
+``prime_at`` (backbone layer indices) the FiLM modulates the outputs of those backbone layers
+instead, early and middle ones, and the frozen layers after them run on the modulated
+features, as priming in Rosenfeld et al. 2018 modulates the backbone's own layers (here with
+the backbone's weights frozen: only the FiLM maps and the head learn, the gradient passing
+through the frozen layers; the features up to the first primed layer are computed once per
+image). A primed detector is trained on the objects of the scene's target identity only, the
+query being the target's reference (another vendor's rendering or the name).
 """
 from __future__ import annotations
 
@@ -40,10 +44,13 @@ class QueryDetector(nn.Module):
         embedder: the (frozen) Embedder whose space the queries live in.
         hidden: channels of the head.
         radius: centre-sampling radius in grid cells (FCOS uses 1.5).
-        prime: modulate the features by the query (FiLM), see the module doc.
+        prime: modulate the head's input features by the query (FiLM), see the module doc.
+        prime_at: backbone layers whose outputs the query modulates (FiLM) instead; the first must not
+            come after the head's stride-16 tap.
     """
 
-    def __init__(self, embedder: Embedder, hidden: int = 128, radius: float = 1.5, prime: bool = False) -> None:
+    def __init__(self, embedder: Embedder, hidden: int = 128, radius: float = 1.5, prime: bool = False,
+                 prime_at: Sequence[int] = ()) -> None:
         super().__init__()
         if not isinstance(embedder.backbone, nn.Sequential):
             raise ValueError(f"QueryDetector needs an nn.Sequential backbone, got {type(embedder.backbone).__name__}")
@@ -59,6 +66,10 @@ class QueryDetector(nn.Module):
                 h.remove()
         self.tap_index = max((k for k, o in enumerate(outs) if o.shape[-1] >= 2 * outs[-1].shape[-1]), default=0)
         self.tap_channels = outs[self.tap_index].shape[1]
+        self.prime_at = tuple(sorted(set(int(k) for k in prime_at)))
+        if self.prime_at and (self.prime_at[0] < 0 or self.prime_at[0] > self.tap_index or self.prime_at[-1] >= len(outs)):
+            raise ValueError(f"prime_at must be backbone layers in [0, {len(outs) - 1}], the first <= {self.tap_index} "
+                             f"(the stride-16 tap), got {list(prime_at)}")
         d = embedder.dim
         self.trunk = nn.Sequential(nn.Conv2d(d + self.tap_channels, hidden, 3, padding=1), nn.ReLU(),
                                    nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU())
@@ -69,10 +80,17 @@ class QueryDetector(nn.Module):
         nn.init.zeros_(self.residual.bias)
         nn.init.constant_(self.objectness.bias, -4.0)  # focal-loss prior: most locations are background
         self.match = nn.Parameter(torch.tensor([10.0, -5.0]))  # a, b of the match logit a * cos + b
-        self.film = nn.Linear(d, 2 * (d + self.tap_channels)) if prime else None
-        if self.film is not None:  # starts as the identity: the unprimed detector
-            nn.init.zeros_(self.film.weight)
-            nn.init.zeros_(self.film.bias)
+        self.film = nn.Linear(d, 2 * (d + self.tap_channels)) if prime and not self.prime_at else None
+        self.films = nn.ModuleDict({str(k): nn.Linear(d, 2 * outs[k].shape[1]) for k in self.prime_at})
+        for film in [self.film, *self.films.values()]:  # each starts as the identity: the unprimed detector
+            if film is not None:
+                nn.init.zeros_(film.weight)
+                nn.init.zeros_(film.bias)
+
+    @property
+    def primed(self) -> bool:
+        """Whether the query modulates features (at the head's input or in the backbone)."""
+        return self.film is not None or bool(self.prime_at)
 
     def train(self, mode: bool = True) -> "QueryDetector":
         super().train(mode)
@@ -81,28 +99,53 @@ class QueryDetector(nn.Module):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> (N, D + C, h, w) frozen features on the head's grid."""
+        """(N, 3, H, W) in [0, 1] -> (N, D + C, h, w) frozen features on the head's grid; with ``prime_at``, the
+        query-independent part: the output of the first primed backbone layer, before its modulation."""
+        if self.prime_at:
+            return self.embedder.backbone[: self.prime_at[0] + 1](self.embedder.backbone_input(images))
         taps: List[torch.Tensor] = []
         hook = self.embedder.backbone[self.tap_index].register_forward_hook(lambda m, i, o: taps.append(o))
         try:
             dense = self.embedder.dense(images)
         finally:
             hook.remove()
-        mid = taps[0]
+        return self._grid_features(dense, taps[0])
+
+    @staticmethod
+    def _grid_features(dense: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
+        """Dense embeddings (N, D, h', w') upsampled to the tap's grid and concatenated with it: (N, D + C, h, w)."""
         dense = F.interpolate(dense, size=mid.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([dense, mid], dim=1).contiguous()
 
+    def primed_features(self, stem: torch.Tensor, primes: torch.Tensor) -> torch.Tensor:
+        """``prime_at``: the first primed layer's output (N, C0, h0, w0) and one query per image (N, D) -> the head's
+        input (N, D + C, h, w), every primed layer's output modulated by the query (FiLM), the frozen layers between."""
+        q = F.normalize(primes, dim=1)
+        x, mid = stem, None
+        for k in range(self.prime_at[0], len(self.embedder.backbone)):
+            if k > self.prime_at[0]:
+                x = self.embedder.backbone[k](x)
+            if str(k) in self.films:
+                scale, shift = self.films[str(k)](q).chunk(2, dim=1)
+                x = x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+            if k == self.tap_index:
+                mid = x
+        return self._grid_features(self.embedder.dense_from_features(x), mid)
+
     def head(self, feats: torch.Tensor, image_size: Tuple[int, int], primes: Optional[torch.Tensor] = None
              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, D + C, h, w) -> objectness logits (N, h, w), boxes (N, h, w, 4) in pixels, region embeddings (N, h, w, D).
+        """``features`` (N, D + C, h, w) -> objectness logits (N, h, w), boxes (N, h, w, 4) in pixels, region embeddings
+        (N, h, w, D).
 
         ``primes`` (N, D): the query embedding of each image, required when the detector is primed.
         """
         d = self.embedder.dim
-        if self.film is not None:
-            if primes is None or primes.shape != (feats.shape[0], d):
-                raise ValueError(f"a primed detector needs one (D={d}) query per image, got "
-                                 f"{None if primes is None else tuple(primes.shape)} for {feats.shape[0]} images")
+        if self.primed and (primes is None or primes.shape != (feats.shape[0], d)):
+            raise ValueError(f"a primed detector needs one (D={d}) query per image, got "
+                             f"{None if primes is None else tuple(primes.shape)} for {feats.shape[0]} images")
+        if self.prime_at:
+            feats = self.primed_features(feats, primes)
+        elif self.film is not None:
             scale, shift = self.film(F.normalize(primes, dim=1)).chunk(2, dim=1)
             feats = feats * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
         t = self.trunk(feats)
@@ -172,7 +215,7 @@ class QueryDetector(nn.Module):
     def detect(self, images: torch.Tensor, queries: torch.Tensor, max_boxes: int = 20, nms_iou: float = 0.5
                ) -> List[List[np.ndarray]]:
         """(N, 3, H, W) images, (Q, D) queries -> [image][query] (n, 5) boxes with scores (``predict`` then ``select``)."""
-        if self.film is not None:
+        if self.primed:
             feats = self.features(images)
             return [self.select_primed(feats[i : i + 1], tuple(images.shape[-2:]), queries, max_boxes, nms_iou)
                     for i in range(len(images))]

@@ -118,22 +118,23 @@ class DetectorLocalizer:
 
 @LOCALIZERS.register("query_detector_primed")
 class PrimedDetectorLocalizer(DetectorLocalizer):
-    """The query-conditioned detector primed by the query (FiLM on its input features, ``QueryDetector(prime=True)``).
+    """The query-conditioned detector primed by the query: FiLM of its input features (``QueryDetector(prime=True)``)
+    or of backbone layers (``prime_at``), as the weights say.
 
     Args:
         model: the image(-text) model the head was trained on.
-        weights: weights from ``metricvision detector train --prime``.
+        weights: weights from ``metricvision detector train --prime`` or ``--prime-at``.
         max_boxes: boxes per query.
         nms_iou: NMS threshold (``fit`` chooses it).
     """
 
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5) -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou)
-        if self.detector.film is None:
+        if not self.detector.primed:
             raise ValueError(f"{weights} holds an unprimed detector; train one with `metricvision detector train --prime`")
 
     def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """(3, H, W) image in [0, 1] -> the frozen features (1, D + C, h, w) and the image size."""
+        """(3, H, W) image in [0, 1] -> the query-independent features (``QueryDetector.features``) and the image size."""
         return self.detector.features(image[None]), tuple(image.shape[-2:])
 
     def boxes(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor) -> List[np.ndarray]:

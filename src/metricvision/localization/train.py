@@ -86,7 +86,7 @@ def identity_references(model, split: str, vendor: str = "google") -> Tuple[torc
 
 
 def scene_features(detector: QueryDetector, scenes: SceneSet) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """Frozen features of every scene, computed once and kept in half precision: (n, D + C, h, w), and the scene size."""
+    """Frozen ``detector.features`` of every scene, computed once and kept in half precision, and the scene size."""
     feats = []
     for s in tqdm(range(0, len(scenes.images), 16), desc="scene features", leave=False, dynamic_ncols=True):
         batch = torch.stack([image_tensor(p) for p in scenes.images[s : s + 16]])
@@ -112,7 +112,7 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
     known = set(ref_ids.tolist())
     boxes = [torch.from_numpy(b).float() for b in scenes.boxes]
     ids = [torch.tensor([i if i in known else -1 for i in x.tolist()], dtype=torch.long) for x in scenes.identities]
-    primed = detector.film is not None
+    primed = detector.primed
     row = {int(r): k for k, r in enumerate(ref_ids.tolist())}
     targets = [row.get(int(q["identity"]), -1) for q in scenes.queries]
     usable = np.array([k for k, t in enumerate(targets) if t >= 0 or not primed])
@@ -139,7 +139,7 @@ def save_detector(detector: QueryDetector, path: str | Path, image_model: Option
 
     state = {k: v.contiguous() for k, v in detector.state_dict().items() if not k.startswith("embedder.")}
     meta = {"image_model": image_model or "", "hidden": str(detector.trunk[0].out_channels), "radius": str(detector.radius),
-            "prime": str(int(detector.film is not None))}
+            "prime": str(int(detector.primed)), "prime_at": ",".join(map(str, detector.prime_at))}
     if crop is not None:
         state.update({f"crop.{k}": v.contiguous() for k, v in crop.state_dict().items() if not k.startswith("embedder.")})
         meta.update({"crop_split": str(crop.split), "crop_side": str(crop.side), "crop_pad": str(crop.pad)})
@@ -157,7 +157,8 @@ def load_detector(path: str | Path, embedder) -> Tuple[QueryDetector, Optional[C
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     det = QueryDetector(embedder, hidden=int(meta.get("hidden", 128)), radius=float(meta.get("radius", 1.5)),
-                        prime=meta.get("prime", "0") == "1")
+                        prime=meta.get("prime", "0") == "1",
+                        prime_at=[int(k) for k in meta.get("prime_at", "").split(",") if k])
     state = load_file(str(path))
     _load_part(det, {k: v for k, v in state.items() if not k.startswith("crop.")}, path)
     crop = None

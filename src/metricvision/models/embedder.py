@@ -90,8 +90,11 @@ class Embedder(nn.Module):
         """(N, 3, H, W) in [0, 1] -> (N, C, h, w) backbone feature maps."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-        x = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        return self.backbone(x)
+        return self.backbone(self.backbone_input(images))
+
+    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> the backbone's input: normalized, in the backbone's memory format."""
+        return ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, D); (N, 2 * D) in training mode with a BNNeck (see the class)."""
@@ -105,7 +108,10 @@ class Embedder(nn.Module):
 
     def dense(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, D, h, w): the head applied at every location, normalized per location."""
-        f = self.features(images)
+        return self.dense_from_features(self.features(images))
+
+    def dense_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) backbone feature maps -> (N, D, h, w): the head at every location, normalized per location."""
         if isinstance(self.head, nn.Linear):
             f = torch.einsum("nchw,dc->ndhw", f, self.head.weight) + self.head.bias.view(1, -1, 1, 1)
         return F.normalize(f, dim=1) if self.normalize else f
