@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from PIL import Image
 
 from metricvision.data import Sample
 from metricvision.kb.model import ImageTextModel
 from metricvision.kb.regions import (REGION_EMBEDDINGS, add_regions, best_regions, enable_regions, kb_proposer, load_regions,
                                      merge_with_regions)
 from metricvision.kb.store import KnowledgeBase
+from metricvision.localization.views import encode_object_queries
 from metricvision.metrics.revisited import mean_average_precision
 
 RULES = ("whole image", "regions", "max(whole, regions)")
@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--detector", help="query_detector weights: regions from its proposals instead of the grid")
     ap.add_argument("--region-embedding", choices=REGION_EMBEDDINGS, default="detector",
                     help="with --detector: regions embedded by the detector or by the image model on their crops")
+    ap.add_argument("--query-views", action="store_true",
+                    help="embed image queries as the mean over their views (metricvision.localization.views)")
     ap.add_argument("--limit", type=int, default=0, help="use the first N scenes (0: all)")
     ap.add_argument("--kb", help="KB folder to build (default: a temporary one)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -113,7 +115,7 @@ def main() -> None:
     identities = sorted(i for i in query_meta if i in boxes)  # a scene may hold 0 instances of its target
     relevant = [boxes[i] for i in identities]
     queries = {
-        "image query": model.encode_images([Image.open(root / query_meta[i]["file_name"]).convert("RGB") for i in identities]),
+        "image query": encode_object_queries(model, [root / query_meta[i]["file_name"] for i in identities], views=a.query_views),
         "name query": model.encode_text([query_meta[i]["name"] for i in identities]),
     }
     print(f"{len(images)} test scenes, {len(identities)} query identities ({np.mean([len(r) for r in relevant]):.2f} "

@@ -25,7 +25,7 @@ per-query work (``boxes``).
         --detector runs/detector.safetensors --primed-detector runs/detector_primed.safetensors \
         --weak-detector runs/detector_weak.safetensors [--mask-ap] [--oracle]
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
-        --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96]
+        --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96] [--query-views]
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from PIL import Image
 from metricvision.kb.model import ImageTextModel
 from metricvision.localization.localizers import LOCALIZERS
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
+from metricvision.localization.views import encode_object_queries
 from metricvision.data.scenes import rle_decode
 from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap
 
@@ -48,9 +49,9 @@ TASKS = ("image query", "name query", "category (name)")
 CLUTTERED = 8  # objects in a scene from which it counts as cluttered
 
 
-def task_queries(model: ImageTextModel, scenes: SceneSet) -> Dict[str, torch.Tensor]:
-    """(n_scenes, D) query embeddings per task."""
-    return {"image query": model.encode_images([Image.open(q["file_name"]).convert("RGB") for q in scenes.queries]),
+def task_queries(model: ImageTextModel, scenes: SceneSet, views: bool = False) -> Dict[str, torch.Tensor]:
+    """(n_scenes, D) query embeddings per task; ``views``: image queries as the mean over their ``object_views``."""
+    return {"image query": encode_object_queries(model, [q["file_name"] for q in scenes.queries], views=views),
             "name query": model.encode_text([q["name"] for q in scenes.queries]),
             "category (name)": model.encode_text([scenes.category_names[q["category_id"]] for q in scenes.queries])}
 
@@ -136,6 +137,9 @@ def main() -> None:
                     help="also print mask AP50 per task (filled boxes for localizers without masks; pycocotools)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a constructor argument of the localizers run, e.g. side=96 (repeatable)")
+    ap.add_argument("--query-views", action="store_true",
+                    help="embed image queries as the mean over their views (rotations, blur, brightness; "
+                         "metricvision.localization.views)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
     ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
     a = ap.parse_args()
@@ -153,7 +157,7 @@ def main() -> None:
                "query_detector_primed": a.primed_detector,
                "peak_response": a.weak_detector}
     names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
-    val_q, test_q = task_queries(model, val), task_queries(model, test)
+    val_q, test_q = task_queries(model, val, a.query_views), task_queries(model, test, a.query_views)
     for name in names:
         extra = {"weights": weights[name], **options} if name in weights else dict(options)
         locs = {task: LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra) for task in TASKS}

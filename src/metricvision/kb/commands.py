@@ -86,6 +86,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="use the KB's trained combiner for composed queries when it has one")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata filter (repeatable)")
     p.add_argument("--boxes", action="store_true", help="localize the query in each hit")
+    p.add_argument("--object-views", action="store_true",
+                   help="embed the query image as the mean over its views (rotations, blur, brightness): an object "
+                        "rendered on a plain background, looked for in scenes")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_search)
 
@@ -196,7 +199,7 @@ def _search(args: argparse.Namespace) -> Any:
     kb = KnowledgeBase.open(args.kb)
     combiner = load_combiner(kb) if args.combiner == "auto" else None
     hits = search(kb, image=args.image, text=args.text, k=args.k, filters=parse_filters(args.filter),
-                  with_heatmap=args.boxes, text_weight=args.text_weight, combiner=combiner)
+                  with_heatmap=args.boxes, text_weight=args.text_weight, combiner=combiner, object_views=args.object_views)
     for h in hits:
         h.pop("heatmap", None)
     if args.json:

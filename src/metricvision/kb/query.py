@@ -96,6 +96,7 @@ def embed_query(
     text: Optional[str] = None,
     text_weight: float = 0.5,
     combiner: Optional[Combiner] = None,
+    object_views: bool = False,
 ) -> torch.Tensor:
     """(D,) normalized query: the image's or the text's embedding, or both composed.
 
@@ -105,11 +106,14 @@ def embed_query(
         text: the text.
         text_weight: weight of the text in the weighted sum (composed queries without combiner).
         combiner: a trained Combiner; used for composed queries when given.
+        object_views: embed the image as the mean over its ``localization.views.object_views``.
     """
+    from metricvision.localization.views import encode_object_queries
+
     text = text.strip() if text else None
     if image is None and not text:
         raise ValueError("a query needs an image, a text, or both")
-    img = kb.model.encode_images([image]) if image is not None else None
+    img = encode_object_queries(kb.model, [image], views=object_views) if image is not None else None
     txt = encode_text_cached(kb.model, text) if text else None
     if img is None:
         return txt[0]
@@ -158,10 +162,12 @@ def search(
     mode: str = "vector",
     heatmap_top: Optional[int] = None,
     deadline: Optional[float] = None,
+    object_views: bool = False,
 ) -> List[Dict[str, Any]]:
     """Top-k items for a query.
 
     Args:
+        object_views: embed the query image as the mean over its views (``embed_query``).
         mode: "vector" (embeddings), "keyword" (BM25 over captions, needs a text) or "hybrid"
             (both ranked lists fused by reciprocal rank fusion; the score is the fused one).
         heatmap_top: heat maps only for the first this many hits (default: all k).
@@ -181,7 +187,7 @@ def search(
         raise ValueError(f"mode must be one of {MODES}, got '{mode}'")
     if mode != "vector" and not (text and text.strip()):
         raise ValueError(f"mode '{mode}' needs a text")
-    q = embed_query(kb, image, text, text_weight, combiner) if mode != "keyword" or with_heatmap else None
+    q = embed_query(kb, image, text, text_weight, combiner, object_views) if mode != "keyword" or with_heatmap else None
     regions: Dict[int, List[Dict[str, Any]]] = {}
     if mode == "keyword":
         scores, ids = kb.keyword_search(text, k, filters)

@@ -100,9 +100,11 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
     """Train the detector head (AdamW, cosine schedule) on the scenes; returns the logs every ``log_every`` steps.
 
     Objects whose identity has no reference (id -1) are still objects (objectness, box);
-    they have no positive reference in the metric losses. A primed detector learns each
-    scene's target objects only, primed by the target's reference from one of ``refs``
-    drawn at random; scenes whose target has no reference are left out.
+    they have no positive reference in the metric losses. A primed detector learns, per
+    scene and step, the objects of one identity only, primed by its reference from one of
+    ``refs`` drawn at random: half the time the scene's query target (which may be absent),
+    otherwise an identity drawn among those in the scene that have a reference; scenes whose
+    target has no reference are left out.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
@@ -116,17 +118,19 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
     row = {int(r): k for k, r in enumerate(ref_ids.tolist())}
     targets = [row.get(int(q["identity"]), -1) for q in scenes.queries]
     usable = np.array([k for k, t in enumerate(targets) if t >= 0 or not primed])
-    if primed:
-        boxes = [b[x == ref_ids[targets[k]]] if targets[k] >= 0 else b[:0] for k, (b, x) in enumerate(zip(boxes, ids))]
-        ids = [x[x == ref_ids[targets[k]]] if targets[k] >= 0 else x[:0] for k, x in enumerate(ids)]
+    present = [sorted(row[i] for i in set(x.tolist()) if i >= 0) for x in ids]  # reference rows in each scene
     metric = LOSSES.create(loss)
     head = HeadSteps(detector, lr, steps, log_every, desc="detector")
     detector.train()
     for _ in range(steps):
         pick = rng.choice(usable, size=min(batch_size, len(usable)), replace=False)
-        primes = torch.stack([refs[int(rng.integers(len(refs)))][targets[i]] for i in pick]) if primed else None
-        total, info = detection_losses(detector, feats_all[pick].float(), size, [boxes[i] for i in pick],
-                                       [ids[i] for i in pick], refs, ref_ids, metric, primes=primes)
+        b, x, primes = [boxes[i] for i in pick], [ids[i] for i in pick], None
+        if primed:  # one identity per scene: its objects are the targets, its reference the prime
+            rows = [targets[i] if rng.random() < 0.5 or not present[i] else present[i][int(rng.integers(len(present[i])))]
+                    for i in pick]
+            b, x = [bb[xx == ref_ids[r]] for bb, xx, r in zip(b, x, rows)], [xx[xx == ref_ids[r]] for xx, r in zip(x, rows)]
+            primes = torch.stack([refs[int(rng.integers(len(refs)))][r] for r in rows])
+        total, info = detection_losses(detector, feats_all[pick].float(), size, b, x, refs, ref_ids, metric, primes=primes)
         head.step(total, **info)
     detector.eval()
     return head.logs
