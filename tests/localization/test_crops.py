@@ -118,3 +118,24 @@ def test_a_backbone_primed_detector_trains_on_the_target_only_and_round_trips(mo
     image = image_tensor(scenes.images[0])
     expected = det.detect(image[None], refs[:2], max_boxes=3)[0]
     assert all(np.allclose(a, b) for a, b in zip(loc.localize(image, refs[:2]), expected))
+
+
+def test_a_primed_detector_starts_from_a_trained_unprimed_head(model, tmp_path):
+    from metricvision.localization.train import init_head, train_detector
+
+    torch.manual_seed(0)
+    plain = QueryDetector(model.embedder, hidden=8)
+    with torch.no_grad():
+        plain.match.add_(1.0)
+    save_detector(plain, tmp_path / "plain.safetensors")
+    deep = QueryDetector(model.embedder, hidden=8, prime_at=[10, 13])
+    init_head(deep, tmp_path / "plain.safetensors")
+    images = torch.rand(1, 3, 96, 96)
+    queries = F.normalize(torch.randn(1, model.dim), dim=1)
+    for a, b in zip(plain.head(plain.features(images), (96, 96)), deep.head(deep.features(images), (96, 96), primes=queries)):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="does not hold a head of this detector's shape"):
+        init_head(QueryDetector(model.embedder, hidden=16), tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="prime_targets must be one of"):
+        train_detector(deep, read_scenes(build_scenes(tmp_path / "s", "train", 1, seed=0, cfg=SceneConfig(size=64))),
+                       torch.tensor([0]), [queries], steps=1, prime_targets="some")

@@ -36,6 +36,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--prime-at", type=int, nargs="+", default=[], metavar="LAYER",
                    help="train a primed detector whose query modulates (FiLM) these backbone layers' outputs, e.g. 6 10 13 "
                         "(MobileNetV2: stride 8 and 16); the frozen layers after them run on the modulated features"),
+    t.add_argument("--prime-targets", choices=("query", "all"), default="query",
+                   help="a primed detector's targets: the objects of the prime's identity only (default), or all objects")
+    t.add_argument("--init", help="start the head from these detector weights (e.g. the unprimed detector, to prime it)")
     t.add_argument("--weak", action="store_true",
                    help="train from image-level labels only (peak_response, a simplified PRM); --steps applies")
     t.add_argument("--crop-steps", type=int, default=600,
@@ -66,7 +69,7 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.localization.crops import CropEmbedder, crop_stems, train_crop_embedder
     from metricvision.localization.detector import QueryDetector
     from metricvision.localization.prm import train_weak
-    from metricvision.localization.train import (identity_references, image_tensor, read_scenes, save_detector,
+    from metricvision.localization.train import (identity_references, image_tensor, init_head, read_scenes, save_detector,
                                                  scene_features, train_detector)
 
     start = time.time()
@@ -74,13 +77,15 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
     scenes = read_scenes(args.scenes, limit=args.max_scenes)
     ref_ids, refs = identity_references(model, "train")
     det = QueryDetector(model.embedder, prime=args.prime, prime_at=args.prime_at)
+    if args.init:
+        init_head(det, args.init)
     if args.weak:  # image-level labels: the identities each scene holds, not where
         feats, size = scene_features(det, scenes)
         present = [torch.from_numpy(x) for x in scenes.identities]
         logs = train_weak(det, feats, present, refs, ref_ids, size, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     else:
         logs = train_detector(det, scenes, ref_ids, refs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              loss=args.loss)
+                              loss=args.loss, prime_targets=args.prime_targets)
     crop = None
     if args.crop_steps > 0 and not args.weak:
         crop = CropEmbedder(model.embedder)

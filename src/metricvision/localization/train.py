@@ -22,6 +22,8 @@ from metricvision.localization.crops import CropEmbedder
 from metricvision.localization.detector import QueryDetector, HeadSteps, detection_losses
 from metricvision.losses import LOSSES
 
+PRIME_TARGETS = ("query", "all")
+
 
 @dataclass
 class SceneSet:
@@ -96,18 +98,21 @@ def scene_features(detector: QueryDetector, scenes: SceneSet) -> Tuple[torch.Ten
 
 def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Tensor, refs: Sequence[torch.Tensor],
                    steps: int = 2000, batch_size: int = 8, lr: float = 1e-3, loss: str = "infonce", seed: int = 0,
-                   log_every: int = 100) -> List[dict]:
+                   log_every: int = 100, prime_targets: str = "query") -> List[dict]:
     """Train the detector head (AdamW, cosine schedule) on the scenes; returns the logs every ``log_every`` steps.
 
     Objects whose identity has no reference (id -1) are still objects (objectness, box);
-    they have no positive reference in the metric losses. A primed detector learns, per
-    scene and step, the objects of one identity only, primed by its reference from one of
-    ``refs`` drawn at random: half the time the scene's query target (which may be absent),
-    otherwise an identity drawn among those in the scene that have a reference; scenes whose
-    target has no reference are left out.
+    they have no positive reference in the metric losses. A primed detector is primed, per
+    scene and step, by the reference (from one of ``refs``, drawn at random) of one identity:
+    half the time the scene's query target (which may be absent), otherwise an identity drawn
+    among those in the scene that have a reference; scenes whose target has no reference are
+    left out. With ``prime_targets="query"`` its targets are that identity's objects only; with
+    "all", every object, as unprimed (the prime then serves the region embeddings' match).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if prime_targets not in PRIME_TARGETS:
+        raise ValueError(f"prime_targets must be one of {PRIME_TARGETS}, got '{prime_targets}'")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     feats_all, size = scene_features(detector, scenes)
@@ -125,10 +130,11 @@ def train_detector(detector: QueryDetector, scenes: SceneSet, ref_ids: torch.Ten
     for _ in range(steps):
         pick = rng.choice(usable, size=min(batch_size, len(usable)), replace=False)
         b, x, primes = [boxes[i] for i in pick], [ids[i] for i in pick], None
-        if primed:  # one identity per scene: its objects are the targets, its reference the prime
+        if primed:  # one identity per scene: its reference the prime, its objects the targets ("query")
             rows = [targets[i] if rng.random() < 0.5 or not present[i] else present[i][int(rng.integers(len(present[i])))]
                     for i in pick]
-            b, x = [bb[xx == ref_ids[r]] for bb, xx, r in zip(b, x, rows)], [xx[xx == ref_ids[r]] for xx, r in zip(x, rows)]
+            if prime_targets == "query":
+                b, x = [bb[xx == ref_ids[r]] for bb, xx, r in zip(b, x, rows)], [xx[xx == ref_ids[r]] for xx, r in zip(x, rows)]
             primes = torch.stack([refs[int(rng.integers(len(refs)))][r] for r in rows])
         total, info = detection_losses(detector, feats_all[pick].float(), size, b, x, refs, ref_ids, metric, primes=primes)
         head.step(total, **info)
@@ -149,6 +155,20 @@ def save_detector(detector: QueryDetector, path: str | Path, image_model: Option
         meta.update({"crop_split": str(crop.split), "crop_side": str(crop.side), "crop_pad": str(crop.pad)})
     with atomic_write(path) as f:
         f.write(save(state, metadata=meta))
+
+
+def init_head(detector: QueryDetector, path: str | Path) -> None:
+    """Start ``detector``'s head (trunk, objectness, boxes, residual, match) from the weights of another detector,
+    e.g. an unprimed one that is to be primed; its FiLM maps, if any, keep their identity start."""
+    from safetensors.torch import load_file
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"detector weights {path} not found; train them with `metricvision detector train`")
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(("crop.", "film.", "films."))}
+    own = {k for k in detector.state_dict() if not k.startswith(("embedder.", "film.", "films."))}
+    if set(state) != own or any(state[k].shape != detector.state_dict()[k].shape for k in own):
+        raise ValueError(f"{path} does not hold a head of this detector's shape (hidden {detector.trunk[0].out_channels})")
+    detector.load_state_dict(state, strict=False)
 
 
 def load_detector(path: str | Path, embedder) -> Tuple[QueryDetector, Optional[CropEmbedder]]:
