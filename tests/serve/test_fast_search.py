@@ -32,6 +32,7 @@ def multipart(fields):
     {"text": "blue square", "mode": "hybrid", "k": 4},
     {"text": "square", "mode": "keyword", "k": 6},
     {"item_id": "4", "k": 2},
+    {"item_id": "4", "k": 2, "object_views": "true"},
     {"text": "red circle", "k": 2, "with_heatmap": "true", "heatmap_top": 1},
 ])
 def test_form_and_json_bodies_equal_the_multipart_path(client, fields):
@@ -48,6 +49,9 @@ def test_json_body_takes_native_types_and_filter_objects(client):
     assert len(hits) == 8 and {h["metadata"]["shape"] for h in hits} == {"circle"}
     r = client.post("/v1/search", json={"text": "red circle", "k": 1, "with_heatmap": True, "text_weight": 1})
     assert r.status_code == 200 and "heatmap" in r.json()["hits"][0]
+    plain = client.post("/v1/search", json={"item_id": "4", "k": 1}).json()["hits"][0]
+    viewed = client.post("/v1/search", json={"item_id": "4", "k": 1, "object_views": True}).json()["hits"][0]
+    assert plain["score"] == pytest.approx(1.0, abs=1e-4) and viewed["score"] < plain["score"] - 1e-4  # its views, not itself
 
 
 @pytest.mark.parametrize("fields, message", [

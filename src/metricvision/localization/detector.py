@@ -20,8 +20,8 @@ instead, early and middle ones, and the frozen layers after them run on the modu
 features, as priming in Rosenfeld et al. 2018 modulates the backbone's own layers (here with
 the backbone's weights frozen: only the FiLM maps and the head learn, the gradient passing
 through the frozen layers; the features up to the first primed layer are computed once per
-image). A primed detector is trained on the objects of the scene's target identity only, the
-query being the target's reference (another vendor's rendering or the name).
+image). A primed detector is trained with one identity's reference (another vendor's rendering
+or the name) as the prime of each scene (``train.train_detector``).
 """
 from __future__ import annotations
 
@@ -126,8 +126,7 @@ class QueryDetector(nn.Module):
             if k > self.prime_at[0]:
                 x = self.embedder.backbone[k](x)
             if str(k) in self.films:
-                scale, shift = self.films[str(k)](q).chunk(2, dim=1)
-                x = x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+                x = _film(self.films[str(k)], x, q)
             if k == self.tap_index:
                 mid = x
         return self._grid_features(self.embedder.dense_from_features(x), mid)
@@ -146,8 +145,7 @@ class QueryDetector(nn.Module):
         if self.prime_at:
             feats = self.primed_features(feats, primes)
         elif self.film is not None:
-            scale, shift = self.film(F.normalize(primes, dim=1)).chunk(2, dim=1)
-            feats = feats * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+            feats = _film(self.film, feats, F.normalize(primes, dim=1))
         t = self.trunk(feats)
         h, w = feats.shape[-2:]
         sy, sx = image_size[0] / h, image_size[1] / w
@@ -220,6 +218,12 @@ class QueryDetector(nn.Module):
             return [self.select_primed(feats[i : i + 1], tuple(images.shape[-2:]), queries, max_boxes, nms_iou)
                     for i in range(len(images))]
         return self.select(self.predict(images), queries, max_boxes=max_boxes, nms_iou=nms_iou)
+
+
+def _film(linear: nn.Linear, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """FiLM: (N, C, h, w) features scaled by 1 + and shifted by the two halves of ``linear`` of the (N, D) queries."""
+    scale, shift = linear(q).chunk(2, dim=1)
+    return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
 def assign_targets(boxes: torch.Tensor, grid: Tuple[int, int], image_size: Tuple[int, int], radius: float

@@ -195,9 +195,10 @@ def create_app(
         heatmap_top: int = Form(HEATMAP_TOP),
         text_weight: float = Form(0.5),
         mode: str = Form("vector"),
+        object_views: bool = Form(False),
     ) -> Response:
         # form and JSON bodies are answered by FastSearch before they get here; multipart ones come here
-        query = SearchQuery(text, item_id, k, filters, with_heatmap, heatmap_top, text_weight, mode)
+        query = SearchQuery(text, item_id, k, filters, with_heatmap, heatmap_top, text_weight, mode, object_views)
         query.check()
         upload = await image.read(max_upload_bytes + 1) if image is not None and image.filename else None
         return Response(await searcher.answer(query, upload), media_type="application/json")
