@@ -1,5 +1,6 @@
-"""Three details of the web page, in a real headless Chromium against the real server: heat maps
-off by default and boxes only on confident hits, full names on hover, no broken image for an unknown id."""
+"""Details of the web page, in a real headless Chromium against the real server: heat maps
+off by default and boxes only on confident hits, object views from the URL, full names on hover, no broken image
+for an unknown id."""
 import pytest
 
 from test_browser import CHROMIUM, DRIVER, browser, captions, server, wait_for  # noqa: F401  (fixtures)
@@ -27,6 +28,21 @@ def test_heat_off_by_default_and_boxes_only_on_confident_hits(server, browser): 
     boxed = [bool(h.find_elements(By.CSS_SELECTOR, ".box")) for h in hits]
     assert boxed[0] and all(b == (s >= 0.75 * max(scores)) for b, s in zip(boxed, scores) if b)
     assert not all(boxed)  # the weak hits of 8 carry no box
+
+
+def test_object_views_follow_the_url_and_reach_the_search(server, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    def top_score() -> float:
+        return float(browser.find_element(By.CSS_SELECTOR, "#results .hit .score").text.split("score ")[1])
+
+    browser.get(server + "/?item=4&k=3")
+    wait_for(browser, lambda d: len(captions(d)) == 3)
+    assert not browser.find_element(By.ID, "views").is_selected() and top_score() == pytest.approx(1.0, abs=1e-3)
+    browser.get(server + "/?item=4&k=3&views=1")
+    wait_for(browser, lambda d: len(captions(d)) == 3)
+    assert browser.find_element(By.ID, "views").is_selected()
+    assert top_score() < 0.999  # the item's views, not the item itself
 
 
 def test_full_names_on_hover(server, browser):  # noqa: F811

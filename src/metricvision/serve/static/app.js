@@ -1,4 +1,4 @@
-// metricvision search page: plain JS, no build step. Query state (text, k, item, heat, weight) lives in the URL.
+// metricvision search page: plain JS, no build step. Query state (text, k, item, heat, views, weight) lives in the URL.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -77,6 +77,7 @@ function stateToUrl() {
   if (itemQuery !== null) p.set("item", String(itemQuery));
   p.set("k", $("k").value);
   if ($("heat").checked) p.set("heat", "1");
+  if ($("views").checked) p.set("views", "1");
   if ($("weight").value !== "0.5") p.set("w", $("weight").value);
   if ($("mode").value !== "vector") p.set("mode", $("mode").value);
   history.pushState(null, "", "?" + p.toString());
@@ -87,6 +88,7 @@ function urlToState() {
   $("text").value = p.get("q") || "";
   $("k").value = p.get("k") || "12";
   $("heat").checked = p.get("heat") === "1";
+  $("views").checked = p.get("views") === "1";
   $("weight").value = p.get("w") || "0.5";
   $("mode").value = ["hybrid", "keyword"].includes(p.get("mode")) ? p.get("mode") : "vector";
   const item = p.get("item");
@@ -212,6 +214,7 @@ async function runSearch(pushUrl) {
   else if (itemQuery !== null) form.append("item_id", String(itemQuery));
   form.append("k", $("k").value);
   form.append("with_heatmap", $("heat").checked ? "true" : "false");
+  form.append("object_views", $("views").checked ? "true" : "false");
   form.append("text_weight", $("weight").value);
   form.append("mode", $("mode").value);
   setStatus("Searching…");
