@@ -31,6 +31,9 @@ def test_object_views_rotate_blur_and_relight_on_the_images_own_background():
     blurred, darker, brighter = (np.asarray(v, np.float32) for v in views[-3:])
     assert blurred[20, 5:8].std() > 0 and 0 < blurred[15, 20, 1] < 255  # the edges are soft
     assert darker[20, 20, 0] == pytest.approx(200 * 0.75, abs=1) and brighter[20, 20, 0] == pytest.approx(250, abs=1)
+    assert {v.size for v in object_views(np.zeros((1500, 2000, 3), np.uint8))} == {(512, 384)}  # a photograph, reduced
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        object_views("missing.png")
 
 
 def test_object_queries_are_the_normalized_mean_of_their_views_embeddings(model):

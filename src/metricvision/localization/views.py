@@ -20,11 +20,16 @@ from metricvision.data.sample import load_image
 ANGLES = (-25.0, -18.0, -12.0, -6.0, 6.0, 12.0, 18.0, 25.0)
 BLUR_RADIUS = 1.0
 BRIGHTNESS = (0.75, 1.25)
+MAX_SIDE = 512
 
 
-def object_views(image: Any) -> List[Image.Image]:
-    """One query image (path, array or PIL) -> its 12 views: itself, 8 rotations, a blur, 2 brightness changes."""
+def object_views(image: Any, max_side: int = MAX_SIDE) -> List[Image.Image]:
+    """One query image (path, array or PIL) -> its 12 views: itself, 8 rotations, a blur, 2 brightness changes;
+    an image larger than ``max_side`` is first reduced to it (the image model sees far fewer pixels anyway)."""
     im = load_image(image)
+    if max(im.size) > max_side:
+        im = im.copy()
+        im.thumbnail((max_side, max_side), Image.BILINEAR)
     fill = im.getpixel((0, 0))  # the background of a rendering on a plain canvas
     views = [im] + [im.rotate(a, resample=Image.BICUBIC, fillcolor=fill) for a in ANGLES]
     views.append(im.filter(ImageFilter.GaussianBlur(BLUR_RADIUS)))
