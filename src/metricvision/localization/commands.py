@@ -34,8 +34,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--prime", action="store_true",
                    help="train a primed detector (query_detector_primed: FiLM of the head's input features by the query)")
     t.add_argument("--prime-at", type=int, nargs="+", default=[], metavar="LAYER",
-                   help="train a primed detector whose query modulates (FiLM) these backbone layers' outputs, e.g. 6 10 13 "
-                        "(MobileNetV2: stride 8 and 16); the frozen layers after them run on the modulated features"),
+                   help="train a primed detector whose query modulates (FiLM) these backbone layers' outputs, e.g. 7 10 13 "
+                        "(MobileNetV2's stride-16 stage); the frozen layers after them run on the modulated features")
     t.add_argument("--prime-targets", choices=("query", "all"), default="query",
                    help="a primed detector's targets: the objects of the prime's identity only (default), or all objects")
     t.add_argument("--init", help="start the head from these detector weights (e.g. the unprimed detector, to prime it)")
