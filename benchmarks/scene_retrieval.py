@@ -32,7 +32,7 @@ from metricvision.kb.model import ImageTextModel
 from metricvision.kb.regions import (REGION_EMBEDDINGS, add_regions, best_regions, enable_regions, kb_proposer, load_regions,
                                      merge_with_regions)
 from metricvision.kb.store import KnowledgeBase
-from metricvision.localization.views import encode_object_queries
+from metricvision.kb.views import encode_object_queries
 from metricvision.metrics.revisited import mean_average_precision
 
 RULES = ("whole image", "regions", "max(whole, regions)")
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--region-embedding", choices=REGION_EMBEDDINGS, default="detector",
                     help="with --detector: regions embedded by the detector or by the image model on their crops")
     ap.add_argument("--query-views", action="store_true",
-                    help="embed image queries as the mean over their views (metricvision.localization.views)")
+                    help="embed image queries as the mean over their views (metricvision.kb.views)")
     ap.add_argument("--limit", type=int, default=0, help="use the first N scenes (0: all)")
     ap.add_argument("--kb", help="KB folder to build (default: a temporary one)")
     ap.add_argument("--json", help="also write the figures to this file")

@@ -41,7 +41,7 @@ from PIL import Image
 from metricvision.kb.model import ImageTextModel
 from metricvision.localization.localizers import LOCALIZERS
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
-from metricvision.localization.views import encode_object_queries
+from metricvision.kb.views import encode_object_queries
 from metricvision.data.scenes import rle_decode
 from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap
 
@@ -139,7 +139,7 @@ def main() -> None:
                     help="a constructor argument of the localizers run, e.g. side=96 (repeatable)")
     ap.add_argument("--query-views", action="store_true",
                     help="embed image queries as the mean over their views (rotations, blur, brightness; "
-                         "metricvision.localization.views)")
+                         "metricvision.kb.views)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
     ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
     a = ap.parse_args()

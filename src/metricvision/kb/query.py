@@ -17,6 +17,7 @@ from metricvision.kb.localize import boxes_from_map, heatmap_png, similarity_map
 from metricvision.kb.model import ImageTextModel
 from metricvision.kb.regions import best_regions, has_regions, load_regions, merge_with_regions
 from metricvision.kb.store import KnowledgeBase
+from metricvision.kb.views import encode_object_queries
 
 COMBINER_FILE = "combiner.safetensors"
 MODES = ("vector", "keyword", "hybrid")
@@ -106,10 +107,8 @@ def embed_query(
         text: the text.
         text_weight: weight of the text in the weighted sum (composed queries without combiner).
         combiner: a trained Combiner; used for composed queries when given.
-        object_views: embed the image as the mean over its ``localization.views.object_views``.
+        object_views: embed the image as the mean over its ``kb.views.object_views``.
     """
-    from metricvision.localization.views import encode_object_queries
-
     text = text.strip() if text else None
     if image is None and not text:
         raise ValueError("a query needs an image, a text, or both")

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from metricvision.kb.model import ImageTextModel, ModelCard
-from metricvision.localization.views import ANGLES, encode_object_queries, object_views
+from metricvision.kb.views import ANGLES, encode_object_queries, object_views
 
 
 @pytest.fixture(scope="module")

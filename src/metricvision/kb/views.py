@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageFilter
 
-from metricvision.data.sample import load_image
+from metricvision.data import load_image
 
 ANGLES = (-25.0, -18.0, -12.0, -6.0, 6.0, 12.0, 18.0, 25.0)
 BLUR_RADIUS = 1.0
