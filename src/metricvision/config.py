@@ -47,6 +47,7 @@ class ModelConfig:
     neck: str = "none"  # or "bnneck"
     last_stride: int = 2  # 1: the last downsampling at stride 1 (re-ID ResNets, dense maps of MobileNets)
     frozen_bn: bool = False  # the backbone's batch norms keep their pretrained statistics in training
+    taps: List[int] = field(default_factory=list)  # backbone layers joining the last map (hypercolumn), e.g. [13, 16]
 
 
 @dataclass

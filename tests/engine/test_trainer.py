@@ -109,3 +109,14 @@ def test_a_hook_drawing_fewer_batches_than_the_schedule_counts_is_warned(tmp_pat
     t = Trainer(tiny_recipe("train.epochs=1"), tmp_path / "run", train, test, hooks=[FewerBatches()])
     with pytest.warns(UserWarning, match=f"FewerBatches drew 2 batches for epoch 1; the schedule counts {len(t.sampler)}"):
         t.train_epoch(0)
+
+
+def test_a_recipe_with_taps_trains_a_hypercolumn_and_reloads(tmp_path, emoji_small):
+    train, test = emoji_small
+    t = Trainer(tiny_recipe("train.epochs=1", "model.taps=[2, 4]"), tmp_path / "run", train, test)
+    t.fit()
+    recipe, model = load_run(tmp_path / "run")
+    assert recipe.model.taps == [2, 4] and model.taps == (2, 4) and model.head.in_features == 256 + 64 + 128
+    x = torch.rand(2, 3, 24, 24)
+    t.model.eval()
+    assert torch.allclose(model(x), t.model(x), atol=1e-6)

@@ -64,3 +64,19 @@ def test_alignment_starts_from_a_trained_runs_backbone_and_pooling(tmp_path, emo
         assert torch.equal(model.embedder.backbone.state_dict()[k], v), k
     with pytest.raises(ValueError, match="has backbone 'small_cnn', expected 'mobilenet_v2'"):
         train_alignment(shape_classes(), create_text_encoder("hashing"), image_size=32, epochs=1, init_run=str(run))
+
+
+def test_alignment_with_taps_trains_the_hypercolumn_head_and_round_trips(tmp_path):
+    from metricvision.kb.model import ImageTextModel, save_image_model
+
+    samples = shape_classes()
+    model, logs = train_alignment(samples, create_text_encoder("hashing"), image_size=32, epochs=2, batch_size=8,
+                                  taps=[13, 16])
+    assert model.card.taps == [13, 16] and model.embedder.head.in_features == 1280 + 96 + 160 and len(logs) == 2
+    card = save_image_model(model.embedder, tmp_path / "m.safetensors", 32, "hashing")
+    again = ImageTextModel.from_checkpoint(card.checkpoint)
+    assert again.card.taps == [13, 16] and again.embedder.taps == (13, 16)
+    images = [s.image for s in samples[:4]]
+    torch.testing.assert_close(again.encode_images(images), model.encode_images(images))
+    with pytest.raises(ValueError, match=r"tune_blocks needs an embedder without taps"):
+        train_alignment(samples, create_text_encoder("hashing"), image_size=32, epochs=1, tune_blocks=1, taps=[13])

@@ -58,6 +58,8 @@ def split_backbone(embedder: Embedder, tune_blocks: int) -> Tuple[nn.Module, nn.
     """(frozen trunk, tuned top): the backbone's last ``tune_blocks`` children form the top."""
     if tune_blocks == 0:
         return embedder.backbone, nn.Sequential()
+    if embedder.taps:
+        raise ValueError(f"tune_blocks needs an embedder without taps, got taps {list(embedder.taps)} and tune_blocks {tune_blocks}")
     if not isinstance(embedder.backbone, nn.Sequential) or not 0 < tune_blocks <= len(embedder.backbone):
         n = len(embedder.backbone) if isinstance(embedder.backbone, nn.Sequential) else 0
         raise ValueError(f"tune_blocks must be in [0, {n}] for backbone {embedder.backbone_name}, got {tune_blocks}")
@@ -67,12 +69,13 @@ def split_backbone(embedder: Embedder, tune_blocks: int) -> Tuple[nn.Module, nn.
 
 @torch.no_grad()
 def trunk_features(embedder: Embedder, trunk: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, C, h, w) outputs of the frozen trunk (the whole backbone when nothing is tuned), eval mode."""
+    """(N, 3, H, W) -> (N, C, h, w) outputs of the frozen trunk, eval mode; when nothing is tuned (``trunk`` is the
+    whole backbone) the Embedder's feature maps, its hypercolumn included."""
     embedder.eval()
+    whole = trunk is embedder.backbone
     out = []
     for b in tqdm(images.split(batch_size), desc="backbone features", unit="batch", leave=False):
-        x = ((b - embedder.mean) / embedder.std).contiguous(memory_format=embedder.memory_format)
-        out.append(trunk(x))
+        out.append(embedder.features(b) if whole else trunk(embedder.backbone_input(b)))
     return torch.cat(out)
 
 
@@ -92,6 +95,7 @@ def train_alignment(
     text_layers: int = 0,
     text_lr: float = 1e-4,
     init_run: Optional[str] = None,
+    taps: Sequence[int] = (),
 ) -> Tuple[ImageTextModel, List[Dict[str, float]]]:
     """Align a pretrained Embedder (head, and optionally its last blocks) to the text space of ``text``.
 
@@ -118,14 +122,15 @@ def train_alignment(
         text_lr: their learning rate.
         init_run: a `metricvision train` run folder whose trained backbone and pooling (same backbone name)
             replace the pretrained ones: an image representation metric-learned on the same training split.
+        taps: backbone layers whose outputs join the last map (the Embedder's hypercolumn; not with tune_blocks).
 
     Returns:
         the aligned model (card with text_model set; its text encoder carries the tuned weights) and per-epoch logs.
     """
     torch.manual_seed(seed)
-    embedder = _initial_embedder(backbone, text.dim, init_run)
+    embedder = _initial_embedder(backbone, text.dim, init_run, taps)
     card = ModelCard(backbone=backbone, pooling=pooling_name(embedder), dim=text.dim, head=True, image_size=image_size,
-                     pretrained=True, text_model=text.name)
+                     pretrained=True, text_model=text.name, taps=list(embedder.taps))
     model = ImageTextModel(card, embedder)
     trunk, top = split_backbone(embedder, tune_blocks)
     classes, _ = class_captions(samples)
@@ -157,7 +162,7 @@ def train_alignment(
         for s in range(0, len(feats), batch_size):
             b = order[s : s + batch_size]
             pick = _pick_variants(owner, len(classes))
-            z = F.normalize(embedder.head(embedder.pool(top(feats[b]))), dim=1)
+            z = F.normalize(embedder.embed_features(top(feats[b])), dim=1)
             if text_top is None:
                 refs = flat[pick]
             else:  # the batch's classes through the tuned layers (with gradients), the rest from the epoch's start
@@ -177,16 +182,16 @@ def train_alignment(
     return model, logs
 
 
-def _initial_embedder(backbone: str, dim: int, init_run: Optional[str]) -> Embedder:
+def _initial_embedder(backbone: str, dim: int, init_run: Optional[str], taps: Sequence[int] = ()) -> Embedder:
     """The pretrained ``backbone`` with average pooling and a new (dim) head, or the backbone and pooling of a run."""
     if init_run is None:
-        return Embedder(backbone, pooling="avg", dim=dim, pretrained=True)
+        return Embedder(backbone, pooling="avg", dim=dim, pretrained=True, taps=taps)
     from metricvision.engine.runs import load_run
 
     recipe, trained = load_run(init_run)
     if trained.backbone_name != backbone:
         raise ValueError(f"init_run {init_run} has backbone '{trained.backbone_name}', expected '{backbone}'")
-    embedder = Embedder(backbone, pooling=recipe.model.pooling, dim=dim, pretrained=False)
+    embedder = Embedder(backbone, pooling=recipe.model.pooling, dim=dim, pretrained=False, taps=taps)
     embedder.backbone.load_state_dict(trained.backbone.state_dict())
     embedder.pool.load_state_dict(trained.pool.state_dict())
     return embedder

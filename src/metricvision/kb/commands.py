@@ -71,6 +71,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="train on the names only, not also on subcategory, short names and a prompt")
     p.add_argument("--init-run", help="start from the backbone and pooling of this `metricvision train` run "
                    "(trained on the same emoji train split) instead of the ImageNet ones")
+    p.add_argument("--taps", type=int, nargs="*", default=[],
+                   help="backbone layers whose outputs join the last map, a hypercolumn (e.g. 13 16; default: none)")
     p.add_argument("--dataset-path", help="emoji dataset file (default: the packaged one)")
     p.add_argument("--build-kb", action="store_true", help="also build DIR/kb from the test split")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -178,7 +180,7 @@ def _align(args: argparse.Namespace) -> Dict[str, Any]:
     return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs, dataset_path=args.dataset_path,
                          build_kb=args.build_kb, image_size=args.image_size, tune_blocks=args.tune_blocks,
                          backbone_lr=args.backbone_lr, loss=args.loss, extra_texts=not args.no_extra_texts,
-                         text_layers=args.text_layers, text_lr=args.text_lr, init_run=args.init_run)
+                         text_layers=args.text_layers, text_lr=args.text_lr, init_run=args.init_run, taps=args.taps)
 
 
 def parse_filters(items: List[str]) -> Dict[str, Any]:

@@ -10,9 +10,9 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ class ModelCard:
         text_model: text encoder whose space the image embeddings live in, None when not aligned.
         text_tuned: the checkpoint also holds tuned weights of the text model (keys ``TEXT_PREFIX`` + its
             own names), which then embeds the text queries.
+        taps: backbone layers whose outputs join the last map (the Embedder's hypercolumn; empty: none).
     """
 
     backbone: str = "mobilenet_v2"
@@ -54,6 +55,7 @@ class ModelCard:
     checkpoint_sha256: Optional[str] = None
     text_model: Optional[str] = None
     text_tuned: bool = False
+    taps: List[int] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelCard":
@@ -89,7 +91,8 @@ class ImageTextModel:
                 raise ValueError(f"backbone '{card.backbone}' without pretrained weights needs a checkpoint; "
                                  "a random initialisation cannot be rebuilt")
             dim = card.dim if card.head else 0
-            embedder = Embedder(card.backbone, card.pooling, dim, pretrained=card.pretrained and not card.checkpoint)
+            embedder = Embedder(card.backbone, card.pooling, dim, pretrained=card.pretrained and not card.checkpoint,
+                                taps=card.taps)
             if card.checkpoint:
                 from safetensors.torch import load_file
 
@@ -190,7 +193,7 @@ def save_image_model(embedder: Embedder, path: str | os.PathLike, image_size: in
         raise ValueError("tuned text weights need the name of their text model")
     card = ModelCard(backbone=embedder.backbone_name, pooling=pooling_name(embedder), dim=embedder.dim,
                      head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained,
-                     text_model=text_model, text_tuned=bool(text_state))
+                     text_model=text_model, text_tuned=bool(text_state), taps=list(embedder.taps))
     path = Path(path)
     state = {k: v.contiguous() for k, v in embedder.state_dict().items()}
     state.update({TEXT_PREFIX + k: v.contiguous() for k, v in (text_state or {}).items()})

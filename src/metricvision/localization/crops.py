@@ -63,6 +63,8 @@ class CropEmbedder(nn.Module):
         super().__init__()
         if not isinstance(embedder.backbone, nn.Sequential):
             raise ValueError(f"CropEmbedder needs an nn.Sequential backbone, got {type(embedder.backbone).__name__}")
+        if embedder.taps:
+            raise ValueError(f"CropEmbedder needs an embedder without taps (a hypercolumn), got taps {list(embedder.taps)}")
         if not 0 < split < len(embedder.backbone):
             raise ValueError(f"split must be in (0, {len(embedder.backbone)}), got {split}")
         self.embedder = embedder.eval().requires_grad_(False)

@@ -54,6 +54,8 @@ class QueryDetector(nn.Module):
         super().__init__()
         if not isinstance(embedder.backbone, nn.Sequential):
             raise ValueError(f"QueryDetector needs an nn.Sequential backbone, got {type(embedder.backbone).__name__}")
+        if embedder.taps:
+            raise ValueError(f"QueryDetector needs an embedder without taps (a hypercolumn), got taps {list(embedder.taps)}")
         if radius <= 0:
             raise ValueError(f"radius must be > 0, got {radius}")
         self.embedder = embedder.eval().requires_grad_(False)

@@ -1,4 +1,4 @@
-"""Embedder: backbone -> pooling -> linear head -> optional BNNeck -> L2-normalized embedding."""
+"""Embedder: backbone (+ tapped layers) -> pooling -> linear head -> optional BNNeck -> L2-normalized embedding."""
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
@@ -37,6 +37,11 @@ class Embedder(nn.Module):
         frozen_bn: the backbone's batch norms stay in eval mode in training (their running
             statistics are kept; their affine weights still train), as cirtorch fine-tunes retrieval
             networks; batches of mined tuples would otherwise replace the pretrained statistics.
+        taps: indices of an ``nn.Sequential`` backbone's children whose outputs join the last map,
+            a hypercolumn (Hariharan et al., CVPR 2015): each tapped map is average-pooled to the
+            last map's grid and concatenated to it; after pooling (or, for dense maps, at each
+            location) every part is L2-normalized on its own before the head, so that the 1280
+            channels of the last layer do not drown the few of a middle one.
 
     Images are normalized with the backbone's ``input_mean`` / ``input_std`` (ImageNet's by default).
     """
@@ -53,6 +58,7 @@ class Embedder(nn.Module):
         last_stride: int = 2,
         channels_last: bool = True,
         frozen_bn: bool = False,
+        taps: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if dim < 0:
@@ -64,6 +70,9 @@ class Embedder(nn.Module):
         self.backbone, channels = create_backbone(backbone, pretrained, weights_path, last_stride)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
+        self.taps = tuple(int(t) for t in taps)
+        self.parts = self._tap_channels(channels) if self.taps else (channels,)
+        channels = sum(self.parts)
         self.pool = create_pooling(pooling, channels)
         self.head: nn.Module = nn.Linear(channels, dim) if dim else nn.Identity()
         self.dim = dim or channels
@@ -87,10 +96,47 @@ class Embedder(nn.Module):
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> (N, C, h, w) backbone feature maps."""
+        """(N, 3, H, W) in [0, 1] -> (N, C, h, w) backbone feature maps (with taps: the hypercolumn)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-        return self.backbone(self.backbone_input(images))
+        x = self.backbone_input(images)
+        if not self.taps:
+            return self.backbone(x)
+        tapped = []
+        for i, layer in enumerate(self.backbone):
+            x = layer(x)
+            if i in self.taps:
+                tapped.append(x)
+        return torch.cat([x] + [F.adaptive_avg_pool2d(t, x.shape[-2:]) for t in tapped], dim=1)
+
+    def _tap_channels(self, channels: int) -> tuple:
+        """(last map's channels, then each tapped layer's), checked against the backbone."""
+        if not isinstance(self.backbone, nn.Sequential):
+            raise ValueError(f"taps need an nn.Sequential backbone; '{self.backbone_name}' is a {type(self.backbone).__name__}")
+        n = len(self.backbone)
+        bad = [t for t in self.taps if not 0 <= t < n - 1]
+        if bad or len(set(self.taps)) != len(self.taps) or list(self.taps) != sorted(self.taps):
+            raise ValueError(f"taps must be distinct increasing indices in [0, {n - 2}] of backbone "
+                             f"'{self.backbone_name}' (its last layer is the main map), got {list(self.taps)}")
+        with torch.no_grad():
+            was_training, x, out = self.backbone.training, torch.zeros(1, 3, 64, 64), []
+            self.backbone.eval()
+            for i, layer in enumerate(self.backbone):
+                x = layer(x)
+                if i in self.taps:
+                    out.append(int(x.shape[1]))
+            self.backbone.train(was_training)
+        return (channels, *out)
+
+    def _normalize_parts(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, C, ...) -> the same with each hypercolumn part L2-normalized along dim 1 (no-op without taps)."""
+        if not self.taps:
+            return f
+        return torch.cat([F.normalize(p, dim=1) for p in f.split(list(self.parts), dim=1)], dim=1)
+
+    def embed_features(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) feature maps -> (N, D) head outputs, before the neck and the final normalization."""
+        return self.head(self._normalize_parts(self.pool(f)))
 
     def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> the backbone's input: normalized, in the backbone's memory format."""
@@ -98,7 +144,7 @@ class Embedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, D); (N, 2 * D) in training mode with a BNNeck (see the class)."""
-        z = self.head(self.pool(self.features(images)))
+        z = self.embed_features(self.features(images))
         if self.neck is not None:
             after = self.neck(z)
             if self.training:
@@ -112,6 +158,7 @@ class Embedder(nn.Module):
 
     def dense_from_features(self, f: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) backbone feature maps -> (N, D, h, w): the head at every location, normalized per location."""
+        f = self._normalize_parts(f)
         if isinstance(self.head, nn.Linear):
             f = torch.einsum("nchw,dc->ndhw", f, self.head.weight) + self.head.bias.view(1, -1, 1, 1)
         return F.normalize(f, dim=1) if self.normalize else f
