@@ -111,7 +111,7 @@ def test_a_hook_drawing_fewer_batches_than_the_schedule_counts_is_warned(tmp_pat
         t.train_epoch(0)
 
 
-def test_a_recipe_with_taps_trains_a_hypercolumn_and_reloads(tmp_path, emoji_small):
+def test_a_recipe_with_taps_trains_a_hypercolumn_and_reloads(tmp_path, emoji_small, capsys):
     train, test = emoji_small
     t = Trainer(tiny_recipe("train.epochs=1", "model.taps=[2, 4]"), tmp_path / "run", train, test)
     t.fit()
@@ -120,3 +120,7 @@ def test_a_recipe_with_taps_trains_a_hypercolumn_and_reloads(tmp_path, emoji_sma
     x = torch.rand(2, 3, 24, 24)
     t.model.eval()
     assert torch.allclose(model(x), t.model(x), atol=1e-6)
+    from metricvision.cli import main
+
+    assert main(["implant", str(tmp_path / "run")]) != 0
+    assert "implanting runs the backbone's last blocks" in capsys.readouterr().err

@@ -41,6 +41,8 @@ def test_dense_refuses_small_maps(tmp_path, emoji_small):
         Trainer(load_recipe("fewshot_dense", TINY + ["data.image_size=40"]), tmp_path / "run", train, test)
     with pytest.raises(ValueError, match="maps of at least 5 x 5, got 3 x 3 at data.image_size=72"):  # the last stride kept
         Trainer(load_recipe("fewshot_dense", TINY + ["model.last_stride=2"]), tmp_path / "run", train, test)
+    with pytest.raises(ValueError, match=r"model.taps must be empty, got \[13\]"):  # its maps would not be the hypercolumn
+        Trainer(load_recipe("fewshot_dense", TINY + ["model.taps=[13]"]), tmp_path / "run", train, test)
 
 
 @pytest.mark.slow  # embeds the emoji test split (about 30 s on a loaded 2-core machine)

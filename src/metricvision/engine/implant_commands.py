@@ -37,6 +37,8 @@ def implant(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.supervision.implant import block_maps, evaluate_implanting
 
     recipe, model = load_run(args.run)
+    if model.taps:
+        raise ValueError(f"implanting runs the backbone's last blocks; run {args.run} has model.taps {list(model.taps)}")
     splits = build_eval_splits(recipe)
     if args.split not in splits:
         raise ValueError(f"--split {args.split}: the evaluation dataset has splits {sorted(splits)}")

@@ -40,6 +40,8 @@ class DenseClassification(nn.Module):
         size = trainer.recipe.data.image_size
         h, w = (size, size) if isinstance(size, int) else size
         model = trainer.model
+        if model.taps:
+            raise ValueError(f"dense classification trains the backbone's last maps; model.taps must be empty, got {list(model.taps)}")
         was = model.training
         with torch.no_grad():
             maps = model.eval().features(torch.zeros(1, 3, h, w, device=next(model.parameters()).device))
