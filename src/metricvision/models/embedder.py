@@ -38,10 +38,11 @@ class Embedder(nn.Module):
             statistics are kept; their affine weights still train), as cirtorch fine-tunes retrieval
             networks; batches of mined tuples would otherwise replace the pretrained statistics.
         taps: indices of an ``nn.Sequential`` backbone's children whose outputs join the last map,
-            a hypercolumn (Hariharan et al., CVPR 2015): each tapped map is average-pooled to the
-            last map's grid and concatenated to it; after pooling (or, for dense maps, at each
-            location) every part is L2-normalized on its own before the head, so that the 1280
-            channels of the last layer do not drown the few of a middle one.
+            a simplified hypercolumn (Hariharan et al., CVPR 2015, upsample the layers to the
+            pixels; here each tapped map is average-pooled down to the last map's grid and
+            concatenated to it). After pooling (or, for dense maps, at each location) every part
+            is L2-normalized on its own before the head, so that the 1280 channels of the last
+            layer do not drown the few of a middle one.
 
     Images are normalized with the backbone's ``input_mean`` / ``input_std`` (ImageNet's by default).
     """
