@@ -131,7 +131,7 @@ def _identities(split: str, vendor: str) -> Tuple[Dict[int, Dict[str, Any]], Dic
     return {lab: meta[lab] for lab in keep}, {lab: images[lab] for lab in keep}
 
 
-def _paste_object(image: np.ndarray, cfg: SceneConfig, rng: np.random.Generator) -> Tuple[Image.Image, np.ndarray]:
+def paste_object(image: np.ndarray, cfg: SceneConfig, rng: np.random.Generator) -> Tuple[Image.Image, np.ndarray]:
     """Resize, rotate, recolour and blur one emoji -> (RGB image, alpha in [0, 1]) of the same (h, w)."""
     side = int(round(math.exp(rng.uniform(math.log(cfg.sides[0]), math.log(cfg.sides[1])))))
     rgba = np.dstack([image, (emoji_alpha(image) * 255).astype(np.uint8)])
@@ -157,7 +157,7 @@ def make_scene(background: Image.Image, objects: Sequence[np.ndarray], cfg: Scen
     owner = -np.ones((s, s), np.int64)  # which object a pixel shows (alpha >= 0.5)
     full_area: List[int] = []
     for n, image in enumerate(objects):
-        rgb, alpha = _paste_object(image, cfg, rng)
+        rgb, alpha = paste_object(image, cfg, rng)
         h, w = alpha.shape
         placed = False
         for _ in range(30):

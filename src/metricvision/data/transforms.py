@@ -211,3 +211,11 @@ def patches_transform(size: Size = 32, flip: float = 0.0) -> Transform:
         v2.RandomHorizontalFlip(flip),
         v2.ToDtype(torch.float32, scale=True),
     ])
+
+
+@TRANSFORMS.register("scene")
+def scene_transform(size: Size = 72, **params: Any) -> Transform:
+    """Proposal-like crops of the object pasted on training photographs (``data.scene_augment.SceneAugment``)."""
+    from metricvision.data.scene_augment import SceneAugment
+
+    return SceneAugment(size, **params)
