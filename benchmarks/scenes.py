@@ -50,10 +50,13 @@ CLUTTERED = 8  # objects in a scene from which it counts as cluttered
 
 
 def task_queries(model: ImageTextModel, scenes: SceneSet, views: bool = False) -> Dict[str, torch.Tensor]:
-    """(n_scenes, D) query embeddings per task; ``views``: image queries as the mean over their ``object_views``."""
-    return {"image query": encode_object_queries(model, [q["file_name"] for q in scenes.queries], views=views),
-            "name query": model.encode_text([q["name"] for q in scenes.queries]),
-            "category (name)": model.encode_text([scenes.category_names[q["category_id"]] for q in scenes.queries])}
+    """(n_scenes, D) query embeddings per task (image queries only for a model without text); ``views``: image queries
+    as the mean over their ``object_views``."""
+    out = {"image query": encode_object_queries(model, [q["file_name"] for q in scenes.queries], views=views)}
+    if model.card.text_model:
+        out.update({"name query": model.encode_text([q["name"] for q in scenes.queries]),
+                    "category (name)": model.encode_text([scenes.category_names[q["category_id"]] for q in scenes.queries])})
+    return out
 
 
 def task_targets(scenes: SceneSet, task: str) -> List[np.ndarray]:
@@ -114,7 +117,7 @@ def oracle_ap50(locs: Dict[str, Any], scenes: SceneSet, queries: Dict[str, torch
     embed = locs[TASKS[0]].embed_crops  # crop embeddings are query-independent; each task mixes its own cosines
     emb = [embed(image_tensor(p), torch.from_numpy(b).float()) for p, b in zip(scenes.images[:n], scenes.boxes)]
     out = {}
-    for task in TASKS:
+    for task in queries:
         targets = task_targets(scenes, task)[:n]
         scores = [locs[task].cosines(e, queries[task][i : i + 1])[:, 0].numpy() for i, e in enumerate(emb)]
         out[task] = round(detection_ap(scenes.boxes[:n], scores, [b[t] for b, t in zip(scenes.boxes, targets)])["AP50"], 3)
@@ -123,7 +126,7 @@ def oracle_ap50(locs: Dict[str, Any], scenes: SceneSet, queries: Dict[str, torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="image model from `kb align`")
+    ap.add_argument("--checkpoint", required=True, help="image model from `kb align` (or `kb from-run`: image queries only)")
     ap.add_argument("--scenes", required=True, help="folder with val/ and test/ scene folders")
     ap.add_argument("--localizers", nargs="*", default=None, help="registered names (default: all that can run)")
     ap.add_argument("--detector", help="weights for query_detector, query_detector_crops and query_detector_model_crops "
@@ -158,40 +161,41 @@ def main() -> None:
                "peak_response": a.weak_detector}
     names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
     val_q, test_q = task_queries(model, val, a.query_views), task_queries(model, test, a.query_views)
+    tasks = list(test_q)  # without a text model, image queries only
     for name in names:
         extra = {"weights": weights[name], **options} if name in weights else dict(options)
-        locs = {task: LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra) for task in TASKS}
-        first = locs[TASKS[0]]  # prepared images are query-independent: one forward pass serves every task
+        locs = {task: LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra) for task in tasks}
+        first = locs[tasks[0]]  # prepared images are query-independent: one forward pass serves every task
         val_prep = [first.prepare(image_tensor(p)) for p in val.images[:n_val]]
         chosen = {}
         for task, loc in locs.items():
             targets = task_targets(val, task)[:n_val]
             chosen[task] = loc.fit(val_prep, val_q[task][:n_val], [b[t] for b, t in zip(val.boxes, targets)])
-        found: Dict[str, List[np.ndarray]] = {task: [] for task in TASKS}
-        found_masks: Dict[str, List[Tuple[List[dict], np.ndarray]]] = {task: [] for task in TASKS}
+        found: Dict[str, List[np.ndarray]] = {task: [] for task in tasks}
+        found_masks: Dict[str, List[Tuple[List[dict], np.ndarray]]] = {task: [] for task in tasks}
         seconds = []
         for i in range(n_test):
             image = image_tensor(test.images[i])
             start = time.perf_counter()  # one image, one query: what a user waits for
             prepared = first.prepare(image)
             middle = time.perf_counter()
-            found[TASKS[0]].append(first.boxes(prepared, test_q[TASKS[0]][i : i + 1])[0])
+            found[tasks[0]].append(first.boxes(prepared, test_q[tasks[0]][i : i + 1])[0])
             seconds.append((middle - start, time.perf_counter() - middle))
-            for task in TASKS[1:]:
+            for task in tasks[1:]:
                 found[task].append(locs[task].boxes(prepared, test_q[task][i : i + 1])[0])
-            for task in TASKS if a.mask_ap else ():
+            for task in tasks if a.mask_ap else ():
                 masks, scores = masks_of(locs[task], prepared, test_q[task][i : i + 1], tuple(image.shape[-2:]))
                 found_masks[task].append((encode_masks(masks), scores))
         if a.mask_ap:
             print(f"{name} mask AP50:", {task: round(mask_ap([m for m, _ in found_masks[task]], [sc for _, sc in found_masks[task]],
-                                                              target_masks(test, task, n_test))["AP50"], 3) for task in TASKS})
+                                                              target_masks(test, task, n_test))["AP50"], 3) for task in tasks})
         if a.oracle and hasattr(first, "embed_crops"):
             print(f"{name} AP50 with ground-truth boxes as proposals (diagnostic):", oracle_ap50(locs, test, test_q, n_test))
         if name.startswith("query_detector"):
             print(f"{name} stages (median ms, 20 images):", stage_ms(first, [image_tensor(p) for p in test.images[:20]]))
         rows = []
         cluttered = np.array([len(b) >= CLUTTERED for b in test.boxes[:n_test]])
-        for task in TASKS:
+        for task in tasks:
             targets = task_targets(test, task)[:n_test]
             gt = [b[t] for b, t in zip(test.boxes, targets)]
             res = detection_ap([f[:, :4] for f in found[task]], [f[:, 4] for f in found[task]], gt,

@@ -71,3 +71,39 @@ def test_model_crops_mix_the_trained_crop_embedders_cosine_when_there_is_one(mod
     assert fixed.mix == 0.5
     with pytest.raises(ValueError, match="mix must be in"):
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"), mix=1.5)
+
+
+def test_model_crops_take_proposals_from_the_detector_models_head_and_crops_from_another_model(model, tmp_path):
+    from metricvision.kb.model import save_image_model
+    from metricvision.models import Embedder
+
+    save_image_model(model.embedder, tmp_path / "det_model.safetensors", 32)
+    det = QueryDetector(model.embedder, hidden=8)
+    save_detector(det, tmp_path / "det.safetensors", crop=CropEmbedder(model.embedder, side=32))
+    torch.manual_seed(1)  # another image model: a 16-d identity space the head never saw
+    other = ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=24, dim=16, head=True, pretrained=False),
+                           Embedder("mobilenet_v2", pooling="avg", dim=16, pretrained=False))
+    loc = LOCALIZERS.create("query_detector_model_crops", model=other, weights=str(tmp_path / "det.safetensors"),
+                            detector_model=str(tmp_path / "det_model.safetensors"), proposals=5)
+    assert loc.crop is None and loc.mix == 1.0 and loc.side == 24
+    image = torch.rand(3, 96, 96)
+    boxes, logp, emb = loc.prepare(image)
+    obj, all_boxes, _ = det.eval().predict(image[None])  # the proposals are the detector model's head's
+    assert len(boxes) == 5 and all(any(torch.allclose(b, a) for a in all_boxes[0].reshape(-1, 4)) for b in boxes)
+    with torch.no_grad():
+        expected = other.embedder(torch.stack([crop_of(image, b, 24) for b in boxes]))
+    assert emb.shape == (1, 5, 16) and torch.allclose(emb[0], expected, atol=1e-5)
+    found = loc.boxes((boxes, logp, emb), torch.randn(2, 16))
+    assert len(found) == 2 and all(f.shape[1] == 5 and len(f) <= 5 for f in found)
+    with pytest.raises(ValueError, match="query_detector_model_crops only"):
+        LOCALIZERS.create("query_detector", model=other, weights=str(tmp_path / "det.safetensors"),
+                          detector_model=str(tmp_path / "det_model.safetensors"))
+    with pytest.raises(ValueError, match="scored by the model alone"):
+        LOCALIZERS.create("query_detector_model_crops", model=other, weights=str(tmp_path / "det.safetensors"),
+                          detector_model=str(tmp_path / "det_model.safetensors"), mix=0.5)
+
+
+def crop_of(image, box, side):
+    from metricvision.localization.crops import crop_boxes
+
+    return crop_boxes(image, box[None], side)[0]

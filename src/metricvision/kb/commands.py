@@ -1,4 +1,4 @@
-"""CLI: `metricvision kb build|add|remove|compact|align` and `metricvision search`."""
+"""CLI: `metricvision kb build|add|remove|compact|align|from-run` and `metricvision search`."""
 from __future__ import annotations
 
 import argparse
@@ -77,6 +77,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--build-kb", action="store_true", help="also build DIR/kb from the test split")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_align)
+
+    p = kb_sub.add_parser("from-run", help="write a `metricvision train` run's model as an image model checkpoint "
+                          "(image queries only: no text model)")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("out", help="output .safetensors file (for `kb build --checkpoint`, benchmarks/scenes.py --checkpoint)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_from_run)
 
     p = subparsers.add_parser("search", help="query a KB with an image, a text, or both")
     p.add_argument("kb", help="the KB folder")
@@ -181,6 +188,17 @@ def _align(args: argparse.Namespace) -> Dict[str, Any]:
                          build_kb=args.build_kb, image_size=args.image_size, tune_blocks=args.tune_blocks,
                          backbone_lr=args.backbone_lr, loss=args.loss, extra_texts=not args.no_extra_texts,
                          text_layers=args.text_layers, text_lr=args.text_lr, init_run=args.init_run, taps=args.taps)
+
+
+def _from_run(args: argparse.Namespace) -> Dict[str, Any]:
+    from dataclasses import asdict
+
+    from metricvision.engine.runs import load_run
+    from metricvision.kb.model import save_image_model
+
+    recipe, embedder = load_run(args.run)
+    card = save_image_model(embedder, args.out, recipe.data.image_size, pretrained=recipe.model.pretrained)
+    return asdict(card)
 
 
 def parse_filters(items: List[str]) -> Dict[str, Any]:

@@ -70,16 +70,26 @@ class DetectorLocalizer:
     """One-shot, query-conditioned detection (``localization.detector.QueryDetector``) with trained head weights.
 
     Args:
-        model: the image(-text) model the head was trained on.
+        model: the image(-text) model the head was trained on (unless ``detector_model`` is given).
         weights: head weights from ``metricvision detector train``.
         max_boxes: boxes per query.
         nms_iou: NMS threshold (``fit`` chooses it).
+        detector_model: checkpoint of the image model the head was trained on, when the queries and crops are
+            embedded by another ``model`` (``query_detector_model_crops`` only: the other localizers score with
+            embeddings in the head's own space).
     """
 
-    def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5) -> None:
+    own_space = True  # scores compare the query with embeddings trained in the detector model's space
+
+    def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
+                 detector_model: Optional[str] = None) -> None:
         from metricvision.localization.train import load_detector
 
-        self.detector, self.crop = load_detector(weights, model.embedder)
+        if detector_model and self.own_space:
+            raise ValueError(f"detector_model is for query_detector_model_crops only; {type(self).__name__} scores with "
+                             "the head's own embeddings, which live in the space of the model it was trained on")
+        base = ImageTextModel.from_checkpoint(detector_model).embedder if detector_model else model.embedder
+        self.detector, self.crop = load_detector(weights, base)
         self.max_boxes, self.nms_iou = max_boxes, nms_iou
 
     def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,8 +209,9 @@ class CropDetectorLocalizer(DetectorLocalizer):
     needs_crop_embedder = True
 
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
-                 proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0) -> None:
-        super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou)
+                 proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0,
+                 detector_model: Optional[str] = None) -> None:
+        super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, detector_model=detector_model)
         if self.crop is None and self.needs_crop_embedder:
             raise ValueError(f"{weights} has no crop embedder; train one with `metricvision detector train --crop-steps N`")
         if proposals < 1:
@@ -252,17 +263,27 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     crop embedder too, a crop's cosine is ``mix`` x the image model's + (1 - ``mix``) x the crop embedder's;
     unless given, ``mix`` is chosen by ``fit`` on validation scenes with ``gamma`` and the NMS threshold.
 
+    With ``detector_model``, the proposals come from the head over that model's backbone while ``model`` embeds
+    the queries and the crops alone (``mix`` 1; the crop embedder lives in the detector model's space): e.g. an
+    identity model trained on scene crops (recipe ``data.train_transform: scene``, ``metricvision kb from-run``).
+
     Args: as ``CropDetectorLocalizer``, plus side: crop side in pixels (default: the model card's image size),
-        mix: weight of the image model's cosine (None: ``fit`` chooses it; 1 without a trained crop embedder).
+        mix: weight of the image model's cosine (None: ``fit`` chooses it; 1 without a trained crop embedder),
+        detector_model: checkpoint of the image model the head was trained on, when it is not ``model``.
     """
 
     needs_crop_embedder = False
+    own_space = False
 
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0, side: Optional[int] = None,
-                 mix: Optional[float] = None) -> None:
+                 mix: Optional[float] = None, detector_model: Optional[str] = None) -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
-                         temperature=temperature)
+                         temperature=temperature, detector_model=detector_model)
+        if detector_model:
+            if mix not in (None, 1.0):
+                raise ValueError(f"with detector_model, crops are scored by the model alone (mix 1), got mix={mix}")
+            self.crop = None
         self.embedder, self.side = model.embedder.eval(), side or model.card.image_size
         if self.side < 16:
             raise ValueError(f"side must be >= 16 px, got {self.side}")
