@@ -73,3 +73,16 @@ def test_a_recipe_trains_on_scene_crops(tmp_path, emoji_small):
     assert x.shape == (3, 24, 24) and x.dtype == torch.uint8
     metrics = t.fit()
     assert np.isfinite(metrics["map@r"]) and metrics["map@r"] > 0
+
+
+def test_the_shipped_recipe_builds_its_transform_on_a_folder_of_photographs(tmp_path):
+    from metricvision.config import load_recipe
+    from metricvision.data.scenes import generated_backgrounds
+
+    for i, im in enumerate(generated_backgrounds(4, 64)):
+        im.save(tmp_path / f"{i}.jpg")
+    recipe = load_recipe("scene_objects", [f"data.train_transform_params.backgrounds=[{tmp_path}]"])
+    d = recipe.data
+    aug = TRANSFORMS.create(d.train_transform, size=d.image_size, **d.train_transform_params)
+    assert isinstance(aug, SceneAugment) and aug.p == 0.5 and len(aug.backgrounds) == 3  # every 4th held out
+    assert aug(disc()).shape == (3, 72, 72)
