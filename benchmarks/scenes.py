@@ -4,7 +4,8 @@ Scenes come from `metricvision scenes build` (test: unseen identities on held-ou
 backgrounds; val: other training identities, where each localizer chooses its
 thresholds). Three tasks, each one query per scene, all (scene, query) pairs pooled as
 one category: (a) the target rendered by another vendor, (b) the target's name, (c) the
-name of the target's emoji category (every object of that category is a target). The
+name of the target's emoji category (every object of that category is a target); (a) only
+for an image model without text (`metricvision kb from-run`). The
 localizers never see the ground truth; it is used for scoring (COCO AP50, AP50:95, and
 AP50:95 per mask-area range: small < 32^2, medium, large > 96^2 px), and AP50 on the
 cluttered scenes (>= 8 objects). Time per image and query, median, with its split into

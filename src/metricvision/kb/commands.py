@@ -193,11 +193,11 @@ def _align(args: argparse.Namespace) -> Dict[str, Any]:
 def _from_run(args: argparse.Namespace) -> Dict[str, Any]:
     from dataclasses import asdict
 
-    from metricvision.engine.runs import load_run
+    from metricvision.engine.runs import load_run, resumed_recipe
     from metricvision.kb.model import save_image_model
 
-    recipe, embedder = load_run(args.run)
-    card = save_image_model(embedder, args.out, recipe.data.image_size, pretrained=recipe.model.pretrained)
+    recipe, embedder = load_run(args.run)  # load_run clears model.pretrained (no download); the card keeps the recorded one
+    card = save_image_model(embedder, args.out, recipe.data.image_size, pretrained=resumed_recipe(args.run).model.pretrained)
     return asdict(card)
 
 
