@@ -154,3 +154,50 @@ def test_cli_builds_and_adds_detector_regions_embedded_by_the_model(tmp_path, sh
     assert main(["kb", "build", str(tmp_path / "kb2"), "--from-folder", str(folder), "--checkpoint", ckpt, "--regions",
                  "--region-embedding", "model"]) != 0
     assert "--region-embedding model needs --detector" in capsys.readouterr().err and not (tmp_path / "kb2").exists()
+
+
+def test_detector_trained_on_another_model_proposes_while_the_kb_model_embeds(tmp_path, shapes_kb, capsys):
+    from metricvision.kb.model import ImageTextModel, save_image_model
+    from metricvision.kb.regions import DetectorProposer, kb_proposer
+    from metricvision.localization.crops import embed_square_crops
+    from metricvision.localization.detector import QueryDetector
+    from metricvision.localization.train import save_detector
+
+    ckpt = str(shapes_kb.path / shapes_kb.card.checkpoint)
+    other = ImageTextModel.from_checkpoint(ckpt)  # the detector's model: another backbone than the KB's
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in other.embedder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_image_model(other.embedder, tmp_path / "other.safetensors", image_size=32, text_model="hashing")
+    weights = tmp_path / "det.safetensors"
+    save_detector(QueryDetector(other.embedder, hidden=8), weights)
+    image = np.asarray(scene(draw("circle", "red", 28), (40, 40), side=128))
+    boxes, emb = DetectorProposer(shapes_kb.model, str(weights), max_regions=6, embedding="model",
+                                  detector_model=str(tmp_path / "other.safetensors"))(image)
+    own_boxes, _ = DetectorProposer(other, str(weights), max_regions=6)(image)
+    kb_boxes, _ = DetectorProposer(shapes_kb.model, str(weights), max_regions=6)(image)
+    assert np.array_equal(boxes, own_boxes) and not np.array_equal(boxes, kb_boxes)  # the head runs on its own backbone
+    x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
+    inside = torch.from_numpy((boxes[:, :2] > 0).all(1) & (boxes[:, 2:] < 128).all(1))  # not clipped
+    assert inside.any()
+    with torch.no_grad():
+        expected = embed_square_crops(shapes_kb.model.embedder, x, torch.from_numpy(boxes)[inside], 32)
+    assert torch.allclose(emb[inside], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="needs --detector WEIGHTS and --region-embedding model"):
+        DetectorProposer(shapes_kb.model, str(weights), detector_model=str(tmp_path / "other.safetensors"))
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "0.png")
+    kb = tmp_path / "kb"
+    assert main(["kb", "build", str(kb), "--from-folder", str(folder), "--checkpoint", ckpt, "--detector", str(weights),
+                 "--region-embedding", "model", "--detector-model", str(tmp_path / "other.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["regions"] == len(DetectorProposer(other, str(weights))(image)[0])
+    config = json.loads((kb / "regions" / "proposer.json").read_text())
+    assert config["detector_model"] == str((tmp_path / "other.safetensors").resolve())
+    assert np.array_equal(kb_proposer(kb, shapes_kb.model)(image)[0][:6], boxes)  # what `kb add` will propose
+    assert main(["kb", "build", str(tmp_path / "kb2"), "--from-folder", str(folder), "--checkpoint", ckpt, "--detector",
+                 str(weights), "--detector-model", str(tmp_path / "other.safetensors")]) != 0
+    assert "needs --detector WEIGHTS and --region-embedding model" in capsys.readouterr().err
+    assert not (tmp_path / "kb2").exists()

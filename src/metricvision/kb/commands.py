@@ -41,6 +41,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                            help="with --detector: embed each region by the detector's region embedding (fast) or by "
                                 "the image model on the region's crop (better matches, one pass per region); "
                                 "checked by kb.regions.check_region_embedding")
+            p.add_argument("--detector-model", metavar="CHECKPOINT",
+                           help="with --detector and --region-embedding model: the image model the detector was trained "
+                                "on, when it is not this KB's (the KB's model still embeds every region's crop)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
@@ -123,7 +126,7 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
 
     from metricvision.kb.regions import check_region_embedding
 
-    check_region_embedding(args.detector, args.region_embedding)  # before anything is written
+    check_region_embedding(args.detector, args.region_embedding, args.detector_model)  # before anything is written
     samples, skipped = _samples(args)
     if args.checkpoint:
         model = ImageTextModel.from_checkpoint(args.checkpoint)
@@ -140,7 +143,7 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     if args.regions or args.detector:
         from metricvision.kb.regions import enable_regions
 
-        enable_regions(kb.path, args.detector, args.region_embedding)
+        enable_regions(kb.path, args.detector, args.region_embedding, args.detector_model)
         out["regions"] = _add_regions(kb, ids, samples)
     return out
 

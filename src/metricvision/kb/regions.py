@@ -87,21 +87,24 @@ class DetectorProposer:
     ``query_detector_model_crops``; a forward pass of the whole model for each region's crop).
 
     Args:
-        model: the KB's image model (the one the detector was trained on).
+        model: the KB's image model (the one the detector was trained on, unless ``detector_model`` is given).
         weights: detector head weights from ``metricvision detector train``.
         max_regions: regions kept per image.
         nms_iou: IoU above which the less objectlike of two boxes is dropped.
         embedding: "detector" or "model" (``REGION_EMBEDDINGS``).
+        detector_model: checkpoint of the image model the detector was trained on, when it is not ``model`` (e.g. the
+            ImageNet-aligned model under a KB of a scene-trained identity model); needs ``embedding="model"``.
     """
 
     def __init__(self, model: ImageTextModel, weights: str, max_regions: int = 30, nms_iou: float = 0.5,
-                 embedding: str = "detector") -> None:
+                 embedding: str = "detector", detector_model: Optional[str] = None) -> None:
         from metricvision.localization.localizers import LOCALIZERS
 
         if max_regions < 1:
             raise ValueError(f"max_regions must be >= 1, got {max_regions}")
-        check_region_embedding(weights, embedding)
-        self.localizer = LOCALIZERS.create("query_detector", model=model, weights=weights)
+        check_region_embedding(weights, embedding, detector_model)
+        base = ImageTextModel.from_checkpoint(detector_model) if detector_model else model
+        self.localizer = LOCALIZERS.create("query_detector", model=base, weights=weights)
         self.model, self.max_regions, self.nms_iou, self.embedding = model, max_regions, nms_iou, embedding
 
     def __call__(self, image: Any) -> Tuple[np.ndarray, torch.Tensor]:
@@ -129,24 +132,31 @@ def create_proposer(model: ImageTextModel, detector: Optional[str] = None, **kwa
     return DetectorProposer(model, detector, **kwargs) if detector else GridProposer(model, **kwargs)
 
 
-def check_region_embedding(detector: Optional[str], embedding: str) -> None:
-    """Refuse an unknown region embedding, or one other than the grid's own without detector weights."""
+def check_region_embedding(detector: Optional[str], embedding: str, detector_model: Optional[str] = None) -> None:
+    """Refuse an unknown region embedding, one other than the grid's own without detector weights, or a detector
+    model (the image model the detector was trained on, when it is not the KB's) unless the KB's model embeds the crops."""
     if embedding not in REGION_EMBEDDINGS:
         raise ValueError(f"region embedding must be one of {REGION_EMBEDDINGS}, got {embedding!r}")
     if embedding != "detector" and not detector:
         raise ValueError(f"region embedding {embedding!r} needs detector weights: --region-embedding {embedding} needs "
                          "--detector WEIGHTS (grid regions are embedded by the model)")
+    if detector_model and not (detector and embedding == "model"):
+        raise ValueError(f"a detector model ({detector_model}) needs --detector WEIGHTS and --region-embedding model: the "
+                         "detector's own region embeddings live in its model's space, not the KB's")
 
 
-def enable_regions(kb_path: str | os.PathLike, detector: Optional[str] = None, embedding: str = "detector") -> None:
+def enable_regions(kb_path: str | os.PathLike, detector: Optional[str] = None, embedding: str = "detector",
+                   detector_model: Optional[str] = None) -> None:
     """Mark the KB as one with regions (KB/regions/proposer.json), so that ``kb add`` proposes them too;
-    ``embedding``: how a detector's regions are embedded (``DetectorProposer``)."""
-    if detector and not Path(detector).is_file():
-        raise FileNotFoundError(f"detector weights {detector} not found")
-    check_region_embedding(detector, embedding)
+    ``embedding``, ``detector_model``: as in ``DetectorProposer``."""
+    for path, what in ((detector, "detector weights"), (detector_model, "detector model")):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {path} not found")
+    check_region_embedding(detector, embedding, detector_model)
     folder = region_dir(kb_path)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"detector": str(Path(detector).resolve()) if detector else None, "embedding": embedding}
+    config = {"detector": str(Path(detector).resolve()) if detector else None, "embedding": embedding,
+              "detector_model": str(Path(detector_model).resolve()) if detector_model else None}
     with atomic_write(folder / PROPOSER_FILE) as f:
         f.write(json.dumps(config).encode())
 
@@ -159,7 +169,8 @@ def kb_proposer(kb_path: str | os.PathLike, model: ImageTextModel) -> Optional[A
     config = json.loads(path.read_text())
     if not config["detector"]:
         return create_proposer(model)
-    return create_proposer(model, config["detector"], embedding=config.get("embedding", "detector"))
+    return create_proposer(model, config["detector"], embedding=config.get("embedding", "detector"),
+                           detector_model=config.get("detector_model"))
 
 
 @dataclass
