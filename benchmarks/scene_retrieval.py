@@ -15,6 +15,10 @@ box) and overlaps one at IoU >= 0.5. The ground truth is used for scoring only.
         --backgrounds /usr/share/backgrounds/mate/nature
     python benchmarks/scene_retrieval.py --scenes runs/scenes/test \
         --checkpoint runs/text_align/image_model.safetensors
+    # an identity model (`kb from-run`, image queries only) over the proposals of a detector trained on another model
+    python benchmarks/scene_retrieval.py --checkpoint runs/scene_aug_e24/image_model.safetensors \
+        --detector runs/detector_big.safetensors --region-embedding model \
+        --detector-model runs/text_align/image_model.safetensors
 """
 from __future__ import annotations
 
@@ -84,6 +88,8 @@ def main() -> None:
     ap.add_argument("--detector", help="query_detector weights: regions from its proposals instead of the grid")
     ap.add_argument("--region-embedding", choices=REGION_EMBEDDINGS, default="detector",
                     help="with --detector: regions embedded by the detector or by the image model on their crops")
+    ap.add_argument("--detector-model", help="with --detector and --region-embedding model: the image model the detector "
+                    "was trained on, when it is not --checkpoint (e.g. a `kb from-run` identity model)")
     ap.add_argument("--query-views", action="store_true",
                     help="embed image queries as the mean over their views (metricvision.kb.views)")
     ap.add_argument("--limit", type=int, default=0, help="use the first N scenes (0: all)")
@@ -101,7 +107,7 @@ def main() -> None:
     samples = [Sample(image=str(root / im["file_name"])) for im in images]
     ids = kb.add(samples, image_root=root)
     whole_s = time.time() - start
-    enable_regions(kb.path, a.detector, a.region_embedding)
+    enable_regions(kb.path, a.detector, a.region_embedding, a.detector_model)
     n_regions = add_regions(kb.path, ids, samples, kb_proposer(kb.path, model))
     region_s = time.time() - start - whole_s
 
@@ -116,8 +122,9 @@ def main() -> None:
     relevant = [boxes[i] for i in identities]
     queries = {
         "image query": encode_object_queries(model, [root / query_meta[i]["file_name"] for i in identities], views=a.query_views),
-        "name query": model.encode_text([query_meta[i]["name"] for i in identities]),
     }
+    if model.card.text_model:  # a `kb from-run` identity model has no text side: image queries only
+        queries["name query"] = model.encode_text([query_meta[i]["name"] for i in identities])
     print(f"{len(images)} test scenes, {len(identities)} query identities ({np.mean([len(r) for r in relevant]):.2f} "
           f"relevant scenes each); {n_regions} regions ({n_regions / len(images):.0f} per scene, "
           f"{'detector' if a.detector else 'grid'}); embedding: whole {whole_s:.0f} s, regions {region_s:.0f} s")

@@ -107,3 +107,37 @@ def crop_of(image, box, side):
     from metricvision.localization.crops import crop_boxes
 
     return crop_boxes(image, box[None], side)[0]
+
+
+def test_model_crops_hubness_correction_against_references_follows_csls(model, tmp_path):
+    save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "det.safetensors")
+    torch.manual_seed(1)
+    refs = torch.nn.functional.normalize(torch.randn(30, model.dim), dim=1)
+    np.savez(tmp_path / "refs.npz", embeddings=3 * refs.numpy(), labels=np.arange(30))  # normalized on loading
+    weights = str(tmp_path / "det.safetensors")
+    loc = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=str(tmp_path / "refs.npz"),
+                            hub=1.0, hub_k=3)
+    emb = torch.nn.functional.normalize(torch.randn(1, 5, model.dim), dim=2)
+    queries = torch.nn.functional.normalize(torch.randn(2, model.dim), dim=1)
+
+    def r(x):  # mean cosine to the 3 nearest references, a plain loop
+        return torch.tensor([sorted((refs @ v).tolist(), reverse=True)[:3] for v in x]).mean(1)
+
+    expected = 2 * emb[0] @ queries.T - r(emb[0])[:, None] - r(queries)[None, :]  # CSLS
+    assert torch.allclose(loc.cosines(emb, queries), expected / 2, atol=1e-5)
+    loc.hub = 0.0
+    assert torch.allclose(loc.cosines(emb, queries), emb[0] @ queries.T, atol=1e-6)
+    chooses = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=refs.numpy())
+    image = torch.rand(3, 96, 96)
+    chosen = chooses.fit([chooses.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])
+    assert set(chosen) == {"gamma", "nms_iou", "hub"} and chooses.hub in (0.0, 0.5, 1.0)
+    plain = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights)
+    assert set(plain.fit([plain.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])) == {"gamma", "nms_iou"}
+    with pytest.raises(ValueError, match=r"references must be \(N >= 1, \d+\) embeddings"):
+        LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=np.zeros((4, 7)))
+    with pytest.raises(ValueError, match="hub must be"):
+        LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, hub=0.5)
+    with pytest.raises(ValueError, match="hub_k must be"):
+        LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=refs.numpy(), hub_k=31)
+    with pytest.raises(FileNotFoundError, match="references .*missing.npz not found"):
+        LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=str(tmp_path / "missing.npz"))

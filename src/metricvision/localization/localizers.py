@@ -9,6 +9,7 @@ or a name (``encode_text``).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -267,9 +268,17 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     the queries and the crops alone (``mix`` 1; the crop embedder lives in the detector model's space): e.g. an
     identity model trained on scene crops (recipe ``data.train_transform: scene``, ``metricvision kb from-run``).
 
+    With ``references`` (embeddings of clean reference images, e.g. the training identities, in the model's space),
+    a cosine is corrected for hubness as in CSLS (Conneau et al., ICLR 2018), with the references as the other side:
+    cos - ``hub`` x (r_crop + r_query) / 2, r = the mean cosine of a vector to its ``hub_k`` nearest references; a crop
+    or query that resembles many references (a generic blob, a common look) loses what it gains everywhere, which
+    also makes scores comparable across queries. ``fit`` chooses ``hub`` in (0, 0.5, 1) unless it is given.
+
     Args: as ``CropDetectorLocalizer``, plus side: crop side in pixels (default: the model card's image size),
         mix: weight of the image model's cosine (None: ``fit`` chooses it; 1 without a trained crop embedder),
-        detector_model: checkpoint of the image model the head was trained on, when it is not ``model``.
+        detector_model: checkpoint of the image model the head was trained on, when it is not ``model``,
+        references: (N, D) array, or an .npz from ``metricvision embed`` (key ``embeddings``) or an .npy file,
+        hub: weight of the hubness correction (None: ``fit`` chooses it with references, else 0), hub_k: neighbours.
     """
 
     needs_crop_embedder = False
@@ -277,9 +286,17 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
 
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0, side: Optional[int] = None,
-                 mix: Optional[float] = None, detector_model: Optional[str] = None) -> None:
+                 mix: Optional[float] = None, detector_model: Optional[str] = None, references: Any = None,
+                 hub: Optional[float] = None, hub_k: int = 10) -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
                          temperature=temperature, detector_model=detector_model)
+        self.references = None if references is None else load_references(references, model.dim)
+        if hub is not None and (hub < 0 or (hub > 0 and self.references is None)):
+            raise ValueError(f"hub must be >= 0 (and > 0 only with references), got {hub}")
+        if hub_k < 1 or (self.references is not None and hub_k > len(self.references)):
+            raise ValueError(f"hub_k must be in [1, the number of references], got {hub_k}")
+        self.choose_hub = hub is None and self.references is not None
+        self.hub, self.hub_k = hub or 0.0, hub_k
         if detector_model:
             if mix not in (None, 1.0):
                 raise ValueError(f"with detector_model, crops are scored by the model alone (mix 1), got mix={mix}")
@@ -302,15 +319,42 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         return torch.stack([own, self.crop.embed(image, boxes)]) if self.crop is not None else own[None]
 
     def cosines(self, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """(m, K, D) crop embeddings, (Q, D) normalized queries -> (K, Q) cosines, mixed as ``mix`` says."""
+        """(m, K, D) crop embeddings, (Q, D) normalized queries -> (K, Q) cosines, mixed as ``mix`` says, less the
+        hubness correction (``hub``) of the image model's crop and query embeddings."""
         cos = emb @ queries.T
-        return cos[0] if len(cos) == 1 else self.mix * cos[0] + (1 - self.mix) * cos[1]
+        cos = cos[0] if len(cos) == 1 else self.mix * cos[0] + (1 - self.mix) * cos[1]
+        if not self.hub:
+            return cos
+        return cos - self.hub * (self.crowding(emb[0])[:, None] + self.crowding(queries)[None, :]) / 2
+
+    def crowding(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, D) normalized embeddings -> (n,) mean cosine to their ``hub_k`` nearest references."""
+        return (x @ self.references.T).topk(self.hub_k, dim=1).values.mean(1)
 
     def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
-        """Choose ``gamma``, the NMS threshold and (with a crop embedder, unless given) ``mix`` by AP50 on prepared
-        validation images."""
-        grid = {"gamma": (0.0, 0.5, 1.0, 2.0, 4.0), "nms_iou": (0.3, 0.5, 0.7)}
-        return self._grid(prepared, queries, gt_boxes, {**grid, "mix": (0.0, 0.5, 1.0)} if self.choose_mix else grid)
+        """Choose ``gamma``, the NMS threshold, (with a crop embedder, unless given) ``mix`` and (with references,
+        unless given) ``hub`` by AP50 on prepared validation images."""
+        grid: Dict[str, Sequence[float]] = {"gamma": (0.0, 0.5, 1.0, 2.0, 4.0), "nms_iou": (0.3, 0.5, 0.7)}
+        if self.choose_mix:
+            grid["mix"] = (0.0, 0.5, 1.0)
+        if self.choose_hub:
+            grid["hub"] = (0.0, 0.5, 1.0)
+        return self._grid(prepared, queries, gt_boxes, grid)
+
+
+def load_references(references: Any, dim: int) -> torch.Tensor:
+    """An (N, D) array, or an .npz (key ``embeddings``, as ``metricvision embed`` writes) or .npy file -> (N, D)
+    L2-normalized float tensor; refuses another width than the model's ``dim``."""
+    if isinstance(references, (str, Path)):
+        path = Path(references)
+        if not path.is_file():
+            raise FileNotFoundError(f"references {path} not found (an .npz from `metricvision embed`, or an .npy)")
+        loaded = np.load(path)
+        references = loaded["embeddings"] if path.suffix == ".npz" else loaded
+    x = torch.as_tensor(np.asarray(references, np.float32))
+    if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
+        raise ValueError(f"references must be (N >= 1, {dim}) embeddings in the model's space, got shape {tuple(x.shape)}")
+    return torch.nn.functional.normalize(x, dim=1)
 
 
 def _as_array(boxes: Optional[list]) -> np.ndarray:
