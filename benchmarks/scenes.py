@@ -26,7 +26,8 @@ per-query work (``boxes``).
         --detector runs/detector.safetensors --primed-detector runs/detector_primed.safetensors \
         --weak-detector runs/detector_weak.safetensors [--mask-ap] [--oracle]
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
-        --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96] [--query-views]
+        --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96] [--query-views] \
+        [--option references=emoji:train]   # CSLS hubness correction against the clean training renderings
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import yaml
 from PIL import Image
 
 from metricvision.kb.model import ImageTextModel
-from metricvision.localization.localizers import LOCALIZERS
+from metricvision.localization.localizers import LOCALIZERS, load_references
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
 from metricvision.kb.views import encode_object_queries
 from metricvision.data.scenes import rle_decode
@@ -161,6 +162,8 @@ def main() -> None:
                "query_detector_primed": a.primed_detector,
                "peak_response": a.weak_detector}
     names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
+    if "references" in options:  # embedded once, shared by every task's localizer
+        options["references"] = load_references(options["references"], model)
     val_q, test_q = task_queries(model, val, a.query_views), task_queries(model, test, a.query_views)
     tasks = list(test_q)  # without a text model, image queries only
     for name in names:

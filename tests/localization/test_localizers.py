@@ -139,5 +139,7 @@ def test_model_crops_hubness_correction_against_references_follows_csls(model, t
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, hub=0.5)
     with pytest.raises(ValueError, match="hub_k must be"):
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=refs.numpy(), hub_k=31)
+    with pytest.raises(ValueError, match="dataset emoji has splits"):
+        LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references="emoji:val")
     with pytest.raises(FileNotFoundError, match="references .*missing.npz not found"):
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=str(tmp_path / "missing.npz"))

@@ -277,7 +277,7 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     Args: as ``CropDetectorLocalizer``, plus side: crop side in pixels (default: the model card's image size),
         mix: weight of the image model's cosine (None: ``fit`` chooses it; 1 without a trained crop embedder),
         detector_model: checkpoint of the image model the head was trained on, when it is not ``model``,
-        references: (N, D) array, or an .npz from ``metricvision embed`` (key ``embeddings``) or an .npy file,
+        references: as ``load_references`` (e.g. "emoji:train", the clean training renderings),
         hub: weight of the hubness correction (None: ``fit`` chooses it with references, else 0), hub_k: neighbours.
     """
 
@@ -290,7 +290,7 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
                  hub: Optional[float] = None, hub_k: int = 10) -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
                          temperature=temperature, detector_model=detector_model)
-        self.references = None if references is None else load_references(references, model.dim)
+        self.references = None if references is None else load_references(references, model)
         if hub is not None and (hub < 0 or (hub > 0 and self.references is None)):
             raise ValueError(f"hub must be >= 0 (and > 0 only with references), got {hub}")
         if hub_k < 1 or (self.references is not None and hub_k > len(self.references)):
@@ -342,18 +342,28 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         return self._grid(prepared, queries, gt_boxes, grid)
 
 
-def load_references(references: Any, dim: int) -> torch.Tensor:
-    """An (N, D) array, or an .npz (key ``embeddings``, as ``metricvision embed`` writes) or .npy file -> (N, D)
-    L2-normalized float tensor; refuses another width than the model's ``dim``."""
+def load_references(references: Any, model: ImageTextModel) -> torch.Tensor:
+    """Reference embeddings -> (N, D) L2-normalized float tensor in ``model``'s space. ``references``: an (N, D)
+    array; an .npz (key ``embeddings``, as ``metricvision embed`` writes) or .npy file; or "DATASET[:SPLIT]" (a
+    registered dataset, split ``train`` by default) whose images ``model`` embeds."""
     if isinstance(references, (str, Path)):
         path = Path(references)
-        if not path.is_file():
-            raise FileNotFoundError(f"references {path} not found (an .npz from `metricvision embed`, or an .npy)")
-        loaded = np.load(path)
-        references = loaded["embeddings"] if path.suffix == ".npz" else loaded
+        if path.suffix in (".npz", ".npy"):
+            if not path.is_file():
+                raise FileNotFoundError(f"references {path} not found (an .npz from `metricvision embed`, or an .npy)")
+            loaded = np.load(path)
+            references = loaded["embeddings"] if path.suffix == ".npz" else loaded
+        else:
+            from metricvision.data import DATASETS
+
+            name, _, split = str(references).partition(":")
+            splits = DATASETS.create(name)
+            if (split or "train") not in splits:
+                raise ValueError(f"references {references!r}: dataset {name} has splits {sorted(splits)}, not {split!r}")
+            references = model.encode_images([s.image for s in splits[split or "train"]]).numpy()
     x = torch.as_tensor(np.asarray(references, np.float32))
-    if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
-        raise ValueError(f"references must be (N >= 1, {dim}) embeddings in the model's space, got shape {tuple(x.shape)}")
+    if x.ndim != 2 or x.shape[1] != model.dim or len(x) == 0:
+        raise ValueError(f"references must be (N >= 1, {model.dim}) embeddings in the model's space, got shape {tuple(x.shape)}")
     return torch.nn.functional.normalize(x, dim=1)
 
 
