@@ -269,7 +269,7 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     identity model trained on scene crops (recipe ``data.train_transform: scene``, ``metricvision kb from-run``).
 
     With ``references`` (embeddings of clean reference images, e.g. the training identities, in the model's space),
-    a cosine is corrected for hubness as in CSLS (Conneau et al., ICLR 2018), with the references as the other side:
+    a cosine is corrected for hubness by a simplified CSLS (Conneau et al., ICLR 2018: both r against one reference set):
     cos - ``hub`` x (r_crop + r_query) / 2, r = the mean cosine of a vector to its ``hub_k`` nearest references; a crop
     or query that resembles many references (a generic blob, a common look) loses what it gains everywhere, which
     also makes scores comparable across queries. ``fit`` chooses ``hub`` in (0, 0.5, 1) unless it is given.
