@@ -24,7 +24,7 @@ per-query work (``boxes``).
         --checkpoint runs/text_align/image_model.safetensors --out runs/detector_weak.safetensors
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
         --detector runs/detector.safetensors --primed-detector runs/detector_primed.safetensors \
-        --weak-detector runs/detector_weak.safetensors [--mask-ap] [--oracle]
+        --weak-detector runs/detector_weak.safetensors [--mask-ap] [--oracle] [--errors]
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
         --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96] [--query-views] \
         [--option references=emoji:train]   # CSLS hubness correction against the clean training renderings
@@ -45,7 +45,8 @@ from metricvision.localization.localizers import LOCALIZERS, load_references
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
 from metricvision.kb.views import encode_object_queries
 from metricvision.data.scenes import rle_decode
-from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap
+from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap, pairwise_iou
+from metricvision.metrics.detection_errors import ERROR_TYPES, detection_errors
 
 TASKS = ("image query", "name query", "category (name)")
 CLUTTERED = 8  # objects in a scene from which it counts as cluttered
@@ -126,6 +127,21 @@ def oracle_ap50(locs: Dict[str, Any], scenes: SceneSet, queries: Dict[str, torch
     return out
 
 
+def print_errors(name: str, scenes: SceneSet, found: Dict[str, List[np.ndarray]], n: int,
+                 covered: List[np.ndarray]) -> None:
+    """Print each task's AP50 breakdown (``detection_errors``) and, given per scene the (m,) objects some proposal
+    covers at IoU 0.5, the proposals' recall of the targets."""
+    print(f"| {name} | AP50 | " + " | ".join(f"dAP {k}" for k in ERROR_TYPES) + " | errors (targets missed) | proposal recall |")
+    print("|---" * (len(ERROR_TYPES) + 4) + "|")
+    for task, boxes in found.items():
+        targets = task_targets(scenes, task)[:n]
+        out = detection_errors([f[:, :4] for f in boxes], [f[:, 4] for f in boxes], [b[t] for b, t in zip(scenes.boxes, targets)],
+                               [b[~t] for b, t in zip(scenes.boxes, targets)])
+        recall = f"{np.concatenate([c[t] for c, t in zip(covered, targets)]).mean():.3f}" if covered else ""
+        print(f"| {task} | {out['AP50']:.3f} | " + " | ".join(f"{out['dAP'][k]:+.3f}" for k in ERROR_TYPES)
+              + " | " + ", ".join(f"{k} {v}" for k, v in out["count"].items()) + f" | {recall} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="image model from `kb align` (or `kb from-run`: image queries only)")
@@ -138,6 +154,9 @@ def main() -> None:
     ap.add_argument("--max-boxes", type=int, default=20, help="boxes per query (default 20)")
     ap.add_argument("--oracle", action="store_true",
                     help="also print the two-stage localizers' AP50 with the ground-truth boxes as proposals (a diagnostic)")
+    ap.add_argument("--errors", action="store_true",
+                    help="also print where each task's AP50 goes (a simplified TIDE breakdown: dAP per error type) and, "
+                         "for two-stage localizers, the proposals' recall of the targets at IoU 0.5")
     ap.add_argument("--mask-ap", action="store_true",
                     help="also print mask AP50 per task (filled boxes for localizers without masks; pycocotools)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -177,7 +196,7 @@ def main() -> None:
             chosen[task] = loc.fit(val_prep, val_q[task][:n_val], [b[t] for b, t in zip(val.boxes, targets)])
         found: Dict[str, List[np.ndarray]] = {task: [] for task in tasks}
         found_masks: Dict[str, List[Tuple[List[dict], np.ndarray]]] = {task: [] for task in tasks}
-        seconds = []
+        seconds, covered = [], []
         for i in range(n_test):
             image = image_tensor(test.images[i])
             start = time.perf_counter()  # one image, one query: what a user waits for
@@ -185,6 +204,8 @@ def main() -> None:
             middle = time.perf_counter()
             found[tasks[0]].append(first.boxes(prepared, test_q[tasks[0]][i : i + 1])[0])
             seconds.append((middle - start, time.perf_counter() - middle))
+            if a.errors and getattr(first, "proposals", None):
+                covered.append(pairwise_iou(test.boxes[i], prepared[0].numpy()).max(1, initial=0.0) >= 0.5)
             for task in tasks[1:]:
                 found[task].append(locs[task].boxes(prepared, test_q[task][i : i + 1])[0])
             for task in tasks if a.mask_ap else ():
@@ -195,6 +216,8 @@ def main() -> None:
                                                               target_masks(test, task, n_test))["AP50"], 3) for task in tasks})
         if a.oracle and hasattr(first, "embed_crops"):
             print(f"{name} AP50 with ground-truth boxes as proposals (diagnostic):", oracle_ap50(locs, test, test_q, n_test))
+        if a.errors:
+            print_errors(name, test, found, n_test, covered)
         if name.startswith("query_detector"):
             print(f"{name} stages (median ms, 20 images):", stage_ms(first, [image_tensor(p) for p in test.images[:20]]))
         rows = []
