@@ -1,4 +1,4 @@
-"""CLI: `metricvision scenes build` and `metricvision detector train`."""
+"""CLI: `metricvision scenes build`, `metricvision detector train` and `metricvision detector refiner`."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--crop-scenes", type=int, default=0, help="train the crop embedder on the first N scenes only (0: all)")
     t.add_argument("--json", action="store_true", help="print JSON")
     t.set_defaults(func=_train)
+
+    r = sub.add_parser("refiner", help="train a box refiner for query_detector_model_crops (box regression on crop maps)")
+    r.add_argument("--scenes", required=True, help="train scenes folder (from `scenes build --split train`)")
+    r.add_argument("--checkpoint", required=True, help="the image model that embeds the crops (frozen)")
+    r.add_argument("--out", required=True, help="refiner weights file (.safetensors)")
+    r.add_argument("--val-scenes", help="scenes to report the IoU before and after refinement on (e.g. the val split)")
+    r.add_argument("--max-scenes", type=int, default=0, help="train on the first N scenes only (0: all)")
+    r.add_argument("--side", type=int, default=0, help="crop side in pixels (default: the model card's image size)")
+    r.add_argument("--jitters", type=int, default=4, help="jittered boxes per ground-truth box (default 4)")
+    r.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
+    r.add_argument("--batch-size", type=int, default=256, help="crops per step (default 256)")
+    r.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.set_defaults(func=_refiner)
 
 
 def _build(args: argparse.Namespace) -> Dict[str, Any]:
@@ -99,3 +113,34 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
         print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
     return {"weights": args.out, "scenes": len(scenes.images), "steps": args.steps, "seconds": round(time.time() - start, 1),
             "final_loss": logs[-1].get("crop_metric", logs[-1].get("loss", logs[-1].get("weak")))}
+
+
+def _refiner(args: argparse.Namespace) -> Dict[str, Any]:
+    import time
+
+    from metricvision.kb.model import ImageTextModel
+    from metricvision.localization.refine import BoxRefiner, refined_iou, refiner_examples, save_refiner, train_refiner
+    from metricvision.localization.train import image_tensor, read_scenes
+
+    start = time.time()
+    model = ImageTextModel.from_checkpoint(args.checkpoint)
+    embedder, side = model.embedder.eval(), args.side or model.card.image_size
+    if side < 16:
+        raise ValueError(f"--side must be >= 16 px, got {side}")
+
+    def examples(folder: str, limit: int, seed: int):
+        scenes = read_scenes(folder, limit=limit)
+        return refiner_examples(embedder, [image_tensor(p) for p in scenes.images], scenes.boxes, side,
+                                jitters=args.jitters, seed=seed)
+
+    maps, offsets, boxes, truth = examples(args.scenes, args.max_scenes, 0)
+    refiner = BoxRefiner(maps.shape[1])
+    logs = train_refiner(refiner, maps, offsets, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    save_refiner(refiner, args.out, side, image_model=args.checkpoint)
+    out: Dict[str, Any] = {"weights": args.out, "crops": len(maps), "side": side, "final_l1": round(logs[-1]["l1"], 4),
+                           "train": refined_iou(refiner, maps, boxes, truth)}
+    if args.val_scenes:
+        val_maps, _, val_boxes, val_truth = examples(args.val_scenes, 0, 1)
+        out["val"] = refined_iou(refiner, val_maps, val_boxes, val_truth)
+    out["seconds"] = round(time.time() - start, 1)
+    return out

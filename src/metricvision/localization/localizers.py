@@ -221,6 +221,11 @@ class CropDetectorLocalizer(DetectorLocalizer):
 
     def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(3, H, W) image in [0, 1] -> proposals (K, 4), their objectness log-probabilities (K,), crop embeddings (K, D)."""
+        boxes, logp = self.propose(image)
+        return boxes, logp, self.embed_crops(image, boxes)
+
+    def propose(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(3, H, W) image in [0, 1] -> the best ``proposals`` (K, 4) and their objectness log-probabilities (K,)."""
         from torchvision.ops import nms
 
         obj, boxes, _ = self.detector.predict(image[None])
@@ -228,7 +233,7 @@ class CropDetectorLocalizer(DetectorLocalizer):
         flat = boxes[0].reshape(-1, 4)
         top = logp.topk(min(200, logp.numel())).indices
         keep = top[nms(flat[top], logp[top], 0.7)][: self.proposals]
-        return flat[keep], logp[keep], self.embed_crops(image, flat[keep])
+        return flat[keep], logp[keep]
 
     def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """(3, H, W) image in [0, 1], (n, 4) boxes -> (n, D) embeddings of their crops (the trained crop embedder)."""
@@ -274,11 +279,17 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     or query that resembles many references (a generic blob, a common look) loses what it gains everywhere, which
     also makes scores comparable across queries. ``fit`` chooses ``hub`` in (0, 0.5, 1) unless it is given.
 
+    With ``refiner`` (weights from ``metricvision detector refiner``, ``localization.refine``), every proposal's box
+    is regressed from the backbone maps of its crop, ``refine_passes`` times (each pass after the first crops the
+    refined boxes anew); with ``rescore`` the crops of the refined boxes are embedded for the scores, otherwise
+    the proposals' own crops score them.
+
     Args: as ``CropDetectorLocalizer``, plus side: crop side in pixels (default: the model card's image size),
         mix: weight of the image model's cosine (None: ``fit`` chooses it; 1 without a trained crop embedder),
         detector_model: checkpoint of the image model the head was trained on, when it is not ``model``,
         references: as ``load_references`` (e.g. "emoji:train", the clean training renderings),
-        hub: weight of the hubness correction (None: ``fit`` chooses it with references, else 0), hub_k: neighbours.
+        hub: weight of the hubness correction (None: ``fit`` chooses it with references, else 0), hub_k: neighbours,
+        refiner: box refiner weights (trained on ``model``'s maps at ``side``), refine_passes, rescore: see above.
     """
 
     needs_crop_embedder = False
@@ -287,9 +298,14 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0, side: Optional[int] = None,
                  mix: Optional[float] = None, detector_model: Optional[str] = None, references: Any = None,
-                 hub: Optional[float] = None, hub_k: int = 10) -> None:
+                 hub: Optional[float] = None, hub_k: int = 10, refiner: Optional[str] = None, refine_passes: int = 1,
+                 rescore: bool = False) -> None:
+        from metricvision.localization.refine import load_refiner
+
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
                          temperature=temperature, detector_model=detector_model)
+        if refine_passes < 1:
+            raise ValueError(f"refine_passes must be >= 1, got {refine_passes}")
         self.references = None if references is None else load_references(references, model)
         if hub is not None and (hub < 0 or (hub > 0 and self.references is None)):
             raise ValueError(f"hub must be >= 0 (and > 0 only with references), got {hub}")
@@ -304,18 +320,41 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         self.embedder, self.side = model.embedder.eval(), side or model.card.image_size
         if self.side < 16:
             raise ValueError(f"side must be >= 16 px, got {self.side}")
+        self.refiner, self.refine_passes, self.rescore = None, refine_passes, rescore
+        if refiner:
+            self.refiner, refiner_side = load_refiner(refiner, self.embedder)
+            if refiner_side != self.side:
+                raise ValueError(f"the box refiner {refiner} reads {refiner_side} px crops; this localizer crops at "
+                                 f"{self.side} px (set side={refiner_side})")
         if mix is not None and (not 0.0 <= mix <= 1.0 or (mix < 1.0 and self.crop is None)):
             raise ValueError(f"mix must be in [0, 1] (1 without a trained crop embedder in {weights}), got {mix}")
         self.choose_mix = mix is None and self.crop is not None
         self.mix = 1.0 if mix is None else mix
 
     @torch.no_grad()
-    def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) image in [0, 1], (n, 4) boxes -> (m, n, D) embeddings of their square crops: the image model's,
-        then (m = 2) the trained crop embedder's."""
-        from metricvision.localization.crops import embed_square_crops
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(3, H, W) image in [0, 1] -> proposals (K, 4) (refined, with a refiner), their objectness log-probabilities
+        (K,), crop embeddings (m, K, D)."""
+        from metricvision.localization.refine import crop_maps
 
-        own = embed_square_crops(self.embedder, image, boxes, self.side)
+        boxes, logp = self.propose(image)
+        if self.refiner is None:
+            return boxes, logp, self.embed_crops(image, boxes)
+        maps = crop_maps(self.embedder, image, boxes, self.side)
+        emb = self.embed_crops(image, boxes, maps)
+        for k in range(self.refine_passes):
+            boxes = self.refiner.refine(boxes, maps)
+            if k + 1 < self.refine_passes or self.rescore:
+                maps = crop_maps(self.embedder, image, boxes, self.side)
+        return boxes, logp, self.embed_crops(image, boxes, maps) if self.rescore else emb
+
+    @torch.no_grad()
+    def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(3, H, W) image in [0, 1], (n, 4) boxes (and, if computed, the (n, C, h, w) backbone maps of their crops)
+        -> (m, n, D) embeddings of their square crops: the image model's, then (m = 2) the trained crop embedder's."""
+        from metricvision.localization.refine import crop_maps
+
+        own = self.embedder.from_features(crop_maps(self.embedder, image, boxes, self.side) if maps is None else maps)
         return torch.stack([own, self.crop.embed(image, boxes)]) if self.crop is not None else own[None]
 
     def cosines(self, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

@@ -145,7 +145,11 @@ class Embedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, D); (N, 2 * D) in training mode with a BNNeck (see the class)."""
-        z = self.embed_features(self.features(images))
+        return self.from_features(self.features(images))
+
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) ``features`` -> what ``forward`` gives for the images they come from."""
+        z = self.embed_features(f)
         if self.neck is not None:
             after = self.neck(z)
             if self.training:
