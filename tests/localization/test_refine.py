@@ -6,7 +6,9 @@ from metricvision.data.scenes import SceneConfig, build_scenes
 from metricvision.kb.model import ImageTextModel, ModelCard
 from metricvision.localization.detector import QueryDetector
 from metricvision.localization.localizers import LOCALIZERS
-from metricvision.localization.refine import (BoxRefiner, apply_offsets, corner_offsets, crop_maps, load_refiner, refined_iou,
+from torchvision.ops import box_iou
+
+from metricvision.localization.refine import (BoxRefiner, apply_offsets, corner_offsets, load_refiner, paired_iou, refined_iou,
                                               refiner_examples, save_refiner, train_refiner)
 from metricvision.localization.train import image_tensor, read_scenes, save_detector
 
@@ -22,6 +24,9 @@ def test_offsets_are_corner_moves_over_the_square_crops_side():
     target = torch.tensor([[14.0, 16.0, 34.0, 56.0]])
     assert torch.allclose(corner_offsets(boxes, target), torch.tensor([[0.1, -0.1, 0.1, -0.1]]))
     assert torch.allclose(apply_offsets(boxes, corner_offsets(boxes, target)), target)
+    a, b = torch.rand(6, 2) * 50, torch.rand(6, 2) * 50
+    a, b = torch.cat([a, a + 1 + torch.rand(6, 2) * 30], 1), torch.cat([b, b + 1 + torch.rand(6, 2) * 30], 1)
+    assert torch.allclose(paired_iou(a, b), box_iou(a, b).diagonal())
     # crossed corners are put back in order
     assert torch.allclose(apply_offsets(boxes, torch.tensor([[1.0, 0.0, 0.0, 0.0]])), torch.tensor([[30.0, 20.0, 50.0, 60.0]]))
 
