@@ -72,11 +72,17 @@ def test_model_crops_localizer_refines_its_proposals(model, tmp_path):
     assert torch.allclose(refined, apply_offsets(boxes, torch.tensor([[-0.1, -0.1, 0.1, 0.1]]).expand(len(boxes), 4)), atol=1e-4)
     assert torch.equal(logp, logp2) and torch.allclose(emb, emb2, atol=1e-5)  # scored by the proposals' own crops
     twice = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, proposals=5,
-                              refiner=str(tmp_path / "r.safetensors"), refine_passes=2, rescore=True)
+                              refiner=str(tmp_path / "r.safetensors"), refine_passes=2, rescore="refined")
     again, _, emb3 = twice.prepare(image)
     once = refined
     assert torch.allclose(again, apply_offsets(once, torch.tensor([[-0.1, -0.1, 0.1, 0.1]]).expand(len(once), 4)), atol=1e-3)
     assert torch.allclose(emb3, twice.embed_crops(image, again), atol=1e-5)  # rescored: the refined boxes' crops
+    mean = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, proposals=5,
+                             refiner=str(tmp_path / "r.safetensors"), rescore="mean")
+    _, _, emb4 = mean.prepare(image)
+    assert torch.allclose(emb4, torch.nn.functional.normalize(emb + mean.embed_crops(image, refined), dim=-1), atol=1e-5)
+    with pytest.raises(ValueError, match="rescore must be one of"):
+        LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, rescore="yes")
     with pytest.raises(ValueError, match="set side=32"):
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, refiner=str(tmp_path / "r.safetensors"), side=48)
     with pytest.raises(ValueError, match="refine_passes"):

@@ -9,7 +9,6 @@ or a name (``encode_text``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -261,6 +260,9 @@ class CropDetectorLocalizer(DetectorLocalizer):
         return self._grid(prepared, queries, gt_boxes, {"gamma": (0.0, 0.5, 1.0, 2.0, 4.0), "nms_iou": (0.3, 0.5, 0.7)})
 
 
+RESCORE = ("proposal", "refined", "mean")  # which crops score a refined proposal
+
+
 @LOCALIZERS.register("query_detector_model_crops")
 class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     """Two stages as ``query_detector_crops``, but each proposal's square crop is embedded by the image model
@@ -281,8 +283,8 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
 
     With ``refiner`` (weights from ``metricvision detector refiner``, ``localization.refine``), every proposal's box
     is regressed from the backbone maps of its crop, ``refine_passes`` times (each pass after the first crops the
-    refined boxes anew); with ``rescore`` the crops of the refined boxes are embedded for the scores, otherwise
-    the proposals' own crops score them.
+    refined boxes anew); ``rescore`` says which crops score them: "proposal" (the proposals' own, no extra cost),
+    "refined" (the refined boxes' crops, embedded anew) or "mean" (the normalized mean of both embeddings).
 
     Args: as ``CropDetectorLocalizer``, plus side: crop side in pixels (default: the model card's image size),
         mix: weight of the image model's cosine (None: ``fit`` chooses it; 1 without a trained crop embedder),
@@ -299,13 +301,17 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0, side: Optional[int] = None,
                  mix: Optional[float] = None, detector_model: Optional[str] = None, references: Any = None,
                  hub: Optional[float] = None, hub_k: int = 10, refiner: Optional[str] = None, refine_passes: int = 1,
-                 rescore: bool = False) -> None:
+                 rescore: str = "proposal") -> None:
         from metricvision.localization.refine import load_refiner
 
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
                          temperature=temperature, detector_model=detector_model)
         if refine_passes < 1:
             raise ValueError(f"refine_passes must be >= 1, got {refine_passes}")
+        if rescore not in RESCORE:
+            raise ValueError(f"rescore must be one of {RESCORE}, got {rescore!r}")
+        from metricvision.localization.references import load_references
+
         self.references = None if references is None else load_references(references, model)
         if hub is not None and (hub < 0 or (hub > 0 and self.references is None)):
             raise ValueError(f"hub must be >= 0 (and > 0 only with references), got {hub}")
@@ -344,9 +350,12 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         emb = self.embed_crops(image, boxes, maps)
         for k in range(self.refine_passes):
             boxes = self.refiner.refine(boxes, maps)
-            if k + 1 < self.refine_passes or self.rescore:
+            if k + 1 < self.refine_passes or self.rescore != "proposal":
                 maps = crop_maps(self.embedder, image, boxes, self.side)
-        return boxes, logp, self.embed_crops(image, boxes, maps) if self.rescore else emb
+        if self.rescore == "proposal":
+            return boxes, logp, emb
+        refined = self.embed_crops(image, boxes, maps)
+        return boxes, logp, refined if self.rescore == "refined" else torch.nn.functional.normalize(emb + refined, dim=-1)
 
     @torch.no_grad()
     def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -379,31 +388,6 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         if self.choose_hub:
             grid["hub"] = (0.0, 0.5, 1.0)
         return self._grid(prepared, queries, gt_boxes, grid)
-
-
-def load_references(references: Any, model: ImageTextModel) -> torch.Tensor:
-    """Reference embeddings -> (N, D) L2-normalized float tensor in ``model``'s space. ``references``: an (N, D)
-    array; an .npz (key ``embeddings``, as ``metricvision embed`` writes) or .npy file; or "DATASET[:SPLIT]" (a
-    registered dataset, split ``train`` by default) whose images ``model`` embeds."""
-    if isinstance(references, (str, Path)):
-        path = Path(references)
-        if path.suffix in (".npz", ".npy"):
-            if not path.is_file():
-                raise FileNotFoundError(f"references {path} not found (an .npz from `metricvision embed`, or an .npy)")
-            loaded = np.load(path)
-            references = loaded["embeddings"] if path.suffix == ".npz" else loaded
-        else:
-            from metricvision.data import DATASETS
-
-            name, _, split = str(references).partition(":")
-            splits = DATASETS.create(name)
-            if (split or "train") not in splits:
-                raise ValueError(f"references {references!r}: dataset {name} has splits {sorted(splits)}, not {split!r}")
-            references = model.encode_images([s.image for s in splits[split or "train"]]).numpy()
-    x = torch.as_tensor(np.asarray(references, np.float32))
-    if x.ndim != 2 or x.shape[1] != model.dim or len(x) == 0:
-        raise ValueError(f"references must be (N >= 1, {model.dim}) embeddings in the model's space, got shape {tuple(x.shape)}")
-    return torch.nn.functional.normalize(x, dim=1)
 
 
 def _as_array(boxes: Optional[list]) -> np.ndarray:
