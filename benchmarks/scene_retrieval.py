@@ -18,7 +18,7 @@ box) and overlaps one at IoU >= 0.5. The ground truth is used for scoring only.
     # an identity model (`kb from-run`, image queries only) over the proposals of a detector trained on another model
     python benchmarks/scene_retrieval.py --checkpoint runs/scene_aug_e24/image_model.safetensors \
         --detector runs/detector_big.safetensors --region-embedding model \
-        --detector-model runs/text_align/image_model.safetensors
+        --detector-model runs/text_align/image_model.safetensors [--refiner runs/refiner.safetensors]
 """
 from __future__ import annotations
 
@@ -90,6 +90,8 @@ def main() -> None:
                     help="with --detector: regions embedded by the detector or by the image model on their crops")
     ap.add_argument("--detector-model", help="with --detector and --region-embedding model: the image model the detector "
                     "was trained on, when it is not --checkpoint (e.g. a `kb from-run` identity model)")
+    ap.add_argument("--refiner", help="with --detector and --region-embedding model: box refiner weights "
+                    "(`metricvision detector refiner`) that regress each region's box from its crop")
     ap.add_argument("--query-views", action="store_true",
                     help="embed image queries as the mean over their views (metricvision.kb.views)")
     ap.add_argument("--limit", type=int, default=0, help="use the first N scenes (0: all)")
@@ -107,7 +109,7 @@ def main() -> None:
     samples = [Sample(image=str(root / im["file_name"])) for im in images]
     ids = kb.add(samples, image_root=root)
     whole_s = time.time() - start
-    enable_regions(kb.path, a.detector, a.region_embedding, a.detector_model)
+    enable_regions(kb.path, a.detector, a.region_embedding, a.detector_model, a.refiner)
     n_regions = add_regions(kb.path, ids, samples, kb_proposer(kb.path, model))
     region_s = time.time() - start - whole_s
 

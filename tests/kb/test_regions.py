@@ -201,3 +201,42 @@ def test_detector_trained_on_another_model_proposes_while_the_kb_model_embeds(tm
                  str(weights), "--detector-model", str(tmp_path / "other.safetensors")]) != 0
     assert "needs --detector WEIGHTS and --region-embedding model" in capsys.readouterr().err
     assert not (tmp_path / "kb2").exists()
+
+
+def test_box_refiner_moves_detector_regions_and_keeps_their_crops_embeddings(tmp_path, shapes_kb, capsys):
+    from metricvision.kb.regions import DetectorProposer, kb_proposer
+    from metricvision.localization.detector import QueryDetector
+    from metricvision.localization.refine import BoxRefiner, apply_offsets, save_refiner
+    from metricvision.localization.train import save_detector
+
+    ckpt = str(shapes_kb.path / shapes_kb.card.checkpoint)
+    weights, refiner = tmp_path / "det.safetensors", tmp_path / "refiner.safetensors"
+    torch.manual_seed(0)
+    save_detector(QueryDetector(shapes_kb.model.embedder, hidden=8), weights)
+    shrink = BoxRefiner(shapes_kb.model.embedder.features(torch.zeros(1, 3, 32, 32)).shape[1], mid=4, hidden=4)
+    with torch.no_grad():
+        shrink.net[-1].bias.copy_(torch.tensor([0.05, 0.05, -0.05, -0.05]))  # every box loses a tenth of its crop side
+    save_refiner(shrink, refiner, side=32)
+    image = np.asarray(scene(draw("circle", "red", 28), (40, 40), side=128))
+    plain, plain_emb = DetectorProposer(shapes_kb.model, str(weights), max_regions=6, embedding="model")(image)
+    boxes, emb = DetectorProposer(shapes_kb.model, str(weights), max_regions=6, embedding="model", refiner=str(refiner))(image)
+    inside = (plain[:, :2] > 0).all(1) & (plain[:, 2:] < 128).all(1)  # not clipped before or after
+    assert inside.any()
+    moved = apply_offsets(torch.from_numpy(plain[inside]), torch.tensor([[0.05, 0.05, -0.05, -0.05]]).expand(int(inside.sum()), 4))
+    assert np.allclose(boxes[inside], moved.numpy(), atol=1e-3)
+    assert torch.allclose(emb, plain_emb, atol=1e-5)  # regions keep their proposals' crops' embeddings
+    with pytest.raises(ValueError, match="box refiner .* needs --detector WEIGHTS and --region-embedding model"):
+        DetectorProposer(shapes_kb.model, str(weights), refiner=str(refiner))
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "0.png")
+    kb = tmp_path / "kb"
+    assert main(["kb", "build", str(kb), "--from-folder", str(folder), "--checkpoint", ckpt, "--detector", str(weights),
+                 "--region-embedding", "model", "--refiner", str(refiner), "--json"]) == 0
+    capsys.readouterr()
+    assert json.loads((kb / "regions" / "proposer.json").read_text())["refiner"] == str(refiner.resolve())
+    assert np.array_equal(kb_proposer(kb, shapes_kb.model)(image)[0][:6], boxes)  # what `kb add` will propose
+    assert main(["kb", "build", str(tmp_path / "kb2"), "--from-folder", str(folder), "--checkpoint", ckpt, "--detector",
+                 str(weights), "--refiner", str(tmp_path / "missing.safetensors")]) != 0
+    assert not (tmp_path / "kb2").exists()

@@ -44,6 +44,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--detector-model", metavar="CHECKPOINT",
                            help="with --detector and --region-embedding model: the image model the detector was trained "
                                 "on, when it is not this KB's (the KB's model still embeds every region's crop)")
+            p.add_argument("--refiner", metavar="WEIGHTS",
+                           help="with --detector and --region-embedding model: a box refiner (`metricvision detector "
+                                "refiner`, trained on this KB's model) that regresses each region's box from its crop")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
@@ -126,7 +129,7 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
 
     from metricvision.kb.regions import check_region_embedding
 
-    check_region_embedding(args.detector, args.region_embedding, args.detector_model)  # before anything is written
+    check_region_embedding(args.detector, args.region_embedding, args.detector_model, args.refiner)  # before anything is written
     samples, skipped = _samples(args)
     if args.checkpoint:
         model = ImageTextModel.from_checkpoint(args.checkpoint)
@@ -143,7 +146,7 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     if args.regions or args.detector:
         from metricvision.kb.regions import enable_regions
 
-        enable_regions(kb.path, args.detector, args.region_embedding, args.detector_model)
+        enable_regions(kb.path, args.detector, args.region_embedding, args.detector_model, args.refiner)
         out["regions"] = _add_regions(kb, ids, samples)
     return out
 

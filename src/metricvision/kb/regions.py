@@ -94,19 +94,29 @@ class DetectorProposer:
         embedding: "detector" or "model" (``REGION_EMBEDDINGS``).
         detector_model: checkpoint of the image model the detector was trained on, when it is not ``model`` (e.g. the
             ImageNet-aligned model under a KB of a scene-trained identity model); needs ``embedding="model"``.
+        refiner: box refiner weights (``metricvision detector refiner``, trained on ``model``'s crop maps); each
+            region's box is regressed from its crop's maps, the crop's embedding unchanged; needs ``embedding="model"``.
     """
 
     def __init__(self, model: ImageTextModel, weights: str, max_regions: int = 30, nms_iou: float = 0.5,
-                 embedding: str = "detector", detector_model: Optional[str] = None) -> None:
+                 embedding: str = "detector", detector_model: Optional[str] = None, refiner: Optional[str] = None) -> None:
         from metricvision.localization.localizers import LOCALIZERS
+        from metricvision.localization.refine import load_refiner
 
         if max_regions < 1:
             raise ValueError(f"max_regions must be >= 1, got {max_regions}")
-        check_region_embedding(weights, embedding, detector_model)
+        check_region_embedding(weights, embedding, detector_model, refiner)
+        self.refiner = None
+        if refiner:
+            self.refiner, side = load_refiner(refiner, model.embedder)
+            if side != model.card.image_size:
+                raise ValueError(f"the box refiner {refiner} reads {side} px crops; this KB's model embeds crops at "
+                                 f"{model.card.image_size} px")
         base = ImageTextModel.from_checkpoint(detector_model) if detector_model else model
         self.localizer = LOCALIZERS.create("query_detector", model=base, weights=weights)
         self.model, self.max_regions, self.nms_iou, self.embedding = model, max_regions, nms_iou, embedding
 
+    @torch.no_grad()
     def __call__(self, image: Any) -> Tuple[np.ndarray, torch.Tensor]:
         """One image -> boxes (R, 4) in pixels and their embeddings (R, D)."""
         from torchvision.ops import nms
@@ -117,14 +127,21 @@ class DetectorProposer:
         top = obj.topk(min(10 * self.max_regions, obj.numel())).indices
         keep = top[nms(boxes[top], obj[top], self.nms_iou)][: self.max_regions]
         h, w = x.shape[-2:]
-        clipped = torch.stack([boxes[keep, 0].clamp(0, w), boxes[keep, 1].clamp(0, h),
-                               boxes[keep, 2].clamp(0, w), boxes[keep, 3].clamp(0, h)], dim=1)
+        clipped = clip_boxes(boxes[keep], w, h)
         if self.embedding == "model":
-            from metricvision.localization.crops import embed_square_crops
+            from metricvision.localization.refine import crop_maps
 
-            emb = embed_square_crops(self.model.embedder, x, boxes[keep], self.model.card.image_size)
-            return clipped.numpy().astype(np.float32), emb
+            maps = crop_maps(self.model.embedder, x, boxes[keep], self.model.card.image_size)
+            if self.refiner is not None:
+                clipped = clip_boxes(self.refiner.refine(boxes[keep], maps), w, h)
+            return clipped.numpy().astype(np.float32), self.model.embedder.from_features(maps)
         return clipped.numpy().astype(np.float32), emb[keep]
+
+
+def clip_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(n, 4) boxes -> the same clipped to the image."""
+    return torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
+                        boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
 
 
 def create_proposer(model: ImageTextModel, detector: Optional[str] = None, **kwargs: Any) -> Any:
@@ -132,9 +149,11 @@ def create_proposer(model: ImageTextModel, detector: Optional[str] = None, **kwa
     return DetectorProposer(model, detector, **kwargs) if detector else GridProposer(model, **kwargs)
 
 
-def check_region_embedding(detector: Optional[str], embedding: str, detector_model: Optional[str] = None) -> None:
+def check_region_embedding(detector: Optional[str], embedding: str, detector_model: Optional[str] = None,
+                           refiner: Optional[str] = None) -> None:
     """Refuse an unknown region embedding, one other than the grid's own without detector weights, or a detector
-    model (the image model the detector was trained on, when it is not the KB's) unless the KB's model embeds the crops."""
+    model (the image model the detector was trained on, when it is not the KB's) or a box refiner unless the KB's
+    model embeds the crops."""
     if embedding not in REGION_EMBEDDINGS:
         raise ValueError(f"region embedding must be one of {REGION_EMBEDDINGS}, got {embedding!r}")
     if embedding != "detector" and not detector:
@@ -143,20 +162,24 @@ def check_region_embedding(detector: Optional[str], embedding: str, detector_mod
     if detector_model and not (detector and embedding == "model"):
         raise ValueError(f"a detector model ({detector_model}) needs --detector WEIGHTS and --region-embedding model: the "
                          "detector's own region embeddings live in its model's space, not the KB's")
+    if refiner and not (detector and embedding == "model"):
+        raise ValueError(f"a box refiner ({refiner}) needs --detector WEIGHTS and --region-embedding model: it reads the "
+                         "KB's model's maps of each region's crop")
 
 
 def enable_regions(kb_path: str | os.PathLike, detector: Optional[str] = None, embedding: str = "detector",
-                   detector_model: Optional[str] = None) -> None:
+                   detector_model: Optional[str] = None, refiner: Optional[str] = None) -> None:
     """Mark the KB as one with regions (KB/regions/proposer.json), so that ``kb add`` proposes them too;
-    ``embedding``, ``detector_model``: as in ``DetectorProposer``."""
-    for path, what in ((detector, "detector weights"), (detector_model, "detector model")):
+    ``embedding``, ``detector_model``, ``refiner``: as in ``DetectorProposer``."""
+    for path, what in ((detector, "detector weights"), (detector_model, "detector model"), (refiner, "box refiner")):
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{what} {path} not found")
-    check_region_embedding(detector, embedding, detector_model)
+    check_region_embedding(detector, embedding, detector_model, refiner)
     folder = region_dir(kb_path)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"detector": str(Path(detector).resolve()) if detector else None, "embedding": embedding,
-              "detector_model": str(Path(detector_model).resolve()) if detector_model else None}
+              "detector_model": str(Path(detector_model).resolve()) if detector_model else None,
+              "refiner": str(Path(refiner).resolve()) if refiner else None}
     with atomic_write(folder / PROPOSER_FILE) as f:
         f.write(json.dumps(config).encode())
 
@@ -170,7 +193,7 @@ def kb_proposer(kb_path: str | os.PathLike, model: ImageTextModel) -> Optional[A
     if not config["detector"]:
         return create_proposer(model)
     return create_proposer(model, config["detector"], embedding=config.get("embedding", "detector"),
-                           detector_model=config.get("detector_model"))
+                           detector_model=config.get("detector_model"), refiner=config.get("refiner"))
 
 
 @dataclass
