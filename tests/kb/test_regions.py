@@ -159,7 +159,7 @@ def test_cli_builds_and_adds_detector_regions_embedded_by_the_model(tmp_path, sh
 def test_detector_trained_on_another_model_proposes_while_the_kb_model_embeds(tmp_path, shapes_kb, capsys):
     from metricvision.kb.model import ImageTextModel, save_image_model
     from metricvision.kb.regions import DetectorProposer, kb_proposer
-    from metricvision.localization.crops import embed_square_crops
+    from metricvision.localization.crops import crop_boxes
     from metricvision.localization.detector import QueryDetector
     from metricvision.localization.train import save_detector
 
@@ -182,7 +182,7 @@ def test_detector_trained_on_another_model_proposes_while_the_kb_model_embeds(tm
     inside = torch.from_numpy((boxes[:, :2] > 0).all(1) & (boxes[:, 2:] < 128).all(1))  # not clipped
     assert inside.any()
     with torch.no_grad():
-        expected = embed_square_crops(shapes_kb.model.embedder, x, torch.from_numpy(boxes)[inside], 32)
+        expected = shapes_kb.model.embedder(crop_boxes(x, torch.from_numpy(boxes)[inside], 32))
     assert torch.allclose(emb[inside], expected, atol=1e-5)
     with pytest.raises(ValueError, match="needs --detector WEIGHTS and --region-embedding model"):
         DetectorProposer(shapes_kb.model, str(weights), detector_model=str(tmp_path / "other.safetensors"))

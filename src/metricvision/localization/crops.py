@@ -42,13 +42,6 @@ def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, side: int, pad: float =
     return roi_align(image[None], [sq], output_size=(side, side), spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
 
-@torch.no_grad()
-def embed_square_crops(embedder: Embedder, image: torch.Tensor, boxes: torch.Tensor, side: int) -> torch.Tensor:
-    """(3, H, W) image in [0, 1], (n, 4) boxes -> (n, D) the whole Embedder's embeddings of their square crops
-    (``side`` px, no padding): regions embedded exactly as whole images are."""
-    return embedder(crop_boxes(image, boxes, side))
-
-
 class CropEmbedder(nn.Module):
     """Embeds crops: the Embedder's first ``split`` backbone layers (frozen) then trainable copies of the rest and the head.
 

@@ -17,6 +17,8 @@ import torch
 from metricvision._registry import Registry
 from metricvision.kb.localize import boxes_from_map, similarity_map, tune_box_params, upsample
 from metricvision.kb.model import ImageTextModel
+from metricvision.localization.references import load_references
+from metricvision.localization.refine import crop_maps, load_refiner
 
 LOCALIZERS: Registry = Registry("localizer")
 DENSE_GRID = {"rel_threshold": (0.3, 0.45, 0.6, 0.75), "iou_threshold": (0.1, 0.3, 0.5)}
@@ -302,16 +304,12 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
                  mix: Optional[float] = None, detector_model: Optional[str] = None, references: Any = None,
                  hub: Optional[float] = None, hub_k: int = 10, refiner: Optional[str] = None, refine_passes: int = 1,
                  rescore: str = "proposal") -> None:
-        from metricvision.localization.refine import load_refiner
-
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
                          temperature=temperature, detector_model=detector_model)
         if refine_passes < 1:
             raise ValueError(f"refine_passes must be >= 1, got {refine_passes}")
         if rescore not in RESCORE:
             raise ValueError(f"rescore must be one of {RESCORE}, got {rescore!r}")
-        from metricvision.localization.references import load_references
-
         self.references = None if references is None else load_references(references, model)
         if hub is not None and (hub < 0 or (hub > 0 and self.references is None)):
             raise ValueError(f"hub must be >= 0 (and > 0 only with references), got {hub}")
@@ -341,8 +339,6 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(3, H, W) image in [0, 1] -> proposals (K, 4) (refined, with a refiner), their objectness log-probabilities
         (K,), crop embeddings (m, K, D)."""
-        from metricvision.localization.refine import crop_maps
-
         boxes, logp = self.propose(image)
         if self.refiner is None:
             return boxes, logp, self.embed_crops(image, boxes)
@@ -361,8 +357,6 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(3, H, W) image in [0, 1], (n, 4) boxes (and, if computed, the (n, C, h, w) backbone maps of their crops)
         -> (m, n, D) embeddings of their square crops: the image model's, then (m = 2) the trained crop embedder's."""
-        from metricvision.localization.refine import crop_maps
-
         own = self.embedder.from_features(crop_maps(self.embedder, image, boxes, self.side) if maps is None else maps)
         return torch.stack([own, self.crop.embed(image, boxes)]) if self.crop is not None else own[None]
 
