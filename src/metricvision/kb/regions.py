@@ -106,12 +106,7 @@ class DetectorProposer:
         if max_regions < 1:
             raise ValueError(f"max_regions must be >= 1, got {max_regions}")
         check_region_embedding(weights, embedding, detector_model, refiner)
-        self.refiner = None
-        if refiner:
-            self.refiner, side = load_refiner(refiner, model.embedder)
-            if side != model.card.image_size:
-                raise ValueError(f"the box refiner {refiner} reads {side} px crops; this KB's model embeds crops at "
-                                 f"{model.card.image_size} px")
+        self.refiner = load_refiner(refiner, model.embedder, model.card.image_size)[0] if refiner else None
         base = ImageTextModel.from_checkpoint(detector_model) if detector_model else model
         self.localizer = LOCALIZERS.create("query_detector", model=base, weights=weights)
         self.model, self.max_regions, self.nms_iou, self.embedding = model, max_regions, nms_iou, embedding
@@ -119,7 +114,7 @@ class DetectorProposer:
     @torch.no_grad()
     def __call__(self, image: Any) -> Tuple[np.ndarray, torch.Tensor]:
         """One image -> boxes (R, 4) in pixels and their embeddings (R, D)."""
-        from torchvision.ops import nms
+        from torchvision.ops import clip_boxes_to_image, nms
 
         x = torch.from_numpy(np.asarray(load_image(image), np.float32) / 255.0).permute(2, 0, 1)
         objectness, boxes, emb = self.localizer.prepare(x)
@@ -127,21 +122,15 @@ class DetectorProposer:
         top = obj.topk(min(10 * self.max_regions, obj.numel())).indices
         keep = top[nms(boxes[top], obj[top], self.nms_iou)][: self.max_regions]
         h, w = x.shape[-2:]
-        clipped = clip_boxes(boxes[keep], w, h)
+        clipped = clip_boxes_to_image(boxes[keep], (h, w))
         if self.embedding == "model":
             from metricvision.localization.refine import crop_maps
 
             maps = crop_maps(self.model.embedder, x, boxes[keep], self.model.card.image_size)
             if self.refiner is not None:
-                clipped = clip_boxes(self.refiner.refine(boxes[keep], maps), w, h)
+                clipped = clip_boxes_to_image(self.refiner.refine(boxes[keep], maps), (h, w))
             return clipped.numpy().astype(np.float32), self.model.embedder.from_features(maps)
         return clipped.numpy().astype(np.float32), emb[keep]
-
-
-def clip_boxes(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """(n, 4) boxes -> the same clipped to the image."""
-    return torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
-                        boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
 
 
 def create_proposer(model: ImageTextModel, detector: Optional[str] = None, **kwargs: Any) -> Any:

@@ -324,12 +324,8 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         self.embedder, self.side = model.embedder.eval(), side or model.card.image_size
         if self.side < 16:
             raise ValueError(f"side must be >= 16 px, got {self.side}")
-        self.refiner, self.refine_passes, self.rescore = None, refine_passes, rescore
-        if refiner:
-            self.refiner, refiner_side = load_refiner(refiner, self.embedder)
-            if refiner_side != self.side:
-                raise ValueError(f"the box refiner {refiner} reads {refiner_side} px crops; this localizer crops at "
-                                 f"{self.side} px (set side={refiner_side})")
+        self.refiner = load_refiner(refiner, self.embedder, self.side)[0] if refiner else None
+        self.refine_passes, self.rescore = refine_passes, rescore
         if mix is not None and (not 0.0 <= mix <= 1.0 or (mix < 1.0 and self.crop is None)):
             raise ValueError(f"mix must be in [0, 1] (1 without a trained crop embedder in {weights}), got {mix}")
         self.choose_mix = mix is None and self.crop is not None

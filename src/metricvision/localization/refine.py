@@ -12,7 +12,7 @@ instead of centre / log-size deltas, one class-agnostic regressor.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -145,8 +145,9 @@ def save_refiner(refiner: BoxRefiner, path: str | Path, side: int, image_model: 
         f.write(save({k: v.contiguous() for k, v in refiner.state_dict().items()}, metadata=meta))
 
 
-def load_refiner(path: str | Path, embedder: Embedder) -> Tuple[BoxRefiner, int]:
-    """A refiner from ``save_refiner``'s file, checked against ``embedder``'s maps, and its crop side."""
+def load_refiner(path: str | Path, embedder: Embedder, side: Optional[int] = None) -> Tuple[BoxRefiner, int]:
+    """A refiner from ``save_refiner``'s file, checked against ``embedder``'s maps (and, if given, the crop ``side``
+    it will be used at), and its crop side."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -156,12 +157,15 @@ def load_refiner(path: str | Path, embedder: Embedder) -> Tuple[BoxRefiner, int]
         meta = f.metadata() or {}
     if "side" not in meta:
         raise ValueError(f"{path} is not a box refiner (no 'side' in its metadata)")
-    side = int(meta["side"])
+    trained_side = int(meta["side"])
+    if side is not None and side != trained_side:
+        raise ValueError(f"the box refiner {path} reads {trained_side} px crops, not {side} px: set side={trained_side} "
+                         f"where the crops are cut, or train a refiner at {side} px")
     with torch.no_grad():
-        channels = embedder.eval().features(torch.zeros(1, 3, side, side)).shape[1]
+        channels = embedder.eval().features(torch.zeros(1, 3, trained_side, trained_side)).shape[1]
     if int(meta["channels"]) != channels:
         raise ValueError(f"{path} reads maps of {meta['channels']} channels; this image model's have {channels} "
                          f"(the refiner was trained on {meta.get('image_model') or 'another model'})")
     refiner = BoxRefiner(channels, int(meta["mid"]), int(meta["hidden"]), int(meta["grid"]))
     refiner.load_state_dict(load_file(str(path)))
-    return refiner.eval(), side
+    return refiner.eval(), trained_side
