@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--detector", help="weights for query_detector, query_detector_crops and query_detector_model_crops "
                     "(`metricvision detector train`)")
     ap.add_argument("--primed-detector", help="weights for query_detector_primed (`metricvision detector train --prime`)")
+    ap.add_argument("--primer", help="crop primer weights for query_detector_primed_crops (`metricvision detector primer`; "
+                    "its proposals come from --detector)")
     ap.add_argument("--weak-detector", help="weights for peak_response (`metricvision detector train --weak`)")
     ap.add_argument("--max-boxes", type=int, default=20, help="boxes per query (default 20)")
     ap.add_argument("--oracle", action="store_true",
@@ -180,6 +182,7 @@ def main() -> None:
     n_test, n_val = a.limit or len(test.images), a.val_limit or len(val.images)
     weights = {"query_detector": a.detector, "query_detector_crops": a.detector, "query_detector_model_crops": a.detector,
                "query_detector_primed": a.primed_detector,
+               "query_detector_primed_crops": a.detector if a.primer else None,
                "peak_response": a.weak_detector}
     names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
     if "references" in options:  # embedded once, shared by every task's localizer
@@ -188,6 +191,8 @@ def main() -> None:
     tasks = list(test_q)  # without a text model, image queries only
     for name in names:
         extra = {"weights": weights[name], **options} if name in weights else dict(options)
+        if name == "query_detector_primed_crops":
+            extra["primer"] = a.primer
         locs = {task: LOCALIZERS.create(name, model=model, max_boxes=a.max_boxes, **extra) for task in tasks}
         first = locs[tasks[0]]  # prepared images are query-independent: one forward pass serves every task
         val_prep = [first.prepare(image_tensor(p)) for p in val.images[:n_val]]

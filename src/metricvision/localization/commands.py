@@ -1,4 +1,4 @@
-"""CLI: `metricvision scenes build`, `metricvision detector train` and `metricvision detector refiner`."""
+"""CLI: `metricvision scenes build`, `metricvision detector train`, `detector refiner` and `detector primer`."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +60,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     r.add_argument("--json", action="store_true", help="print JSON")
     r.set_defaults(func=_refiner)
+
+    m = sub.add_parser("primer", help="train a crop primer for query_detector_primed_crops (the query modulates the crops' embedding)")
+    m.add_argument("--scenes", required=True, help="train scenes folder (from `scenes build --split train`)")
+    m.add_argument("--checkpoint", required=True, help="the image model that embeds the queries and crops (frozen; copied layers tuned)")
+    m.add_argument("--out", required=True, help="primer weights file (.safetensors)")
+    m.add_argument("--max-scenes", type=int, default=0, help="train on the first N scenes only (0: all)")
+    m.add_argument("--side", type=int, default=0, help="crop side in pixels (default: the model card's image size)")
+    m.add_argument("--at", type=int, default=13, help="backbone layer whose output the query modulates (default 13)")
+    m.add_argument("--jitters", type=int, default=2, help="jittered boxes per object (default 2)")
+    m.add_argument("--backgrounds", type=int, default=2, help="background boxes per scene (default 2)")
+    m.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    m.add_argument("--batch-size", type=int, default=48, help="crops per step, each with 1 + --negatives queries (default 48)")
+    m.add_argument("--negatives", type=int, default=3, help="hard negative references per crop (default 3)")
+    m.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    m.add_argument("--json", action="store_true", help="print JSON")
+    m.set_defaults(func=_primer)
 
 
 def _build(args: argparse.Namespace) -> Dict[str, Any]:
@@ -144,3 +160,27 @@ def _refiner(args: argparse.Namespace) -> Dict[str, Any]:
         out["val"] = refined_iou(refiner, val_maps, val_boxes, val_truth)
     out["seconds"] = round(time.time() - start, 1)
     return out
+
+
+def _primer(args: argparse.Namespace) -> Dict[str, Any]:
+    import time
+
+    from metricvision.kb.model import ImageTextModel
+    from metricvision.localization.priming import CropPrimer, primer_examples, save_primer, train_primer
+    from metricvision.localization.train import identity_references, image_tensor, read_scenes
+
+    start = time.time()
+    model = ImageTextModel.from_checkpoint(args.checkpoint)
+    side = args.side or model.card.image_size
+    if side < 16:
+        raise ValueError(f"--side must be >= 16 px, got {side}")
+    scenes = read_scenes(args.scenes, limit=args.max_scenes)
+    primer = CropPrimer(model.embedder.eval(), at=args.at)
+    maps, ids = primer_examples(primer, [image_tensor(p) for p in scenes.images], scenes.boxes, scenes.identities, side,
+                                jitters=args.jitters, backgrounds=args.backgrounds)
+    ref_ids, refs = identity_references(model, "train")
+    logs = train_primer(primer, maps, ids, ref_ids, refs, steps=args.steps, batch_size=args.batch_size,
+                        negatives=args.negatives, lr=args.lr)
+    save_primer(primer, args.out, side, image_model=args.checkpoint)
+    return {"weights": args.out, "crops": len(maps), "side": side, "at": args.at,
+            "bce": [round(entry["bce"], 4) for entry in logs], "seconds": round(time.time() - start, 1)}

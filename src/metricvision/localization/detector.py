@@ -297,13 +297,17 @@ def detection_losses(detector: QueryDetector, feats: torch.Tensor, image_size: T
 
 
 class HeadSteps:
-    """AdamW over ``module``'s parameters outside its frozen ``embedder``, a cosine decay over ``steps``,
+    """AdamW over ``module``'s parameters outside its frozen ``embedder`` (those named with a ``slow`` prefix at
+    ``slow_factor`` x ``lr``), a cosine decay over ``steps``,
     ``logs``: the mean of each logged value every ``log_every`` steps (the last step included), and a
     progress bar on stderr named ``desc``."""
 
-    def __init__(self, module: torch.nn.Module, lr: float, steps: int, log_every: int, desc: str = "training") -> None:
-        params = [p for n, p in module.named_parameters() if not n.startswith("embedder.")]
-        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    def __init__(self, module: torch.nn.Module, lr: float, steps: int, log_every: int, desc: str = "training",
+                 slow: Sequence[str] = (), slow_factor: float = 0.1) -> None:
+        named = [(n, p) for n, p in module.named_parameters() if not n.startswith("embedder.")]
+        groups = [{"params": [p for n, p in named if not n.startswith(tuple(slow))], "lr": lr},
+                  {"params": [p for n, p in named if slow and n.startswith(tuple(slow))], "lr": lr * slow_factor}]
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=1e-4)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
         self.steps, self.log_every, self.done = steps, log_every, 0
         self.logs: List[dict] = []

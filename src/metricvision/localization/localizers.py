@@ -18,6 +18,7 @@ from metricvision._registry import Registry
 from metricvision.kb.localize import boxes_from_map, similarity_map, tune_box_params, upsample
 from metricvision.kb.model import ImageTextModel
 from metricvision.localization.references import load_references
+from metricvision.localization.crops import crop_boxes
 from metricvision.localization.refine import crop_maps, load_refiner
 
 LOCALIZERS: Registry = Registry("localizer")
@@ -382,3 +383,39 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
 
 def _as_array(boxes: Optional[list]) -> np.ndarray:
     return np.array([b.as_list() for b in boxes or []], np.float64).reshape(-1, 5)
+
+
+@LOCALIZERS.register("query_detector_primed_crops")
+class PrimedCropDetectorLocalizer(ModelCropDetectorLocalizer):
+    """``query_detector_model_crops`` with priming in its second stage (``localization.priming``): each proposal's
+    crop is run once through the image model up to the primer's layer; per query, the FiLM of those maps by the
+    query and the primer's tuned layers give the crop's primed embedding, scored by its cosine with the query (less
+    the parent's hubness correction, with the primed crop's crowding). The proposals are the unprimed detector's.
+
+    Args: as ``query_detector_model_crops`` (without ``refiner`` or a crop-embedder ``mix``), plus
+        primer: weights from ``metricvision detector primer``, trained on ``model`` at ``side``.
+    """
+
+    def __init__(self, model: ImageTextModel, weights: str, primer: Optional[str] = None, **kwargs: Any) -> None:
+        from metricvision.localization.priming import load_primer
+
+        if not primer:
+            raise ValueError("query_detector_primed_crops needs primer=WEIGHTS (from `metricvision detector primer`)")
+        if kwargs.get("refiner") or kwargs.get("mix") not in (None, 1.0):
+            raise ValueError("query_detector_primed_crops takes no refiner and no crop-embedder mix")
+        super().__init__(model, weights, mix=1.0, **kwargs)
+        self.primer = load_primer(primer, self.embedder, self.side)[0]
+
+    @torch.no_grad()
+    def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(3, H, W) image in [0, 1], (n, 4) boxes -> (n, C, h, w) maps of their square crops at the primer's layer."""
+        return self.primer.trunk(crop_boxes(image, boxes, self.side))
+
+    def cosines(self, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(K, C, h, w) crop maps, (Q, D) normalized queries -> (K, Q) primed cosines, hubness-corrected."""
+        primed = self.primer.primed(emb, queries)  # (Q, K, D)
+        cos = torch.einsum("qkd,qd->kq", primed, queries)
+        if not self.hub:
+            return cos
+        crowd = self.crowding(primed.reshape(-1, primed.shape[-1])).reshape(primed.shape[:2]).T
+        return cos - self.hub * (crowd + self.crowding(queries)[None, :]) / 2

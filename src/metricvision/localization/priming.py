@@ -1,0 +1,202 @@
+"""Priming the second stage of the two-stage localizer: the query modulates how each proposal's crop is embedded.
+
+Rosenfeld et al. ("Priming neural networks", 2018) feed a cue of what is sought into a network's early and middle
+layers, so that what it computes is shaped by the cue. The ``CropPrimer`` does this inside the identity model that
+embeds the proposals' crops (``query_detector_model_crops``): the query's embedding gives a per-channel scale and
+shift (FiLM) of the crop's maps at a middle layer (``at``; for MobileNetV2, layer 13 ends its stride-16 stage), and
+copies of the layers after it, of the pooling and of the head, tuned, embed the modulated maps. The crop's score for
+the query is the cosine of that primed embedding with the query. The FiLM map starts at zero, so an untrained primer
+is the unprimed image model. It is trained on train scenes (``primer_examples``, ``train_primer``): the crops of
+every object, jittered as proposals are, and of background boxes, each paired with its own identity's reference
+(another vendor's rendering) and with the references the unprimed model confuses it with most (hard negatives), by
+binary cross-entropy on a learned affine map of the cosine, which also makes scores comparable across queries.
+Simplified against the paper: one modulated layer, in the second stage only (the proposals stay unprimed).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from metricvision._atomic import atomic_write
+from metricvision.localization.crops import crop_boxes, jitter_boxes
+from metricvision.localization.detector import HeadSteps, _film
+from metricvision.localization.refine import paired_iou
+from metricvision.models import Embedder
+
+
+class CropPrimer(nn.Module):
+    """(n, C, h, w) crop maps at layer ``at`` and (n, D) queries -> (n, D) normalized primed crop embeddings.
+
+    Args:
+        embedder: the identity model (frozen; no hypercolumn taps, no BNNeck, an ``nn.Sequential`` backbone).
+        at: the backbone layer whose output the query modulates; the layers after it are tuned copies.
+    """
+
+    def __init__(self, embedder: Embedder, at: int = 13) -> None:
+        super().__init__()
+        backbone = embedder.backbone
+        if embedder.taps or embedder.neck is not None:
+            raise ValueError("the crop primer needs an image model without hypercolumn taps and without a BNNeck")
+        if not isinstance(backbone, nn.Sequential) or not 0 <= at < len(backbone) - 1:
+            n = len(backbone) if isinstance(backbone, nn.Sequential) else 0
+            raise ValueError(f"at must be a layer index in [0, {n - 2}] of an nn.Sequential backbone, got {at}")
+        self.embedder, self.at = embedder.eval(), at  # frozen: HeadSteps leaves "embedder." out
+        self.top = copy.deepcopy(backbone[at + 1 :])
+        self.pool, self.head = copy.deepcopy(embedder.pool), copy.deepcopy(embedder.head)
+        for p in [*self.top.parameters(), *self.pool.parameters(), *self.head.parameters()]:
+            p.requires_grad_(True)
+        channels = self.trunk(torch.zeros(1, 3, 32, 32)).shape[1]
+        self.film = nn.Linear(embedder.dim, 2 * channels)
+        nn.init.zeros_(self.film.weight)  # starts as the unprimed model
+        nn.init.zeros_(self.film.bias)
+        self.calibration = nn.Parameter(torch.tensor([10.0, -5.0]))  # scale and bias of the training logit
+
+    def train(self, mode: bool = True) -> "CropPrimer":
+        """Training mode for the FiLM map and the tuned layers; batch norms keep the image model's statistics."""
+        super().train(mode)
+        self.embedder.eval()
+        for m in self.top.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    @torch.no_grad()
+    def trunk(self, crops: torch.Tensor) -> torch.Tensor:
+        """(n, 3, s, s) crops in [0, 1] -> (n, C, h, w) the frozen image model's maps at layer ``at``."""
+        return self.embedder.backbone[: self.at + 1](self.embedder.backbone_input(crops))
+
+    def forward(self, maps: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        x = _film(self.film, maps.float(), F.normalize(queries, dim=1))
+        return F.normalize(self.head(self.pool(self.top(x))), dim=1)
+
+    @torch.no_grad()
+    def primed(self, maps: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(K, C, h, w) crop maps, (Q, D) queries -> (Q, K, D) the crops' embeddings primed by each query."""
+        if not len(queries):
+            return maps.new_zeros(0, len(maps), self.film.in_features)
+        return torch.stack([self(maps, q.expand(len(maps), -1)) for q in queries])
+
+
+def background_boxes(gt: np.ndarray, size: Tuple[int, int], n: int, rng: np.random.Generator,
+                     max_iou: float = 0.3) -> np.ndarray:
+    """Up to ``n`` (m, 4) square boxes inside an image of ``size`` (H, W), as large as the ground-truth boxes (24 to
+    160 px without any), each with IoU < ``max_iou`` with every (k, 4) ground-truth box."""
+    h, w = size
+    sides = np.sqrt((gt[:, 2:] - gt[:, :2]).prod(1)) if len(gt) else np.array([24.0, 160.0])
+    out: List[np.ndarray] = []
+    for _ in range(20 * n):
+        if len(out) == n:
+            break
+        side = min(float(rng.uniform(sides.min(), sides.max())), h - 1.0, w - 1.0)
+        x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
+        box = np.array([[x0, y0, x0 + side, y0 + side]])
+        if not len(gt) or paired_iou(torch.from_numpy(box).repeat(len(gt), 1), torch.from_numpy(gt)).max() < max_iou:
+            out.append(box[0])
+    return np.array(out, np.float64).reshape(-1, 4)
+
+
+def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: Sequence[np.ndarray],
+                    identities: Sequence[np.ndarray], side: int, jitters: int = 2, backgrounds: int = 2,
+                    seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Training crops: per object ``jitters`` boxes jittered as proposals are (``jitter_boxes``), per scene
+    ``backgrounds`` background boxes -> their (N, C, h, w) maps at the primer's layer, in half precision, and their
+    (N,) identities (-1 for a background)."""
+    if jitters < 1 or backgrounds < 0:
+        raise ValueError(f"jitters must be >= 1 and backgrounds >= 0, got {jitters} and {backgrounds}")
+    rng = np.random.default_rng(seed)
+    maps, ids = [], []
+    for image, gt, who in tqdm(list(zip(images, boxes, identities)), desc="primer crops", leave=False, dynamic_ncols=True):
+        parts = [jitter_boxes(gt, rng) for _ in range(jitters)] if len(gt) else []
+        back = background_boxes(gt, tuple(image.shape[-2:]), backgrounds, rng)
+        chosen = torch.from_numpy(np.concatenate(parts + [back])).float()
+        if len(chosen):
+            maps.append(primer.trunk(crop_boxes(image, chosen, side)).half())
+            ids.append(torch.from_numpy(np.concatenate([np.tile(who, jitters) if len(gt) else who, np.full(len(back), -1)])))
+    if not maps:
+        raise ValueError("no boxes in the scenes: nothing to train the primer on")
+    return torch.cat(maps), torch.cat(ids).long()
+
+
+def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_ids: torch.Tensor,
+                 refs: Sequence[torch.Tensor], steps: int = 1500, batch_size: int = 48, negatives: int = 3,
+                 hard: int = 20, lr: float = 3e-4, seed: int = 0, log_every: int = 250) -> List[dict]:
+    """Fit the primer; returns the mean loss every ``log_every`` steps.
+
+    Each step draws ``batch_size`` crops; a crop of a known identity is paired with that identity's reference
+    (label 1) and ``negatives`` references drawn among the ``hard`` that the unprimed model finds closest to it
+    (label 0), a background crop with ``negatives`` + 1 of those. The loss is binary cross-entropy on
+    ``calibration`` = (a, b) applied as a x cos + b, the positives weighted by ``negatives``. ``refs``: (R, D)
+    reference embeddings per modality (e.g. other-vendor images, names), one drawn per step; ``ref_ids``: (R,).
+    The FiLM map and the calibration learn at ``lr``, the copied layers at a tenth of it (AdamW, cosine decay)."""
+    if steps < 1 or batch_size < 1 or negatives < 1 or hard < negatives:
+        raise ValueError(f"steps, batch_size and negatives must be >= 1 and hard >= negatives, got {steps}, "
+                         f"{batch_size}, {negatives}, {hard}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    row = {int(r): k for k, r in enumerate(ref_ids.tolist())}
+    own = torch.tensor([row.get(int(i), -1) for i in ids.tolist()])
+    hard_rows = []
+    for r in refs:  # hard negatives of every crop by the unprimed cosine (the primer's start), own reference excluded
+        with torch.no_grad():
+            cos = torch.cat([primer(maps[s : s + 512], r[:1].expand(len(maps[s : s + 512]), -1)) @ r.T
+                             for s in range(0, len(maps), 512)])
+        cos[own >= 0, own[own >= 0]] = -2.0
+        hard_rows.append(cos.topk(min(hard, cos.shape[1]), dim=1).indices)
+    head = HeadSteps(primer, lr, steps, log_every, desc="crop primer", slow=("top.", "pool.", "head."))
+    primer.train()
+    for _ in range(steps):
+        m = int(rng.integers(len(refs)))
+        pick = torch.from_numpy(rng.choice(len(maps), size=min(batch_size, len(maps)), replace=False))
+        cols = torch.from_numpy(rng.random((len(pick), hard_rows[m].shape[1])).argsort(1)[:, : negatives + 1])
+        rows = hard_rows[m][pick[:, None], cols]
+        known = own[pick] >= 0
+        rows[known, 0] = own[pick][known]
+        labels = torch.zeros_like(rows, dtype=torch.float)
+        labels[known, 0] = 1.0
+        queries = refs[m][rows.reshape(-1)]
+        cos = (primer(maps[pick].repeat_interleave(rows.shape[1], dim=0), queries) * F.normalize(queries, dim=1)).sum(1)
+        logit = primer.calibration[0] * cos + primer.calibration[1]
+        loss = F.binary_cross_entropy_with_logits(logit, labels.reshape(-1), pos_weight=torch.tensor(float(negatives)))
+        head.step(loss, name="bce")
+    primer.eval()
+    return head.logs
+
+
+def save_primer(primer: CropPrimer, path: str | Path, side: int, image_model: str = "") -> None:
+    """Write the primer's trained parts (not the frozen image model), its layer, crop side and image model."""
+    from safetensors.torch import save
+
+    state = {k: v.contiguous() for k, v in primer.state_dict().items() if not k.startswith("embedder.")}
+    with atomic_write(path) as f:
+        f.write(save(state, metadata={"at": str(primer.at), "side": str(side), "image_model": image_model}))
+
+
+def load_primer(path: str | Path, embedder: Embedder, side: Optional[int] = None) -> Tuple[CropPrimer, int]:
+    """A primer from ``save_primer``'s file over ``embedder`` (checked against it, and against the crop ``side`` it
+    will be used at, if given), and its crop side."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"crop primer {path} not found; train one with `metricvision detector primer`")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "at" not in meta or "side" not in meta:
+        raise ValueError(f"{path} is not a crop primer (no 'at' / 'side' in its metadata)")
+    trained_side = int(meta["side"])
+    if side is not None and side != trained_side:
+        raise ValueError(f"the crop primer {path} reads {trained_side} px crops, not {side} px: set side={trained_side}")
+    primer = CropPrimer(embedder, int(meta["at"]))
+    state = load_file(str(path))
+    expected = {k: v.shape for k, v in primer.state_dict().items() if not k.startswith("embedder.")}
+    if set(state) != set(expected) or any(state[k].shape != expected[k] for k in expected):
+        raise ValueError(f"{path} does not fit this image model (it was trained on {meta.get('image_model') or 'another model'})")
+    primer.load_state_dict(state, strict=False)
+    return primer.eval(), trained_side

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metricvision.data.scenes import SceneConfig, build_scenes
+from metricvision.kb.model import ImageTextModel, ModelCard
+from metricvision.localization.crops import crop_boxes
+from metricvision.localization.detector import QueryDetector
+from metricvision.localization.localizers import LOCALIZERS
+from metricvision.localization.priming import (CropPrimer, background_boxes, load_primer, primer_examples, save_primer,
+                                               train_primer)
+from metricvision.localization.refine import paired_iou
+from metricvision.localization.train import image_tensor, read_scenes, save_detector
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=32))
+
+
+def test_an_untrained_primer_is_the_unprimed_model_whatever_the_query(model):
+    primer = CropPrimer(model.embedder, at=13).eval()
+    crops = torch.rand(5, 3, 32, 32)
+    plain = model.embedder.eval()(crops)
+    primed = primer.primed(primer.trunk(crops), torch.randn(3, model.embedder.dim))
+    assert primed.shape == (3, 5, model.embedder.dim)
+    for q in range(3):
+        assert torch.allclose(primed[q], plain, atol=1e-5)
+    with torch.no_grad():  # a trained FiLM map makes the embedding depend on the query
+        primer.film.weight.normal_(0, 0.05)
+    primed = primer.primed(primer.trunk(crops), torch.randn(2, model.embedder.dim))
+    assert (primed[0] - primed[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"at must be a layer index in \[0, 17\]"):
+        CropPrimer(model.embedder, at=18)
+
+
+def test_background_boxes_stay_off_the_objects():
+    rng = np.random.default_rng(0)
+    gt = np.array([[10.0, 10.0, 40.0, 40.0], [60.0, 50.0, 90.0, 80.0]])
+    back = background_boxes(gt, (100, 120), 6, rng)
+    assert len(back) == 6
+    assert (back[:, :2] >= 0).all() and (back[:, 2] <= 120).all() and (back[:, 3] <= 100).all()
+    iou = paired_iou(torch.from_numpy(back).repeat_interleave(2, 0), torch.from_numpy(gt).repeat(6, 1))
+    assert iou.max() < 0.3
+
+
+def test_a_trained_primer_separates_each_crops_identity_from_its_hard_negatives(model, tmp_path):
+    cfg = SceneConfig(size=96, sides=(28, 40), targets=(1, 1), distractors=(1, 2), blur=0.0)
+    scenes = read_scenes(build_scenes(tmp_path / "s", "train", 6, seed=0, cfg=cfg))
+    images = [image_tensor(p) for p in scenes.images]
+    primer = CropPrimer(model.embedder, at=13)
+    maps, ids = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=3, backgrounds=1)
+    objects = sum(len(b) for b in scenes.boxes)
+    assert maps.dtype == torch.float16 and len(maps) == len(ids) and (ids >= 0).sum() == 3 * objects
+    assert (ids == -1).sum() <= len(scenes.images)
+    # references: the unprimed embedding of each identity's exact crops, plus 12 random decoys
+    ref_ids = torch.from_numpy(np.unique(np.concatenate(scenes.identities)))
+    crops = [crop_boxes(im, torch.from_numpy(b).float(), 32) for im, b in zip(images, scenes.boxes)]
+    plain = model.embedder.eval()(torch.cat(crops)).detach()
+    who = torch.from_numpy(np.concatenate(scenes.identities))
+    refs = torch.cat([F.normalize(torch.stack([plain[who == i].mean(0) for i in ref_ids]), dim=1),
+                      F.normalize(torch.randn(12, plain.shape[1]), dim=1)])
+    ref_ids = torch.cat([ref_ids, torch.arange(10**6, 10**6 + 12)])
+
+    def margin() -> float:  # mean over object crops: cos with its own reference - best cos with another
+        with torch.no_grad():
+            e = primer.primed(maps[ids >= 0].float(), refs)  # (R, n, D)
+            cos = torch.einsum("rnd,rd->nr", e, refs)
+        own = (ids[ids >= 0, None] == ref_ids[None, :])
+        return float((cos[own] - cos.masked_fill(own, -2).max(1).values).mean())
+
+    before = margin()
+    logs = train_primer(primer, maps, ids, ref_ids, [refs], steps=60, batch_size=16, negatives=2, hard=4, lr=2e-3,
+                        log_every=20)
+    assert logs[-1]["bce"] < logs[0]["bce"]
+    assert margin() > before + 0.02
+    save_primer(primer, tmp_path / "p.safetensors", side=32, image_model="tiny")
+    loaded, side = load_primer(tmp_path / "p.safetensors", model.embedder)
+    assert side == 32 and loaded.at == 13
+    assert torch.allclose(loaded.primed(maps[:4].float(), refs[:2]), primer.eval().primed(maps[:4].float(), refs[:2]), atol=1e-6)
+    with pytest.raises(ValueError, match="set side=32"):
+        load_primer(tmp_path / "p.safetensors", model.embedder, side=48)
+    with pytest.raises(FileNotFoundError, match="detector primer"):
+        load_primer(tmp_path / "missing.safetensors", model.embedder)
+    with pytest.raises(ValueError, match="hard >= negatives"):
+        train_primer(primer, maps, ids, ref_ids, [refs], negatives=5, hard=4)
+
+
+def test_primed_crops_localizer_starts_as_the_unprimed_one_and_needs_a_primer(model, tmp_path):
+    save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "det.safetensors")
+    weights = str(tmp_path / "det.safetensors")
+    save_primer(CropPrimer(model.embedder, at=13), tmp_path / "p.safetensors", side=32)
+    refs = F.normalize(torch.randn(20, model.embedder.dim), dim=1)
+    plain = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, proposals=6, references=refs, hub=0.5)
+    primed = LOCALIZERS.create("query_detector_primed_crops", model=model, weights=weights, proposals=6, references=refs,
+                               hub=0.5, primer=str(tmp_path / "p.safetensors"))
+    torch.manual_seed(1)
+    image, queries = torch.rand(3, 96, 96), F.normalize(torch.randn(2, model.embedder.dim), dim=1)
+    a, b = plain.prepare(image), primed.prepare(image)
+    assert torch.equal(a[0], b[0]) and b[2].dim() == 4  # same proposals; crop maps at the primer's layer
+    assert torch.allclose(plain.cosines(a[2], queries), primed.cosines(b[2], queries), atol=1e-5)
+    for x, y in zip(plain.boxes(a, queries), primed.boxes(b, queries)):
+        assert np.allclose(x, y, atol=1e-4)
+    with pytest.raises(ValueError, match="needs primer=WEIGHTS"):
+        LOCALIZERS.create("query_detector_primed_crops", model=model, weights=weights)
+    with pytest.raises(ValueError, match="no refiner"):
+        LOCALIZERS.create("query_detector_primed_crops", model=model, weights=weights, primer=str(tmp_path / "p.safetensors"),
+                          refiner="r.safetensors")
+
+
+def test_cli_trains_a_primer(model, tmp_path, capsys):
+    import json
+
+    from metricvision.cli import main
+    from metricvision.kb.model import save_image_model
+
+    ckpt = tmp_path / "model.safetensors"
+    save_image_model(model.embedder, ckpt, image_size=32)
+    cfg = SceneConfig(size=96, sides=(28, 40), targets=(1, 1), distractors=(1, 2), blur=0.0)
+    build_scenes(tmp_path / "train", "train", 3, seed=0, cfg=cfg)
+    out = tmp_path / "p.safetensors"
+    assert main(["detector", "primer", "--scenes", str(tmp_path / "train"), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--steps", "4", "--batch-size", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["side"] == 32 and result["at"] == 13 and result["crops"] >= 2 * sum(len(b) for b in read_scenes(tmp_path / "train").boxes)
+    assert load_primer(out, model.embedder)[1] == 32
