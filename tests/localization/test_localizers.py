@@ -24,6 +24,11 @@ def test_contract(name, model, tmp_path):
         det = QueryDetector(model.embedder, hidden=16, prime=name == "query_detector_primed")
         save_detector(det, tmp_path / "det.safetensors", crop=crop)
         extra = {"weights": str(tmp_path / "det.safetensors")}
+    if name == "query_detector_primed_crops":
+        from metricvision.localization.priming import CropPrimer, save_primer
+
+        save_primer(CropPrimer(model.embedder), tmp_path / "primer.safetensors", side=model.card.image_size)
+        extra["primer"] = str(tmp_path / "primer.safetensors")
     loc = LOCALIZERS.create(name, model=model, max_boxes=3, **extra)
     # a method sees the image and the query embeddings only: no counts, sizes or boxes
     assert list(inspect.signature(loc.localize).parameters) == ["image", "queries"]
