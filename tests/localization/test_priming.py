@@ -95,7 +95,7 @@ def test_primed_crops_localizer_starts_as_the_unprimed_one_and_needs_a_primer(mo
     refs = F.normalize(torch.randn(20, model.embedder.dim), dim=1)
     plain = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, proposals=6, references=refs, hub=0.5)
     primed = LOCALIZERS.create("query_detector_primed_crops", model=model, weights=weights, proposals=6, references=refs,
-                               hub=0.5, primer=str(tmp_path / "p.safetensors"))
+                               hub=0.5, mix=1.0, primer=str(tmp_path / "p.safetensors"))
     torch.manual_seed(1)
     image, queries = torch.rand(3, 96, 96), F.normalize(torch.randn(2, model.embedder.dim), dim=1)
     a, b = plain.prepare(image), primed.prepare(image)

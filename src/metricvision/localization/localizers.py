@@ -17,8 +17,8 @@ import torch
 from metricvision._registry import Registry
 from metricvision.kb.localize import boxes_from_map, similarity_map, tune_box_params, upsample
 from metricvision.kb.model import ImageTextModel
-from metricvision.localization.references import load_references
 from metricvision.localization.crops import crop_boxes
+from metricvision.localization.references import load_references
 from metricvision.localization.refine import crop_maps, load_refiner
 
 LOCALIZERS: Registry = Registry("localizer")
@@ -401,7 +401,7 @@ class PrimedCropDetectorLocalizer(ModelCropDetectorLocalizer):
 
         if not primer:
             raise ValueError("query_detector_primed_crops needs primer=WEIGHTS (from `metricvision detector primer`)")
-        if kwargs.get("refiner") or kwargs.get("mix") not in (None, 1.0):
+        if kwargs.get("refiner") or kwargs.pop("mix", None) not in (None, 1.0):
             raise ValueError("query_detector_primed_crops takes no refiner and no crop-embedder mix")
         super().__init__(model, weights, mix=1.0, **kwargs)
         self.primer = load_primer(primer, self.embedder, self.side)[0]
