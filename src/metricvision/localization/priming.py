@@ -27,7 +27,7 @@ from tqdm import tqdm
 from metricvision._atomic import atomic_write
 from metricvision.localization.crops import crop_boxes, jitter_boxes
 from metricvision.localization.detector import HeadSteps, _film
-from metricvision.localization.refine import paired_iou
+from metricvision.metrics.detection import pairwise_iou
 from metricvision.models import Embedder
 
 
@@ -97,7 +97,7 @@ def background_boxes(gt: np.ndarray, size: Tuple[int, int], n: int, rng: np.rand
         side = min(float(rng.uniform(sides.min(), sides.max())), h - 1.0, w - 1.0)
         x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
         box = np.array([[x0, y0, x0 + side, y0 + side]])
-        if not len(gt) or paired_iou(torch.from_numpy(box).repeat(len(gt), 1), torch.from_numpy(gt)).max() < max_iou:
+        if pairwise_iou(box, gt).max(initial=0.0) < max_iou:
             out.append(box[0])
     return np.array(out, np.float64).reshape(-1, 4)
 
@@ -144,9 +144,7 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
     own = torch.tensor([row.get(int(i), -1) for i in ids.tolist()])
     hard_rows = []
     for r in refs:  # hard negatives of every crop by the unprimed cosine (the primer's start), own reference excluded
-        with torch.no_grad():
-            cos = torch.cat([primer(maps[s : s + 512], r[:1].expand(len(maps[s : s + 512]), -1)) @ r.T
-                             for s in range(0, len(maps), 512)])
+        cos = torch.cat([primer.primed(maps[s : s + 512], r[:1])[0] @ r.T for s in range(0, len(maps), 512)])
         cos[own >= 0, own[own >= 0]] = -2.0
         hard_rows.append(cos.topk(min(hard, cos.shape[1]), dim=1).indices)
     head = HeadSteps(primer, lr, steps, log_every, desc="crop primer", slow=("top.", "pool.", "head."))
