@@ -51,10 +51,11 @@ def test_a_trained_primer_separates_each_crops_identity_from_its_hard_negatives(
     scenes = read_scenes(build_scenes(tmp_path / "s", "train", 6, seed=0, cfg=cfg))
     images = [image_tensor(p) for p in scenes.images]
     primer = CropPrimer(model.embedder, at=13)
-    maps, ids = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=3, backgrounds=1)
+    maps, ids, overlaps = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=3, backgrounds=1)
     objects = sum(len(b) for b in scenes.boxes)
-    assert maps.dtype == torch.float16 and len(maps) == len(ids) and (ids >= 0).sum() == 3 * objects
-    assert (ids == -1).sum() <= len(scenes.images)
+    assert maps.dtype == torch.float16 and len(maps) == len(ids) == len(overlaps)
+    assert ((ids >= 0) & (overlaps >= 0.5)).sum() == 3 * objects  # the jittered crops; a background box overlaps < 0.3
+    assert (ids == -1).sum() + ((ids >= 0) & (overlaps < 0.3)).sum() == len(scenes.images)
     # references: the unprimed embedding of each identity's exact crops, plus 12 random decoys
     ref_ids = torch.from_numpy(np.unique(np.concatenate(scenes.identities)))
     crops = [crop_boxes(im, torch.from_numpy(b).float(), 32) for im, b in zip(images, scenes.boxes)]
@@ -86,6 +87,49 @@ def test_a_trained_primer_separates_each_crops_identity_from_its_hard_negatives(
         load_primer(tmp_path / "missing.safetensors", model.embedder)
     with pytest.raises(ValueError, match="hard >= negatives"):
         train_primer(primer, maps, ids, ref_ids, [refs], negatives=5, hard=4)
+
+
+def test_proposals_are_labelled_by_overlap_and_a_piece_of_an_object_is_a_negative_for_it(model, tmp_path):
+    cfg = SceneConfig(size=96, sides=(36, 44), targets=(1, 1), distractors=(0, 0), blur=0.0)
+    scenes = read_scenes(build_scenes(tmp_path / "s", "train", 6, seed=1, cfg=cfg))
+    images = [image_tensor(p) for p in scenes.images]
+    proposals = []
+    for gt in scenes.boxes:  # per scene: the object's box, its left third, a box far from it
+        x0, y0, x1, y1 = gt[0]
+        far = [0.0, 0.0, 20.0, 20.0] if x0 > 30 or y0 > 30 else [70.0, 70.0, 90.0, 90.0]
+        proposals.append(np.array([gt[0], [x0, y0, x0 + (x1 - x0) / 3, y1], far]))
+    primer = CropPrimer(model.embedder, at=13)
+    maps, ids, overlaps = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=1,
+                                          backgrounds=0, proposals=proposals)
+    assert len(maps) == 4 * len(images)  # per scene: 1 jittered box + 3 proposals
+    who = torch.tensor([int(w[0]) for w in scenes.identities])
+    assert torch.equal(ids.reshape(-1, 4), torch.stack([who, who, who, torch.full_like(who, -1)], 1))
+    assert torch.allclose(overlaps.reshape(-1, 4)[:, 1:], torch.tensor([[1.0, 1 / 3, 1.0]]).expand(len(images), 3), atol=1e-4)
+    with pytest.raises(ValueError, match="one \\(m, 4\\) array per scene"):
+        primer_examples(primer, images, scenes.boxes, scenes.identities, 32, proposals=proposals[:2])
+
+    ref_ids = torch.unique(who)
+    plain = model.embedder.eval()(torch.cat([crop_boxes(im, torch.from_numpy(b[:1]).float(), 32)
+                                             for im, b in zip(images, proposals)])).detach()
+    refs = F.normalize(torch.stack([plain[who == i].mean(0) for i in ref_ids]), dim=1)
+    piece = overlaps < 0.5
+
+    def own_cos_on_pieces(p: CropPrimer) -> float:
+        with torch.no_grad():
+            e = p.primed(maps[piece].float(), refs)  # (R, n, D)
+            cos = torch.einsum("rnd,rd->nr", e, refs)
+        return float(cos[ids[piece, None] == ref_ids[None, :]].mean())
+
+    scored = {}
+    for name, given in (("overlaps", overlaps), ("none", None)):
+        torch.manual_seed(0)
+        p = CropPrimer(model.embedder, at=13)
+        train_primer(p, maps, ids, ref_ids, [refs], steps=40, batch_size=12, negatives=1, hard=1, lr=3e-3,
+                     overlaps=given)
+        scored[name] = own_cos_on_pieces(p)
+    assert scored["overlaps"] < scored["none"] - 0.05  # taught that a third of the object is not the object
+    with pytest.raises(ValueError, match="one value per crop"):
+        train_primer(primer, maps, ids, ref_ids, [refs], negatives=1, hard=1, overlaps=overlaps[:3])
 
 
 def test_primed_crops_localizer_starts_as_the_unprimed_one_and_needs_a_primer(model, tmp_path):

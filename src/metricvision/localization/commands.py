@@ -73,6 +73,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
     m.add_argument("--batch-size", type=int, default=48, help="crops per step, each with 1 + --negatives queries (default 48)")
     m.add_argument("--negatives", type=int, default=3, help="hard negative references per crop (default 3)")
+    m.add_argument("--detector", help="detector weights whose proposals on the train scenes join the crops "
+                   "(labelled by IoU: >= --fg-iou a detection of the object, below it a negative for it too)")
+    m.add_argument("--detector-model", help="the image model that detector was trained on (as the localizer's detector_model)")
+    m.add_argument("--proposals", type=int, default=40, help="proposals per scene with --detector (default 40)")
+    m.add_argument("--fg-iou", type=float, default=0.5, help="IoU from which a crop is a detection of its object (default 0.5)")
     m.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     m.add_argument("--json", action="store_true", help="print JSON")
     m.set_defaults(func=_primer)
@@ -165,6 +170,8 @@ def _refiner(args: argparse.Namespace) -> Dict[str, Any]:
 def _primer(args: argparse.Namespace) -> Dict[str, Any]:
     import time
 
+    from tqdm import tqdm
+
     from metricvision.kb.model import ImageTextModel
     from metricvision.localization.priming import CropPrimer, primer_examples, save_primer, train_primer
     from metricvision.localization.train import identity_references, image_tensor, read_scenes
@@ -175,12 +182,24 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
     if side < 16:
         raise ValueError(f"--side must be >= 16 px, got {side}")
     scenes = read_scenes(args.scenes, limit=args.max_scenes)
+    if not 0.0 < args.fg_iou <= 1.0:
+        raise ValueError(f"--fg-iou must be in (0, 1], got {args.fg_iou}")
     primer = CropPrimer(model.embedder.eval(), at=args.at)
-    maps, ids = primer_examples(primer, [image_tensor(p) for p in scenes.images], scenes.boxes, scenes.identities, side,
-                                jitters=args.jitters, backgrounds=args.backgrounds)
+    images = [image_tensor(p) for p in scenes.images]
+    proposals = None
+    if args.detector:
+        from metricvision.localization.localizers import LOCALIZERS
+
+        loc = LOCALIZERS.create("query_detector_model_crops", model=model, weights=args.detector,
+                                detector_model=args.detector_model, proposals=args.proposals)
+        proposals = [loc.propose(im)[0].numpy() for im in tqdm(images, desc="proposals", leave=False, dynamic_ncols=True)]
+    maps, ids, overlaps = primer_examples(primer, images, scenes.boxes, scenes.identities, side, jitters=args.jitters,
+                                          backgrounds=args.backgrounds, proposals=proposals)
     ref_ids, refs = identity_references(model, "train")
     logs = train_primer(primer, maps, ids, ref_ids, refs, steps=args.steps, batch_size=args.batch_size,
-                        negatives=args.negatives, lr=args.lr)
+                        negatives=args.negatives, lr=args.lr, overlaps=overlaps, fg_iou=args.fg_iou)
     save_primer(primer, args.out, side, image_model=args.checkpoint)
-    return {"weights": args.out, "crops": len(maps), "side": side, "at": args.at,
-            "bce": [round(entry["bce"], 4) for entry in logs], "seconds": round(time.time() - start, 1)}
+    return {"weights": args.out, "crops": len(maps), "detections": int(((ids >= 0) & (overlaps >= args.fg_iou)).sum()),
+            "partial": int(((ids >= 0) & (overlaps < args.fg_iou)).sum()), "background": int((ids < 0).sum()),
+            "side": side, "at": args.at, "bce": [round(entry["bce"], 4) for entry in logs],
+            "seconds": round(time.time() - start, 1)}

@@ -104,40 +104,61 @@ def background_boxes(gt: np.ndarray, size: Tuple[int, int], n: int, rng: np.rand
 
 def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: Sequence[np.ndarray],
                     identities: Sequence[np.ndarray], side: int, jitters: int = 2, backgrounds: int = 2,
-                    seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+                    proposals: Optional[Sequence[np.ndarray]] = None, partial_iou: float = 0.1,
+                    seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training crops: per object ``jitters`` boxes jittered as proposals are (``jitter_boxes``), per scene
-    ``backgrounds`` background boxes -> their (N, C, h, w) maps at the primer's layer, in half precision, and their
-    (N,) identities (-1 for a background)."""
+    ``backgrounds`` background boxes and, if given, the scene's (m, 4) ``proposals`` (e.g. a detector's on the train
+    scenes, so that the crops are drawn as the localizer will draw them, as Fast R-CNN samples its proposals).
+
+    Each box takes the identity of the object it overlaps most when that IoU reaches ``partial_iou`` (else -1, a
+    background) and that IoU as its overlap (1 for none: a background crop is a negative for every query anyway).
+    Returns their (N, C, h, w) maps at the primer's layer in half precision, (N,) identities and (N,) overlaps."""
     if jitters < 1 or backgrounds < 0:
         raise ValueError(f"jitters must be >= 1 and backgrounds >= 0, got {jitters} and {backgrounds}")
+    if proposals is not None and len(proposals) != len(images):
+        raise ValueError(f"proposals must give one (m, 4) array per scene: {len(proposals)} for {len(images)} scenes")
     rng = np.random.default_rng(seed)
-    maps, ids = [], []
-    for image, gt, who in tqdm(list(zip(images, boxes, identities)), desc="primer crops", leave=False, dynamic_ncols=True):
+    maps, ids, overlaps = [], [], []
+    for k, (image, gt, who) in enumerate(tqdm(list(zip(images, boxes, identities)), desc="primer crops", leave=False,
+                                              dynamic_ncols=True)):
         parts = [jitter_boxes(gt, rng) for _ in range(jitters)] if len(gt) else []
-        back = background_boxes(gt, tuple(image.shape[-2:]), backgrounds, rng)
-        chosen = torch.from_numpy(np.concatenate(parts + [back])).float()
-        if len(chosen):
-            maps.append(primer.trunk(crop_boxes(image, chosen, side)).half())
-            ids.append(torch.from_numpy(np.concatenate([np.tile(who, jitters) if len(gt) else who, np.full(len(back), -1)])))
+        parts.append(background_boxes(gt, tuple(image.shape[-2:]), backgrounds, rng))
+        if proposals is not None:
+            parts.append(np.asarray(proposals[k], np.float64).reshape(-1, 4))
+        chosen = np.concatenate(parts)
+        if not len(chosen):
+            continue
+        iou = pairwise_iou(chosen, gt) if len(gt) else np.zeros((len(chosen), 0))
+        best = iou.argmax(1) if len(gt) else np.zeros(len(chosen), np.int64)
+        over = iou.max(1, initial=0.0)
+        on = over >= partial_iou
+        maps.append(primer.trunk(crop_boxes(image, torch.from_numpy(chosen).float(), side)).half())
+        ids.append(torch.from_numpy(np.where(on, who[best] if len(gt) else -1, -1)))
+        overlaps.append(torch.from_numpy(np.where(on, over, 1.0)).float())
     if not maps:
         raise ValueError("no boxes in the scenes: nothing to train the primer on")
-    return torch.cat(maps), torch.cat(ids).long()
+    return torch.cat(maps), torch.cat(ids).long(), torch.cat(overlaps)
 
 
 def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_ids: torch.Tensor,
                  refs: Sequence[torch.Tensor], steps: int = 1500, batch_size: int = 48, negatives: int = 3,
-                 hard: int = 20, lr: float = 3e-4, seed: int = 0, log_every: int = 250) -> List[dict]:
+                 hard: int = 20, lr: float = 3e-4, overlaps: Optional[torch.Tensor] = None, fg_iou: float = 0.5,
+                 seed: int = 0, log_every: int = 250) -> List[dict]:
     """Fit the primer; returns the mean loss every ``log_every`` steps.
 
     Each step draws ``batch_size`` crops; a crop of a known identity is paired with that identity's reference
-    (label 1) and ``negatives`` references drawn among the ``hard`` that the unprimed model finds closest to it
-    (label 0), a background crop with ``negatives`` + 1 of those. The loss is binary cross-entropy on
+    (label 1; label 0 when its (N,) ``overlaps`` with the object is under ``fg_iou``: a piece of the object, or a box
+    straddling it, is not a detection of it) and ``negatives`` references drawn among the ``hard`` that the unprimed
+    model finds closest to it (label 0), a background crop with ``negatives`` + 1 of those. The loss is binary cross-entropy on
     ``calibration`` = (a, b) applied as a x cos + b, the positives weighted by ``negatives``. ``refs``: (R, D)
     reference embeddings per modality (e.g. other-vendor images, names), one drawn per step; ``ref_ids``: (R,).
     The FiLM map and the calibration learn at ``lr``, the copied layers at a tenth of it (AdamW, cosine decay)."""
     if steps < 1 or batch_size < 1 or negatives < 1 or hard < negatives:
         raise ValueError(f"steps, batch_size and negatives must be >= 1 and hard >= negatives, got {steps}, "
                          f"{batch_size}, {negatives}, {hard}")
+    if overlaps is not None and overlaps.shape != ids.shape:
+        raise ValueError(f"overlaps must have one value per crop: {tuple(overlaps.shape)} for {len(ids)} crops")
+    whole = torch.ones(len(ids), dtype=torch.bool) if overlaps is None else overlaps >= fg_iou
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     row = {int(r): k for k, r in enumerate(ref_ids.tolist())}
@@ -157,7 +178,7 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
         known = own[pick] >= 0
         rows[known, 0] = own[pick][known]
         labels = torch.zeros_like(rows, dtype=torch.float)
-        labels[known, 0] = 1.0
+        labels[known, 0] = whole[pick][known].float()
         queries = refs[m][rows.reshape(-1)]
         cos = (primer(maps[pick].repeat_interleave(rows.shape[1], dim=0), queries) * F.normalize(queries, dim=1)).sum(1)
         logit = primer.calibration[0] * cos + primer.calibration[1]
