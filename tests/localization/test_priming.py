@@ -104,7 +104,7 @@ def test_proposals_are_labelled_by_overlap_and_a_piece_of_an_object_is_a_negativ
     assert len(maps) == 4 * len(images)  # per scene: 1 jittered box + 3 proposals
     who = torch.tensor([int(w[0]) for w in scenes.identities])
     assert torch.equal(ids.reshape(-1, 4), torch.stack([who, who, who, torch.full_like(who, -1)], 1))
-    assert torch.allclose(overlaps.reshape(-1, 4)[:, 1:], torch.tensor([[1.0, 1 / 3, 1.0]]).expand(len(images), 3), atol=1e-4)
+    assert torch.allclose(overlaps.reshape(-1, 4)[:, 1:], torch.tensor([[1.0, 1 / 3, 0.0]]).expand(len(images), 3), atol=1e-4)
     with pytest.raises(ValueError, match="one \\(m, 4\\) array per scene"):
         primer_examples(primer, images, scenes.boxes, scenes.identities, 32, proposals=proposals[:2])
 

@@ -108,11 +108,12 @@ def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: S
                     seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training crops: per object ``jitters`` boxes jittered as proposals are (``jitter_boxes``), per scene
     ``backgrounds`` background boxes and, if given, the scene's (m, 4) ``proposals`` (e.g. a detector's on the train
-    scenes, so that the crops are drawn as the localizer will draw them, as Fast R-CNN samples its proposals).
+    scenes, so that the crops are drawn as the localizer will draw them; a simplified form of Fast R-CNN's proposal
+    sampling, which labels a proposal by its IoU with the ground truth).
 
     Each box takes the identity of the object it overlaps most when that IoU reaches ``partial_iou`` (else -1, a
-    background) and that IoU as its overlap (1 for none: a background crop is a negative for every query anyway).
-    Returns their (N, C, h, w) maps at the primer's layer in half precision, (N,) identities and (N,) overlaps."""
+    background). Returns their (N, C, h, w) maps at the primer's layer in half precision, (N,) identities and (N,)
+    overlaps (that largest IoU)."""
     if jitters < 1 or backgrounds < 0:
         raise ValueError(f"jitters must be >= 1 and backgrounds >= 0, got {jitters} and {backgrounds}")
     if proposals is not None and len(proposals) != len(images):
@@ -134,7 +135,7 @@ def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: S
         on = over >= partial_iou
         maps.append(primer.trunk(crop_boxes(image, torch.from_numpy(chosen).float(), side)).half())
         ids.append(torch.from_numpy(np.where(on, who[best] if len(gt) else -1, -1)))
-        overlaps.append(torch.from_numpy(np.where(on, over, 1.0)).float())
+        overlaps.append(torch.from_numpy(over).float())
     if not maps:
         raise ValueError("no boxes in the scenes: nothing to train the primer on")
     return torch.cat(maps), torch.cat(ids).long(), torch.cat(overlaps)
