@@ -170,3 +170,6 @@ def test_cli_trains_a_primer(model, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["side"] == 32 and result["at"] == 13 and result["crops"] >= 2 * sum(len(b) for b in read_scenes(tmp_path / "train").boxes)
     assert load_primer(out, model.embedder)[1] == 32
+    assert main(["detector", "primer", "--scenes", str(tmp_path / "train"), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--detector-model", str(ckpt)]) == 2
+    assert "give --detector too" in capsys.readouterr().err

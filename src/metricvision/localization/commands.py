@@ -184,6 +184,8 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
     scenes = read_scenes(args.scenes, limit=args.max_scenes)
     if not 0.0 < args.fg_iou <= 1.0:
         raise ValueError(f"--fg-iou must be in (0, 1], got {args.fg_iou}")
+    if args.detector_model and not args.detector:
+        raise ValueError("--detector-model names the image model of --detector's weights: give --detector too")
     primer = CropPrimer(model.embedder.eval(), at=args.at)
     images = [image_tensor(p) for p in scenes.images]
     proposals = None
