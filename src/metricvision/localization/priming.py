@@ -129,7 +129,7 @@ def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: S
         chosen = np.concatenate(parts)
         if not len(chosen):
             continue
-        iou = pairwise_iou(chosen, gt) if len(gt) else np.zeros((len(chosen), 0))
+        iou = pairwise_iou(chosen, gt)  # (m, objects), zero columns in a scene without objects
         best = iou.argmax(1) if len(gt) else np.zeros(len(chosen), np.int64)
         over = iou.max(1, initial=0.0)
         on = over >= partial_iou
