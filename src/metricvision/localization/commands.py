@@ -176,16 +176,16 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.localization.priming import CropPrimer, primer_examples, save_primer, train_primer
     from metricvision.localization.train import identity_references, image_tensor, read_scenes
 
+    if not 0.0 < args.fg_iou <= 1.0:  # before anything is loaded
+        raise ValueError(f"--fg-iou must be in (0, 1], got {args.fg_iou}")
+    if args.detector_model and not args.detector:
+        raise ValueError("--detector-model names the image model of --detector's weights: give --detector too")
     start = time.time()
     model = ImageTextModel.from_checkpoint(args.checkpoint)
     side = args.side or model.card.image_size
     if side < 16:
         raise ValueError(f"--side must be >= 16 px, got {side}")
     scenes = read_scenes(args.scenes, limit=args.max_scenes)
-    if not 0.0 < args.fg_iou <= 1.0:
-        raise ValueError(f"--fg-iou must be in (0, 1], got {args.fg_iou}")
-    if args.detector_model and not args.detector:
-        raise ValueError("--detector-model names the image model of --detector's weights: give --detector too")
     primer = CropPrimer(model.embedder.eval(), at=args.at)
     images = [image_tensor(p) for p in scenes.images]
     proposals = None

@@ -130,11 +130,12 @@ def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: S
         if not len(chosen):
             continue
         iou = pairwise_iou(chosen, gt)  # (m, objects), zero columns in a scene without objects
-        best = iou.argmax(1) if len(gt) else np.zeros(len(chosen), np.int64)
-        over = iou.max(1, initial=0.0)
-        on = over >= partial_iou
+        over, label = iou.max(1, initial=0.0), np.full(len(chosen), -1, np.int64)
+        if len(gt):
+            on = over >= partial_iou
+            label[on] = who[iou.argmax(1)][on]
         maps.append(primer.trunk(crop_boxes(image, torch.from_numpy(chosen).float(), side)).half())
-        ids.append(torch.from_numpy(np.where(on, who[best] if len(gt) else -1, -1)))
+        ids.append(torch.from_numpy(label))
         overlaps.append(torch.from_numpy(over).float())
     if not maps:
         raise ValueError("no boxes in the scenes: nothing to train the primer on")
@@ -150,8 +151,8 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
     Each step draws ``batch_size`` crops; a crop of a known identity is paired with that identity's reference
     (label 1; label 0 when its (N,) ``overlaps`` with the object is under ``fg_iou``: a piece of the object, or a box
     straddling it, is not a detection of it) and ``negatives`` references drawn among the ``hard`` that the unprimed
-    model finds closest to it (label 0), a background crop with ``negatives`` + 1 of those. The loss is binary cross-entropy on
-    ``calibration`` = (a, b) applied as a x cos + b, the positives weighted by ``negatives``. ``refs``: (R, D)
+    model finds closest to it (label 0), a background crop with ``negatives`` + 1 of those. The loss is binary
+    cross-entropy on ``calibration`` = (a, b) applied as a x cos + b, the positives weighted by ``negatives``. ``refs``: (R, D)
     reference embeddings per modality (e.g. other-vendor images, names), one drawn per step; ``ref_ids``: (R,).
     The FiLM map and the calibration learn at ``lr``, the copied layers at a tenth of it (AdamW, cosine decay)."""
     if steps < 1 or batch_size < 1 or negatives < 1 or hard < negatives:
