@@ -51,9 +51,11 @@ def test_a_trained_primer_separates_each_crops_identity_from_its_hard_negatives(
     scenes = read_scenes(build_scenes(tmp_path / "s", "train", 6, seed=0, cfg=cfg))
     images = [image_tensor(p) for p in scenes.images]
     primer = CropPrimer(model.embedder, at=13)
-    maps, ids, overlaps = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=3, backgrounds=1)
+    maps, ids, overlaps, scene = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=3,
+                                                 backgrounds=1)
     objects = sum(len(b) for b in scenes.boxes)
-    assert maps.dtype == torch.float16 and len(maps) == len(ids) == len(overlaps)
+    assert maps.dtype == torch.float16 and len(maps) == len(ids) == len(overlaps) == len(scene)
+    assert torch.equal(torch.bincount(scene), torch.tensor([3 * len(b) + 1 for b in scenes.boxes]))
     assert ((ids >= 0) & (overlaps >= 0.5)).sum() == 3 * objects  # the jittered crops; a background box overlaps < 0.3
     assert (ids == -1).sum() + ((ids >= 0) & (overlaps < 0.3)).sum() == len(scenes.images)
     # references: the unprimed embedding of each identity's exact crops, plus 12 random decoys
@@ -99,8 +101,8 @@ def test_proposals_are_labelled_by_overlap_and_a_piece_of_an_object_is_a_negativ
         far = [0.0, 0.0, 20.0, 20.0] if x0 > 30 or y0 > 30 else [70.0, 70.0, 90.0, 90.0]
         proposals.append(np.array([gt[0], [x0, y0, x0 + (x1 - x0) / 3, y1], far]))
     primer = CropPrimer(model.embedder, at=13)
-    maps, ids, overlaps = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=1,
-                                          backgrounds=0, proposals=proposals)
+    maps, ids, overlaps, _ = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=1,
+                                             backgrounds=0, proposals=proposals)
     assert len(maps) == 4 * len(images)  # per scene: 1 jittered box + 3 proposals
     who = torch.tensor([int(w[0]) for w in scenes.identities])
     assert torch.equal(ids.reshape(-1, 4), torch.stack([who, who, who, torch.full_like(who, -1)], 1))
@@ -132,6 +134,45 @@ def test_proposals_are_labelled_by_overlap_and_a_piece_of_an_object_is_a_negativ
         train_primer(primer, maps, ids, ref_ids, [refs], negatives=1, hard=1, overlaps=overlaps[:3])
 
 
+def test_scene_negatives_teach_a_crop_apart_from_the_other_objects_of_its_scene(model, tmp_path):
+    cfg = SceneConfig(size=96, sides=(28, 36), targets=(1, 1), distractors=(2, 2), blur=0.0)
+    scenes = read_scenes(build_scenes(tmp_path / "s", "train", 6, seed=2, cfg=cfg))
+    images = [image_tensor(p) for p in scenes.images]
+    primer = CropPrimer(model.embedder, at=13)
+    maps, ids, overlaps, scene = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=2,
+                                                 backgrounds=0)
+    who = torch.from_numpy(np.concatenate(scenes.identities))
+    ref_ids = torch.unique(who)
+    plain = model.embedder.eval()(torch.cat([crop_boxes(im, torch.from_numpy(b).float(), 32)
+                                             for im, b in zip(images, scenes.boxes)])).detach()
+    means = F.normalize(torch.stack([plain[who == i].mean(0) for i in ref_ids]), dim=1)
+    # decoys next to every identity: the global hard negatives are all decoys, never another object of the scene
+    decoys = F.normalize(means.repeat(2, 1) + 0.02 * torch.randn(2 * len(means), means.shape[1]), dim=1)
+    refs, all_ids = torch.cat([means, decoys]), torch.cat([ref_ids, ref_ids + 10**6, ref_ids + 2 * 10**6])
+    mates = torch.zeros(len(ids), len(all_ids), dtype=torch.bool)  # crop x reference: another object of its scene
+    for k, (s, i) in enumerate(zip(scene.tolist(), ids.tolist())):
+        for j in scenes.identities[s]:
+            mates[k, int((all_ids == int(j)).nonzero())] = int(j) != i
+
+    def cos_to_mates(p: CropPrimer) -> float:
+        with torch.no_grad():
+            e = p.primed(maps.float(), refs)  # (R, n, D)
+            return float(torch.einsum("rnd,rd->nr", e, refs)[mates].mean())
+
+    scored = {}
+    for k in (0, 2):
+        torch.manual_seed(0)
+        p = CropPrimer(model.embedder, at=13)
+        train_primer(p, maps, ids, all_ids, [refs], steps=40, batch_size=12, negatives=2, hard=2, lr=3e-3,
+                     scenes=scene, scene_negatives=k)
+        scored[k] = cos_to_mates(p)
+    assert scored[2] < scored[0] - 0.05
+    with pytest.raises(ValueError, match="scene_negatives must be in \\[0, negatives = 2\\]"):
+        train_primer(primer, maps, ids, all_ids, [refs], negatives=2, hard=2, scenes=scene, scene_negatives=3)
+    with pytest.raises(ValueError, match="one scene index per crop"):
+        train_primer(primer, maps, ids, all_ids, [refs], negatives=2, hard=2, scene_negatives=1)
+
+
 def test_primed_crops_localizer_starts_as_the_unprimed_one_and_needs_a_primer(model, tmp_path):
     save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "det.safetensors")
     weights = str(tmp_path / "det.safetensors")
@@ -143,15 +184,47 @@ def test_primed_crops_localizer_starts_as_the_unprimed_one_and_needs_a_primer(mo
     torch.manual_seed(1)
     image, queries = torch.rand(3, 96, 96), F.normalize(torch.randn(2, model.embedder.dim), dim=1)
     a, b = plain.prepare(image), primed.prepare(image)
-    assert torch.equal(a[0], b[0]) and b[2].dim() == 4  # same proposals; crop maps at the primer's layer
+    assert torch.equal(a[0], b[0]) and b[2].maps.dim() == 4  # same proposals; crop maps at the primer's layer
     assert torch.allclose(plain.cosines(a[2], queries), primed.cosines(b[2], queries), atol=1e-5)
     for x, y in zip(plain.boxes(a, queries), primed.boxes(b, queries)):
         assert np.allclose(x, y, atol=1e-4)
+    assert torch.allclose(b[2].plain, a[2][0], atol=1e-5)  # the unprimed embeddings, for a blend
     with pytest.raises(ValueError, match="needs primer=WEIGHTS"):
         LOCALIZERS.create("query_detector_primed_crops", model=model, weights=weights)
     with pytest.raises(ValueError, match="no refiner"):
         LOCALIZERS.create("query_detector_primed_crops", model=model, weights=weights, primer=str(tmp_path / "p.safetensors"),
                           refiner="r.safetensors")
+
+
+def test_blend_mixes_the_primed_and_unprimed_cosines_and_is_chosen_on_validation(model, tmp_path):
+    save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "det.safetensors")
+    weights = str(tmp_path / "det.safetensors")
+    primer = CropPrimer(model.embedder, at=13)
+    with torch.no_grad():  # a trained FiLM map: primed and unprimed cosines differ
+        primer.film.weight.normal_(0, 0.2)
+    save_primer(primer, tmp_path / "p.safetensors", side=32)
+    refs = F.normalize(torch.randn(20, model.embedder.dim), dim=1)
+    kw = dict(model=model, weights=weights, proposals=6, references=refs, hub=0.5, primer=str(tmp_path / "p.safetensors"))
+    plain = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, proposals=6, references=refs, hub=0.5)
+    torch.manual_seed(2)
+    image, queries = torch.rand(3, 96, 96), F.normalize(torch.randn(2, model.embedder.dim), dim=1)
+    a = plain.prepare(image)
+    full, none, half = (LOCALIZERS.create("query_detector_primed_crops", blend=w, **kw) for w in (1.0, 0.0, 0.5))
+    assert full.prepare(image)[2].plain is None  # blend 1: no unprimed embeddings computed
+    b = half.prepare(image)
+    primed_cos, plain_cos = full.cosines(b[2], queries), plain.cosines(a[2], queries)
+    assert (primed_cos - plain_cos).abs().max() > 1e-3
+    assert torch.allclose(none.cosines(b[2], queries), plain_cos, atol=1e-5)
+    assert torch.allclose(half.cosines(b[2], queries), (primed_cos + plain_cos) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the unprimed embeddings"):
+        half.cosines(full.prepare(image)[2], queries)
+    with pytest.raises(ValueError, match=r"blend .* must be in \[0, 1\], got 1.5"):
+        LOCALIZERS.create("query_detector_primed_crops", blend=1.5, **kw)
+    chooser = LOCALIZERS.create("query_detector_primed_crops", **kw)
+    assert chooser.fit_grid()["blend"] == (0.5, 0.75, 1.0) and "blend" not in half.fit_grid()
+    gt = [b[0][:1].numpy().astype(np.float64)]
+    chosen = chooser.fit([chooser.prepare(image)], queries[:1], gt)
+    assert chosen["blend"] in (0.5, 0.75, 1.0) and chooser.blend == chosen["blend"]
 
 
 def test_cli_trains_a_primer(model, tmp_path, capsys):

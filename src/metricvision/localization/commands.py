@@ -78,6 +78,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--detector-model", help="the image model that detector was trained on (as the localizer's detector_model)")
     m.add_argument("--proposals", type=int, default=40, help="proposals per scene with --detector (default 40)")
     m.add_argument("--fg-iou", type=float, default=0.5, help="IoU from which a crop is a detection of its object (default 0.5)")
+    m.add_argument("--scene-negatives", type=int, default=0,
+                   help="of the --negatives, how many are the other objects of the crop's scene (default 0)")
     m.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     m.add_argument("--json", action="store_true", help="print JSON")
     m.set_defaults(func=_primer)
@@ -178,6 +180,8 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
 
     if not 0.0 < args.fg_iou <= 1.0:  # before anything is loaded
         raise ValueError(f"--fg-iou must be in (0, 1], got {args.fg_iou}")
+    if not 0 <= args.scene_negatives <= args.negatives:
+        raise ValueError(f"--scene-negatives must be in [0, --negatives = {args.negatives}], got {args.scene_negatives}")
     if args.detector_model and not args.detector:
         raise ValueError("--detector-model names the image model of --detector's weights: give --detector too")
     start = time.time()
@@ -195,11 +199,12 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
         loc = LOCALIZERS.create("query_detector_model_crops", model=model, weights=args.detector,
                                 detector_model=args.detector_model, proposals=args.proposals)
         proposals = [loc.propose(im)[0].numpy() for im in tqdm(images, desc="proposals", leave=False, dynamic_ncols=True)]
-    maps, ids, overlaps = primer_examples(primer, images, scenes.boxes, scenes.identities, side, jitters=args.jitters,
+    maps, ids, overlaps, scene = primer_examples(primer, images, scenes.boxes, scenes.identities, side, jitters=args.jitters,
                                           backgrounds=args.backgrounds, proposals=proposals)
     ref_ids, refs = identity_references(model, "train")
     logs = train_primer(primer, maps, ids, ref_ids, refs, steps=args.steps, batch_size=args.batch_size,
-                        negatives=args.negatives, lr=args.lr, overlaps=overlaps, fg_iou=args.fg_iou)
+                        negatives=args.negatives, lr=args.lr, overlaps=overlaps, fg_iou=args.fg_iou, scenes=scene,
+                        scene_negatives=args.scene_negatives)
     save_primer(primer, args.out, side, image_model=args.checkpoint)
     return {"weights": args.out, "crops": len(maps), "detections": int(((ids >= 0) & (overlaps >= args.fg_iou)).sum()),
             "partial": int(((ids >= 0) & (overlaps < args.fg_iou)).sum()), "background": int((ids < 0).sum()),

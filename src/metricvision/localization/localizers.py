@@ -371,51 +371,22 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         return (x @ self.references.T).topk(self.hub_k, dim=1).values.mean(1)
 
     def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
-        """Choose ``gamma``, the NMS threshold, (with a crop embedder, unless given) ``mix`` and (with references,
-        unless given) ``hub`` by AP50 on prepared validation images."""
+        """Choose the settings of ``fit_grid`` by AP50 on prepared validation images."""
+        return self._grid(prepared, queries, gt_boxes, self.fit_grid())
+
+    def fit_grid(self) -> Dict[str, Sequence[float]]:
+        """``gamma``, the NMS threshold, (with a crop embedder, unless given) ``mix`` and (with references, unless
+        given) ``hub``, with the values ``fit`` tries."""
         grid: Dict[str, Sequence[float]] = {"gamma": (0.0, 0.5, 1.0, 2.0, 4.0), "nms_iou": (0.3, 0.5, 0.7)}
         if self.choose_mix:
             grid["mix"] = (0.0, 0.5, 1.0)
         if self.choose_hub:
             grid["hub"] = (0.0, 0.5, 1.0)
-        return self._grid(prepared, queries, gt_boxes, grid)
+        return grid
 
 
 def _as_array(boxes: Optional[list]) -> np.ndarray:
     return np.array([b.as_list() for b in boxes or []], np.float64).reshape(-1, 5)
 
 
-@LOCALIZERS.register("query_detector_primed_crops")
-class PrimedCropDetectorLocalizer(ModelCropDetectorLocalizer):
-    """``query_detector_model_crops`` with priming in its second stage (``localization.priming``): each proposal's
-    crop is run once through the image model up to the primer's layer; per query, the FiLM of those maps by the
-    query and the primer's tuned layers give the crop's primed embedding, scored by its cosine with the query (less
-    the parent's hubness correction, with the primed crop's crowding). The proposals are the unprimed detector's.
-
-    Args: as ``query_detector_model_crops`` (without ``refiner`` or a crop-embedder ``mix``), plus
-        primer: weights from ``metricvision detector primer``, trained on ``model`` at ``side``.
-    """
-
-    def __init__(self, model: ImageTextModel, weights: str, primer: Optional[str] = None, **kwargs: Any) -> None:
-        from metricvision.localization.priming import load_primer
-
-        if not primer:
-            raise ValueError("query_detector_primed_crops needs primer=WEIGHTS (from `metricvision detector primer`)")
-        if kwargs.get("refiner") or kwargs.pop("mix", None) not in (None, 1.0):
-            raise ValueError("query_detector_primed_crops takes no refiner and no crop-embedder mix")
-        super().__init__(model, weights, mix=1.0, **kwargs)
-        self.primer = load_primer(primer, self.embedder, self.side)[0]
-
-    @torch.no_grad()
-    def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(3, H, W) image in [0, 1], (n, 4) boxes -> (n, C, h, w) maps of their square crops at the primer's layer."""
-        return self.primer.trunk(crop_boxes(image, boxes, self.side))
-
-    def cosines(self, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """(K, C, h, w) crop maps, (Q, D) normalized queries -> (K, Q) primed cosines, hubness-corrected."""
-        primed = self.primer.primed(emb, queries)  # (Q, K, D)
-        cos = torch.einsum("qkd,qd->kq", primed, queries)
-        if not self.hub:
-            return cos
-        crowd = self.crowding(primed.reshape(-1, primed.shape[-1])).reshape(primed.shape[:2]).T
-        return cos - self.hub * (crowd + self.crowding(queries)[None, :]) / 2
+from metricvision.localization import priming  # noqa: E402,F401 (registers query_detector_primed_crops)

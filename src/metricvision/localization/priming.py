@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +26,9 @@ from tqdm import tqdm
 
 from metricvision._atomic import atomic_write
 from metricvision.localization.crops import crop_boxes, jitter_boxes
+from metricvision.kb.model import ImageTextModel
 from metricvision.localization.detector import HeadSteps, _film
+from metricvision.localization.localizers import LOCALIZERS, ModelCropDetectorLocalizer
 from metricvision.metrics.detection import pairwise_iou
 from metricvision.models import Embedder
 
@@ -105,21 +107,21 @@ def background_boxes(gt: np.ndarray, size: Tuple[int, int], n: int, rng: np.rand
 def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: Sequence[np.ndarray],
                     identities: Sequence[np.ndarray], side: int, jitters: int = 2, backgrounds: int = 2,
                     proposals: Optional[Sequence[np.ndarray]] = None, partial_iou: float = 0.1,
-                    seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training crops: per object ``jitters`` boxes jittered as proposals are (``jitter_boxes``), per scene
     ``backgrounds`` background boxes and, if given, the scene's (m, 4) ``proposals`` (e.g. a detector's on the train
     scenes, so that the crops are drawn as the localizer will draw them; a simplified form of Fast R-CNN's proposal
     sampling, which labels a proposal by its IoU with the ground truth).
 
     Each box takes the identity of the object it overlaps most when that IoU reaches ``partial_iou`` (else -1, a
-    background). Returns their (N, C, h, w) maps at the primer's layer in half precision, (N,) identities and (N,)
-    overlaps (that largest IoU)."""
+    background). Returns their (N, C, h, w) maps at the primer's layer in half precision, (N,) identities, (N,)
+    overlaps (that largest IoU) and (N,) scene indices."""
     if jitters < 1 or backgrounds < 0:
         raise ValueError(f"jitters must be >= 1 and backgrounds >= 0, got {jitters} and {backgrounds}")
     if proposals is not None and len(proposals) != len(images):
         raise ValueError(f"proposals must give one (m, 4) array per scene: {len(proposals)} for {len(images)} scenes")
     rng = np.random.default_rng(seed)
-    maps, ids, overlaps = [], [], []
+    maps, ids, overlaps, scene = [], [], [], []
     for k, (image, gt, who) in enumerate(tqdm(list(zip(images, boxes, identities)), desc="primer crops", leave=False,
                                               dynamic_ncols=True)):
         parts = [jitter_boxes(gt, rng) for _ in range(jitters)] if len(gt) else []
@@ -137,21 +139,25 @@ def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: S
         maps.append(primer.trunk(crop_boxes(image, torch.from_numpy(chosen).float(), side)).half())
         ids.append(torch.from_numpy(label))
         overlaps.append(torch.from_numpy(over).float())
+        scene.append(torch.full((len(chosen),), k))
     if not maps:
         raise ValueError("no boxes in the scenes: nothing to train the primer on")
-    return torch.cat(maps), torch.cat(ids).long(), torch.cat(overlaps)
+    return torch.cat(maps), torch.cat(ids).long(), torch.cat(overlaps), torch.cat(scene)
 
 
 def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_ids: torch.Tensor,
                  refs: Sequence[torch.Tensor], steps: int = 1500, batch_size: int = 48, negatives: int = 3,
                  hard: int = 20, lr: float = 3e-4, overlaps: Optional[torch.Tensor] = None, fg_iou: float = 0.5,
-                 seed: int = 0, log_every: int = 250) -> List[dict]:
+                 scenes: Optional[torch.Tensor] = None, scene_negatives: int = 0, seed: int = 0,
+                 log_every: int = 250) -> List[dict]:
     """Fit the primer; returns the mean loss every ``log_every`` steps.
 
     Each step draws ``batch_size`` crops; a crop of a known identity is paired with that identity's reference
     (label 1; label 0 when its (N,) ``overlaps`` with the object is under ``fg_iou``: a piece of the object, or a box
     straddling it, is not a detection of it) and ``negatives`` references drawn among the ``hard`` that the unprimed
-    model finds closest to it (label 0), a background crop with ``negatives`` + 1 of those. The loss is binary
+    model finds closest to it (label 0), a background crop with ``negatives`` + 1 of those. With (N,) ``scenes`` (the
+    crop's scene), up to ``scene_negatives`` of those negatives are instead the identities of the other objects of the
+    crop's scene, the objects a query names at test time beside it (a near-miss the builder planted included). The loss is binary
     cross-entropy on ``calibration`` = (a, b) applied as a x cos + b, the positives weighted by ``negatives``. ``refs``: (R, D)
     reference embeddings per modality (e.g. other-vendor images, names), one drawn per step; ``ref_ids``: (R,).
     The FiLM map and the calibration learn at ``lr``, the copied layers at a tenth of it (AdamW, cosine decay)."""
@@ -160,11 +166,15 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
                          f"{batch_size}, {negatives}, {hard}")
     if overlaps is not None and overlaps.shape != ids.shape:
         raise ValueError(f"overlaps must have one value per crop: {tuple(overlaps.shape)} for {len(ids)} crops")
+    if not 0 <= scene_negatives <= negatives or (scene_negatives and (scenes is None or scenes.shape != ids.shape)):
+        raise ValueError(f"scene_negatives must be in [0, negatives = {negatives}] and needs one scene index per crop, "
+                         f"got {scene_negatives} with scenes {None if scenes is None else tuple(scenes.shape)}")
     whole = torch.ones(len(ids), dtype=torch.bool) if overlaps is None else overlaps >= fg_iou
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     row = {int(r): k for k, r in enumerate(ref_ids.tolist())}
     own = torch.tensor([row.get(int(i), -1) for i in ids.tolist()])
+    in_scene = _scene_rows(own, scenes) if scene_negatives else None
     hard_rows = []
     for r in refs:  # hard negatives of every crop by the unprimed cosine (the primer's start), own reference excluded
         cos = torch.cat([primer.primed(maps[s : s + 512], r[:1])[0] @ r.T for s in range(0, len(maps), 512)])
@@ -179,6 +189,11 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
         rows = hard_rows[m][pick[:, None], cols]
         known = own[pick] >= 0
         rows[known, 0] = own[pick][known]
+        for b, k in enumerate(pick.tolist()) if in_scene is not None else ():
+            others = in_scene[int(scenes[k])]
+            others = others[others != int(own[k])]
+            take = rng.permutation(others)[: min(scene_negatives, rows.shape[1] - 1)]
+            rows[b, 1 : 1 + len(take)] = torch.from_numpy(take)
         labels = torch.zeros_like(rows, dtype=torch.float)
         labels[known, 0] = whole[pick][known].float()
         queries = refs[m][rows.reshape(-1)]
@@ -188,6 +203,15 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
         head.step(loss, name="bce")
     primer.eval()
     return head.logs
+
+
+def _scene_rows(own: torch.Tensor, scenes: torch.Tensor) -> dict:
+    """(N,) reference rows of the crops' identities (-1: none) and (N,) scene indices -> scene index -> (k,) numpy
+    array of the distinct reference rows of the identities in that scene."""
+    out: dict = {}
+    for k, r in zip(scenes.tolist(), own.tolist()):
+        out.setdefault(k, set()).update([r] if r >= 0 else [])
+    return {k: np.array(sorted(v), np.int64) for k, v in out.items()}
 
 
 def save_primer(primer: CropPrimer, path: str | Path, side: int, image_model: str = "") -> None:
@@ -221,3 +245,71 @@ def load_primer(path: str | Path, embedder: Embedder, side: Optional[int] = None
         raise ValueError(f"{path} does not fit this image model (it was trained on {meta.get('image_model') or 'another model'})")
     primer.load_state_dict(state, strict=False)
     return primer.eval(), trained_side
+
+
+class PrimedCrops(NamedTuple):
+    """A prepared image's crops for ``query_detector_primed_crops``: (K, C, h, w) maps at the primer's layer, their
+    (K, D) unprimed embeddings (None when only the primed cosine counts) and, by query, the (K, Q) primed cosines and
+    crowding already computed (so that ``fit``'s grid primes each validation crop once per query)."""
+
+    maps: torch.Tensor
+    plain: Optional[torch.Tensor]
+    primed: Dict[bytes, Tuple[torch.Tensor, torch.Tensor]]
+
+
+@LOCALIZERS.register("query_detector_primed_crops")
+class PrimedCropDetectorLocalizer(ModelCropDetectorLocalizer):
+    """``query_detector_model_crops`` with priming in its second stage: each proposal's crop is run once through the
+    image model up to the primer's layer; per query, the FiLM of those maps by the query and the primer's tuned layers
+    give the crop's primed embedding, scored by its cosine with the query (less the parent's hubness correction, with
+    the primed crop's crowding). With ``blend`` < 1 the score is ``blend`` x that primed cosine + (1 - ``blend``) x the
+    unprimed crop's (each hubness-corrected), a residual form of priming; ``fit`` chooses ``blend`` in (0.5, 0.75, 1)
+    unless it is given. The proposals are the unprimed detector's.
+
+    Args: as ``query_detector_model_crops`` (without ``refiner`` or a crop-embedder ``mix``), plus
+        primer: weights from ``metricvision detector primer``, trained on ``model`` at ``side``;
+        blend: weight of the primed cosine in [0, 1] (None: ``fit`` chooses it).
+    """
+
+    def __init__(self, model: ImageTextModel, weights: str, primer: Optional[str] = None, blend: Optional[float] = None,
+                 **kwargs: Any) -> None:
+        if not primer:
+            raise ValueError("query_detector_primed_crops needs primer=WEIGHTS (from `metricvision detector primer`)")
+        if kwargs.get("refiner") or kwargs.pop("mix", None) not in (None, 1.0):
+            raise ValueError("query_detector_primed_crops takes no refiner and no crop-embedder mix")
+        if blend is not None and not 0.0 <= blend <= 1.0:
+            raise ValueError(f"blend (the primed cosine's weight) must be in [0, 1], got {blend}")
+        super().__init__(model, weights, mix=1.0, **kwargs)
+        self.primer = load_primer(primer, self.embedder, self.side)[0]
+        self.choose_blend, self.blend = blend is None, 1.0 if blend is None else blend
+
+    @torch.no_grad()
+    def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor, maps: Optional[torch.Tensor] = None) -> PrimedCrops:
+        """(3, H, W) image in [0, 1], (n, 4) boxes -> their square crops' maps at the primer's layer and (unless only
+        the primed cosine can count) their unprimed embeddings."""
+        maps = self.primer.trunk(crop_boxes(image, boxes, self.side))
+        plain = None
+        if self.choose_blend or self.blend < 1:
+            plain = self.embedder.from_features(self.embedder.backbone[self.primer.at + 1 :](maps))
+        return PrimedCrops(maps, plain, {})
+
+    def cosines(self, emb: PrimedCrops, queries: torch.Tensor) -> torch.Tensor:
+        """Prepared crops, (Q, D) normalized queries -> (K, Q) primed cosines, hubness-corrected, blended with the
+        unprimed ones as ``blend`` says."""
+        key = queries.numpy().tobytes()
+        if key not in emb.primed:
+            primed = self.primer.primed(emb.maps, queries)  # (Q, K, D)
+            crowd = None if self.references is None else self.crowding(primed.flatten(0, 1)).reshape(primed.shape[:2]).T
+            emb.primed[key] = (torch.einsum("qkd,qd->kq", primed, queries), crowd)
+        cos, crowd = emb.primed[key]
+        if self.hub:
+            cos = cos - self.hub * (crowd + self.crowding(queries)[None, :]) / 2
+        if self.blend == 1:
+            return cos
+        if emb.plain is None:
+            raise ValueError(f"blend {self.blend} needs the unprimed embeddings: prepare the image with that blend set")
+        return self.blend * cos + (1 - self.blend) * super().cosines(emb.plain[None], queries)
+
+    def fit_grid(self) -> Dict[str, Sequence[float]]:
+        """As ``query_detector_model_crops``, with ``blend`` too unless it was given."""
+        return {**super().fit_grid(), **({"blend": (0.5, 0.75, 1.0)} if self.choose_blend else {})}
