@@ -9,8 +9,10 @@ the query is the cosine of that primed embedding with the query. The FiLM map st
 is the unprimed image model. It is trained on train scenes (``primer_examples``, ``train_primer``): the crops of
 every object, jittered as proposals are, and of background boxes, each paired with its own identity's reference
 (another vendor's rendering) and with the references the unprimed model confuses it with most (hard negatives), by
-binary cross-entropy on a learned affine map of the cosine, which also makes scores comparable across queries.
-Simplified against the paper: one modulated layer, in the second stage only (the proposals stay unprimed).
+binary cross-entropy on a learned affine map of the cosine, which also makes scores comparable across queries;
+optionally some negatives are the other objects of the crop's own scene. ``query_detector_primed_crops`` is the
+localizer that uses it. Simplified against the paper: one modulated layer, in the second stage only (the proposals
+stay unprimed).
 """
 from __future__ import annotations
 
