@@ -20,6 +20,13 @@ def model():
     return ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=32))
 
 
+def tiny_scenes(path, seed: int, sides, distractors):
+    """Six 96 px train scenes with one target each, and their image tensors."""
+    cfg = SceneConfig(size=96, sides=sides, targets=(1, 1), distractors=distractors, blur=0.0)
+    scenes = read_scenes(build_scenes(path / "s", "train", 6, seed=seed, cfg=cfg))
+    return scenes, [image_tensor(p) for p in scenes.images]
+
+
 def test_an_untrained_primer_is_the_unprimed_model_whatever_the_query(model):
     primer = CropPrimer(model.embedder, at=13).eval()
     crops = torch.rand(5, 3, 32, 32)
@@ -47,9 +54,7 @@ def test_background_boxes_stay_off_the_objects():
 
 
 def test_a_trained_primer_separates_each_crops_identity_from_its_hard_negatives(model, tmp_path):
-    cfg = SceneConfig(size=96, sides=(28, 40), targets=(1, 1), distractors=(1, 2), blur=0.0)
-    scenes = read_scenes(build_scenes(tmp_path / "s", "train", 6, seed=0, cfg=cfg))
-    images = [image_tensor(p) for p in scenes.images]
+    scenes, images = tiny_scenes(tmp_path, 0, (28, 40), (1, 2))
     primer = CropPrimer(model.embedder, at=13)
     maps, ids, overlaps, scene = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=3,
                                                  backgrounds=1)
@@ -92,9 +97,7 @@ def test_a_trained_primer_separates_each_crops_identity_from_its_hard_negatives(
 
 
 def test_proposals_are_labelled_by_overlap_and_a_piece_of_an_object_is_a_negative_for_it(model, tmp_path):
-    cfg = SceneConfig(size=96, sides=(36, 44), targets=(1, 1), distractors=(0, 0), blur=0.0)
-    scenes = read_scenes(build_scenes(tmp_path / "s", "train", 6, seed=1, cfg=cfg))
-    images = [image_tensor(p) for p in scenes.images]
+    scenes, images = tiny_scenes(tmp_path, 1, (36, 44), (0, 0))
     proposals = []
     for gt in scenes.boxes:  # per scene: the object's box, its left third, a box far from it
         x0, y0, x1, y1 = gt[0]
@@ -135,9 +138,7 @@ def test_proposals_are_labelled_by_overlap_and_a_piece_of_an_object_is_a_negativ
 
 
 def test_scene_negatives_teach_a_crop_apart_from_the_other_objects_of_its_scene(model, tmp_path):
-    cfg = SceneConfig(size=96, sides=(28, 36), targets=(1, 1), distractors=(2, 2), blur=0.0)
-    scenes = read_scenes(build_scenes(tmp_path / "s", "train", 6, seed=2, cfg=cfg))
-    images = [image_tensor(p) for p in scenes.images]
+    scenes, images = tiny_scenes(tmp_path, 2, (28, 36), (2, 2))
     primer = CropPrimer(model.embedder, at=13)
     maps, ids, overlaps, scene = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=2,
                                                  backgrounds=0)

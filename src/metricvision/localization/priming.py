@@ -27,8 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from metricvision._atomic import atomic_write
-from metricvision.localization.crops import crop_boxes, jitter_boxes
 from metricvision.kb.model import ImageTextModel
+from metricvision.localization.crops import crop_boxes, jitter_boxes
 from metricvision.localization.detector import HeadSteps, _film
 from metricvision.localization.localizers import LOCALIZERS, ModelCropDetectorLocalizer
 from metricvision.metrics.detection import pairwise_iou
@@ -298,7 +298,7 @@ class PrimedCropDetectorLocalizer(ModelCropDetectorLocalizer):
     def cosines(self, emb: PrimedCrops, queries: torch.Tensor) -> torch.Tensor:
         """Prepared crops, (Q, D) normalized queries -> (K, Q) primed cosines, hubness-corrected, blended with the
         unprimed ones as ``blend`` says."""
-        key = queries.numpy().tobytes()
+        key = queries.detach().cpu().numpy().tobytes()
         if key not in emb.primed:
             primed = self.primer.primed(emb.maps, queries)  # (Q, K, D)
             crowd = None if self.references is None else self.crowding(primed.flatten(0, 1)).reshape(primed.shape[:2]).T
