@@ -362,9 +362,14 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         hubness correction (``hub``) of the image model's crop and query embeddings."""
         cos = emb @ queries.T
         cos = cos[0] if len(cos) == 1 else self.mix * cos[0] + (1 - self.mix) * cos[1]
+        return self.hub_corrected(cos, self.crowding(emb[0])[:, None] if self.hub else None, queries)
+
+    def hub_corrected(self, cos: torch.Tensor, crop_crowding: Optional[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        """(K, Q) cosines less ``hub`` x the mean of the crops' (K, 1) or (K, Q) crowding and the (Q, D) queries'
+        (unchanged when ``hub`` is 0)."""
         if not self.hub:
             return cos
-        return cos - self.hub * (self.crowding(emb[0])[:, None] + self.crowding(queries)[None, :]) / 2
+        return cos - self.hub * (crop_crowding + self.crowding(queries)[None, :]) / 2
 
     def crowding(self, x: torch.Tensor) -> torch.Tensor:
         """(n, D) normalized embeddings -> (n,) mean cosine to their ``hub_k`` nearest references."""

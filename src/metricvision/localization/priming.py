@@ -159,9 +159,10 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
     straddling it, is not a detection of it) and ``negatives`` references drawn among the ``hard`` that the unprimed
     model finds closest to it (label 0), a background crop with ``negatives`` + 1 of those. With (N,) ``scenes`` (the
     crop's scene), up to ``scene_negatives`` of those negatives are instead the identities of the other objects of the
-    crop's scene, the objects a query names at test time beside it (a near-miss the builder planted included). The loss is binary
-    cross-entropy on ``calibration`` = (a, b) applied as a x cos + b, the positives weighted by ``negatives``. ``refs``: (R, D)
-    reference embeddings per modality (e.g. other-vendor images, names), one drawn per step; ``ref_ids``: (R,).
+    crop's scene, the objects a query names at test time beside it (a near-miss the builder planted included). The
+    loss is binary cross-entropy on ``calibration`` = (a, b) applied as a x cos + b, the positives weighted by
+    ``negatives``. ``refs``: (R, D) reference embeddings per modality (e.g. other-vendor images, names), one drawn per
+    step; ``ref_ids``: (R,).
     The FiLM map and the calibration learn at ``lr``, the copied layers at a tenth of it (AdamW, cosine decay)."""
     if steps < 1 or batch_size < 1 or negatives < 1 or hard < negatives:
         raise ValueError(f"steps, batch_size and negatives must be >= 1 and hard >= negatives, got {steps}, "
@@ -207,10 +208,10 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
     return head.logs
 
 
-def _scene_rows(own: torch.Tensor, scenes: torch.Tensor) -> dict:
+def _scene_rows(own: torch.Tensor, scenes: torch.Tensor) -> Dict[int, np.ndarray]:
     """(N,) reference rows of the crops' identities (-1: none) and (N,) scene indices -> scene index -> (k,) numpy
     array of the distinct reference rows of the identities in that scene."""
-    out: dict = {}
+    out: Dict[int, set] = {}
     for k, r in zip(scenes.tolist(), own.tolist()):
         out.setdefault(k, set()).update([r] if r >= 0 else [])
     return {k: np.array(sorted(v), np.int64) for k, v in out.items()}
@@ -303,9 +304,7 @@ class PrimedCropDetectorLocalizer(ModelCropDetectorLocalizer):
             primed = self.primer.primed(emb.maps, queries)  # (Q, K, D)
             crowd = None if self.references is None else self.crowding(primed.flatten(0, 1)).reshape(primed.shape[:2]).T
             emb.primed[key] = (torch.einsum("qkd,qd->kq", primed, queries), crowd)
-        cos, crowd = emb.primed[key]
-        if self.hub:
-            cos = cos - self.hub * (crowd + self.crowding(queries)[None, :]) / 2
+        cos = self.hub_corrected(*emb.primed[key], queries)
         if self.blend == 1:
             return cos
         if emb.plain is None:
