@@ -183,7 +183,7 @@ def main() -> None:
     weights = {"query_detector": a.detector, "query_detector_crops": a.detector, "query_detector_model_crops": a.detector,
                "query_detector_primed": a.primed_detector,
                "query_detector_primed_crops": a.detector if a.primer else None,
-               "peak_response": a.weak_detector}
+               "peak_response": a.weak_detector, "peak_crops": a.weak_detector}
     names = a.localizers or [n for n in LOCALIZERS.names() if n not in weights or weights[n]]
     if "references" in options:  # embedded once, shared by every task's localizer
         options["references"] = load_references(options["references"], model)

@@ -19,7 +19,7 @@ def model():
 @pytest.mark.parametrize("name", LOCALIZERS.names())
 def test_contract(name, model, tmp_path):
     extra = {}
-    if name.startswith("query_detector") or name == "peak_response":
+    if name.startswith("query_detector") or name.startswith("peak_"):
         crop = CropEmbedder(model.embedder) if name == "query_detector_crops" else None
         det = QueryDetector(model.embedder, hidden=16, prime=name == "query_detector_primed")
         save_detector(det, tmp_path / "det.safetensors", crop=crop)

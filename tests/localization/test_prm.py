@@ -4,7 +4,10 @@ import torch
 
 from metricvision.kb.model import ImageTextModel, ModelCard
 from metricvision.localization.detector import QueryDetector
-from metricvision.localization.prm import local_peaks, peak_instances, peak_stimulation, train_weak
+from metricvision.localization.localizers import LOCALIZERS
+from metricvision.localization.prm import image_logits, local_peaks, peak_instances, peak_stimulation, train_weak
+from metricvision.localization.refine import crop_maps
+from metricvision.localization.train import save_detector
 from metricvision.metrics.detection import detection_ap, mask_ap
 
 
@@ -29,6 +32,14 @@ def test_peak_stimulation_averages_the_peaks_and_only_they_get_gradient():
     assert torch.equal(torch.nonzero(maps.grad[0, 0]), torch.tensor([[0, 0], [0, 3], [2, 3]]))
 
 
+def test_max_pooling_gives_each_maps_maximum_and_unknown_pools_are_refused():
+    maps = torch.randn(2, 3, 5, 4)
+    assert torch.equal(image_logits(maps, "max"), maps.amax(dim=(2, 3)))
+    assert torch.equal(image_logits(maps, "peaks"), peak_stimulation(maps))
+    with pytest.raises(ValueError, match="pool must be one of"):
+        image_logits(maps, "mean")
+
+
 def test_filled_box_masks_give_the_box_ap():
     rng = np.random.default_rng(0)
     gts, preds, scores, gm, pm = [], [], [], [], []
@@ -45,6 +56,43 @@ def test_filled_box_masks_give_the_box_ap():
     box = detection_ap(preds, scores, gts)
     mask = mask_ap(pm, scores, gm)
     assert mask["AP50"] == pytest.approx(box["AP50"]) and mask["AP"] == pytest.approx(box["AP"])
+
+
+@pytest.mark.parametrize("pool", ["peaks", "max"])
+def test_weak_training_lowers_its_loss(pool):
+    model = ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=32))
+    det = QueryDetector(model.embedder, hidden=8)
+    feats = det.features(torch.rand(4, 3, 64, 64)).half()
+    refs = [torch.nn.functional.normalize(torch.randn(5, model.dim), dim=1)]
+    present = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([3, 3]), torch.tensor([4])]
+    logs = train_weak(det, feats, present, refs, torch.arange(5), (64, 64), steps=20, batch_size=4, negatives=2,
+                      log_every=10, pool=pool)
+    assert logs[-1]["weak"] < logs[0]["weak"]
+
+
+def test_peak_crops_box_the_peaks_and_the_crop_that_matches_the_query_wins(tmp_path):
+    model = ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=32))
+    save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "weak.safetensors")
+    loc = LOCALIZERS.create("peak_crops", model=model, weights=str(tmp_path / "weak.safetensors"), peaks=3,
+                            sides=(16, 48), gamma=0.0, max_boxes=6, nms_iou=1.0)
+    torch.manual_seed(0)
+    image = torch.rand(3, 128, 96)
+    emb, _ = prepared = loc.prepare(image)
+    query = torch.nn.functional.normalize(torch.randn(model.dim), dim=0)
+    boxes, logits = loc.candidates(emb, image, query)
+    grid = torch.nn.functional.normalize(emb, dim=-1) @ query  # (h, w): the untrained head's map is the dense cosine
+    h, w = grid.shape
+    top = torch.where(local_peaks(grid), grid, torch.tensor(-torch.inf)).reshape(-1).topk(3).indices
+    centres = torch.stack([(top % w + 0.5) * 96 / w, (top // w + 0.5) * 128 / h], dim=1).repeat_interleave(2, dim=0)
+    sides = torch.tensor([16.0, 48.0]).repeat(3)
+    unclipped = torch.cat([centres - sides[:, None] / 2, centres + sides[:, None] / 2], dim=1)
+    assert torch.allclose(boxes, unclipped.clamp(min=0).minimum(torch.tensor([96.0, 128, 96, 128])), atol=1e-4)
+    assert torch.allclose(logits, (loc.detector.match[0] * grid + loc.detector.match[1]).reshape(-1)[top].repeat_interleave(2))
+    with torch.no_grad():  # a query that is one candidate's crop: that box ranks first, with score exp(0) = 1
+        wanted = loc.embedder.from_features(crop_maps(loc.embedder, image, boxes[3:4], loc.side))[0]
+    found = loc.boxes(prepared, wanted[None])[0]
+    assert np.allclose(found[0, :4], boxes[3].numpy(), atol=1e-4) and found[0, 4] == pytest.approx(1.0, abs=1e-5)
+    assert np.all(np.diff(found[:, 4]) <= 0) and len(found) == 6
 
 
 def test_weak_training_runs_and_peaks_give_masks_with_their_boxes():

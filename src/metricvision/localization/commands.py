@@ -40,7 +40,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="a primed detector's targets: the objects of the prime's identity only (default), or all objects")
     t.add_argument("--init", help="start the head from these detector weights (e.g. the unprimed detector, to prime it)")
     t.add_argument("--weak", action="store_true",
-                   help="train from image-level labels only (peak_response, a simplified PRM); --steps applies")
+                   help="train from image-level labels only (peak_response, a simplified PRM, and peak_crops); --steps applies")
+    t.add_argument("--weak-pool", choices=("peaks", "max"), default="peaks",
+                   help="--weak: a response map's image-level logit, the mean over its local peaks (PRM's peak "
+                        "stimulation, default) or its maximum (multiple-instance learning, ProNet's training)")
     t.add_argument("--crop-steps", type=int, default=600,
                    help="training steps of the crop embedder of query_detector_crops (default 600; 0: no crop embedder)")
     t.add_argument("--crop-scenes", type=int, default=0, help="train the crop embedder on the first N scenes only (0: all)")
@@ -119,7 +122,8 @@ def _train(args: argparse.Namespace) -> Dict[str, Any]:
     if args.weak:  # image-level labels: the identities each scene holds, not where
         feats, size = scene_features(det, scenes)
         present = [torch.from_numpy(x) for x in scenes.identities]
-        logs = train_weak(det, feats, present, refs, ref_ids, size, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+        logs = train_weak(det, feats, present, refs, ref_ids, size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          pool=args.weak_pool)
     else:
         logs = train_detector(det, scenes, ref_ids, refs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                               loss=args.loss, prime_targets=args.prime_targets)

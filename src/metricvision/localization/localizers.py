@@ -394,4 +394,4 @@ def _as_array(boxes: Optional[list]) -> np.ndarray:
     return np.array([b.as_list() for b in boxes or []], np.float64).reshape(-1, 5)
 
 
-from metricvision.localization import priming  # noqa: E402,F401 (registers query_detector_primed_crops)
+from metricvision.localization import priming, prm  # noqa: E402,F401 (register query_detector_primed_crops, peak_crops)

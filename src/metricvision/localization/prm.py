@@ -12,14 +12,17 @@ propagation and its proposal retrieval are not implemented.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from metricvision.kb.model import ImageTextModel
 from metricvision.localization.detector import HeadSteps, QueryDetector
+from metricvision.localization.localizers import LOCALIZERS, DetectorLocalizer
+from metricvision.localization.refine import crop_maps
 
 
 def local_peaks(maps: torch.Tensor) -> torch.Tensor:
@@ -40,15 +43,27 @@ def peak_stimulation(maps: torch.Tensor) -> torch.Tensor:
     return (maps * peaks).sum(dim=(-2, -1)) / peaks.sum(dim=(-2, -1))
 
 
+WEAK_POOLS = ("peaks", "max")  # image-level logit from a response map: PRM's peak stimulation, or its maximum (MIL)
+
+
+def image_logits(maps: torch.Tensor, pool: str = "peaks") -> torch.Tensor:
+    """(N, R, h, w) response maps -> (N, R) image-level logits: the mean over local peaks (``peak_stimulation``) or the
+    maximum (multiple-instance learning by max pooling, as ProNet's proposal network is trained)."""
+    if pool not in WEAK_POOLS:
+        raise ValueError(f"pool must be one of {WEAK_POOLS}, got {pool!r}")
+    return peak_stimulation(maps) if pool == "peaks" else maps.flatten(2).max(dim=2).values
+
+
 def weak_losses(detector: QueryDetector, feats: torch.Tensor, image_size: Tuple[int, int],
-                present: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], ref_ids: torch.Tensor
-                ) -> Tuple[torch.Tensor, dict]:
+                present: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], ref_ids: torch.Tensor,
+                pool: str = "peaks") -> Tuple[torch.Tensor, dict]:
     """Image-level loss of one batch.
 
     Args:
         feats: (N, D + C, h, w) from ``detector.features``.
         present: per image, the identities it holds (any order, repeats allowed).
         refs: reference sets, each (R, D), with identities ``ref_ids`` (R,).
+        pool: how a response map gives the image-level logit (``image_logits``).
 
     Returns:
         (loss, logs).
@@ -56,7 +71,7 @@ def weak_losses(detector: QueryDetector, feats: torch.Tensor, image_size: Tuple[
     _, _, emb = detector.head(feats, image_size)
     labels = torch.stack([torch.isin(ref_ids, p).float() for p in present])
     pos_weight = torch.tensor(float(len(ref_ids)) / max(float(labels.sum(dim=1).mean()), 1.0))
-    loss = torch.stack([F.binary_cross_entropy_with_logits(peak_stimulation(response_maps(detector, emb, r)), labels,
+    loss = torch.stack([F.binary_cross_entropy_with_logits(image_logits(response_maps(detector, emb, r), pool), labels,
                                                            pos_weight=pos_weight) for r in refs]).mean()
     return loss, {"weak": loss.item()}
 
@@ -103,16 +118,19 @@ def peak_instances(detector: QueryDetector, feats: torch.Tensor, image_size: Tup
 
 def train_weak(detector: QueryDetector, feats: torch.Tensor, present: Sequence[torch.Tensor], refs: Sequence[torch.Tensor],
                ref_ids: torch.Tensor, image_size: Tuple[int, int], steps: int = 600, batch_size: int = 8, lr: float = 1e-3,
-               negatives: int = 128, seed: int = 0, log_every: int = 100) -> List[dict]:
+               negatives: int = 128, seed: int = 0, log_every: int = 100, pool: str = "peaks") -> List[dict]:
     """Train the head's region embeddings from image-level labels (``weak_losses``); returns the mean loss every ``log_every`` steps.
 
     Args:
         feats: (n, D + C, h, w) frozen features of the scenes (``detector.features``).
         present: per scene, the identities it holds.
         negatives: references drawn per step besides those of the batch's identities.
+        pool: how a response map gives the image-level logit (``image_logits``).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if pool not in WEAK_POOLS:
+        raise ValueError(f"pool must be one of {WEAK_POOLS}, got {pool!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     head = HeadSteps(detector, lr, steps, log_every, desc="peak response")
@@ -123,7 +141,77 @@ def train_weak(detector: QueryDetector, feats: torch.Tensor, present: Sequence[t
         cols = torch.nonzero(held | torch.isin(torch.arange(len(ref_ids)), torch.from_numpy(
             rng.choice(len(ref_ids), size=min(negatives, len(ref_ids)), replace=False)))).flatten()
         loss, _ = weak_losses(detector, feats[pick].float(), image_size, [present[i] for i in pick], [r[cols] for r in refs],
-                              ref_ids[cols])
+                              ref_ids[cols], pool)
         head.step(loss, name="weak")
     detector.eval()
     return head.logs
+
+
+PEAK_SIDES = (24, 40, 64, 104, 168)  # box sides tried around each peak, px (the scenes' objects are 24-160 px)
+
+
+@LOCALIZERS.register("peak_crops")
+class PeakCropLocalizer(DetectorLocalizer):
+    """Weakly supervised, two stages, in the spirit of ProNet (Sun et al., CVPR 2016; simplified): the query's response
+    map from a head trained on image-level labels only (``detector train --weak``) proposes its ``peaks`` highest local
+    maxima; around each, square boxes of ``sides`` px are cut and embedded by the image model whole (as
+    ``query_detector_model_crops`` embeds proposals), and a box scores sigmoid(peak logit) ** ``gamma`` x
+    exp(``temperature`` (cos - 1)). No box was seen in training: the crop's cosine with the query chooses the box's
+    size, as ProNet's cascade scores boxes of several sizes around its heat map's peaks (its learned cascade and box
+    sampling are not implemented). Masks are the filled boxes.
+
+    Args:
+        model: the image(-text) model the head was trained on; it also embeds the crops.
+        weights: weights from ``metricvision detector train --weak``.
+        max_boxes: boxes per query; nms_iou: NMS threshold (``fit`` chooses it with ``gamma``).
+        peaks: local maxima of the response map kept per query; sides: box sides tried around each, px.
+        side: crop side in pixels (default: the model card's image size).
+    """
+
+    def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.3, peaks: int = 8,
+                 sides: Sequence[float] = PEAK_SIDES, gamma: float = 1.0, temperature: float = 10.0,
+                 side: Optional[int] = None) -> None:
+        super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou)
+        if peaks < 1 or not sides or min(sides) <= 0:
+            raise ValueError(f"peaks must be >= 1 and sides a non-empty list of positive sizes, got {peaks} and {sides}")
+        self.embedder, self.side = model.embedder.eval(), side or model.card.image_size
+        self.peaks, self.sides, self.gamma, self.temperature = peaks, tuple(float(s) for s in sides), gamma, temperature
+
+    @torch.no_grad()
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(3, H, W) image in [0, 1] -> its region embeddings (h, w, D) on the head's grid, and the image."""
+        _, _, emb = self.detector.head(self.detector.features(image[None]), tuple(image.shape[-2:]))
+        return emb[0], image
+
+    @torch.no_grad()
+    def candidates(self, emb: torch.Tensor, image: torch.Tensor, query: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One (D,) query -> its candidate boxes (P x S, 4), clipped to the image, and their peaks' logits (P x S,)."""
+        m = response_maps(self.detector, emb[None], query[None])[0, 0]
+        (h, w), (height, width) = m.shape, image.shape[-2:]
+        flat = torch.where(local_peaks(m), m, torch.tensor(-torch.inf)).reshape(-1)
+        top = flat.topk(min(self.peaks, int(torch.isfinite(flat).sum())))
+        cy = (top.indices // w + 0.5) * height / h
+        cx = (top.indices % w + 0.5) * width / w
+        half = torch.tensor(self.sides)[None, :] / 2
+        boxes = torch.stack([cx[:, None] - half, cy[:, None] - half, cx[:, None] + half, cy[:, None] + half], dim=-1)
+        limit = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+        return boxes.reshape(-1, 4).clamp(min=torch.zeros(4), max=limit), top.values.repeat_interleave(len(self.sides))
+
+    @torch.no_grad()
+    def boxes(self, prepared: Tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> List[np.ndarray]:
+        """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
+        from torchvision.ops import nms
+
+        emb, image = prepared
+        out = []
+        for q in F.normalize(queries, dim=1):
+            boxes, logits = self.candidates(emb, image, q)
+            cos = self.embedder.from_features(crop_maps(self.embedder, image, boxes, self.side)) @ q
+            scores = torch.exp(self.gamma * F.logsigmoid(logits) + self.temperature * (cos - 1))
+            keep = nms(boxes, scores, self.nms_iou)[: self.max_boxes]
+            out.append(torch.cat([boxes[keep], scores[keep, None]], dim=1).numpy().astype(np.float64))
+        return out
+
+    def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
+        """Choose ``gamma`` and the NMS threshold by AP50 on prepared validation images, one (D,) query row each."""
+        return self._grid(prepared, queries, gt_boxes, {"gamma": (0.0, 0.5, 1.0, 2.0), "nms_iou": (0.3, 0.5)})
