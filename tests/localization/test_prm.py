@@ -74,12 +74,12 @@ def test_peak_crops_box_the_peaks_and_the_crop_that_matches_the_query_wins(tmp_p
     model = ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=32))
     save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "weak.safetensors")
     loc = LOCALIZERS.create("peak_crops", model=model, weights=str(tmp_path / "weak.safetensors"), peaks=3,
-                            sides=(16, 48), gamma=0.0, max_boxes=6, nms_iou=1.0)
+                            sides=(16, 48), shift=0.0, gamma=0.0, max_boxes=6, nms_iou=1.0)
     torch.manual_seed(0)
     image = torch.rand(3, 128, 96)
-    emb, _ = prepared = loc.prepare(image)
+    emb, _, _ = prepared = loc.prepare(image)
     query = torch.nn.functional.normalize(torch.randn(model.dim), dim=0)
-    boxes, logits = loc.candidates(emb, image, query)
+    boxes, logits, _ = loc.candidates(emb, image, query)
     grid = torch.nn.functional.normalize(emb, dim=-1) @ query  # (h, w): the untrained head's map is the dense cosine
     h, w = grid.shape
     top = torch.where(local_peaks(grid), grid, torch.tensor(-torch.inf)).reshape(-1).topk(3).indices
@@ -93,6 +93,16 @@ def test_peak_crops_box_the_peaks_and_the_crop_that_matches_the_query_wins(tmp_p
     found = loc.boxes(prepared, wanted[None])[0]
     assert np.allclose(found[0, :4], boxes[3].numpy(), atol=1e-4) and found[0, 4] == pytest.approx(1.0, abs=1e-5)
     assert np.all(np.diff(found[:, 4]) <= 0) and len(found) == 6
+    loc.shift = 0.25  # the second search: 8 shifts of each peak's best side by a quarter of it
+    shifted, _, cos = loc.candidates(emb, image, query)
+    assert torch.equal(shifted[:6], boxes) and len(shifted) == 6 + 3 * 8
+    best = cos[:6].reshape(3, 2).argmax(dim=1) + torch.tensor([0, 2, 4])
+    for k in range(3):
+        centre, side = unclipped[best[k]].reshape(2, 2).mean(0), sides[best[k]]
+        for j, (dx, dy) in enumerate([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]):
+            c = centre + torch.tensor([dx, dy]) * side / 4
+            want = torch.cat([c - side / 2, c + side / 2]).clamp(min=0).minimum(torch.tensor([96.0, 128, 96, 128]))
+            assert torch.allclose(shifted[6 + 8 * k + j], want, atol=1e-4)
 
 
 def test_weak_training_runs_and_peaks_give_masks_with_their_boxes():

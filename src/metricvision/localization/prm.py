@@ -155,58 +155,88 @@ class PeakCropLocalizer(DetectorLocalizer):
     """Weakly supervised, two stages, in the spirit of ProNet (Sun et al., CVPR 2016; simplified): the query's response
     map from a head trained on image-level labels only (``detector train --weak``) proposes its ``peaks`` highest local
     maxima; around each, square boxes of ``sides`` px are cut and embedded by the image model whole (as
-    ``query_detector_model_crops`` embeds proposals), and a box scores sigmoid(peak logit) ** ``gamma`` x
-    exp(``temperature`` (cos - 1)). No box was seen in training: the crop's cosine with the query chooses the box's
-    size, as ProNet's cascade scores boxes of several sizes around its heat map's peaks (its learned cascade and box
-    sampling are not implemented). Masks are the filled boxes.
+    ``query_detector_model_crops`` embeds proposals); the side whose crop matches the query best is then shifted by
+    ``shift`` x its side in each of 8 directions (the peaks lie on a stride-16 grid). A box scores
+    sigmoid(peak logit) ** ``gamma`` x exp(``temperature`` (cos - 1)). No box was seen in training: the crops' cosine
+    with the query chooses each box's size and place, as ProNet's cascade scores boxes of several sizes around its heat
+    map's peaks (its learned cascade and box sampling are not implemented). Masks are the filled boxes.
 
     Args:
         model: the image(-text) model the head was trained on; it also embeds the crops.
         weights: weights from ``metricvision detector train --weak``.
         max_boxes: boxes per query; nms_iou: NMS threshold (``fit`` chooses it with ``gamma``).
         peaks: local maxima of the response map kept per query; sides: box sides tried around each, px.
+        shift: step of the second search, a fraction of the chosen side (0: no second search).
         side: crop side in pixels (default: the model card's image size).
     """
 
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.3, peaks: int = 8,
-                 sides: Sequence[float] = PEAK_SIDES, gamma: float = 1.0, temperature: float = 10.0,
+                 sides: Sequence[float] = PEAK_SIDES, shift: float = 0.25, gamma: float = 1.0, temperature: float = 10.0,
                  side: Optional[int] = None) -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou)
-        if peaks < 1 or not sides or min(sides) <= 0:
-            raise ValueError(f"peaks must be >= 1 and sides a non-empty list of positive sizes, got {peaks} and {sides}")
+        if peaks < 1 or not sides or min(sides) <= 0 or not 0 <= shift < 1:
+            raise ValueError(f"need peaks >= 1, positive sides and shift in [0, 1), got {peaks}, {sides} and {shift}")
         self.embedder, self.side = model.embedder.eval(), side or model.card.image_size
-        self.peaks, self.sides, self.gamma, self.temperature = peaks, tuple(float(s) for s in sides), gamma, temperature
+        self.peaks, self.sides, self.shift = peaks, tuple(float(s) for s in sides), shift
+        self.gamma, self.temperature = gamma, temperature
 
     @torch.no_grad()
-    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(3, H, W) image in [0, 1] -> its region embeddings (h, w, D) on the head's grid, and the image."""
+    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[bytes, Tuple[torch.Tensor, ...]]]:
+        """(3, H, W) image in [0, 1] -> its region embeddings (h, w, D) on the head's grid, the image, and a cache of
+        each query's scored candidates (``candidates``; ``fit`` tries its settings on them)."""
         _, _, emb = self.detector.head(self.detector.features(image[None]), tuple(image.shape[-2:]))
-        return emb[0], image
+        return emb[0], image, {}
+
+    def square(self, cx: torch.Tensor, cy: torch.Tensor, sides: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Centres (n,), sides (n,) -> (n, 4) squares clipped to the image."""
+        height, width = image.shape[-2:]
+        boxes = torch.stack([cx - sides / 2, cy - sides / 2, cx + sides / 2, cy + sides / 2], dim=-1)
+        return boxes.clamp(min=torch.zeros(4), max=torch.tensor([width, height, width, height], dtype=boxes.dtype))
+
+    def cosines(self, image: torch.Tensor, boxes: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """(n, 4) boxes, (D,) normalized query -> (n,) cosines of their crops' embeddings with the query."""
+        return self.embedder.from_features(crop_maps(self.embedder, image, boxes, self.side)) @ query
 
     @torch.no_grad()
-    def candidates(self, emb: torch.Tensor, image: torch.Tensor, query: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One (D,) query -> its candidate boxes (P x S, 4), clipped to the image, and their peaks' logits (P x S,)."""
+    def candidates(self, emb: torch.Tensor, image: torch.Tensor, query: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One (D,) normalized query -> its candidate boxes (n, 4), their peaks' logits (n,) and crop cosines (n,):
+        per peak the ``sides`` squares, then 8 shifts of the best one."""
         m = response_maps(self.detector, emb[None], query[None])[0, 0]
         (h, w), (height, width) = m.shape, image.shape[-2:]
         flat = torch.where(local_peaks(m), m, torch.tensor(-torch.inf)).reshape(-1)
         top = flat.topk(min(self.peaks, int(torch.isfinite(flat).sum())))
-        cy = (top.indices // w + 0.5) * height / h
-        cx = (top.indices % w + 0.5) * width / w
-        half = torch.tensor(self.sides)[None, :] / 2
-        boxes = torch.stack([cx[:, None] - half, cy[:, None] - half, cx[:, None] + half, cy[:, None] + half], dim=-1)
-        limit = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-        return boxes.reshape(-1, 4).clamp(min=torch.zeros(4), max=limit), top.values.repeat_interleave(len(self.sides))
+        p, s = len(top.indices), len(self.sides)
+        cx = ((top.indices % w + 0.5) * width / w).repeat_interleave(s)
+        cy = ((top.indices // w + 0.5) * height / h).repeat_interleave(s)
+        sides = torch.tensor(self.sides).repeat(p)
+        boxes = self.square(cx, cy, sides, image)
+        cos = self.cosines(image, boxes, query)
+        logits = top.values.repeat_interleave(s)
+        if self.shift > 0:
+            best = cos.reshape(p, s).argmax(dim=1) + torch.arange(p) * s
+            dx, dy = torch.meshgrid(torch.tensor([-1.0, 0.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0]), indexing="ij")
+            moves = torch.stack([dx.flatten(), dy.flatten()], dim=1)[[0, 1, 2, 3, 5, 6, 7, 8]]  # (8, 2), no (0, 0)
+            step = (self.shift * sides[best])[:, None, None] * moves[None]  # (p, 8, 2)
+            shifted = self.square((cx[best][:, None] + step[..., 0]).flatten(), (cy[best][:, None] + step[..., 1]).flatten(),
+                                  sides[best].repeat_interleave(8), image)
+            boxes = torch.cat([boxes, shifted])
+            cos = torch.cat([cos, self.cosines(image, shifted, query)])
+            logits = torch.cat([logits, top.values.repeat_interleave(8)])
+        return boxes, logits, cos
 
-    @torch.no_grad()
-    def boxes(self, prepared: Tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> List[np.ndarray]:
+    def boxes(self, prepared: Tuple[torch.Tensor, torch.Tensor, Dict[bytes, Tuple[torch.Tensor, ...]]],
+              queries: torch.Tensor) -> List[np.ndarray]:
         """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
         from torchvision.ops import nms
 
-        emb, image = prepared
+        emb, image, cache = prepared
         out = []
         for q in F.normalize(queries, dim=1):
-            boxes, logits = self.candidates(emb, image, q)
-            cos = self.embedder.from_features(crop_maps(self.embedder, image, boxes, self.side)) @ q
+            key = q.numpy().tobytes()
+            if key not in cache:
+                cache[key] = self.candidates(emb, image, q)
+            boxes, logits, cos = cache[key]
             scores = torch.exp(self.gamma * F.logsigmoid(logits) + self.temperature * (cos - 1))
             keep = nms(boxes, scores, self.nms_iou)[: self.max_boxes]
             out.append(torch.cat([boxes[keep], scores[keep, None]], dim=1).numpy().astype(np.float64))
