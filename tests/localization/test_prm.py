@@ -40,6 +40,16 @@ def test_max_pooling_gives_each_maps_maximum_and_unknown_pools_are_refused():
         image_logits(maps, "mean")
 
 
+def test_peaks_below_the_median_do_not_count():
+    maps = torch.tensor([[[[0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -5.0, -5.0],
+                           [-5.0, -5.0, -5.0, -5.0, -2.0]]]])
+    # local peaks: 1.0, the zeros of the plateau not next to 1.0, and -2.0 (below the median 0.0, left out)
+    assert local_peaks(maps)[0, 0, 3, 4]
+    peaks = local_peaks(maps) & (maps >= 0.0)
+    assert torch.allclose(peak_stimulation(maps), (maps * peaks).sum() / peaks.sum())
+    assert not torch.allclose(peak_stimulation(maps), (maps * local_peaks(maps)).sum() / local_peaks(maps).sum())
+
+
 def test_filled_box_masks_give_the_box_ap():
     rng = np.random.default_rng(0)
     gts, preds, scores, gm, pm = [], [], [], [], []

@@ -2,8 +2,8 @@
 
 Training sees image-level labels only: which identities a scene holds, never where. The
 response map of a reference r is a * cos(region embedding, r) + b on the head's grid; its
-image-level logit is the mean of the map at its local maxima (peak stimulation: only the
-peaks receive gradient), trained with binary cross-entropy against every reference.
+image-level logit is the mean of the map at its local maxima not below its median (peak stimulation:
+only the peaks receive gradient), trained with binary cross-entropy against every reference.
 At inference each of the query's highest peaks is traced back to the head's input
 (gradient x input, a simplified peak back-propagation), giving an instance-aware map
 whose upsampled region above a fraction of its maximum, connected to the peak, is the
@@ -38,8 +38,10 @@ def response_maps(detector: QueryDetector, emb: torch.Tensor, refs: torch.Tensor
 
 
 def peak_stimulation(maps: torch.Tensor) -> torch.Tensor:
-    """(N, R, h, w) response maps -> (N, R) image-level logits: the mean of each map over its local peaks."""
-    peaks = local_peaks(maps.detach()).float()
+    """(N, R, h, w) response maps -> (N, R) image-level logits: the mean of each map over its local peaks that are not
+    below its median (PRM's peak filter)."""
+    m = maps.detach()
+    peaks = (local_peaks(m) & (m >= m.flatten(-2).median(dim=-1).values[..., None, None])).float()
     return (maps * peaks).sum(dim=(-2, -1)) / peaks.sum(dim=(-2, -1))
 
 
