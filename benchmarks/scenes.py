@@ -8,7 +8,8 @@ name of the target's emoji category (every object of that category is a target);
 for an image model without text (`metricvision kb from-run`). The
 localizers never see the ground truth; it is used for scoring (COCO AP50, AP50:95, and
 AP50:95 per mask-area range: small < 32^2, medium, large > 96^2 px), and AP50 on the
-cluttered scenes (>= 8 objects). Time per image and query, median, with its split into
+cluttered scenes (>= 8 objects), and the pointing game (the best box's centre within 15 px of
+a target's mask, over the scenes with a target; Zhang et al. 2016). Time per image and query, median, with its split into
 stages: the query-independent work (``prepare``: backbone, head, proposals, crops) and the
 per-query work (``boxes``).
 
@@ -46,7 +47,7 @@ from metricvision.localization.references import load_references
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
 from metricvision.kb.views import encode_object_queries
 from metricvision.data.scenes import rle_decode
-from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap, pairwise_iou
+from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap, pairwise_iou, pointing_game
 from metricvision.metrics.detection_errors import ERROR_TYPES, detection_errors
 
 TASKS = ("image query", "name query", "category (name)")
@@ -113,6 +114,14 @@ def target_masks(scenes: SceneSet, task: str, n: int) -> List[np.ndarray]:
         size = tuple(rles[0]["size"]) if rles else (1, 1)
         out.append(np.array([rle_decode(r) for r, keep in zip(rles, t) if keep], bool).reshape(-1, *size))
     return out
+
+
+def best_point(boxes: np.ndarray) -> Tuple[float, float] | None:
+    """(n, 5) scored boxes -> the centre (x, y) of the best one (the localizer's point for the pointing game), or None."""
+    if not len(boxes):
+        return None
+    x0, y0, x1, y1 = boxes[int(np.argmax(boxes[:, 4])), :4]
+    return (x0 + x1) / 2, (y0 + y1) / 2
 
 
 def oracle_ap50(locs: Dict[str, Any], scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
@@ -236,17 +245,18 @@ def main() -> None:
             sub = np.flatnonzero(cluttered)
             res["AP50_cluttered"] = detection_ap([found[task][i][:, :4] for i in sub], [found[task][i][:, 4] for i in sub],
                                                  [gt[i] for i in sub])["AP50"]
+            res["pointing"] = pointing_game([best_point(f) for f in found[task]], target_masks(test, task, n_test))["pointing"]
             rows.append((task, res, chosen[task], sum(int(t.sum()) for t in targets)))
         ms = 1000 * np.median(np.array(seconds), axis=0)
         print(f"\n{name}: {n_test} test scenes of {Image.open(test.images[0]).size[0]} px ({int(cluttered.sum())} cluttered, "
               f">= {CLUTTERED} objects), fitted on {n_val} val scenes, <= {a.max_boxes} boxes per query, "
               f"{torch.get_num_threads()} threads; per image and query (median): {ms.sum():.0f} ms = "
               f"{ms[0]:.0f} ms prepare (query-independent) + {ms[1]:.0f} ms boxes (per query)")
-        print("| task | AP50 | AP50:95 | AP small | AP medium | AP large | AP50 cluttered | targets | chosen on val |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| task | AP50 | AP50:95 | AP small | AP medium | AP large | AP50 cluttered | pointing | targets | chosen on val |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for task, r, ch, n in rows:
             print(f"| {task} | {r['AP50']:.3f} | {r['AP']:.3f} | {r['AP_small']:.3f} | {r['AP_medium']:.3f} | {r['AP_large']:.3f} "
-                  f"| {r['AP50_cluttered']:.3f} | {n} | {ch} |")
+                  f"| {r['AP50_cluttered']:.3f} | {r['pointing']:.3f} | {n} | {ch} |")
 
 
 if __name__ == "__main__":

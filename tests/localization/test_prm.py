@@ -2,13 +2,15 @@ import numpy as np
 import pytest
 import torch
 
+from metricvision.data.scenes import SceneConfig, build_scenes, rle_decode
 from metricvision.kb.model import ImageTextModel, ModelCard
 from metricvision.localization.detector import QueryDetector
 from metricvision.localization.localizers import LOCALIZERS
-from metricvision.localization.prm import image_logits, local_peaks, peak_instances, peak_stimulation, train_weak
+from metricvision.localization.prm import (image_logits, local_peaks, map_maxima, peak_instances, peak_stimulation,
+                                          response_maps, train_weak)
 from metricvision.localization.refine import crop_maps
-from metricvision.localization.train import save_detector
-from metricvision.metrics.detection import detection_ap, mask_ap
+from metricvision.localization.train import identity_references, read_scenes, save_detector, scene_features
+from metricvision.metrics.detection import detection_ap, mask_ap, pointing_game
 
 
 def test_local_peaks_equal_a_loop():
@@ -130,3 +132,33 @@ def test_weak_training_runs_and_peaks_give_masks_with_their_boxes():
         ys, xs = np.nonzero(m)
         assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == b[:4].tolist()
     assert np.all(np.diff(boxes[:, 4]) <= 0)
+
+
+@pytest.mark.slow
+def test_peak_stimulation_points_at_the_planted_objects_and_max_pooling_does_not(tmp_path):
+    """On 16 small scenes (one target, 1-2 distractors, ImageNet backbone), 20 steps from image-level labels: the
+    response maps' maxima fall on their identity's instances more often after peak stimulation than untrained, and
+    less often after max pooling (``benchmarks/weak_pointing.py`` measures it over seeds and held-out scenes)."""
+    cfg = SceneConfig(size=128, sides=(40, 56), targets=(1, 1), distractors=(1, 2), blur=0.0)
+    scenes = read_scenes(build_scenes(tmp_path / "s", "train", 16, seed=0, cfg=cfg))
+    model = ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=64))
+    ref_ids, refs = identity_references(model, "train")
+    present = [torch.from_numpy(x) for x in scenes.identities]
+    rates = {}
+    for pool in ("untrained", "peaks", "max"):
+        torch.manual_seed(0)
+        det = QueryDetector(model.embedder, hidden=64)
+        feats, size = scene_features(det, scenes)
+        if pool != "untrained":
+            train_weak(det, feats, present, refs, ref_ids, size, steps=20, seed=0, log_every=20, pool=pool)
+        with torch.no_grad():
+            emb = det.head(feats.float(), size)[2]
+        points, masks = [], []
+        for i, ids in enumerate(scenes.identities):
+            labs = sorted(set(ids.tolist()))
+            maps = response_maps(det, emb[i : i + 1], torch.cat([refs[0][ref_ids == lab] for lab in labs]))[0]
+            points += [tuple(p) for p in map_maxima(maps, size).tolist()]
+            decoded = np.array([rle_decode(r) for r in scenes.segmentations[i]], bool)
+            masks += [decoded[ids == lab] for lab in labs]
+        rates[pool] = pointing_game(points, masks, tolerance=15.0)["pointing"]
+    assert rates["peaks"] > rates["untrained"] + 0.05 and rates["max"] < rates["untrained"] - 0.05, rates

@@ -1,10 +1,11 @@
 import contextlib
+import math
 import io
 
 import numpy as np
 import pytest
 
-from metricvision.metrics.detection import detection_ap, pairwise_iou
+from metricvision.metrics.detection import detection_ap, pairwise_iou, pointing_game
 
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
@@ -122,3 +123,30 @@ def test_mask_areas_decide_the_size_range():
     ref = coco_reference(det, [np.array([0.9, 0.8])], gt, gt_areas=areas)
     assert got == pytest.approx(ref, abs=1e-12)
     assert got["AP_small"] == pytest.approx(1.0) and got["AP_medium"] == -1.0
+
+
+def test_pointing_game_equals_a_pixel_loop():
+    rng = np.random.default_rng(0)
+    masks, points, hits, counted, tol = [], [], 0, 0, 2.0
+    for i in range(30):
+        m = np.zeros((int(rng.integers(0, 3)), 20, 24), bool)
+        for k in range(len(m)):
+            y, x = rng.integers(0, 16), rng.integers(0, 20)
+            m[k, y : y + int(rng.integers(1, 5)), x : x + int(rng.integers(1, 5))] = True
+        point = None if i % 7 == 0 else (float(rng.uniform(0, 24)), float(rng.uniform(0, 20)))
+        masks.append(m)
+        points.append(point)
+        if m.any():
+            counted += 1
+            near = [math.dist(point, (min(max(point[0], x), x + 1), min(max(point[1], y), y + 1))) <= tol
+                    for y in range(20) for x in range(24) if m[:, y, x].any()] if point is not None else [False]
+            hits += any(near)
+    got = pointing_game(points, masks, tolerance=tol)
+    one = np.zeros((1, 5, 6), bool)
+    one[0, 2, 3] = True  # the pixel [3, 4) x [2, 3)
+    assert pointing_game([(3.5, 2.2), (4.1, 2.5), (4.1, 2.5)], [one, one, one], tolerance=0.0)["pointing"] == pytest.approx(1 / 3)
+    assert pointing_game([(4.1, 2.5)], [one], tolerance=0.1)["pointing"] == 1.0
+    assert 0 < hits < counted and got == {"pointing": hits / counted, "images": counted}
+    assert pointing_game([None], [np.zeros((0, 5, 5), bool)])["pointing"] == -1.0
+    with pytest.raises(ValueError, match="one point per image"):
+        pointing_game([None], [])

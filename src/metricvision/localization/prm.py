@@ -45,6 +45,13 @@ def peak_stimulation(maps: torch.Tensor) -> torch.Tensor:
     return (maps * peaks).sum(dim=(-2, -1)) / peaks.sum(dim=(-2, -1))
 
 
+def map_maxima(maps: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
+    """(..., h, w) maps over an image of ``image_size`` (H, W) px -> (..., 2) the (x, y) pixel centre of each map's
+    highest cell (the point a response map gives for the pointing game)."""
+    (h, w), flat = maps.shape[-2:], maps.flatten(-2).argmax(dim=-1)
+    return torch.stack([(flat % w + 0.5) * image_size[1] / w, (flat // w + 0.5) * image_size[0] / h], dim=-1)
+
+
 WEAK_POOLS = ("peaks", "max")  # image-level logit from a response map: PRM's peak stimulation, or its maximum (MIL)
 
 

@@ -208,6 +208,35 @@ def mask_ap(pred_masks: Sequence[np.ndarray], pred_scores: Sequence[np.ndarray],
     return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
 
 
+def pointing_game(points: Sequence[Optional[Tuple[float, float]]], gt_masks: Sequence[np.ndarray],
+                  tolerance: float = 15.0) -> Dict[str, float]:
+    """Pointing game (Zhang et al., ECCV 2016): the share of images with a target whose one point lies on a target's
+    pixel or within ``tolerance`` px of one.
+
+    Args:
+        points: per image, the localizer's (x, y) point in pixels (e.g. its best box's centre), or None (a miss).
+        gt_masks: per image, (m, H, W) bool target masks; images without a target are left out.
+        tolerance: how far from a target pixel a point still hits, px (the paper's 15).
+
+    Returns:
+        {"pointing": hits / images, "images": images with a target}; pointing is -1 without any.
+    """
+    if len(points) != len(gt_masks):
+        raise ValueError(f"expected one point per image, got {len(points)} points for {len(gt_masks)} images")
+    hits, counted = 0, 0
+    for point, masks in zip(points, gt_masks):
+        masks = np.asarray(masks, bool)
+        if not masks.size or not masks.any():
+            continue
+        counted += 1
+        if point is None:
+            continue
+        ys, xs = np.nonzero(masks.any(axis=0))  # pixel (x, y) covers [x, x + 1) x [y, y + 1)
+        dx, dy = np.maximum(np.maximum(xs - point[0], point[0] - xs - 1), 0), np.maximum(np.maximum(ys - point[1], point[1] - ys - 1), 0)
+        hits += bool((dx**2 + dy**2 <= tolerance**2).any())
+    return {"pointing": hits / counted if counted else -1.0, "images": float(counted)}
+
+
 def encode_masks(masks: np.ndarray) -> List[dict]:
     """(n, H, W) bool masks -> n pycocotools RLEs (compressed, JSON-ready)."""
     from pycocotools import mask as mask_utils
