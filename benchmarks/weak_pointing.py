@@ -12,44 +12,40 @@ other-vendor rendering must fall on one of its instances (``metricvision.metrics
 pointing_game``; tolerance 0 px, and the paper's 15 px). No box is seen in training.
 
     python benchmarks/weak_pointing.py [--train 48 --test 48 --steps 100 --seeds 0 1 2]
+    python benchmarks/weak_pointing.py --scenes runs/scenes/test --limit 100 \
+        --checkpoint runs/text_align/image_model.safetensors --weights runs/weak_none.safetensors ...
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 
-from metricvision.data.scenes import SceneConfig, build_scenes, rle_decode
+from metricvision.data.scenes import SceneConfig, build_scenes
 from metricvision.kb.model import ImageTextModel, ModelCard
 from metricvision.localization.detector import QueryDetector
-from metricvision.localization.prm import WEAK_POOLS, map_maxima, response_maps, train_weak
-from metricvision.localization.train import SceneSet, identity_references, read_scenes, scene_features
-from metricvision.metrics.detection import pointing_game
+from metricvision.localization.prm import WEAK_POOLS, response_pointing, train_weak
+from metricvision.localization.train import identity_references, read_scenes, scene_features
 
-TOLERANCES = (0.0, 15.0)
+def trained_heads(scenes_dir: str, checkpoint: str, weights: Sequence[str], limit: int) -> None:
+    """Print the pointing game of trained heads (``metricvision detector train --weak``) on benchmark test scenes."""
+    from metricvision.localization.train import load_detector
 
-
-@torch.no_grad()
-def pointing(detector: QueryDetector, feats: torch.Tensor, size: Tuple[int, int], scenes: SceneSet, ref_ids: torch.Tensor,
-             refs: torch.Tensor) -> Dict[float, float]:
-    """Pointing game of the response maps' maxima over every (scene, identity present) pair, per tolerance.
-
-    Args:
-        feats: (n, D + C, h, w) ``detector.features`` of the scenes, of ``size`` (H, W) px.
-        refs: (R, D) reference embeddings of the identities ``ref_ids`` (R,).
-    """
-    _, _, emb = detector.head(feats.float(), size)
-    points, masks = [], []
-    for i, ids in enumerate(scenes.identities):
-        decoded = np.array([rle_decode(r) for r in scenes.segmentations[i]], bool)
-        present = sorted(set(ids.tolist()))
-        maps = response_maps(detector, emb[i : i + 1], torch.stack([refs[ref_ids == lab][0] for lab in present]))[0]
-        points += [tuple(p) for p in map_maxima(maps, size).tolist()]
-        masks += [decoded[ids == lab] for lab in present]
-    return {t: pointing_game(points, masks, t)["pointing"] for t in TOLERANCES}
+    model = ImageTextModel.from_checkpoint(checkpoint)
+    scenes = read_scenes(scenes_dir, limit=limit)
+    ids, refs = identity_references(model, "test")
+    feats = None
+    print(f"{len(scenes.images)} scenes of {scenes_dir}; pointing game of the response maps' maxima (0 px / 15 px)")
+    print("| head | " + " | ".join(f"{kind} {t:g} px" for kind in ("image", "name")[: len(refs)] for t in (0, 15)) + " |")
+    print("|---|" + "---|" * 2 * len(refs))
+    for w in weights:
+        det, _ = load_detector(w, model.embedder)
+        feats = feats or scene_features(det.eval(), scenes)  # the frozen backbone's features serve every head
+        cells = [v for r in refs for v in response_pointing(det, *feats, scenes, ids, r).values()]
+        print(f"| {w} | " + " | ".join(f"{v:.3f}" for v in cells) + " |", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -59,8 +55,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
     ap.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (default 1e-3)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the scenes and the head")
+    ap.add_argument("--scenes", help="instead: score these trained heads (--weights) on a benchmark scene folder")
+    ap.add_argument("--checkpoint", help="with --scenes: the image model the heads were trained on")
+    ap.add_argument("--weights", nargs="*", default=[], help="with --scenes: head weights (`detector train --weak`)")
+    ap.add_argument("--limit", type=int, default=0, help="with --scenes: the first N scenes only (0: all)")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if a.scenes:
+        if not a.checkpoint or not a.weights:
+            ap.error("--scenes needs --checkpoint and --weights")
+        return trained_heads(a.scenes, a.checkpoint, a.weights, a.limit)
     cfg = SceneConfig(size=128, sides=(40, 56), targets=(1, 1), distractors=(1, 2), blur=0.0)
     model = ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=64))
     refs = {split: identity_references(model, split) for split in ("train", "test")}
@@ -80,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 row = {}
                 for split, s in scenes.items():
                     ids, r = refs[split]
-                    for t, v in pointing(det, *feats[split], s, ids, r[0]).items():
+                    for t, v in response_pointing(det, *feats[split], s, ids, r[0]).items():
                         row[f"{split} {t:g} px"] = v
                 results.setdefault(method, []).append(row)
                 print(f"seed {seed} {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)

@@ -1,6 +1,6 @@
 import contextlib
-import math
 import io
+import math
 
 import numpy as np
 import pytest

@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from metricvision.data.scenes import rle_decode
 from metricvision.kb.model import ImageTextModel
 from metricvision.localization.detector import HeadSteps, QueryDetector
 from metricvision.localization.localizers import LOCALIZERS, DetectorLocalizer
 from metricvision.localization.refine import crop_maps
+from metricvision.localization.train import SceneSet
+from metricvision.metrics.detection import pointing_game
 
 
 def local_peaks(maps: torch.Tensor) -> torch.Tensor:
@@ -50,6 +53,31 @@ def map_maxima(maps: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
     highest cell (the point a response map gives for the pointing game)."""
     (h, w), flat = maps.shape[-2:], maps.flatten(-2).argmax(dim=-1)
     return torch.stack([(flat % w + 0.5) * image_size[1] / w, (flat // w + 0.5) * image_size[0] / h], dim=-1)
+
+
+@torch.no_grad()
+def response_pointing(detector: QueryDetector, feats: torch.Tensor, image_size: Tuple[int, int], scenes: SceneSet,
+                      ref_ids: torch.Tensor, refs: torch.Tensor, tolerances: Sequence[float] = (0.0, 15.0)
+                      ) -> Dict[float, float]:
+    """Pointing game (``pointing_game``) of the response maps' maxima, one trial per (scene, identity it holds).
+
+    Args:
+        feats: (n, D + C, h, w) ``detector.features`` of the scenes, of ``image_size`` (H, W) px.
+        refs: (R, D) reference embeddings of the identities ``ref_ids`` (R,); each identity's first is its query.
+        tolerances: px from a target pixel at which a point still hits.
+
+    Returns:
+        tolerance -> share of the trials whose maximum falls on (or that near) one of the identity's instances.
+    """
+    _, _, emb = detector.head(feats.float(), image_size)
+    points, masks = [], []
+    for i, ids in enumerate(scenes.identities):
+        present = sorted(set(ids.tolist()))
+        maps = response_maps(detector, emb[i : i + 1], torch.stack([refs[ref_ids == lab][0] for lab in present]))[0]
+        points += [tuple(p) for p in map_maxima(maps, image_size).tolist()]
+        decoded = np.array([rle_decode(r) for r in scenes.segmentations[i]], bool)
+        masks += [decoded[ids == lab] for lab in present]
+    return {t: pointing_game(points, masks, t)["pointing"] for t in tolerances}
 
 
 WEAK_POOLS = ("peaks", "max")  # image-level logit from a response map: PRM's peak stimulation, or its maximum (MIL)
