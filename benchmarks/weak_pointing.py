@@ -28,12 +28,12 @@ from metricvision.data.scenes import SceneConfig, build_scenes
 from metricvision.kb.model import ImageTextModel, ModelCard
 from metricvision.localization.detector import QueryDetector
 from metricvision.localization.prm import WEAK_POOLS, response_pointing, train_weak
-from metricvision.localization.train import identity_references, read_scenes, scene_features
+from metricvision.localization.train import identity_references, load_detector, read_scenes, scene_features
+
 
 def trained_heads(scenes_dir: str, checkpoint: str, weights: Sequence[str], limit: int) -> None:
-    """Print the pointing game of trained heads (``metricvision detector train --weak``) on benchmark test scenes."""
-    from metricvision.localization.train import load_detector
-
+    """Print the pointing game of trained heads (``metricvision detector train --weak``) on test-split scenes (their
+    identities' other-vendor renderings and names as references)."""
     model = ImageTextModel.from_checkpoint(checkpoint)
     scenes = read_scenes(scenes_dir, limit=limit)
     ids, refs = identity_references(model, "test")
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
     ap.add_argument("--lr", type=float, default=1e-3, help="learning rate of the head (default 1e-3)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the scenes and the head")
-    ap.add_argument("--scenes", help="instead: score these trained heads (--weights) on a benchmark scene folder")
+    ap.add_argument("--scenes", help="instead: score trained heads (--weights) on a test-split scene folder (`scenes build --split test`)")
     ap.add_argument("--checkpoint", help="with --scenes: the image model the heads were trained on")
     ap.add_argument("--weights", nargs="*", default=[], help="with --scenes: head weights (`detector train --weak`)")
     ap.add_argument("--limit", type=int, default=0, help="with --scenes: the first N scenes only (0: all)")

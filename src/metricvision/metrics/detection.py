@@ -232,7 +232,8 @@ def pointing_game(points: Sequence[Optional[Tuple[float, float]]], gt_masks: Seq
         if point is None:
             continue
         ys, xs = np.nonzero(masks.any(axis=0))  # pixel (x, y) covers [x, x + 1) x [y, y + 1)
-        dx, dy = np.maximum(np.maximum(xs - point[0], point[0] - xs - 1), 0), np.maximum(np.maximum(ys - point[1], point[1] - ys - 1), 0)
+        dx = np.maximum(np.maximum(xs - point[0], point[0] - xs - 1), 0)  # distance to the pixel's square
+        dy = np.maximum(np.maximum(ys - point[1], point[1] - ys - 1), 0)
         hits += bool((dx**2 + dy**2 <= tolerance**2).any())
     return {"pointing": hits / counted if counted else -1.0, "images": float(counted)}
 
