@@ -34,7 +34,12 @@ def test_oltr_goal_lines_against_both_long_tail_baselines():
         return [{"recipe": recipe, "tag": tag, "seed": 0, f"{prefix}few_shot": few, f"{prefix}f_measure": f,
                  "open/f_measure": f}]
     table = load().tables(lt("emoji_lt_balanced", "open", 0.30, 0.75) + lt("emoji_lt_instance", "open", 0.28, 0.80)
-                          + lt("emoji_lt_oltr", "open", 0.36, 0.81, "oltr_") + lt("emoji_lt_balanced", "open_e8", 0.10, 0.10))
+                          + lt("emoji_lt_oltr", "open", 0.36, 0.81, "oltr_") + lt("emoji_lt_balanced", "open_e8", 0.10, 0.10)
+                          + lt("emoji_lt_balanced", "ls1", 0.34, 0.77) + lt("emoji_lt_oltr", "ls1", 0.37, 0.80, "oltr_"))
     assert "- OLTR classifier - class-balanced baseline, few: +6.0 (goal >= +5)" in table
     assert "- OLTR classifier - instance-sampled baseline, open-set F: +1.0 (goal >= +5)" in table
     assert "| former 8 epochs: class-balanced normalized softmax, NCM | emoji_lt_balanced [open_e8] | 1 |" in table
+    # the last-stride variant is compared within itself, and only where both rows exist
+    assert "- last stride removed: OLTR classifier - class-balanced baseline, few: +3.0 (goal >= +5)" in table
+    assert "- last stride removed: OLTR classifier - class-balanced baseline, open-set F: +3.0 (goal >= +5)" in table
+    assert "last stride removed: OLTR classifier - instance-sampled" not in table
