@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from metricvision.cli import main
 from metricvision.losses import create_loss
 from metricvision.supervision.base import instance_batches
-from metricvision.supervision.oltr import OLTR, class_centroids, first_appearance
+from metricvision.supervision.longtail import first_appearance
+from metricvision.supervision.oltr import OLTR, class_centroids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from native_datasets import pictures, save, write_long_tail  # noqa: E402
@@ -150,3 +151,35 @@ def test_modulated_attention_equals_a_loop_and_starts_as_gem():
     assert emb.pool.theta.in_channels == 256 and emb(torch.rand(2, 3, 32, 32)).shape == (2, 8)
     with pytest.raises(ValueError, match="reduction in \\[1, channels\\], got 6, 7"):
         ModulatedAttention(6, reduction=7)
+
+
+def test_baselines_score_their_own_classifier_like_oltrs():
+    from metricvision.metrics import open_set_scores, shot_accuracy
+    from metricvision.supervision import SUPERVISIONS
+
+    g = torch.Generator().manual_seed(0)
+    loss = create_loss("normalized_softmax", num_classes=3, embedding_dim=4, temperature=0.25)
+    item = lambda i, y: SimpleNamespace(label=y, i=i)  # noqa: E731
+    train = [item(i, y) for i, y in enumerate([7, 7, 7, 2, 2, 5])]  # columns in order of first appearance: 7, 2, 5
+    test = [item(6 + i, y) for i, y in enumerate([7, 2, 5, 5, 2, 7, 5])]
+    opened = [item(13 + i, -1) for i in range(3)]
+    z = F.normalize(torch.randn(16, 4, generator=g), dim=1)
+    trainer = SimpleNamespace(eval_splits={"": {"train": train, "test": test, "open": opened}}, num_classes=3, loss=loss,
+                              device=torch.device("cpu"), embed=lambda s: z[[x.i for x in s]], _warn=print,
+                              recipe=SimpleNamespace(eval=SimpleNamespace(params={"many": 3, "few": 1}),
+                                                     supervision=SimpleNamespace(name="instance")))
+    metrics: dict = {}
+    SUPERVISIONS.create("instance").on_fit_end(trainer, metrics)
+    logits = z @ F.normalize(loss.proxies.detach(), dim=1).T / 0.25  # the cosine classifier, by hand
+    classes = np.array([7, 2, 5])
+    test_y = np.array([x.label for x in test])
+    want = shot_accuracy(classes[logits[6:13].argmax(1).numpy()], test_y, np.array([x.label for x in train]), 3, 1)
+    want.update(open_set_scores(logits[6:], classes, np.concatenate([test_y, [-1] * 3]), 0.1, temperature=1.0))
+    assert set(metrics) == {f"classifier_{k}" for k in want}
+    for k, v in want.items():
+        assert metrics[f"classifier_{k}"] == pytest.approx(v, nan_ok=True), k
+    assert loss.training  # left in training mode
+    metrics = {}
+    SUPERVISIONS.create("class_balanced", samples_per_class=2).on_fit_end(
+        SimpleNamespace(**{**vars(trainer), "loss": create_loss("contrastive")}), metrics)
+    assert metrics == {}  # a loss without a classifier adds nothing

@@ -142,6 +142,13 @@ class ProxyLoss(MetricLoss):
             return S
         return self.pool_centers(S.view(S.shape[0], self.num_classes, self.centers_per_class))
 
+    logit_scale: float = 1.0  # logits = logit_scale * class similarity (the loss's scale or 1 / temperature)
+
+    @torch.no_grad()
+    def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) embeddings -> (B, C) the classifier's logits at inference: scaled similarities, no margin."""
+        return self.logit_scale * self.class_similarity(embeddings)
+
     def forward(
         self,
         embeddings: torch.Tensor,

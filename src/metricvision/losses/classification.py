@@ -39,6 +39,7 @@ class NormalizedSoftmaxLoss(ProxyLoss):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
+        self.logit_scale = 1.0 / temperature
 
     def compute(self, S: torch.Tensor, relevance: torch.Tensor) -> LossOutput:
         return LossOutput(softmax_cross_entropy(S / self.temperature, relevance))
@@ -55,6 +56,7 @@ class CosFaceLoss(ProxyLoss):
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.margin, self.scale = margin, scale
+        self.logit_scale = scale
 
     def compute(self, S: torch.Tensor, relevance: torch.Tensor) -> LossOutput:
         logits = self.scale * (S - self.margin * (relevance == 1).to(S.dtype))
@@ -89,6 +91,7 @@ class ArcFaceLoss(ProxyLoss):
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.margin, self.scale = margin, scale
+        self.logit_scale = scale
 
     def compute(self, S: torch.Tensor, relevance: torch.Tensor) -> LossOutput:
         cos = S.clamp(-1.0, 1.0)

@@ -4,12 +4,13 @@ threshold fitted on validation queries; the Pareto long-tailed split is ``metric
 in ``metricvision.metrics``; the OLTR meta-embedding is ``supervision/oltr.py``."""
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from metricvision.data.longtail import LT_ORDERS, long_tail_subset, pareto_counts  # noqa: F401 (re-exported)
+from metricvision.metrics import open_set_scores, shot_accuracy
 from metricvision.supervision.base import SUPERVISIONS, Supervision
 
 
@@ -49,18 +50,79 @@ def fit_threshold(scores: torch.Tensor, classes: np.ndarray, labels: np.ndarray)
     return float(candidates[int(np.argmax(np.add(accepted_right, rejected_unknown)))])
 
 
+def first_appearance(labels: List[int]) -> np.ndarray:
+    """Labels in order of first appearance (-1 skipped): the column order of ``data.relabel``."""
+    return np.array(list(dict.fromkeys(c for c in labels if c >= 0)))
+
+
+def classifier_metrics(trainer: Any, predict: Callable[[torch.Tensor], torch.Tensor], name: str,
+                       threshold: float) -> Optional[Dict[str, float]]:
+    """Shot accuracy of a trained classifier on the main evaluation's "test" split, and its open-set F-measure and
+    AUROC (softmax confidence over its logits, rejection below ``threshold``) when there is an "open" split.
+
+    Args:
+        predict: (N, D) embeddings on the trainer's device -> (N, C) logits, columns in the order of
+            ``first_appearance`` of the training labels.
+        name: the setting, for the warning when the evaluation has no train / test splits or other classes.
+
+    Returns:
+        the metrics, or None (after a warning) when they cannot be computed.
+    """
+    splits = trainer.eval_splits[""]  # the main evaluation (eval.also adds named ones)
+    if "train" not in splits or "test" not in splits:
+        trainer._warn(f"{name}: the evaluation dataset has no train / test splits; no classifier metrics")
+        return None
+    classes = first_appearance([s.label for s in splits["train"]])
+    if len(classes) != trainer.num_classes:
+        trainer._warn(f"{name}: the evaluation train split has {len(classes)} classes, the model {trainer.num_classes}; "
+                      "no classifier metrics")
+        return None
+    train_y = np.array([s.label for s in splits["train"]])
+    test_y = np.array([s.label for s in splits["test"]])
+    scores = predict(trainer.embed(splits["test"]).to(trainer.device)).cpu()
+    p = trainer.recipe.eval.params
+    out = shot_accuracy(classes[scores.argmax(1).numpy()], test_y, train_y, p.get("many", 100), p.get("few", 20))
+    if splits.get("open"):
+        open_scores = predict(trainer.embed(splits["open"]).to(trainer.device)).cpu()
+        labels = np.concatenate([test_y, np.full(len(open_scores), -1)])
+        out.update(open_set_scores(torch.cat([scores, open_scores]), classes, labels, threshold, temperature=1.0))
+    return out
+
+
+class LongTailBaseline(Supervision):
+    """A long-tail baseline: at the end, the loss's own classifier (``loss.predict``, e.g. normalized softmax's cosine
+    classifier) is scored like OLTR's, as ``classifier_*`` metrics beside the protocol's nearest class mean.
+
+    Args:
+        samples_per_class: K of the P x K batches.
+        threshold: open-set rejection below this softmax confidence (OLTR's 0.1).
+    """
+
+    def __init__(self, samples_per_class: int = 4, threshold: float = 0.1) -> None:
+        super().__init__(None, 1.0, 0, samples_per_class)
+        self.threshold = threshold
+
+    def on_fit_end(self, trainer: Any, metrics: Dict[str, Any]) -> None:
+        """Adds ``classifier_*`` metrics when the loss has a classifier (``predict``)."""
+        if not hasattr(trainer.loss, "predict"):
+            return
+        loss = trainer.loss.eval()
+        found = classifier_metrics(trainer, loss.predict, trainer.recipe.supervision.name, self.threshold)
+        metrics.update({f"classifier_{k}": v for k, v in (found or {}).items()})
+        loss.train()
+
+
 @SUPERVISIONS.register("class_balanced")
-def class_balanced(samples_per_class: int = 4) -> Supervision:
+class ClassBalanced(LongTailBaseline):
     """Class-balanced sampling: classes drawn uniformly, whatever their size."""
-    return Supervision(None, 1.0, 0, samples_per_class)
 
 
 @SUPERVISIONS.register("instance")
-class InstanceSampling(Supervision):
+class InstanceSampling(LongTailBaseline):
     """Instance sampling: batches uniform over images, so classes come as often as the data has them."""
 
-    def __init__(self) -> None:
-        super().__init__(None, 1.0, 0, 1)
+    def __init__(self, threshold: float = 0.1) -> None:
+        super().__init__(1, threshold)
 
     def batch_sampler(self, trainer: Any, epoch: int) -> List[List[int]]:
         """As many batches as the Trainer's sampler gives, drawn from random permutations of the training set."""

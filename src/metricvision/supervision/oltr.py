@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-import numpy as np
 import torch
 
-from metricvision.metrics import open_set_scores, shot_accuracy
 from metricvision.supervision.base import SUPERVISIONS, Supervision
+from metricvision.supervision.longtail import classifier_metrics
 
 
 def class_centroids(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -25,11 +24,6 @@ def class_centroids(embeddings: torch.Tensor, labels: torch.Tensor, num_classes:
     keep = labels >= 0
     sums = torch.zeros(num_classes, embeddings.shape[1]).index_add_(0, labels[keep], embeddings[keep].float())
     return sums / torch.bincount(labels[keep], minlength=num_classes).clamp_min(1)[:, None]
-
-
-def first_appearance(labels: List[int]) -> np.ndarray:
-    """Labels in order of first appearance (-1 skipped): the column order of ``data.relabel``."""
-    return np.array(list(dict.fromkeys(c for c in labels if c >= 0)))
 
 
 @SUPERVISIONS.register("oltr")
@@ -71,26 +65,8 @@ class OLTR(Supervision):
 
     def on_fit_end(self, trainer: Any, metrics: Dict[str, Any]) -> None:
         """Adds ``oltr_*`` metrics: shot accuracy of the classifier, and open-set scores with an "open" split."""
-        splits = trainer.eval_splits[""]  # the main evaluation (eval.also adds named ones)
-        if "train" not in splits or "test" not in splits:
-            trainer._warn("oltr: the evaluation dataset has no train / test splits; no oltr_* metrics")
-            return
         self.set_memory(trainer, trainer.embed(trainer.train_samples))
-        classes = first_appearance([s.label for s in splits["train"]])
-        if len(classes) != trainer.num_classes:
-            trainer._warn(f"oltr: the evaluation train split has {len(classes)} classes, the model {trainer.num_classes}; "
-                          "no oltr_* metrics")
-            return
-        train_y = np.array([s.label for s in splits["train"]])
-        test_y = np.array([s.label for s in splits["test"]])
         loss = trainer.loss.eval()
-        scores = loss.predict(trainer.embed(splits["test"]).to(trainer.device)).cpu()
-        p = trainer.recipe.eval.params
-        shots = shot_accuracy(classes[scores.argmax(1).numpy()], test_y, train_y, p.get("many", 100), p.get("few", 20))
-        metrics.update({f"oltr_{k}": v for k, v in shots.items()})
-        if splits.get("open"):
-            open_scores = loss.predict(trainer.embed(splits["open"]).to(trainer.device)).cpu()
-            labels = np.concatenate([test_y, np.full(len(open_scores), -1)])
-            opened = open_set_scores(torch.cat([scores, open_scores]), classes, labels, self.threshold, temperature=1.0)
-            metrics.update({f"oltr_{k}": v for k, v in opened.items()})
+        found = classifier_metrics(trainer, loss.predict, "oltr", self.threshold)
+        metrics.update({f"oltr_{k}": v for k, v in (found or {}).items()})
         loss.train()
