@@ -48,6 +48,8 @@ SECTIONS: List[Tuple[str, List[Row], List[Tuple[str, str]]]] = [
     ("Long tail and open set (emoji_lt, a tenth of the subcategories held out as the open split)", [
         ("class-balanced normalized softmax, NCM", "emoji_lt_balanced", "open", OPEN),
         ("instance-sampled normalized softmax, NCM", "emoji_lt_instance", "open", OPEN),
+        ("class-balanced normalized softmax, its classifier", "emoji_lt_balanced", "open", CLASSIFIER),
+        ("instance-sampled normalized softmax, its classifier", "emoji_lt_instance", "open", CLASSIFIER),
         ("OLTR, two stages, NCM", "emoji_lt_oltr", "open", OPEN),
         ("OLTR, two stages, its classifier", "emoji_lt_oltr", "open", {k: f"oltr_{k}" for _, k in SHOTS}),
         ("last stride removed: class-balanced normalized softmax, NCM", "emoji_lt_balanced", "ls1", OPEN),

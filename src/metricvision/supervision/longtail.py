@@ -1,7 +1,8 @@
-"""Long-tail and open-set settings: class-balanced and instance sampling, and open-set rejection by a similarity
-threshold fitted on validation queries; the Pareto long-tailed split is ``metricvision.data.longtail``
-(re-exported here). Their measures (many / medium / few-shot accuracy, open-set F-measure, AUROC) are
-in ``metricvision.metrics``; the OLTR meta-embedding is ``supervision/oltr.py``."""
+"""Long-tail and open-set settings: class-balanced and instance sampling (which also score the loss's own classifier,
+``classifier_*`` metrics, as OLTR's is scored), and open-set rejection by a similarity threshold fitted on validation
+queries; the Pareto long-tailed split is ``metricvision.data.longtail`` (re-exported here). Their measures (many /
+medium / few-shot accuracy, open-set F-measure, AUROC) are in ``metricvision.metrics``; the OLTR meta-embedding is
+``supervision/oltr.py``."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
