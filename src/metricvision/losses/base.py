@@ -111,6 +111,8 @@ class ProxyLoss(MetricLoss):
         centers_per_class: K proxies per class (row c * K + k is center k of class c).
     """
 
+    logit_scale: float = 1.0  # logits = logit_scale * class similarity (the loss's scale or 1 / temperature)
+
     def __init__(
         self,
         num_classes: int,
@@ -141,8 +143,6 @@ class ProxyLoss(MetricLoss):
         if self.centers_per_class == 1:
             return S
         return self.pool_centers(S.view(S.shape[0], self.num_classes, self.centers_per_class))
-
-    logit_scale: float = 1.0  # logits = logit_scale * class similarity (the loss's scale or 1 / temperature)
 
     @torch.no_grad()
     def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
