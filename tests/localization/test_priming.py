@@ -43,6 +43,26 @@ def test_an_untrained_primer_is_the_unprimed_model_whatever_the_query(model):
         CropPrimer(model.embedder, at=18)
 
 
+def test_priming_several_layers_starts_unprimed_and_each_film_map_counts(model, tmp_path):
+    primer = CropPrimer(model.embedder, at=10, also_at=(13, 15)).eval()
+    assert primer.also_at == (13, 15) and sorted(primer.later) == ["13", "15"]
+    assert primer.later["13"].out_features == 2 * 96 and primer.later["15"].out_features == 2 * 160
+    crops, queries = torch.rand(4, 3, 32, 32), torch.randn(2, model.embedder.dim)
+    maps = primer.trunk(crops)
+    assert torch.allclose(primer.primed(maps, queries)[0], model.embedder.eval()(crops), atol=1e-5)
+    with torch.no_grad():  # only a later layer's FiLM map trained: the embedding depends on the query
+        primer.later["15"].weight.normal_(0, 0.05)
+    primed = primer.primed(maps, queries)
+    assert (primed[0] - primed[1]).abs().max() > 1e-3
+    save_primer(primer, tmp_path / "p.safetensors", side=32)
+    loaded, _ = load_primer(tmp_path / "p.safetensors", model.embedder)
+    assert loaded.at == 10 and loaded.also_at == (13, 15)
+    assert torch.allclose(loaded.primed(maps, queries), primed, atol=1e-6)
+    for bad in ((10,), (18,), (3,)):
+        with pytest.raises(ValueError, match="also_at layers must lie between at = 10 and 18"):
+            CropPrimer(model.embedder, at=10, also_at=bad)
+
+
 def test_background_boxes_stay_off_the_objects():
     rng = np.random.default_rng(0)
     gt = np.array([[10.0, 10.0, 40.0, 40.0], [60.0, 50.0, 90.0, 80.0]])
@@ -242,7 +262,7 @@ def test_cli_trains_a_primer(model, tmp_path, capsys):
     assert main(["detector", "primer", "--scenes", str(tmp_path / "train"), "--checkpoint", str(ckpt), "--out", str(out),
                  "--steps", "4", "--batch-size", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["side"] == 32 and result["at"] == 13 and result["crops"] >= 2 * sum(len(b) for b in read_scenes(tmp_path / "train").boxes)
+    assert result["side"] == 32 and result["at"] == [13] and result["crops"] >= 2 * sum(len(b) for b in read_scenes(tmp_path / "train").boxes)
     assert load_primer(out, model.embedder)[1] == 32
     assert main(["detector", "primer", "--scenes", str(tmp_path / "train"), "--checkpoint", str(ckpt), "--out", str(out),
                  "--detector-model", str(ckpt)]) == 2

@@ -70,7 +70,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--out", required=True, help="primer weights file (.safetensors)")
     m.add_argument("--max-scenes", type=int, default=0, help="train on the first N scenes only (0: all)")
     m.add_argument("--side", type=int, default=0, help="crop side in pixels (default: the model card's image size)")
-    m.add_argument("--at", type=int, default=13, help="backbone layer whose output the query modulates (default 13)")
+    m.add_argument("--at", type=int, nargs="+", default=[13],
+                   help="backbone layers whose outputs the query modulates (default 13; several: each its own FiLM map)")
     m.add_argument("--jitters", type=int, default=2, help="jittered boxes per object (default 2)")
     m.add_argument("--backgrounds", type=int, default=2, help="background boxes per scene (default 2)")
     m.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
@@ -194,7 +195,8 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
     if side < 16:
         raise ValueError(f"--side must be >= 16 px, got {side}")
     scenes = read_scenes(args.scenes, limit=args.max_scenes)
-    primer = CropPrimer(model.embedder.eval(), at=args.at)
+    layers = sorted(set(args.at))
+    primer = CropPrimer(model.embedder.eval(), at=layers[0], also_at=layers[1:])
     images = [image_tensor(p) for p in scenes.images]
     proposals = None
     if args.detector:
@@ -212,5 +214,5 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
     save_primer(primer, args.out, side, image_model=args.checkpoint)
     return {"weights": args.out, "crops": len(maps), "detections": int(((ids >= 0) & (overlaps >= args.fg_iou)).sum()),
             "partial": int(((ids >= 0) & (overlaps < args.fg_iou)).sum()), "background": int((ids < 0).sum()),
-            "side": side, "at": args.at, "bce": [round(entry["bce"], 4) for entry in logs],
+            "side": side, "at": layers, "bce": [round(entry["bce"], 4) for entry in logs],
             "seconds": round(time.time() - start, 1)}

@@ -4,15 +4,16 @@ Rosenfeld et al. ("Priming neural networks", 2018) feed a cue of what is sought 
 layers, so that what it computes is shaped by the cue. The ``CropPrimer`` does this inside the identity model that
 embeds the proposals' crops (``query_detector_model_crops``): the query's embedding gives a per-channel scale and
 shift (FiLM) of the crop's maps at a middle layer (``at``; for MobileNetV2, layer 13 ends its stride-16 stage), and
-copies of the layers after it, of the pooling and of the head, tuned, embed the modulated maps. The crop's score for
+copies of the layers after it, of the pooling and of the head, tuned, embed the modulated maps; with ``also_at`` the
+query modulates the outputs of later layers too (each its own FiLM map), as the paper primes several layers. The crop's score for
 the query is the cosine of that primed embedding with the query. The FiLM map starts at zero, so an untrained primer
 is the unprimed image model. It is trained on train scenes (``primer_examples``, ``train_primer``): the crops of
 every object, jittered as proposals are, and of background boxes, each paired with its own identity's reference
 (another vendor's rendering) and with the references the unprimed model confuses it with most (hard negatives), by
 binary cross-entropy on a learned affine map of the cosine, which also makes scores comparable across queries;
 optionally some negatives are the other objects of the crop's own scene. ``query_detector_primed_crops`` is the
-localizer that uses it. Simplified against the paper: one modulated layer, in the second stage only (the proposals
-stay unprimed).
+localizer that uses it. Simplified against the paper: the modulated layers are those of the second stage only (the
+proposals stay unprimed).
 """
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ class CropPrimer(nn.Module):
     Args:
         embedder: the identity model (frozen; no hypercolumn taps, no BNNeck, an ``nn.Sequential`` backbone).
         at: the backbone layer whose output the query modulates; the layers after it are tuned copies.
+        also_at: later layers (after ``at``, before the last) whose outputs the query modulates too.
     """
 
-    def __init__(self, embedder: Embedder, at: int = 13) -> None:
+    def __init__(self, embedder: Embedder, at: int = 13, also_at: Sequence[int] = ()) -> None:
         super().__init__()
         backbone = embedder.backbone
         if embedder.taps or embedder.neck is not None:
@@ -51,15 +53,22 @@ class CropPrimer(nn.Module):
         if not isinstance(backbone, nn.Sequential) or not 0 <= at < len(backbone) - 1:
             n = len(backbone) if isinstance(backbone, nn.Sequential) else 0
             raise ValueError(f"at must be a layer index in [0, {n - 2}] of an nn.Sequential backbone, got {at}")
-        self.embedder, self.at = embedder.eval(), at  # frozen: HeadSteps leaves "embedder." out
+        later = sorted({int(a) for a in also_at})
+        if any(not at < a < len(backbone) - 1 for a in later):
+            raise ValueError(f"also_at layers must lie between at = {at} and {len(backbone) - 1} (excluded), got {later}")
+        self.embedder, self.at, self.also_at = embedder.eval(), at, tuple(later)  # frozen: HeadSteps leaves "embedder." out
         self.top = copy.deepcopy(backbone[at + 1 :])
         self.pool, self.head = copy.deepcopy(embedder.pool), copy.deepcopy(embedder.head)
         for p in [*self.top.parameters(), *self.pool.parameters(), *self.head.parameters()]:
             p.requires_grad_(True)
-        channels = self.trunk(torch.zeros(1, 3, 32, 32)).shape[1]
-        self.film = nn.Linear(embedder.dim, 2 * channels)
-        nn.init.zeros_(self.film.weight)  # starts as the unprimed model
-        nn.init.zeros_(self.film.bias)
+        x = self.trunk(torch.zeros(1, 3, 32, 32))
+        self.film = _zero_linear(embedder.dim, 2 * x.shape[1])  # starts as the unprimed model
+        channels = {}
+        with torch.no_grad():  # the frozen image model's layers (eval mode) give the later layers' widths
+            for i in range(at + 1, len(backbone)):
+                x = backbone[i](x)
+                channels[i] = x.shape[1]
+        self.later = nn.ModuleDict({str(a): _zero_linear(embedder.dim, 2 * channels[a]) for a in later})
         self.calibration = nn.Parameter(torch.tensor([10.0, -5.0]))  # scale and bias of the training logit
 
     def train(self, mode: bool = True) -> "CropPrimer":
@@ -77,8 +86,13 @@ class CropPrimer(nn.Module):
         return self.embedder.backbone[: self.at + 1](self.embedder.backbone_input(crops))
 
     def forward(self, maps: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        x = _film(self.film, maps.float(), F.normalize(queries, dim=1))
-        return F.normalize(self.head(self.pool(self.top(x))), dim=1)
+        q = F.normalize(queries, dim=1)
+        x = _film(self.film, maps.float(), q)
+        for i, layer in enumerate(self.top):
+            x = layer(x)
+            if str(self.at + 1 + i) in self.later:
+                x = _film(self.later[str(self.at + 1 + i)], x, q)
+        return F.normalize(self.head(self.pool(x)), dim=1)
 
     @torch.no_grad()
     def primed(self, maps: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
@@ -86,6 +100,14 @@ class CropPrimer(nn.Module):
         if not len(queries):
             return maps.new_zeros(0, len(maps), self.film.in_features)
         return torch.stack([self(maps, q.expand(len(maps), -1)) for q in queries])
+
+
+def _zero_linear(dim: int, out: int) -> nn.Linear:
+    """A (dim -> out) linear FiLM map that starts at zero (no modulation)."""
+    linear = nn.Linear(dim, out)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
 
 
 def background_boxes(gt: np.ndarray, size: Tuple[int, int], n: int, rng: np.random.Generator,
@@ -218,12 +240,12 @@ def _scene_rows(own: torch.Tensor, scenes: torch.Tensor) -> Dict[int, np.ndarray
 
 
 def save_primer(primer: CropPrimer, path: str | Path, side: int, image_model: str = "") -> None:
-    """Write the primer's trained parts (not the frozen image model), its layer, crop side and image model."""
+    """Write the primer's trained parts (not the frozen image model), its layers, crop side and image model."""
     from safetensors.torch import save
 
     state = {k: v.contiguous() for k, v in primer.state_dict().items() if not k.startswith("embedder.")}
     with atomic_write(path) as f:
-        f.write(save(state, metadata={"at": str(primer.at), "side": str(side), "image_model": image_model}))
+        f.write(save(state, metadata={"at": str(primer.at), "also_at": ",".join(map(str, primer.also_at)), "side": str(side), "image_model": image_model}))
 
 
 def load_primer(path: str | Path, embedder: Embedder, side: Optional[int] = None) -> Tuple[CropPrimer, int]:
@@ -241,7 +263,7 @@ def load_primer(path: str | Path, embedder: Embedder, side: Optional[int] = None
     trained_side = int(meta["side"])
     if side is not None and side != trained_side:
         raise ValueError(f"the crop primer {path} reads {trained_side} px crops, not {side} px: set side={trained_side}")
-    primer = CropPrimer(embedder, int(meta["at"]))
+    primer = CropPrimer(embedder, int(meta["at"]), [int(a) for a in meta.get("also_at", "").split(",") if a])
     state = load_file(str(path))
     expected = {k: v.shape for k, v in primer.state_dict().items() if not k.startswith("embedder.")}
     if set(state) != set(expected) or any(state[k].shape != expected[k] for k in expected):
