@@ -50,6 +50,52 @@ def test_meta_embedding_follows_its_formulas():
     assert unlabeled.value == 0 and unlabeled.value.requires_grad
 
 
+def test_centroid_loss_repels_and_learns_as_oltrs_code():
+    """The repulsion and the centroids' step against a loop over OLTR's DiscCentroidsLoss (forward and backward)."""
+    w, rw, margin, lr = 0.1, 0.5, 30.0, 0.3
+    loss = create_loss("oltr_meta_embedding", num_classes=3, embedding_dim=4, centroid_weight=w, repel_weight=rw,
+                       repel_margin=margin, centroid_lr=lr)
+    g = torch.Generator().manual_seed(1)
+    v, M = torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g)
+    y = torch.tensor([0, 0, 1, 2, 2, 2])
+    loss.set_centroids(M)
+    ce = F.cross_entropy(loss.logits(v), y)
+    out = loss(v, y)
+    B, C = 6, 3
+    neg = sum(float(((v[i] - M[c]) ** 2).sum()) for i in range(B) for c in range(C) if c != int(y[i]))
+    repel = max(0.0, margin - neg / (B * C))
+    attract = sum(0.5 * float(((v[i] - M[y[i]]) ** 2).sum()) for i in range(B)) / B
+    assert repel > 0 and abs(out.logs["repel"] - repel) < 1e-4
+    assert abs(float(out.value) - (float(ce) + w * (attract + rw * repel))) < 1e-4
+    for c in range(C):  # OLTR's gradient: attraction (M_c - v_i) / (1 + n_c) / B, repulsion -2 (M_c - v_i) / (B C)
+        mine = [i for i in range(B) if int(y[i]) == c]
+        grad = sum(M[c] - v[i] for i in mine) / (1 + len(mine)) / B
+        grad = grad + rw * sum(-2 * (M[c] - v[i]) for i in range(B) if i not in mine) / (B * C)
+        assert torch.allclose(loss.centroids[c], M[c] - lr * w * grad, atol=1e-5)
+    loss.eval()
+    before = loss.centroids.clone()
+    loss(v, y)
+    assert torch.equal(loss.centroids, before)  # no step out of training
+    with pytest.raises(ValueError, match="repel_weight"):
+        create_loss("oltr_meta_embedding", num_classes=3, embedding_dim=4, repel_weight=-1.0)
+
+
+def test_learned_centroids_are_set_once_from_the_class_means():
+    """centroid_lr > 0: the memory starts from the plain model's class means and is then the loss's own."""
+    loss = create_loss("oltr_meta_embedding", num_classes=2, embedding_dim=2, centroid_lr=0.1)
+    trainer = SimpleNamespace(loss=loss, num_classes=2, device="cpu", train_samples=[SimpleNamespace(label=y) for y in (0, 1)],
+                              embed=lambda samples: torch.tensor([[float(s.label), 1.0] for s in samples]))
+    oltr = OLTR(plain_epochs=1)
+    oltr.labels_ = torch.tensor([0, 1])
+    oltr.on_epoch_start(trainer, 0)
+    assert not bool(loss.has_centroids)
+    oltr.on_epoch_start(trainer, 1)
+    assert torch.equal(loss.centroids, torch.tensor([[0.0, 1], [1, 1]]))
+    loss.set_centroids(torch.full((2, 2), 5.0))  # as if learned
+    oltr.on_epoch_start(trainer, 2)
+    assert torch.equal(loss.centroids, torch.full((2, 2), 5.0))
+
+
 def test_centroids_and_column_order():
     e = torch.tensor([[1.0, 0], [3, 0], [0, 2], [9, 9]])
     assert torch.equal(class_centroids(e, torch.tensor([1, 1, 0, -1]), 3), torch.tensor([[0.0, 2], [2, 0], [0, 0]]))

@@ -8,10 +8,14 @@ For a (B, D) direct feature v (the embedding), with a memory M of (C, D) class c
     v_meta = gamma (v + e * v_memory)
 and the cosine-norm classifier scores s (|v_meta| / (1 + |v_meta|)) <v_meta / |v_meta|, w_c / |w_c|>,
 so a sample far from every centroid gets flat scores (open-set rejection by confidence). The loss is
-cross-entropy plus ``centroid_weight`` x the attraction of v to its class centroid. OLTR's modulated
-attention on the feature maps is a pooling of the Embedder (``modulated_attention``, models/pooling.py);
-the repelling term of its centroid loss is left out; the centroids are set from outside
-(``set_centroids``: the ``oltr`` supervision refreshes them every epoch).
+cross-entropy plus ``centroid_weight`` x OLTR's discriminative centroid loss: the attraction
+0.5 ||v - M_y||^2 (mean over the batch) plus ``repel_weight`` x max(0, margin - the mean over the
+(B, C) pairs of ||v - M_c||^2 with c != y, the pairs c = y counted as zeros), as OLTR's code.
+The centroids are set from outside (``set_centroids``); with ``centroid_lr`` > 0 they also learn as
+OLTR's: each training forward takes a plain SGD step (no momentum: a simplification) of that rate on
+the centroid loss's gradient, whose attraction part is OLTR's, sum over the class's samples of
+(M_c - v_i) / (1 + n_c) / B. OLTR's modulated attention on the feature maps is a pooling of the
+Embedder (``modulated_attention``, models/pooling.py).
 """
 from __future__ import annotations
 
@@ -33,17 +37,26 @@ class MetaEmbeddingLoss(nn.Module):
         embedding_dim: D.
         scale: s of the cosine-norm classifier.
         reachability_scale: r.
-        centroid_weight: factor of 0.5 ||v - M_y||^2 (mean over the batch).
+        centroid_weight: factor of the centroid loss (attraction + repel_weight x repulsion).
+        repel_weight: factor of the repulsion inside the centroid loss (OLTR: 0.01; 0: attraction only).
+        repel_margin: the repulsion's margin on the mean squared distance to other classes' centroids (OLTR: 10).
+        centroid_lr: rate of the centroids' own SGD step per training forward (0: set from outside only).
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 16.0, reachability_scale: float = 1.0,
-                 centroid_weight: float = 0.01) -> None:
+                 centroid_weight: float = 0.01, repel_weight: float = 0.0, repel_margin: float = 10.0,
+                 centroid_lr: float = 0.0) -> None:
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
             raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
         if scale <= 0 or reachability_scale <= 0:
             raise ValueError(f"scale and reachability_scale must be > 0, got {scale}, {reachability_scale}")
+        if min(repel_weight, repel_margin, centroid_lr) < 0:
+            raise ValueError(f"repel_weight, repel_margin and centroid_lr must be >= 0, got {repel_weight}, {repel_margin}, "
+                             f"{centroid_lr}")
         self.scale, self.reachability_scale, self.centroid_weight = scale, reachability_scale, centroid_weight
+        self.repel_weight, self.repel_margin, self.centroid_lr = repel_weight, repel_margin, centroid_lr
+        self.learns_centroids = centroid_lr > 0
         self.hallucinator = nn.Linear(embedding_dim, num_classes)
         self.selector = nn.Linear(embedding_dim, embedding_dim)
         self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim) * embedding_dim**-0.5)
@@ -81,8 +94,31 @@ class MetaEmbeddingLoss(nn.Module):
         if not len(y):
             return LossOutput(embeddings.sum() * 0.0)
         ce = F.cross_entropy(self.logits(v), y)
-        attract = 0.5 * ((v - self.centroids[y].to(v.dtype)) ** 2).sum(1).mean() if bool(self.has_centroids) else v.sum() * 0.0
-        return LossOutput(ce + self.centroid_weight * attract, {"ce": float(ce.detach()), "centroid": float(attract.detach())})
+        if not bool(self.has_centroids):
+            zero = v.sum() * 0.0
+            return LossOutput(ce + zero, {"ce": float(ce.detach()), "centroid": 0.0, "repel": 0.0})
+        M = self.centroids.to(v.dtype)
+        attract = 0.5 * ((v - M[y]) ** 2).sum(1).mean()
+        repel = self.repulsion(v, M, y)
+        if self.learns_centroids and self.training and torch.is_grad_enabled():
+            self._step_centroids(v.detach(), y)
+        value = ce + self.centroid_weight * (attract + self.repel_weight * repel)
+        return LossOutput(value, {"ce": float(ce.detach()), "centroid": float(attract.detach()), "repel": float(repel.detach())})
+
+    def repulsion(self, v: torch.Tensor, M: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """max(0, margin - sum of ||v_i - M_c||^2 over c != y_i / (B C)) of (B, D) features, (C, D) centroids, (B,) labels."""
+        d2 = ((v[:, None, :] - M[None]) ** 2).sum(-1).masked_fill(F.one_hot(y, M.shape[0]).bool(), 0.0)
+        return (self.repel_margin - d2.sum() / d2.numel()).clamp_min(0.0)
+
+    @torch.no_grad()
+    def _step_centroids(self, v: torch.Tensor, y: torch.Tensor) -> None:
+        """One SGD step of the (C, D) centroids on OLTR's centroid-loss gradient for (B, D) features, (B,) labels."""
+        with torch.enable_grad():
+            M = self.centroids.detach().clone().requires_grad_(True)
+            counts = 1.0 + torch.bincount(y, minlength=M.shape[0]).to(v.dtype)
+            attract = 0.5 * (((M[y] - v) ** 2).sum(1) / counts[y]).sum() / len(y)  # OLTR's (M_c - v_i) / (1 + n_c) / B
+            (grad,) = torch.autograd.grad(self.centroid_weight * (attract + self.repel_weight * self.repulsion(v, M, y)), M)
+        self.centroids = self.centroids - self.centroid_lr * grad  # a new tensor: the logits' graph keeps the old one
 
     def own_lr_parameters(self) -> List[nn.Parameter]:
         """The hallucinator, the concept selector and the class weights."""

@@ -4,7 +4,9 @@ The recipe's loss is ``oltr_meta_embedding`` (``losses/meta_embedding.py``). As 
 stages: the first ``plain_epochs`` train the plain model (the cosine-norm classifier on the direct
 feature, no memory) on instance-sampled batches (uniform over images); the rest draw class-balanced
 P x K batches (OLTR's class-aware sampling) and refresh the loss's memory of class
-centroids from the current training embeddings at the start of every epoch. At the end it scores
+centroids from the current training embeddings at the start of every epoch, or, when the loss learns
+its centroids (``centroid_lr`` > 0, as OLTR), set them once, at the start of the second stage, from the
+class means of the plain model, as OLTR initializes them. At the end it scores
 the meta-embedding classifier beside the protocol's nearest-class-mean baseline: many / medium /
 few-shot accuracy on "test", and, when the dataset has an "open" split, open-set F-measure and
 AUROC with the softmax confidence (which the reachability lowers far from every centroid).
@@ -49,9 +51,14 @@ class OLTR(Supervision):
         super().on_fit_start(trainer)
 
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
-        """Refresh the centroid memory from the current (N, D) training embeddings (second stage)."""
-        if epoch >= self.plain_epochs:
+        """Refresh the centroid memory from the current (N, D) training embeddings (second stage; once if learned)."""
+        if epoch >= self.plain_epochs and self.memory_from_means(trainer):
             self.set_memory(trainer, trainer.embed(trainer.train_samples))
+
+    @staticmethod
+    def memory_from_means(trainer: Any) -> bool:
+        """Whether the memory is (re)set from class means now: always, unless the loss learns centroids it already has."""
+        return not (getattr(trainer.loss, "learns_centroids", False) and bool(trainer.loss.has_centroids))
 
     def batch_sampler(self, trainer: Any, epoch: int) -> List[List[int]]:
         """Instance-sampled batches in the first stage, class-balanced P x K batches after."""
@@ -65,7 +72,8 @@ class OLTR(Supervision):
 
     def on_fit_end(self, trainer: Any, metrics: Dict[str, Any]) -> None:
         """Adds ``oltr_*`` metrics: shot accuracy of the classifier, and open-set scores with an "open" split."""
-        self.set_memory(trainer, trainer.embed(trainer.train_samples))
+        if self.memory_from_means(trainer):
+            self.set_memory(trainer, trainer.embed(trainer.train_samples))
         loss = trainer.loss.eval()
         found = classifier_metrics(trainer, loss.predict, "oltr", self.threshold)
         metrics.update({f"oltr_{k}": v for k, v in (found or {}).items()})
