@@ -95,8 +95,7 @@ class MetaEmbeddingLoss(nn.Module):
             return LossOutput(embeddings.sum() * 0.0)
         ce = F.cross_entropy(self.logits(v), y)
         if not bool(self.has_centroids):
-            zero = v.sum() * 0.0
-            return LossOutput(ce + zero, {"ce": float(ce.detach()), "centroid": 0.0, "repel": 0.0})
+            return LossOutput(ce, {"ce": float(ce.detach()), "centroid": 0.0, "repel": 0.0})
         M = self.centroids.to(v.dtype)
         attract = 0.5 * ((v - M[y]) ** 2).sum(1).mean()
         repel = self.repulsion(v, M, y)
@@ -107,17 +106,16 @@ class MetaEmbeddingLoss(nn.Module):
 
     def repulsion(self, v: torch.Tensor, M: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """max(0, margin - sum of ||v_i - M_c||^2 over c != y_i / (B C)) of (B, D) features, (C, D) centroids, (B,) labels."""
-        d2 = ((v[:, None, :] - M[None]) ** 2).sum(-1).masked_fill(F.one_hot(y, M.shape[0]).bool(), 0.0)
+        d2 = (v**2).sum(1, keepdim=True) + (M**2).sum(1) - 2 * v @ M.T  # (B, C), expanded as OLTR's code
+        d2 = d2.masked_fill(F.one_hot(y, M.shape[0]).bool(), 0.0)
         return (self.repel_margin - d2.sum() / d2.numel()).clamp_min(0.0)
 
-    @torch.no_grad()
     def _step_centroids(self, v: torch.Tensor, y: torch.Tensor) -> None:
-        """One SGD step of the (C, D) centroids on OLTR's centroid-loss gradient for (B, D) features, (B,) labels."""
-        with torch.enable_grad():
-            M = self.centroids.detach().clone().requires_grad_(True)
-            counts = 1.0 + torch.bincount(y, minlength=M.shape[0]).to(v.dtype)
-            attract = 0.5 * (((M[y] - v) ** 2).sum(1) / counts[y]).sum() / len(y)  # OLTR's (M_c - v_i) / (1 + n_c) / B
-            (grad,) = torch.autograd.grad(self.centroid_weight * (attract + self.repel_weight * self.repulsion(v, M, y)), M)
+        """One SGD step of the (C, D) centroids on OLTR's centroid-loss gradient for detached (B, D) features, (B,) labels."""
+        M = self.centroids.detach().clone().requires_grad_(True)
+        counts = 1.0 + torch.bincount(y, minlength=M.shape[0]).to(v.dtype)
+        attract = 0.5 * (((M[y] - v) ** 2).sum(1) / counts[y]).sum() / len(y)  # OLTR's (M_c - v_i) / (1 + n_c) / B
+        (grad,) = torch.autograd.grad(self.centroid_weight * (attract + self.repel_weight * self.repulsion(v, M, y)), M)
         self.centroids = self.centroids - self.centroid_lr * grad  # a new tensor: the logits' graph keeps the old one
 
     def own_lr_parameters(self) -> List[nn.Parameter]:
