@@ -66,7 +66,7 @@ def test_centroid_loss_repels_and_learns_as_oltrs_code():
     repel = max(0.0, margin - neg / (B * C))
     attract = sum(0.5 * float(((v[i] - M[y[i]]) ** 2).sum()) for i in range(B)) / B
     assert repel > 0 and abs(out.logs["repel"] - repel) < 1e-4
-    assert abs(float(out.value) - (float(ce) + w * (attract + rw * repel))) < 1e-4
+    assert abs(float(out.value.detach()) - (float(ce.detach()) + w * (attract + rw * repel))) < 1e-4
     for c in range(C):  # OLTR's gradient: attraction (M_c - v_i) / (1 + n_c) / B, repulsion -2 (M_c - v_i) / (B C)
         mine = [i for i in range(B) if int(y[i]) == c]
         grad = sum(M[c] - v[i] for i in mine) / (1 + len(mine)) / B
@@ -78,6 +78,33 @@ def test_centroid_loss_repels_and_learns_as_oltrs_code():
     assert torch.equal(loss.centroids, before)  # no step out of training
     with pytest.raises(ValueError, match="repel_weight"):
         create_loss("oltr_meta_embedding", num_classes=3, embedding_dim=4, repel_weight=-1.0)
+
+
+def test_centroid_momentum_and_decay_step_as_torchs_sgd():
+    """OLTR's centroid optimizer (SGD, momentum 0.9, weight decay 5e-4): three steps equal torch.optim.SGD's on the same
+    centroid-loss gradients; the velocity is saved with the loss."""
+    w, rw, lr, mom, wd = 0.1, 0.5, 0.3, 0.9, 0.05
+    loss = create_loss("oltr_meta_embedding", num_classes=3, embedding_dim=4, centroid_weight=w, repel_weight=rw,
+                       centroid_lr=lr, centroid_momentum=mom, centroid_weight_decay=wd)
+    g = torch.Generator().manual_seed(2)
+    M = torch.randn(3, 4, generator=g)
+    loss.set_centroids(M)
+    ref = torch.nn.Parameter(M.clone())
+    opt = torch.optim.SGD([ref], lr=lr, momentum=mom, weight_decay=wd)
+    for _ in range(3):
+        v, y = torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)
+        counts = 1.0 + torch.bincount(y, minlength=3).float()
+        attract = 0.5 * sum(((ref[y[i]] - v[i]) ** 2).sum() / counts[y[i]] for i in range(6)) / 6
+        d2 = torch.stack([((v[i] - ref[c]) ** 2).sum() for i in range(6) for c in range(3) if c != int(y[i])])
+        repel = (10.0 - d2.sum() / 18).clamp_min(0.0)
+        opt.zero_grad()
+        (w * (attract + rw * repel)).backward()
+        opt.step()
+        loss(v, y)
+        assert torch.allclose(loss.centroids, ref.detach(), atol=1e-5)
+    assert "centroid_velocity" in loss.state_dict()
+    with pytest.raises(ValueError, match="centroid_momentum"):
+        create_loss("oltr_meta_embedding", num_classes=3, embedding_dim=4, centroid_lr=0.1, centroid_momentum=1.0)
 
 
 def test_learned_centroids_are_set_once_from_the_class_means():

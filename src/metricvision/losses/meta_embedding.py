@@ -12,9 +12,9 @@ cross-entropy plus ``centroid_weight`` x OLTR's discriminative centroid loss: th
 0.5 ||v - M_y||^2 (mean over the batch) plus ``repel_weight`` x max(0, margin - the mean over the
 (B, C) pairs of ||v - M_c||^2 with c != y, the pairs c = y counted as zeros), as OLTR's code.
 The centroids are set from outside (``set_centroids``); with ``centroid_lr`` > 0 they also learn as
-OLTR's: each training forward takes a plain SGD step (no momentum: a simplification) of that rate on
-the centroid loss's gradient, whose attraction part is OLTR's, sum over the class's samples of
-(M_c - v_i) / (1 + n_c) / B. OLTR's modulated attention on the feature maps is a pooling of the
+OLTR's: each training forward takes an SGD step of that rate (with ``centroid_momentum`` and
+``centroid_weight_decay``, OLTR's 0.9 and 5e-4, as torch's SGD) on the centroid loss's gradient, whose
+attraction part is OLTR's, sum over the class's samples of (M_c - v_i) / (1 + n_c) / B. OLTR's modulated attention on the feature maps is a pooling of the
 Embedder (``modulated_attention``, models/pooling.py).
 """
 from __future__ import annotations
@@ -41,27 +41,34 @@ class MetaEmbeddingLoss(nn.Module):
         repel_weight: factor of the repulsion inside the centroid loss (OLTR: 0.01; 0: attraction only).
         repel_margin: the repulsion's margin on the mean squared distance to other classes' centroids (OLTR: 10).
         centroid_lr: rate of the centroids' own SGD step per training forward (0: set from outside only).
+        centroid_momentum: momentum of that step (OLTR: 0.9; 0: plain SGD).
+        centroid_weight_decay: weight decay of that step (OLTR: 5e-4).
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 16.0, reachability_scale: float = 1.0,
                  centroid_weight: float = 0.01, repel_weight: float = 0.0, repel_margin: float = 10.0,
-                 centroid_lr: float = 0.0) -> None:
+                 centroid_lr: float = 0.0, centroid_momentum: float = 0.0, centroid_weight_decay: float = 0.0) -> None:
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
             raise ValueError(f"num_classes and embedding_dim must be >= 1, got {num_classes}, {embedding_dim}")
         if scale <= 0 or reachability_scale <= 0:
             raise ValueError(f"scale and reachability_scale must be > 0, got {scale}, {reachability_scale}")
-        if min(repel_weight, repel_margin, centroid_lr) < 0:
-            raise ValueError(f"repel_weight, repel_margin and centroid_lr must be >= 0, got {repel_weight}, {repel_margin}, "
-                             f"{centroid_lr}")
+        if min(repel_weight, repel_margin, centroid_lr, centroid_weight_decay) < 0:
+            raise ValueError(f"repel_weight, repel_margin, centroid_lr and centroid_weight_decay must be >= 0, got "
+                             f"{repel_weight}, {repel_margin}, {centroid_lr}, {centroid_weight_decay}")
+        if not 0 <= centroid_momentum < 1:
+            raise ValueError(f"centroid_momentum must be in [0, 1), got {centroid_momentum}")
         self.scale, self.reachability_scale, self.centroid_weight = scale, reachability_scale, centroid_weight
         self.repel_weight, self.repel_margin, self.centroid_lr = repel_weight, repel_margin, centroid_lr
+        self.centroid_momentum, self.centroid_weight_decay = centroid_momentum, centroid_weight_decay
         self.learns_centroids = centroid_lr > 0
         self.hallucinator = nn.Linear(embedding_dim, num_classes)
         self.selector = nn.Linear(embedding_dim, embedding_dim)
         self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim) * embedding_dim**-0.5)
         self.register_buffer("centroids", torch.zeros(num_classes, embedding_dim))
         self.register_buffer("has_centroids", torch.zeros((), dtype=torch.bool))
+        if self.learns_centroids and centroid_momentum > 0:
+            self.register_buffer("centroid_velocity", torch.zeros(num_classes, embedding_dim))
 
     def set_centroids(self, centroids: torch.Tensor) -> None:
         """Set the (C, D) memory of class centroids."""
@@ -111,11 +118,16 @@ class MetaEmbeddingLoss(nn.Module):
         return (self.repel_margin - d2.sum() / d2.numel()).clamp_min(0.0)
 
     def _step_centroids(self, v: torch.Tensor, y: torch.Tensor) -> None:
-        """One SGD step of the (C, D) centroids on OLTR's centroid-loss gradient for detached (B, D) features, (B,) labels."""
+        """One SGD step (torch's rule: velocity = momentum x velocity + gradient + decay x M) of the (C, D) centroids on
+        OLTR's centroid-loss gradient for detached (B, D) features, (B,) labels."""
         M = self.centroids.detach().clone().requires_grad_(True)
         counts = 1.0 + torch.bincount(y, minlength=M.shape[0]).to(v.dtype)
         attract = 0.5 * (((M[y] - v) ** 2).sum(1) / counts[y]).sum() / len(y)  # OLTR's (M_c - v_i) / (1 + n_c) / B
         (grad,) = torch.autograd.grad(self.centroid_weight * (attract + self.repel_weight * self.repulsion(v, M, y)), M)
+        grad = grad + self.centroid_weight_decay * M.detach()
+        if self.centroid_momentum > 0:
+            self.centroid_velocity = self.centroid_momentum * self.centroid_velocity + grad
+            grad = self.centroid_velocity
         self.centroids = self.centroids - self.centroid_lr * grad  # a new tensor: the logits' graph keeps the old one
 
     def own_lr_parameters(self) -> List[nn.Parameter]:
