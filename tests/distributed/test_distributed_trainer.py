@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ from metricvision.data import relabel
 from metricvision.data.transforms import as_float_images
 from metricvision.engine.distributed import launch_local
 from metricvision.engine.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from native_datasets import write_long_tail  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -109,3 +113,58 @@ def test_two_process_step_with_a_hooks_loss_term_has_the_single_process_gradient
     want = _first_step_gradient(single, next(iter(single.sampler)))
     for rank in range(2):
         torch.testing.assert_close(torch.load(tmp_path / f"grad{rank}.pt"), want, rtol=1e-4, atol=1e-6)
+
+
+def _oltr_trainer(cls: type, run_dir: Path) -> Trainer:
+    """OLTR's meta-embedding loss with its memory set and centroids that learn (momentum), on the emoji subset."""
+    recipe = _recipe("oltr_meta_embedding")
+    recipe.loss.params = {"centroid_weight": 0.1, "repel_weight": 0.1, "centroid_lr": 0.5, "centroid_momentum": 0.9}
+    train, test = _data()
+    trainer = cls(recipe, run_dir, train, test)
+    trainer.loss.set_centroids(torch.randn(trainer.loss.centroids.shape, generator=torch.Generator().manual_seed(0)))
+    trainer.sampler.set_epoch(0)
+    return trainer
+
+
+def _oltr_worker(rank: int, world: int, out: str) -> None:
+    from metricvision.engine.ray_train import DistributedTrainer
+
+    t = _oltr_trainer(DistributedTrainer, Path(out) / "run")
+    grad = _first_step_gradient(t, next(iter(t.local_batches(t.sampler))))
+    torch.save({"grad": grad, "centroids": t.loss.centroids}, Path(out) / f"oltr{rank}.pt")
+
+
+def test_two_process_oltr_step_has_the_single_process_gradient_and_centroids(tmp_path: Path) -> None:
+    """OLTR's loss takes no references: under DDP every rank computes it on the whole gathered batch, so the encoder's
+    gradient and the learned centroids' step equal one process's on the global batch, on every rank."""
+    launch_local(_oltr_worker, 2, str(tmp_path))
+    single = _oltr_trainer(Trainer, tmp_path / "single")
+    want = _first_step_gradient(single, next(iter(single.sampler)))
+    for rank in range(2):
+        got = torch.load(tmp_path / f"oltr{rank}.pt")
+        torch.testing.assert_close(got["grad"], want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got["centroids"], single.loss.centroids, rtol=1e-4, atol=1e-6)
+
+
+OLTR_TINY = ["model.backbone=small_cnn", "model.pretrained=false", "model.dim=16", "data.image_size=16", "data.num_workers=0",
+             "data.batch_size=8", "data.samples_per_class=4", "train.epochs=2", "train.eval_every=0", "optim.warmup_steps=1",
+             "train.threads=1", "eval.params.many=8", "eval.params.few=3", "supervision.params.samples_per_class=4",
+             "supervision.params.plain_epochs=1", "loss.params.centroid_lr=0.1", "loss.params.centroid_momentum=0.9"]
+
+
+def _oltr_recipe_worker(rank: int, world: int, root: str, out: str) -> None:
+    from metricvision.engine.ray_train import DistributedTrainer
+
+    trainer = DistributedTrainer(load_recipe("imagenet_lt_oltr", OLTR_TINY + [f"data.path={root}"]), out)
+    trainer.fit()
+    torch.save(trainer.loss.centroids, Path(out) / f"centroids{rank}.pt")
+
+
+def test_oltr_recipe_trains_on_two_processes(tmp_path: Path) -> None:
+    """Both of OLTR's stages on 2 DDP processes (the memory's parameters unused in the first): the ranks' learned
+    centroids stay equal and rank 0 writes OLTR's metrics."""
+    root = write_long_tail(tmp_path / "data", "ImageNet_LT", counts=(12, 8, 4, 2))
+    launch_local(_oltr_recipe_worker, 2, str(root), str(tmp_path / "run"))
+    assert torch.equal(torch.load(tmp_path / "run" / "centroids0.pt"), torch.load(tmp_path / "run" / "centroids1.pt"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 2 and 0 <= metrics["oltr_accuracy"] <= 1

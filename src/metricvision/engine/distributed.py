@@ -176,9 +176,11 @@ def gathered_loss(
       all gathered rows the references; a query never counts itself (global indices).
       Exact for losses that are a mean over query rows (multi_similarity, ...): the mean
       over ranks of the per-rank values is the full-batch value.
-    - ``"full"`` (default for ``ProxyLoss``): every rank computes the loss of the whole
-      gathered batch. Exact for any loss, including ones that pool over rows per
-      column (proxy_anchor).
+    - ``"full"`` (default for ``ProxyLoss`` and for a loss whose ``gather_mode`` says so, such as
+      OLTR's meta-embedding, which takes no references): every rank computes the loss of the
+      whole gathered batch. Exact for any loss, including ones that pool over rows per
+      column (proxy_anchor), and a loss that updates its own state from the batch (learned
+      centroids) updates it alike on every rank.
 
     In both modes, once DDP averages the encoder gradients over ranks (and
     ``average_gradients`` does the same for the loss's own parameters), every gradient
@@ -189,10 +191,10 @@ def gathered_loss(
         loss: a metric loss, or one wrapped in DistributedDataParallel.
         embeddings: (B, D) this rank's embeddings.
         labels: (B,) this rank's labels.
-        mode: "rows", "full" or None (by loss type).
+        mode: "rows", "full" or None (the loss's ``gather_mode``, else by loss type).
     """
     inner = getattr(loss, "module", loss)  # a loss wrapped in DDP (to keep its proxies in sync)
-    mode = mode or ("full" if isinstance(inner, ProxyLoss) else "rows")
+    mode = mode or getattr(inner, "gather_mode", None) or ("full" if isinstance(inner, ProxyLoss) else "rows")
     if mode not in GATHER_MODES:
         raise ValueError(f"mode must be one of {GATHER_MODES}, got '{mode}'")
     if not is_distributed():

@@ -62,7 +62,8 @@ class DistributedTrainer(Trainer):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
             if any(q.requires_grad for q in self.loss.parameters()):  # proxies: synced like the model
-                self.ddp_loss = DistributedDataParallel(self.loss, device_ids=ids)
+                # a loss may leave parameters unused for a while (OLTR's memory parts before its second stage)
+                self.ddp_loss = DistributedDataParallel(self.loss, device_ids=ids, find_unused_parameters=True)
 
     def local_batches(self, batches: Any) -> Any:
         """This rank's whole classes of every global batch."""

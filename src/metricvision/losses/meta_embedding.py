@@ -45,6 +45,8 @@ class MetaEmbeddingLoss(nn.Module):
         centroid_weight_decay: weight decay of that step (OLTR: 5e-4).
     """
 
+    gather_mode = "full"  # under DDP every rank sees the whole gathered batch (engine.distributed.gathered_loss)
+
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 16.0, reachability_scale: float = 1.0,
                  centroid_weight: float = 0.01, repel_weight: float = 0.0, repel_margin: float = 10.0,
                  centroid_lr: float = 0.0, centroid_momentum: float = 0.0, centroid_weight_decay: float = 0.0) -> None:
