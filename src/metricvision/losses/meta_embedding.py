@@ -13,9 +13,10 @@ cross-entropy plus ``centroid_weight`` x OLTR's discriminative centroid loss: th
 (B, C) pairs of ||v - M_c||^2 with c != y, the pairs c = y counted as zeros), as OLTR's code.
 The centroids are set from outside (``set_centroids``); with ``centroid_lr`` > 0 they also learn as
 OLTR's: each training forward takes an SGD step of that rate (with ``centroid_momentum`` and
-``centroid_weight_decay``, OLTR's 0.9 and 5e-4, as torch's SGD) on the centroid loss's gradient, whose
-attraction part is OLTR's, sum over the class's samples of (M_c - v_i) / (1 + n_c) / B. OLTR's modulated attention on the feature maps is a pooling of the
-Embedder (``modulated_attention``, models/pooling.py).
+``centroid_weight_decay``, OLTR's 0.9 and 5e-4, as torch's SGD) on the centroid loss's gradient,
+whose attraction part is OLTR's, sum over the class's samples of (M_c - v_i) / (1 + n_c) / B.
+OLTR's modulated attention on the feature maps is a pooling of the Embedder
+(``modulated_attention``, models/pooling.py).
 """
 from __future__ import annotations
 
