@@ -194,6 +194,42 @@ def test_scene_negatives_teach_a_crop_apart_from_the_other_objects_of_its_scene(
         train_primer(primer, maps, ids, all_ids, [refs], negatives=2, hard=2, scene_negatives=1)
 
 
+def test_category_cues_teach_a_crop_its_category_and_the_control_stays_unprimed(model, tmp_path):
+    scenes, images = tiny_scenes(tmp_path, 3, (28, 40), (1, 2))
+    primer = CropPrimer(model.embedder, at=13)
+    maps, ids, overlaps, _ = primer_examples(primer, images, scenes.boxes, scenes.identities, 32, jitters=2, backgrounds=1)
+    names = sorted(scenes.category_names)
+    of = {int(i): names.index(int(c)) for x, y in zip(scenes.identities, scenes.categories) for i, c in zip(x, y)}
+    cats = torch.tensor([of.get(int(i), -1) for i in ids.tolist()])
+    torch.manual_seed(0)
+    cat_refs = F.normalize(torch.randn(len(names), model.embedder.dim), dim=1)  # one cue per category
+    ref_ids = torch.from_numpy(np.unique(np.concatenate(scenes.identities)))
+    refs = F.normalize(torch.randn(len(ref_ids), model.embedder.dim), dim=1)
+    whole = (cats >= 0) & (overlaps >= 0.5)
+
+    def margin(p: CropPrimer) -> float:  # mean over whole objects: cos with its category's cue - best other cue
+        with torch.no_grad():
+            cos = torch.einsum("cnd,cd->nc", p.primed(maps[whole].float(), cat_refs), cat_refs)
+        own = F.one_hot(cats[whole], len(names)).bool()
+        return float((cos[own] - cos.masked_fill(own, -2).max(1).values).mean())
+
+    before = margin(primer)
+    kw = dict(steps=60, batch_size=16, negatives=2, hard=2, lr=3e-3, categories=cats, category_refs=cat_refs,
+              category_share=1.0)
+    train_primer(primer, maps, ids, ref_ids, [refs], **kw)
+    assert margin(primer) > before + 0.05
+    control = CropPrimer(model.embedder, at=13)
+    train_primer(control, maps, ids, ref_ids, [refs], film=False, **kw)
+    assert control.film.weight.abs().max() == 0 and control.film.bias.abs().max() == 0
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(control.top.parameters(), primer.top.parameters()))
+    e = control.primed(maps[:3].float(), cat_refs[:2])
+    assert torch.allclose(e[0], e[1], atol=1e-6)  # unprimed: the same embedding whatever the cue
+    with pytest.raises(ValueError, match="more than negatives = 2 category references"):
+        train_primer(primer, maps, ids, ref_ids, [refs], **{**kw, "category_refs": cat_refs[:2]})
+    with pytest.raises(ValueError, match="category_share must be in"):
+        train_primer(primer, maps, ids, ref_ids, [refs], **{**kw, "category_share": 1.5})
+
+
 def test_primed_crops_localizer_starts_as_the_unprimed_one_and_needs_a_primer(model, tmp_path):
     save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "det.safetensors")
     weights = str(tmp_path / "det.safetensors")
@@ -267,3 +303,6 @@ def test_cli_trains_a_primer(model, tmp_path, capsys):
     assert main(["detector", "primer", "--scenes", str(tmp_path / "train"), "--checkpoint", str(ckpt), "--out", str(out),
                  "--detector-model", str(ckpt)]) == 2
     assert "give --detector too" in capsys.readouterr().err
+    assert main(["detector", "primer", "--scenes", str(tmp_path / "train"), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--category-share", "0.5"]) == 2
+    assert "has no text model" in capsys.readouterr().err

@@ -84,6 +84,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--fg-iou", type=float, default=0.5, help="IoU from which a crop is a detection of its object (default 0.5)")
     m.add_argument("--scene-negatives", type=int, default=0,
                    help="of the --negatives, how many are the other objects of the crop's scene (default 0)")
+    m.add_argument("--category-share", type=float, default=0.0,
+                   help="fraction of the steps primed by the name of each crop's emoji category (a class cue, as in "
+                        "Rosenfeld et al.) instead of an identity's reference; needs an image model with a text model")
+    m.add_argument("--unprimed", action="store_true",
+                   help="the control: train the same layers alike with the FiLM maps held at zero (no priming)")
     m.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     m.add_argument("--json", action="store_true", help="print JSON")
     m.set_defaults(func=_primer)
@@ -177,6 +182,7 @@ def _refiner(args: argparse.Namespace) -> Dict[str, Any]:
 def _primer(args: argparse.Namespace) -> Dict[str, Any]:
     import time
 
+    import torch
     from tqdm import tqdm
 
     from metricvision.kb.model import ImageTextModel
@@ -189,8 +195,13 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError(f"--scene-negatives must be in [0, --negatives = {args.negatives}], got {args.scene_negatives}")
     if args.detector_model and not args.detector:
         raise ValueError("--detector-model names the image model of --detector's weights: give --detector too")
+    if not 0.0 <= args.category_share <= 1.0:
+        raise ValueError(f"--category-share must be in [0, 1], got {args.category_share}")
     start = time.time()
     model = ImageTextModel.from_checkpoint(args.checkpoint)
+    if args.category_share and not model.card.text_model:
+        raise ValueError(f"--category-share primes by category names: {args.checkpoint} has no text model (align one with "
+                         "`metricvision kb align`)")
     side = args.side or model.card.image_size
     if side < 16:
         raise ValueError(f"--side must be >= 16 px, got {side}")
@@ -208,11 +219,18 @@ def _primer(args: argparse.Namespace) -> Dict[str, Any]:
     maps, ids, overlaps, scene = primer_examples(primer, images, scenes.boxes, scenes.identities, side, jitters=args.jitters,
                                           backgrounds=args.backgrounds, proposals=proposals)
     ref_ids, refs = identity_references(model, "train")
+    categories = category_refs = None
+    if args.category_share:  # each crop's category row (-1: background), from the scenes' own annotations
+        names = sorted(scenes.category_names)
+        of = {int(i): names.index(int(c)) for x, y in zip(scenes.identities, scenes.categories) for i, c in zip(x, y)}
+        categories = torch.tensor([of.get(int(i), -1) for i in ids.tolist()])
+        category_refs = model.encode_text([scenes.category_names[c] for c in names])
     logs = train_primer(primer, maps, ids, ref_ids, refs, steps=args.steps, batch_size=args.batch_size,
                         negatives=args.negatives, lr=args.lr, overlaps=overlaps, fg_iou=args.fg_iou, scenes=scene,
-                        scene_negatives=args.scene_negatives)
+                        scene_negatives=args.scene_negatives, categories=categories, category_refs=category_refs,
+                        category_share=args.category_share, film=not args.unprimed)
     save_primer(primer, args.out, side, image_model=args.checkpoint)
     return {"weights": args.out, "crops": len(maps), "detections": int(((ids >= 0) & (overlaps >= args.fg_iou)).sum()),
             "partial": int(((ids >= 0) & (overlaps < args.fg_iou)).sum()), "background": int((ids < 0).sum()),
-            "side": side, "at": layers, "bce": [round(entry["bce"], 4) for entry in logs],
+            "side": side, "at": layers, "primed": not args.unprimed, "bce": [round(entry["bce"], 4) for entry in logs],
             "seconds": round(time.time() - start, 1)}

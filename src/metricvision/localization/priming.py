@@ -11,7 +11,8 @@ is the unprimed image model. It is trained on train scenes (``primer_examples``,
 every object, jittered as proposals are, and of background boxes, each paired with its own identity's reference
 (another vendor's rendering) and with the references the unprimed model confuses it with most (hard negatives), by
 binary cross-entropy on a learned affine map of the cosine, which also makes scores comparable across queries;
-optionally some negatives are the other objects of the crop's own scene. ``query_detector_primed_crops`` is the
+optionally some negatives are the other objects of the crop's own scene, and some steps primed by class cues (the
+name of the crop's category, the paper's setting) instead of an identity. ``query_detector_primed_crops`` is the
 localizer that uses it. Simplified against the paper: the modulated layers are those of the second stage only (the
 proposals stay unprimed).
 """
@@ -172,8 +173,9 @@ def primer_examples(primer: CropPrimer, images: Sequence[torch.Tensor], boxes: S
 def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_ids: torch.Tensor,
                  refs: Sequence[torch.Tensor], steps: int = 1500, batch_size: int = 48, negatives: int = 3,
                  hard: int = 20, lr: float = 3e-4, overlaps: Optional[torch.Tensor] = None, fg_iou: float = 0.5,
-                 scenes: Optional[torch.Tensor] = None, scene_negatives: int = 0, seed: int = 0,
-                 log_every: int = 250) -> List[dict]:
+                 scenes: Optional[torch.Tensor] = None, scene_negatives: int = 0,
+                 categories: Optional[torch.Tensor] = None, category_refs: Optional[torch.Tensor] = None,
+                 category_share: float = 0.0, film: bool = True, seed: int = 0, log_every: int = 250) -> List[dict]:
     """Fit the primer; returns the mean loss every ``log_every`` steps.
 
     Each step draws ``batch_size`` crops; a crop of a known identity is paired with that identity's reference
@@ -185,6 +187,10 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
     loss is binary cross-entropy on ``calibration`` = (a, b) applied as a x cos + b, the positives weighted by
     ``negatives``. ``refs``: (R, D) reference embeddings per modality (e.g. other-vendor images, names), one drawn per
     step; ``ref_ids``: (R,).
+    A ``category_share`` of the steps is primed by class cues instead, as in Rosenfeld et al.: each crop is paired with
+    the (C, D) ``category_refs`` row of its (N,) ``categories`` (-1: a background, no category; label 1 when it is a
+    whole object) and ``negatives`` other categories drawn at random (label 0). With ``film=False`` the FiLM maps stay
+    at zero: the same layers trained alike, unprimed (the control against which priming's gain is measured).
     The FiLM map and the calibration learn at ``lr``, the copied layers at a tenth of it (AdamW, cosine decay)."""
     if steps < 1 or batch_size < 1 or negatives < 1 or hard < negatives:
         raise ValueError(f"steps, batch_size and negatives must be >= 1 and hard >= negatives, got {steps}, "
@@ -194,6 +200,10 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
     if not 0 <= scene_negatives <= negatives or (scene_negatives and (scenes is None or scenes.shape != ids.shape)):
         raise ValueError(f"scene_negatives must be in [0, negatives = {negatives}] and needs one scene index per crop, "
                          f"got {scene_negatives} with scenes {None if scenes is None else tuple(scenes.shape)}")
+    if category_share and not (0.0 < category_share <= 1.0 and categories is not None and category_refs is not None
+                               and categories.shape == ids.shape and len(category_refs) > negatives):
+        raise ValueError(f"category_share must be in [0, 1] and, above 0, needs one category per crop and more than "
+                         f"negatives = {negatives} category references, got {category_share}")
     whole = torch.ones(len(ids), dtype=torch.bool) if overlaps is None else overlaps >= fg_iou
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -205,11 +215,22 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
         cos = torch.cat([primer.primed(maps[s : s + 512], r[:1])[0] @ r.T for s in range(0, len(maps), 512)])
         cos[own >= 0, own[own >= 0]] = -2.0
         hard_rows.append(cos.topk(min(hard, cos.shape[1]), dim=1).indices)
+    for p in [*primer.film.parameters(), *primer.later.parameters()]:
+        p.requires_grad_(film)
     head = HeadSteps(primer, lr, steps, log_every, desc="crop primer", slow=("top.", "pool.", "head."))
     primer.train()
     for _ in range(steps):
         m = int(rng.integers(len(refs)))
         pick = torch.from_numpy(rng.choice(len(maps), size=min(batch_size, len(maps)), replace=False))
+        if category_share and rng.random() < category_share:  # a class cue: own category first, then random others
+            own_c = categories[pick]
+            key = torch.from_numpy(rng.random((len(pick), len(category_refs))))
+            key[own_c >= 0, own_c[own_c >= 0]] = -1.0
+            rows = key.argsort(1)[:, : negatives + 1]
+            labels = torch.zeros_like(rows, dtype=torch.float)
+            labels[own_c >= 0, 0] = whole[pick][own_c >= 0].float()
+            head.step(_primed_bce(primer, maps[pick], category_refs, rows, labels, negatives), name="bce")
+            continue
         cols = torch.from_numpy(rng.random((len(pick), hard_rows[m].shape[1])).argsort(1)[:, : negatives + 1])
         rows = hard_rows[m][pick[:, None], cols]
         known = own[pick] >= 0
@@ -221,13 +242,19 @@ def train_primer(primer: CropPrimer, maps: torch.Tensor, ids: torch.Tensor, ref_
             rows[b, 1 : 1 + len(take)] = torch.from_numpy(take)
         labels = torch.zeros_like(rows, dtype=torch.float)
         labels[known, 0] = whole[pick][known].float()
-        queries = refs[m][rows.reshape(-1)]
-        cos = (primer(maps[pick].repeat_interleave(rows.shape[1], dim=0), queries) * F.normalize(queries, dim=1)).sum(1)
-        logit = primer.calibration[0] * cos + primer.calibration[1]
-        loss = F.binary_cross_entropy_with_logits(logit, labels.reshape(-1), pos_weight=torch.tensor(float(negatives)))
-        head.step(loss, name="bce")
+        head.step(_primed_bce(primer, maps[pick], refs[m], rows, labels, negatives), name="bce")
     primer.eval()
     return head.logs
+
+
+def _primed_bce(primer: CropPrimer, maps: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor,
+                negatives: int) -> torch.Tensor:
+    """(b, C, h, w) crop maps, each primed by the (b, k) ``rows`` of the (R, D) ``bank``: binary cross-entropy of
+    the calibrated cosines against (b, k) ``labels``, the positives weighted by ``negatives``."""
+    queries = bank[rows.reshape(-1)]
+    cos = (primer(maps.repeat_interleave(rows.shape[1], dim=0), queries) * F.normalize(queries, dim=1)).sum(1)
+    logit = primer.calibration[0] * cos + primer.calibration[1]
+    return F.binary_cross_entropy_with_logits(logit, labels.reshape(-1), pos_weight=torch.tensor(float(negatives)))
 
 
 def _scene_rows(own: torch.Tensor, scenes: torch.Tensor) -> Dict[int, np.ndarray]:
