@@ -31,7 +31,8 @@ class DataConfig:
     train_transform_params: Dict[str, Any] = field(default_factory=dict)
     batch_size: int = 128
     samples_per_class: int = 4
-    sampler: str = "pk"  # or "camera_pk": an identity's K images from different cameras where possible
+    sampler: str = "pk"  # or "camera_pk" (K images from different cameras), "group_pk" (classes in groups of a meta key)
+    sampler_params: Dict[str, Any] = field(default_factory=dict)  # e.g. {key: subcategory, classes_per_group: 4}
     num_workers: int = 0
 
 

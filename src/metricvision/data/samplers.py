@@ -1,4 +1,5 @@
-"""Batch samplers: class-balanced PK batches for metric learning, optionally camera-aware (re-ID)."""
+"""Batch samplers: class-balanced PK batches for metric learning, optionally camera-aware (re-ID) or with the classes
+in groups of a coarser label (hard negatives: near-miss classes meet in a batch)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Iterator, List, Sequence
@@ -101,6 +102,56 @@ class CameraPKSampler(PKSampler):
         return dealt[: self.k]
 
 
+class GroupPKSampler(PKSampler):
+    """PK batches whose P classes come in groups of a coarser label (e.g. an emoji's subcategory), so that classes
+    which look alike meet in a batch and a batch-mining loss sees them as negatives; a simplified form of the
+    hierarchical triplet loss's sampling (Ge et al., ECCV 2018), with a given hierarchy instead of a learned one.
+
+    Anchor classes are taken in turn from a shuffled order of all classes (each once per pass, as in PK), and each
+    brings up to ``classes_per_group - 1`` other classes of its group, drawn at random (fewer where the group is
+    smaller, or the batch is full); further anchors fill the batch. Deterministic given (seed, epoch).
+
+    Args:
+        labels: (N,) labels; < 0 never drawn.
+        groups: (N,) each sample's group (any hashable); a class's group is that of its samples.
+        batch_size, k, seed, batches_per_epoch: as PKSampler.
+        classes_per_group: classes of one group drawn together (1: plain PK batches).
+    """
+
+    def __init__(self, labels: Sequence[int], groups: Sequence[Any], batch_size: int, k: int = 4, seed: int = 0,
+                 classes_per_group: int = 4, batches_per_epoch: int | None = None) -> None:
+        super().__init__(labels, batch_size, k, seed, batches_per_epoch)
+        if not 1 <= classes_per_group <= self.p:
+            raise ValueError(f"classes_per_group must be in [1, {self.p}] (classes per batch), got {classes_per_group}")
+        if len(groups) != len(labels):
+            raise ValueError(f"groups must give one group per sample: {len(groups)} groups for {len(labels)} labels")
+        members: Dict[Any, List[int]] = {}
+        for c, idx in self.by_class.items():
+            names = {groups[i] for i in idx}
+            if len(names) > 1:
+                raise ValueError(f"class {c} has samples in several groups {sorted(map(str, names))}; a class needs one")
+            members.setdefault(names.pop(), []).append(c)
+        self.group_of = {c: g for g, cs in members.items() for c in cs}
+        self.members = {g: np.array(sorted(cs)) for g, cs in members.items()}
+        self.classes_per_group = classes_per_group
+
+    def __iter__(self) -> Iterator[List[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        classes = np.array(sorted(self.by_class))
+        order: List[int] = []
+        for _ in range(self.batches_per_epoch):
+            chosen: List[int] = []
+            while len(chosen) < self.p:
+                if not order:
+                    order = rng.permutation(classes).tolist()
+                anchor = order.pop(0)
+                if anchor in chosen:
+                    continue
+                mates = [int(c) for c in rng.permutation(self.members[self.group_of[anchor]]) if c != anchor and c not in chosen]
+                chosen += [anchor] + mates[: min(self.classes_per_group, self.p - len(chosen)) - 1]
+            yield [i for c in chosen for i in self.draw(rng, c)]
+
+
 @SAMPLERS.register("pk")
 def pk_sampler(samples: Sequence[Any], batch_size: int, k: int = 4, seed: int = 0) -> PKSampler:
     """PK batches over the samples' labels."""
@@ -111,3 +162,15 @@ def pk_sampler(samples: Sequence[Any], batch_size: int, k: int = 4, seed: int = 
 def camera_pk_sampler(samples: Sequence[Any], batch_size: int, k: int = 4, seed: int = 0) -> CameraPKSampler:
     """PK batches over the samples' labels, each identity's K images from different cameras where possible."""
     return CameraPKSampler([s.label for s in samples], [s.camera for s in samples], batch_size, k, seed)
+
+
+@SAMPLERS.register("group_pk")
+def group_pk_sampler(samples: Sequence[Any], batch_size: int, k: int = 4, seed: int = 0, key: str = "subcategory",
+                     classes_per_group: int = 4) -> GroupPKSampler:
+    """PK batches with the classes in groups of ``classes_per_group`` sharing the samples' ``meta[key]``."""
+    missing = next((s for s in samples if s.label >= 0 and key not in s.meta), None)
+    if missing is not None:
+        raise ValueError(f"sampler group_pk groups classes by meta[{key!r}], but sample {missing.image!r} has no such key "
+                         f"(its meta keys: {sorted(missing.meta)})")
+    return GroupPKSampler([s.label for s in samples], [s.meta.get(key) for s in samples], batch_size, k, seed,
+                          classes_per_group)

@@ -153,7 +153,7 @@ class Trainer:
                                       crop=d.crop)
         self.eval_transform = TRANSFORMS.create("eval", size=size)
         self.sampler = SAMPLERS.create(d.sampler, samples=self.train_samples, batch_size=d.batch_size, k=d.samples_per_class,
-                                       seed=recipe.train.seed)
+                                       seed=recipe.train.seed, **d.sampler_params)
         self.amp_dtype = amp_dtype(recipe.train.amp, self.device)
         if recipe.eval.whitening not in WHITENINGS:
             raise ValueError(f"eval.whitening must be one of {WHITENINGS}, got '{recipe.eval.whitening}'")

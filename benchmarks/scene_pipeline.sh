@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# README "Scene benchmark": builds, from nothing, every model and scene set that the localization figures use, with
+# the README's commands, in two lanes side by side (one torch thread each; about an hour on 2 cores):
+#   scenes:  runs/scenes/{test,val} (300 / 60) and runs/scenes_big/train (2000) on Debian's mate-backgrounds
+#   lane A:  runs/text_align (the ImageNet backbone aligned to MiniLM) -> runs/detector_big.safetensors (2400 steps)
+#   lane B:  runs/scene_aug_e24 (recipe scene_objects) -> its image model -> runs/align_scene24 (aligned to the text)
+# Then any row of the README's scene tables is one `benchmarks/scenes.py` (or `detector primer`) command away.
+# Resumable: a step whose output exists is skipped, so a killed run is started again with the same command.
+#
+#     bash benchmarks/scene_pipeline.sh                 # ROOT=runs, BACKGROUNDS=/usr/share/backgrounds/mate/nature
+#     ROOT=/tmp/tiny N_TRAIN=20 N_VAL=10 N_TEST=20 STEPS=10 EPOCHS=1 bash benchmarks/scene_pipeline.sh   # smoke test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=${ROOT:-runs}
+B=${BACKGROUNDS:-/usr/share/backgrounds/mate/nature}
+PYTHON=${PYTHON:-python3}
+N_TRAIN=${N_TRAIN:-2000} N_VAL=${N_VAL:-60} N_TEST=${N_TEST:-300} STEPS=${STEPS:-2400} EPOCHS=${EPOCHS:-}
+if [ ! -d "$B" ]; then
+    echo "no photographs at $B: run 'apt-get install mate-backgrounds', or set BACKGROUNDS to a folder of photographs" >&2
+    exit 2
+fi
+mkdir -p "$ROOT/logs"
+
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+# step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists (each command writes OUTPUT last)
+step() {
+    local out=$1
+    shift
+    if [ -e "$out" ]; then log "done already: $out"; else log "running: $*"; "$@"; log "wrote $out"; fi
+}
+
+step "$ROOT/scenes/test/annotations.json" metricvision scenes build --split test --n "$N_TEST" --out "$ROOT/scenes/test" --backgrounds "$B"
+step "$ROOT/scenes/val/annotations.json" metricvision scenes build --split val --n "$N_VAL" --out "$ROOT/scenes/val" --backgrounds "$B"
+step "$ROOT/scenes_big/train/annotations.json" metricvision scenes build --split train --n "$N_TRAIN" \
+    --out "$ROOT/scenes_big/train" --backgrounds "$B"
+
+epochs_text=() epochs_run=() epochs_align=()
+if [ -n "$EPOCHS" ]; then
+    epochs_text=(--epochs "$EPOCHS") epochs_run=(--set "train.epochs=$EPOCHS") epochs_align=(--epochs "$EPOCHS")
+fi
+lane_a() {
+    step "$ROOT/text_align/image_model.safetensors" "$PYTHON" benchmarks/text_retrieval.py --out "$ROOT/text_align" \
+        "${epochs_text[@]}"
+    step "$ROOT/detector_big.safetensors" metricvision detector train --scenes "$ROOT/scenes_big/train" --steps "$STEPS" \
+        --crop-steps 0 --checkpoint "$ROOT/text_align/image_model.safetensors" --out "$ROOT/detector_big.safetensors"
+}
+lane_b() {
+    step "$ROOT/scene_aug_e24/metrics.json" metricvision train scene_objects --out "$ROOT/scene_aug_e24" --no-report \
+        "${epochs_run[@]}"
+    step "$ROOT/scene_aug_e24/image_model.safetensors" metricvision kb from-run "$ROOT/scene_aug_e24" \
+        "$ROOT/scene_aug_e24/image_model.safetensors"
+    step "$ROOT/align_scene24/image_model.safetensors" metricvision kb align "$ROOT/align_scene24" \
+        --init-run "$ROOT/scene_aug_e24" --image-size 72 "${epochs_align[@]}"
+}
+export OMP_NUM_THREADS=1
+lane_a > "$ROOT/logs/lane_a.log" 2>&1 &
+a=$!
+lane_b > "$ROOT/logs/lane_b.log" 2>&1 &
+b=$!
+status=0
+wait "$a" || { echo "lane A failed: see $ROOT/logs/lane_a.log" >&2; status=1; }
+wait "$b" || { echo "lane B failed: see $ROOT/logs/lane_b.log" >&2; status=1; }
+cat "$ROOT/logs/lane_a.log" "$ROOT/logs/lane_b.log" | grep '^\[' || true
+exit "$status"
