@@ -87,3 +87,16 @@ def test_a_recipe_trains_with_grouped_batches(tmp_path, emoji_small):
     groups = [train[i].meta["subcategory"] for i in first[::2]]
     assert len(set(groups[:4])) == 1  # the first anchor and three classes of its subcategory
     assert 0 <= t.fit()["map@r"] <= 1
+
+
+def test_sampler_params_that_the_sampler_does_not_take_are_named(tmp_path, emoji_small):
+    from metricvision.config import load_recipe
+    from metricvision.engine.builders import build_sampler
+
+    train, _ = emoji_small
+    recipe = load_recipe("default", ["data.samples_per_class=2", "data.sampler_params.classes_per_group=4"])
+    with pytest.raises(ValueError, match=r"bad data.sampler_params for sampler 'pk': .*classes_per_group.*; allowed: \[\]"):
+        build_sampler(recipe, train)
+    grouped = load_recipe("default", ["data.samples_per_class=2", "data.sampler=group_pk", "data.sampler_params.groups=4"])
+    with pytest.raises(ValueError, match=r"allowed: \['key', 'classes_per_group'\]"):
+        build_sampler(grouped, train)

@@ -11,6 +11,7 @@ import torch
 from metricvision.config import EvalConfig, Recipe, from_dict
 from metricvision.data import DATASETS, Sample, check_class_disjoint, relabel
 from metricvision.data.registry import Splits
+from metricvision.data.samplers import SAMPLERS, PKSampler
 from metricvision.losses import LOSSES, MetricLoss
 from metricvision.metrics.protocols import PROTOCOLS, EmbedFn
 from metricvision.models import Embedder
@@ -164,6 +165,20 @@ def build_loss(recipe: Recipe, num_classes: int, embedding_dim: int) -> MetricLo
     except TypeError as e:
         allowed = [p for p in accepted if p != "self"]
         raise ValueError(f"bad parameters for loss '{recipe.loss.name}': {e}; allowed: {allowed}") from e
+
+
+def build_sampler(recipe: Recipe, samples: List[Sample]) -> PKSampler:
+    """The registered batch sampler of ``recipe.data`` (``sampler``, with its ``sampler_params``) over the samples."""
+    d = recipe.data
+    factory = SAMPLERS.get(d.sampler)
+    params = {"batch_size": d.batch_size, "k": d.samples_per_class, "seed": recipe.train.seed, **d.sampler_params}
+    accepted = inspect.signature(factory).parameters
+    try:
+        inspect.signature(factory).bind(samples, **params)
+    except TypeError as e:
+        allowed = [p for p in accepted if p not in ("samples", "batch_size", "k", "seed")]
+        raise ValueError(f"bad data.sampler_params for sampler '{d.sampler}': {e}; allowed: {allowed}") from None
+    return factory(samples, **params)
 
 
 def build_optimizer(recipe: Recipe, model: Embedder, loss: MetricLoss) -> torch.optim.AdamW:

@@ -21,13 +21,12 @@ import yaml
 from tqdm import tqdm
 
 from metricvision.config import Recipe
-from metricvision.data.samplers import SAMPLERS
 from metricvision.data.sample import Sample, SampleDataset
 from metricvision.data.transforms import TRANSFORMS, as_float_images
 from metricvision._atomic import atomic_write
 from metricvision.engine.averaging import ModelAverage
-from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_schedule, build_splits, eval_recipes,
-                                          resolve_eval, run_evaluations)
+from metricvision.engine.builders import (build_loss, build_model, build_optimizer, build_sampler, build_schedule, build_splits,
+                                          eval_recipes, resolve_eval, run_evaluations)
 from metricvision.engine.checkpoint import load_checkpoint, save_checkpoint
 from metricvision.index.whitening import WHITENING_FILE, WHITENINGS, fit_whitening, save_whitening
 from metricvision.losses import LossOutput
@@ -152,8 +151,7 @@ class Trainer:
         self.train_set = SampleDataset(self.train_samples, TRANSFORMS.create(d.train_transform, size=size, **d.train_transform_params),
                                       crop=d.crop)
         self.eval_transform = TRANSFORMS.create("eval", size=size)
-        self.sampler = SAMPLERS.create(d.sampler, samples=self.train_samples, batch_size=d.batch_size, k=d.samples_per_class,
-                                       seed=recipe.train.seed, **d.sampler_params)
+        self.sampler = build_sampler(recipe, self.train_samples)
         self.amp_dtype = amp_dtype(recipe.train.amp, self.device)
         if recipe.eval.whitening not in WHITENINGS:
             raise ValueError(f"eval.whitening must be one of {WHITENINGS}, got '{recipe.eval.whitening}'")
