@@ -54,8 +54,11 @@ def test_deterministic_and_validated():
     assert list(a) == list(b)
     b.set_epoch(2)
     assert list(a) != list(b)
-    with pytest.raises(ValueError, match=r"classes_per_group must be in \[1, 4\]"):
-        GroupPKSampler(labels, groups, 8, 2, classes_per_group=5)
+    with pytest.raises(ValueError, match="classes_per_group must be >= 1, got 0"):
+        GroupPKSampler(labels, groups, 8, 2, classes_per_group=0)
+    whole = GroupPKSampler(labels, groups, 8, 2, classes_per_group=9)  # more than the batch's 4 classes: one group fills it
+    whole.set_epoch(0)
+    assert all(len(set(groups[b].tolist())) == 1 for b in whole)
     mixed = groups.copy()
     mixed[1] = "g5"
     with pytest.raises(ValueError, match="class 0 has samples in several groups"):

@@ -29,7 +29,7 @@ def test_transform_gives_an_image_of_the_size(name):
 
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_sampler_gives_pk_batches(name):
-    samples = [Sample(image="x", label=i // 4, camera=i % 2) for i in range(32)]
+    samples = [Sample(image="x", label=i // 4, camera=i % 2, meta={"subcategory": f"s{i // 8}"}) for i in range(32)]
     sampler = SAMPLERS.create(name, samples=samples, batch_size=8, k=4, seed=0)
     batches = list(sampler)
     assert len(batches) == len(sampler) == 4

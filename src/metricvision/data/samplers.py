@@ -115,14 +115,14 @@ class GroupPKSampler(PKSampler):
         labels: (N,) labels; < 0 never drawn.
         groups: (N,) each sample's group (any hashable); a class's group is that of its samples.
         batch_size, k, seed, batches_per_epoch: as PKSampler.
-        classes_per_group: classes of one group drawn together (1: plain PK batches).
+        classes_per_group: classes of one group drawn together (at most the batch's P; 1: no grouping).
     """
 
     def __init__(self, labels: Sequence[int], groups: Sequence[Any], batch_size: int, k: int = 4, seed: int = 0,
                  classes_per_group: int = 4, batches_per_epoch: int | None = None) -> None:
         super().__init__(labels, batch_size, k, seed, batches_per_epoch)
-        if not 1 <= classes_per_group <= self.p:
-            raise ValueError(f"classes_per_group must be in [1, {self.p}] (classes per batch), got {classes_per_group}")
+        if classes_per_group < 1:
+            raise ValueError(f"classes_per_group must be >= 1, got {classes_per_group}")
         if len(groups) != len(labels):
             raise ValueError(f"groups must give one group per sample: {len(groups)} groups for {len(labels)} labels")
         members: Dict[Any, List[int]] = {}
