@@ -172,11 +172,11 @@ def build_sampler(recipe: Recipe, samples: List[Sample]) -> PKSampler:
     d = recipe.data
     factory = SAMPLERS.get(d.sampler)
     params = {"batch_size": d.batch_size, "k": d.samples_per_class, "seed": recipe.train.seed, **d.sampler_params}
-    accepted = inspect.signature(factory).parameters
+    signature = inspect.signature(factory)
     try:
-        inspect.signature(factory).bind(samples, **params)
+        signature.bind(samples, **params)
     except TypeError as e:
-        allowed = [p for p in accepted if p not in ("samples", "batch_size", "k", "seed")]
+        allowed = [p for p in signature.parameters if p not in ("samples", "batch_size", "k", "seed")]
         raise ValueError(f"bad data.sampler_params for sampler '{d.sampler}': {e}; allowed: {allowed}") from None
     return factory(samples, **params)
 
