@@ -46,7 +46,7 @@ lane_a() {
 }
 lane_b() {
     step "$ROOT/scene_aug_e24/metrics.json" metricvision train scene_objects --out "$ROOT/scene_aug_e24" --no-report \
-        "${epochs_run[@]}"
+        --set "data.train_transform_params.backgrounds=[$B]" "${epochs_run[@]}"
     step "$ROOT/scene_aug_e24/image_model.safetensors" metricvision kb from-run "$ROOT/scene_aug_e24" \
         "$ROOT/scene_aug_e24/image_model.safetensors"
     step "$ROOT/align_scene24/image_model.safetensors" metricvision kb align "$ROOT/align_scene24" \
