@@ -29,6 +29,7 @@ per-query work (``boxes``).
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
         --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96] [--query-views] \
         [--option references=emoji:train]   # CSLS hubness correction against the clean training renderings
+        [--option context=auto --val runs/scenes_val400]   # context rescoring, fitted on 400 val scenes
 """
 from __future__ import annotations
 
@@ -178,6 +179,8 @@ def main() -> None:
                          "metricvision.kb.views)")
     ap.add_argument("--limit", type=int, default=0, help="score only the first N test scenes (0: all)")
     ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
+    ap.add_argument("--val", help="the validation scene folder (default: SCENES/val), e.g. a larger one for "
+                    "`--option context=auto`")
     a = ap.parse_args()
     options = {}
     for item in a.option:
@@ -187,7 +190,7 @@ def main() -> None:
         options[key] = yaml.safe_load(value)
     torch.set_num_threads(2)
     model = ImageTextModel.from_checkpoint(a.checkpoint)
-    val, test = read_scenes(f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
+    val, test = read_scenes(a.val or f"{a.scenes}/val"), read_scenes(f"{a.scenes}/test")
     n_test, n_val = a.limit or len(test.images), a.val_limit or len(val.images)
     weights = {"query_detector": a.detector, "query_detector_crops": a.detector, "query_detector_model_crops": a.detector,
                "query_detector_primed": a.primed_detector,

@@ -15,57 +15,13 @@ import numpy as np
 import torch
 
 from metricvision._registry import Registry
-from metricvision.kb.localize import boxes_from_map, similarity_map, tune_box_params, upsample
 from metricvision.kb.model import ImageTextModel
 from metricvision.localization.crops import crop_boxes
 from metricvision.localization.references import load_references
 from metricvision.localization.refine import crop_maps, load_refiner
+from metricvision.localization.rescore import ContextRescorer, context_features, cross_validated_ap, match_labels
 
 LOCALIZERS: Registry = Registry("localizer")
-DENSE_GRID = {"rel_threshold": (0.3, 0.45, 0.6, 0.75), "iou_threshold": (0.1, 0.3, 0.5)}
-
-
-@LOCALIZERS.register("dense_similarity")
-class DenseSimilarityLocalizer:
-    """Training-free baseline: peaks and regions of the dense cosine-similarity map (``kb.localize``).
-
-    Args:
-        model: the image(-text) model whose dense embeddings are compared with the query.
-        encode_side: side the image is resized to before the dense features are computed.
-        rel_threshold, iou_threshold: ``boxes_from_map`` arguments (``fit`` chooses them).
-        max_boxes: boxes per query.
-    """
-
-    def __init__(self, model: ImageTextModel, encode_side: int = 768, rel_threshold: float = 0.6,
-                 iou_threshold: float = 0.3, max_boxes: int = 20) -> None:
-        self.model, self.encode_side, self.max_boxes = model, encode_side, max_boxes
-        self.params: Dict[str, Any] = {"rel_threshold": rel_threshold, "iou_threshold": iou_threshold}
-
-    def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """(3, H, W) image in [0, 1] -> its dense embeddings (D, h, w) and its size."""
-        x = torch.nn.functional.interpolate(image[None], size=(self.encode_side, self.encode_side), mode="bilinear",
-                                            align_corners=False)
-        return self.model.embedder.encode_dense(x)[0], tuple(image.shape[-2:])
-
-    def heat_maps(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor) -> List[np.ndarray]:
-        """Prepared image, (Q, D) queries -> Q similarity maps (H, W)."""
-        dense, size = prepared
-        return [upsample(similarity_map(q, dense), size) for q in queries]
-
-    def boxes(self, prepared: Tuple[torch.Tensor, Tuple[int, int]], queries: torch.Tensor) -> List[np.ndarray]:
-        """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
-        return [_as_array(boxes_from_map(h, max_boxes=self.max_boxes, **self.params)) for h in self.heat_maps(prepared, queries)]
-
-    def localize(self, image: torch.Tensor, queries: torch.Tensor) -> List[np.ndarray]:
-        """(3, H, W), (Q, D) -> per query (n, 5) boxes with scores, best first."""
-        return self.boxes(self.prepare(image), queries)
-
-    def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
-        """Choose the thresholds by AP50 on prepared validation images, one (D,) query row each; returns them."""
-        heats = [self.heat_maps(p, q[None])[0] for p, q in zip(prepared, queries)]
-        self.params, _ = tune_box_params(heats, gt_boxes, {"max_boxes": [self.max_boxes], **DENSE_GRID})
-        self.params.pop("max_boxes")
-        return dict(self.params)
 
 
 @LOCALIZERS.register("query_detector")
@@ -247,16 +203,28 @@ class CropDetectorLocalizer(DetectorLocalizer):
 
     def boxes(self, prepared: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], queries: torch.Tensor) -> List[np.ndarray]:
         """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
+        return [self.scored(*c) for c in self.candidates(prepared, queries)]
+
+    def candidates(self, prepared: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], queries: torch.Tensor
+                   ) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Prepared image, (Q, D) queries -> per query: all proposals (K, 4), their objectness (K,) and cosines (K,),
+        the indices NMS keeps (n,, best first), their scores (n,) and the (D,) normalized query."""
         from torchvision.ops import nms
 
         boxes, logp, emb = prepared
-        cos = self.cosines(emb, torch.nn.functional.normalize(queries, dim=1))
+        queries = torch.nn.functional.normalize(queries, dim=1)
+        cos = self.cosines(emb, queries)
         scores = torch.exp(self.gamma * logp[:, None] + self.temperature * (cos - 1))
         out = []
         for q in range(queries.shape[0]):
             keep = nms(boxes, scores[:, q], self.nms_iou)[: self.max_boxes]
-            out.append(torch.cat([boxes[keep], scores[keep, q, None]], dim=1).numpy().astype(np.float64))
+            out.append((boxes, logp, cos[:, q], keep, scores[keep, q], queries[q]))
         return out
+
+    def scored(self, boxes: torch.Tensor, logp: torch.Tensor, cos: torch.Tensor, keep: torch.Tensor, score: torch.Tensor,
+               query: torch.Tensor) -> np.ndarray:
+        """One query's ``candidates`` -> (n, 5) kept boxes with their scores, best first."""
+        return torch.cat([boxes[keep], score[:, None]], dim=1).numpy().astype(np.float64)
 
     def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
         """Choose ``gamma`` and the NMS threshold by AP50 on prepared validation images, one (D,) query row each."""
@@ -264,6 +232,7 @@ class CropDetectorLocalizer(DetectorLocalizer):
 
 
 RESCORE = ("proposal", "refined", "mean")  # which crops score a refined proposal
+CONTEXT = ("never", "always", "auto")  # when fit gives a localizer a context rescorer
 
 
 @LOCALIZERS.register("query_detector_model_crops")
@@ -294,7 +263,10 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         detector_model: checkpoint of the image model the head was trained on, when it is not ``model``,
         references: as ``load_references`` (e.g. "emoji:train", the clean training renderings),
         hub: weight of the hubness correction (None: ``fit`` chooses it with references, else 0), hub_k: neighbours,
-        refiner: box refiner weights (trained on ``model``'s maps at ``side``), refine_passes, rescore: see above.
+        refiner: box refiner weights (trained on ``model``'s maps at ``side``), refine_passes, rescore: see above,
+        context: rescore each query's kept boxes by their context in the image (``localization.rescore``), fitted by
+            ``fit`` on the validation scenes: "never", "always" or "auto" (kept if its cross-validated AP50 there is
+            higher than the base scores').
     """
 
     needs_crop_embedder = False
@@ -304,7 +276,7 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0, side: Optional[int] = None,
                  mix: Optional[float] = None, detector_model: Optional[str] = None, references: Any = None,
                  hub: Optional[float] = None, hub_k: int = 10, refiner: Optional[str] = None, refine_passes: int = 1,
-                 rescore: str = "proposal") -> None:
+                 rescore: str = "proposal", context: str = "never") -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
                          temperature=temperature, detector_model=detector_model)
         if refine_passes < 1:
@@ -331,6 +303,10 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
             raise ValueError(f"mix must be in [0, 1] (1 without a trained crop embedder in {weights}), got {mix}")
         self.choose_mix = mix is None and self.crop is not None
         self.mix = 1.0 if mix is None else mix
+        if context not in CONTEXT:
+            raise ValueError(f"context must be one of {CONTEXT}, got {context!r}")
+        self.context_mode = context
+        self.context: Optional[ContextRescorer] = None
 
     @torch.no_grad()
     def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -375,9 +351,38 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         """(n, D) normalized embeddings -> (n,) mean cosine to their ``hub_k`` nearest references."""
         return (x @ self.references.T).topk(self.hub_k, dim=1).values.mean(1)
 
+    def scored(self, boxes: torch.Tensor, logp: torch.Tensor, cos: torch.Tensor, keep: torch.Tensor, score: torch.Tensor,
+               query: torch.Tensor) -> np.ndarray:
+        """One query's ``candidates`` -> (n, 5) kept boxes with their scores (the context rescorer's, if fitted), best
+        first."""
+        if self.context is None:
+            return super().scored(boxes, logp, cos, keep, score, query)
+        p = self.context.score(self.context_features(boxes, logp, cos, keep, score, query))
+        order = np.argsort(-p, kind="stable")
+        return np.concatenate([boxes[keep].numpy().astype(np.float64), p[:, None]], axis=1)[order]
+
+    def context_features(self, boxes: torch.Tensor, logp: torch.Tensor, cos: torch.Tensor, keep: torch.Tensor,
+                         score: torch.Tensor, query: torch.Tensor) -> np.ndarray:
+        """One query's ``candidates`` -> (n, F) ``rescore.context_features`` of its kept boxes."""
+        crowd = float(self.crowding(query[None])[0]) if self.references is not None else 0.0
+        return context_features(boxes.numpy(), logp.numpy(), cos.numpy(), keep.numpy(), score.numpy(), crowd)
+
     def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
-        """Choose the settings of ``fit_grid`` by AP50 on prepared validation images."""
-        return self._grid(prepared, queries, gt_boxes, self.fit_grid())
+        """Choose the settings of ``fit_grid`` by AP50 on prepared validation images; then, unless ``context`` is
+        "never", fit the context rescorer on their boxes ("auto": kept only if its cross-validated AP50 on them beats
+        the base scores')."""
+        self.context = None
+        chosen = self._grid(prepared, queries, gt_boxes, self.fit_grid())
+        if self.context_mode == "never":
+            return chosen
+        cands = [self.candidates(p, q[None])[0] for p, q in zip(prepared, queries)]
+        feats = [self.context_features(*c) for c in cands]
+        kept = [c[0][c[3]].numpy() for c in cands]
+        labels = [match_labels(k, g) for k, g in zip(kept, gt_boxes)]
+        cv = cross_validated_ap(feats, labels, kept, [c[4].numpy() for c in cands], list(gt_boxes))
+        if self.context_mode == "always" or cv["rescored"] > cv["base"]:
+            self.context = ContextRescorer().fit(feats, labels)
+        return {**chosen, "context": self.context is not None, "context_cv_AP50": {k: round(v, 3) for k, v in cv.items()}}
 
     def fit_grid(self) -> Dict[str, Sequence[float]]:
         """``gamma``, the NMS threshold, (with a crop embedder, unless given) ``mix`` and (with references, unless
@@ -390,8 +395,4 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         return grid
 
 
-def _as_array(boxes: Optional[list]) -> np.ndarray:
-    return np.array([b.as_list() for b in boxes or []], np.float64).reshape(-1, 5)
-
-
-from metricvision.localization import priming, prm  # noqa: E402,F401 (register query_detector_primed_crops, peak_crops)
+from metricvision.localization import dense, priming, prm  # noqa: E402,F401 (register dense_similarity, query_detector_primed_crops, peak_crops)
