@@ -26,6 +26,9 @@ def test_context_features_follow_their_definitions():
     assert np.allclose(f["iou_with_better"], [0, 0, 0.36]) and np.allclose(f["inside_better"], [0, 0, 1])
     assert np.allclose(f["contains_better"], [0, 0, 0.36])
     assert np.allclose(f["rivals"], [1, 1, 2]) and np.allclose(f["query_crowding"], 0.3)
+    # box 0's cluster: itself and proposal 3 (IoU 100 / 120); box 1's: itself alone (IoU 0.36 with box 0)
+    assert np.allclose(f["cluster_size"], [2, 1, 1]) and np.allclose(f["cluster_cos"], [0.45, 0.78, 0.7])
+    assert np.allclose(f["cluster_logp"], np.log([0.9, 0.8, 0.5]))
     assert context_features(boxes, logp, cos, np.zeros(0, int), np.zeros(0)).shape == (0, len(FEATURES))
 
 

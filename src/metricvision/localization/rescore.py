@@ -5,7 +5,8 @@ are comparable neither across queries (a query that resembles everything scores 
 (a piece of the target or a near-miss beside it scores almost as the target does). After NMS, ``context_features``
 describes each kept box by its own score *and* by its place among the image's proposals for that query: its rank,
 its cosine's margin to the best one and to the runner-up, its z-score among all proposals, its size against theirs,
-how much it overlaps or contains better boxes, how many boxes come close to it, and how crowded the query is among
+how much it overlaps or contains better boxes, how many boxes come close to it, how many proposals agree with it
+(its cluster: the proposals at IoU >= 0.5, their mean cosine and best objectness) and how crowded the query is among
 the references. ``ContextRescorer`` maps these to the probability that the box is a true detection, with gradient-
 boosted trees fitted on the validation scenes' boxes, labelled as COCO matches them (IoU >= 0.5, greedily, best
 first, so a duplicate is a negative). A simplified form of learned detection rescoring (e.g. the contextual
@@ -23,7 +24,8 @@ from metricvision.metrics.detection import _match, detection_ap, pairwise_iou
 
 FEATURES = ("cos", "logp", "base", "rank", "cos_to_best_kept", "cos_to_best_all", "cos_z", "margin_to_runner_up",
             "log_area_rel", "log_aspect", "iou_with_better", "inside_better", "contains_better", "rivals",
-            "query_crowding")
+            "cluster_size", "cluster_cos", "cluster_logp", "query_crowding")
+CLUSTER_IOU = 0.5  # a proposal this close to a kept box counts in its cluster (the box itself included)
 
 
 def context_features(boxes: np.ndarray, logp: np.ndarray, cos: np.ndarray, keep: np.ndarray, base: np.ndarray,
@@ -47,6 +49,8 @@ def context_features(boxes: np.ndarray, logp: np.ndarray, cos: np.ndarray, keep:
     ih = np.clip(np.minimum(kept[:, None, 3], kept[None, :, 3]) - np.maximum(kept[:, None, 1], kept[None, :, 1]), 0, None)
     inter = iw * ih  # (n, n) intersections
     better = np.tri(n, k=-1, dtype=bool)  # [i, j]: j ranks above i
+    cluster = pairwise_iou(kept, boxes) >= CLUSTER_IOU  # (n, K)
+    size = np.maximum(cluster.sum(1), 1)
     own = area[keep]
     feats = np.stack([
         c, logp[keep], np.log(np.clip(base, 1e-12, None)), np.arange(n, dtype=np.float64),
@@ -54,6 +58,8 @@ def context_features(boxes: np.ndarray, logp: np.ndarray, cos: np.ndarray, keep:
         np.log(own / np.median(area)), np.log(w / h),
         np.where(better, iou, 0).max(1, initial=0.0), np.where(better, inter / own[:, None], 0).max(1, initial=0.0),
         np.where(better, inter / own[None, :], 0).max(1, initial=0.0), (c[None, :] >= c[:, None] - 0.05).sum(1) - 1.0,
+        size.astype(np.float64), (cluster * cos[None, :]).sum(1) / size,
+        np.where(cluster, logp[None, :], -np.inf).max(1, initial=-50.0),
         np.full(n, query_crowding)], axis=1)
     return feats.astype(np.float64).reshape(n, len(FEATURES))
 
