@@ -87,3 +87,18 @@ def test_cli_builds_scenes(tmp_path, capsys):
     assert main(["scenes", "build", "--out", str(tmp_path / "s"), "--split", "val", "--n", "2", "--size", "96", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["scenes"] == 2 and (tmp_path / "s/images/000001.jpg").exists()
+
+
+def test_an_identity_model_can_leave_out_the_validation_scenes_identities(tmp_path):
+    from metricvision.data.emoji import emoji_splits
+    from metricvision.data.scenes import val_identities
+
+    val = json.loads(build_scenes(tmp_path / "v", "val", 6, cfg=SMALL).read_text())
+    train = json.loads(build_scenes(tmp_path / "t", "train", 6, cfg=SMALL).read_text())
+    held = val_identities(load_emoji("train"))
+    assert {a["identity"] for a in val["annotations"]} <= held
+    assert not {a["identity"] for a in train["annotations"]} & held
+    full, kept = emoji_splits()["train"], emoji_splits(hold_out="scene_val")["train"]
+    assert {s.label for s in kept} == {s.label for s in full} - held and 0.15 < len(held) / len({s.label for s in full}) < 0.25
+    with pytest.raises(ValueError, match="hold_out must be"):
+        emoji_splits(hold_out="val")

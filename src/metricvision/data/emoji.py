@@ -69,6 +69,16 @@ def load_emoji(split: str = "train", path: Optional[str | Path] = None, vendors:
     "emoji", licence="Noto Emoji: Apache-2.0; Twemoji: CC-BY 4.0 (see NOTICE)",
     description="built-in: 40 px Google and Twitter emoji renderings, identities alternate train / test",
 )
-def emoji_splits(path: Optional[str] = None) -> dict:
-    """{"train": [...], "test": [...]} of the emoji dataset (class-disjoint halves)."""
-    return {"train": load_emoji("train", path), "test": load_emoji("test", path)}
+def emoji_splits(path: Optional[str] = None, hold_out: str = "") -> dict:
+    """{"train": [...], "test": [...]} of the emoji dataset (class-disjoint halves); ``hold_out: scene_val`` leaves
+    out of "train" the identities that the scene benchmark's validation scenes are built from, so that what is chosen
+    on those scenes is chosen on identities the model has not seen, as the test scenes' are."""
+    if hold_out not in ("", "scene_val"):
+        raise ValueError(f"hold_out must be '' or 'scene_val', got {hold_out!r}")
+    train = load_emoji("train", path)
+    if hold_out:
+        from metricvision.data.scenes import val_identities
+
+        held = val_identities(train)
+        train = [s for s in train if s.label not in held]
+    return {"train": train, "test": load_emoji("test", path)}
