@@ -80,6 +80,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--taps", type=int, nargs="*", default=[],
                    help="backbone layers whose outputs join the last map, a hypercolumn (e.g. 13 16; default: none)")
     p.add_argument("--dataset-path", help="emoji dataset file (default: the packaged one)")
+    p.add_argument("--hold-out", choices=("", "scene_val"), default="",
+                   help="scene_val: leave out the scene benchmark's validation identities (as `--init-run` runs "
+                        "trained with the emoji option hold_out: scene_val)")
     p.add_argument("--build-kb", action="store_true", help="also build DIR/kb from the test split")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_align)
@@ -193,7 +196,8 @@ def _align(args: argparse.Namespace) -> Dict[str, Any]:
     return run_alignment(args.dir, text_model=args.text_model, epochs=args.epochs, dataset_path=args.dataset_path,
                          build_kb=args.build_kb, image_size=args.image_size, tune_blocks=args.tune_blocks,
                          backbone_lr=args.backbone_lr, loss=args.loss, extra_texts=not args.no_extra_texts,
-                         text_layers=args.text_layers, text_lr=args.text_lr, init_run=args.init_run, taps=args.taps)
+                         text_layers=args.text_layers, text_lr=args.text_lr, init_run=args.init_run, taps=args.taps,
+                         hold_out=args.hold_out)
 
 
 def _from_run(args: argparse.Namespace) -> Dict[str, Any]:
