@@ -44,14 +44,14 @@ def context_features(boxes: np.ndarray, logp: np.ndarray, cos: np.ndarray, keep:
     w, h = np.clip(kept[:, 2] - kept[:, 0], 1e-6, None), np.clip(kept[:, 3] - kept[:, 1], 1e-6, None)
     others = np.where(np.eye(n, dtype=bool), -np.inf, c[None, :])
     runner_up = others.max(1, initial=-np.inf) if n > 1 else np.full(n, -1.0)
-    iou = pairwise_iou(kept, kept)
     iw = np.clip(np.minimum(kept[:, None, 2], kept[None, :, 2]) - np.maximum(kept[:, None, 0], kept[None, :, 0]), 0, None)
     ih = np.clip(np.minimum(kept[:, None, 3], kept[None, :, 3]) - np.maximum(kept[:, None, 1], kept[None, :, 1]), 0, None)
     inter = iw * ih  # (n, n) intersections
+    own = area[keep]
+    iou = inter / (own[:, None] + own[None, :] - inter)
     better = np.tri(n, k=-1, dtype=bool)  # [i, j]: j ranks above i
     cluster = pairwise_iou(kept, boxes) >= CLUSTER_IOU  # (n, K)
     size = np.maximum(cluster.sum(1), 1)
-    own = area[keep]
     feats = np.stack([
         c, logp[keep], np.log(np.clip(base, 1e-12, None)), np.arange(n, dtype=np.float64),
         c - c.max(initial=-np.inf), c - cos.max(), (c - cos.mean()) / (cos.std() + 1e-6), c - runner_up,
