@@ -91,6 +91,8 @@ def test_the_localizer_fits_its_context_rescorer_on_validation_images(context, t
         out = loc.boxes(prepared[0], queries[:1])[0]
         assert np.all(np.diff(out[:, 4]) <= 0) and ((out[:, 4] >= 0) & (out[:, 4] <= 1)).all()
         assert set(map(tuple, out[:, :4])) <= set(map(tuple, prepared[0][0].numpy().astype(np.float64)))
+    if context == "auto":  # val scenes without a target: nothing to learn, the base scores stay
+        assert loc.fit(prepared, queries, [np.zeros((0, 4))] * len(prepared))["context"] is False and loc.context is None
     if context == "never":
         assert "context" not in chosen
     with pytest.raises(ValueError, match="context must be"):

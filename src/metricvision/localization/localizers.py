@@ -379,6 +379,9 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         feats = [self.context_features(*c) for c in cands]
         kept = [c[0][c[3]].numpy() for c in cands]
         labels = [match_labels(k, g) for k, g in zip(kept, gt_boxes)]
+        positives, total = sum(int(y.sum()) for y in labels), sum(len(y) for y in labels)
+        if self.context_mode == "auto" and not 0 < positives < total:  # nothing to learn: keep the base scores
+            return {**chosen, "context": False}
         cv = cross_validated_ap(feats, labels, kept, [c[4].numpy() for c in cands], list(gt_boxes))
         if self.context_mode == "always" or cv["rescored"] > cv["base"]:
             self.context = ContextRescorer().fit(feats, labels)

@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from metricvision.metrics.detection import _match, detection_ap, pairwise_iou
+from metricvision.metrics.detection import _match, detection_ap, intersections, pairwise_iou
 
 FEATURES = ("cos", "logp", "base", "rank", "cos_to_best_kept", "cos_to_best_all", "cos_z", "margin_to_runner_up",
             "log_area_rel", "log_aspect", "iou_with_better", "inside_better", "contains_better", "rivals",
@@ -44,9 +44,7 @@ def context_features(boxes: np.ndarray, logp: np.ndarray, cos: np.ndarray, keep:
     w, h = np.clip(kept[:, 2] - kept[:, 0], 1e-6, None), np.clip(kept[:, 3] - kept[:, 1], 1e-6, None)
     others = np.where(np.eye(n, dtype=bool), -np.inf, c[None, :])
     runner_up = others.max(1, initial=-np.inf) if n > 1 else np.full(n, -1.0)
-    iw = np.clip(np.minimum(kept[:, None, 2], kept[None, :, 2]) - np.maximum(kept[:, None, 0], kept[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(kept[:, None, 3], kept[None, :, 3]) - np.maximum(kept[:, None, 1], kept[None, :, 1]), 0, None)
-    inter = iw * ih  # (n, n) intersections
+    inter = intersections(kept, kept)  # (n, n)
     own = area[keep]
     iou = inter / (own[:, None] + own[None, :] - inter)
     better = np.tri(n, k=-1, dtype=bool)  # [i, j]: j ranks above i
