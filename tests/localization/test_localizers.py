@@ -70,9 +70,9 @@ def test_model_crops_mix_the_trained_crop_embedders_cosine_when_there_is_one(mod
         loc.mix = mix
         assert torch.allclose(loc.cosines(emb, queries), mix * emb[0] @ queries.T + (1 - mix) * emb[1] @ queries.T, atol=1e-6)
     chosen = loc.fit([loc.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])
-    assert set(chosen) == {"gamma", "nms_iou", "mix"}
+    assert set(chosen) == {"gamma", "nms_iou", "mix", "vote"}
     fixed = LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"), mix=0.5)
-    assert set(fixed.fit([fixed.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])) == {"gamma", "nms_iou"}
+    assert set(fixed.fit([fixed.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])) == {"gamma", "nms_iou", "vote"}
     assert fixed.mix == 0.5
     with pytest.raises(ValueError, match="mix must be in"):
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"), mix=1.5)
@@ -135,9 +135,9 @@ def test_model_crops_hubness_correction_against_references_follows_csls(model, t
     chooses = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=refs.numpy())
     image = torch.rand(3, 96, 96)
     chosen = chooses.fit([chooses.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])
-    assert set(chosen) == {"gamma", "nms_iou", "hub"} and chooses.hub in (0.0, 0.5, 1.0)
+    assert set(chosen) == {"gamma", "nms_iou", "hub", "vote"} and chooses.hub in (0.0, 0.5, 1.0)
     plain = LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights)
-    assert set(plain.fit([plain.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])) == {"gamma", "nms_iou"}
+    assert set(plain.fit([plain.prepare(image)], queries[:1], [np.array([[0.0, 0.0, 48.0, 48.0]])])) == {"gamma", "nms_iou", "vote"}
     with pytest.raises(ValueError, match=r"references must be \(N >= 1, \d+\) embeddings"):
         LOCALIZERS.create("query_detector_model_crops", model=model, weights=weights, references=np.zeros((4, 7)))
     with pytest.raises(ValueError, match="hub must be"):

@@ -77,7 +77,7 @@ def test_the_localizer_fits_its_context_rescorer_on_validation_images(context, t
     model = ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=32))
     save_detector(QueryDetector(model.embedder, hidden=8), tmp_path / "det.safetensors")
     loc = LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"),
-                            proposals=10, max_boxes=5, context=context)
+                            proposals=10, max_boxes=5, context=context, vote=0.0)
     torch.manual_seed(0)
     images = [torch.rand(3, 96, 96) for _ in range(10)]
     prepared = [loc.prepare(im) for im in images]

@@ -32,7 +32,8 @@ from metricvision._atomic import atomic_write
 from metricvision.kb.model import ImageTextModel
 from metricvision.localization.crops import crop_boxes, jitter_boxes
 from metricvision.localization.detector import HeadSteps, _film
-from metricvision.localization.localizers import LOCALIZERS, ModelCropDetectorLocalizer
+from metricvision.localization.localizers import LOCALIZERS
+from metricvision.localization.model_crops import ModelCropDetectorLocalizer
 from metricvision.metrics.detection import pairwise_iou
 from metricvision.models import Embedder
 
