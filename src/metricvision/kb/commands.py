@@ -1,4 +1,4 @@
-"""CLI: `metricvision kb build|add|remove|compact|align|from-run` and `metricvision search`."""
+"""CLI: `metricvision kb build|add|remove|compact|align|from-run|ensemble` and `metricvision search`."""
 from __future__ import annotations
 
 import argparse
@@ -93,6 +93,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output .safetensors file (for `kb build --checkpoint`, benchmarks/scenes.py --checkpoint)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_from_run)
+
+    p = kb_sub.add_parser("ensemble", help="write one image model checkpoint that ensembles several (the mean of their "
+                          "cosines; `kb from-run` checkpoints of one architecture)")
+    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("checkpoints", nargs="+", help="two or more image model checkpoints")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_ensemble)
 
     p = subparsers.add_parser("search", help="query a KB with an image, a text, or both")
     p.add_argument("kb", help="the KB folder")
@@ -209,6 +216,14 @@ def _from_run(args: argparse.Namespace) -> Dict[str, Any]:
     recipe, embedder = load_run(args.run)  # load_run clears model.pretrained (no download); the card keeps the recorded one
     card = save_image_model(embedder, args.out, recipe.data.image_size, pretrained=resumed_recipe(args.run).model.pretrained)
     return asdict(card)
+
+
+def _ensemble(args: argparse.Namespace) -> Dict[str, Any]:
+    from dataclasses import asdict
+
+    from metricvision.kb.model import ensemble_checkpoints
+
+    return asdict(ensemble_checkpoints(args.checkpoints, args.out))
 
 
 def parse_filters(items: List[str]) -> Dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from metricvision._atomic import atomic_write
 from metricvision.data import load_image
 from metricvision.models import Embedder
+from metricvision.models.ensemble import EnsembleEmbedder
 from metricvision.models.text import TextEncoder, create_text_encoder
 
 CARD_KEY = "metricvision_card"
@@ -43,6 +44,8 @@ class ModelCard:
         text_tuned: the checkpoint also holds tuned weights of the text model (keys ``TEXT_PREFIX`` + its
             own names), which then embeds the text queries.
         taps: backbone layers whose outputs join the last map (the Embedder's hypercolumn; empty: none).
+        members: 1 for one Embedder; M > 1 for an ``EnsembleEmbedder`` of M Embedders of this architecture, each
+            of dim D / M (``ensemble_checkpoints``).
     """
 
     backbone: str = "mobilenet_v2"
@@ -56,6 +59,7 @@ class ModelCard:
     text_model: Optional[str] = None
     text_tuned: bool = False
     taps: List[int] = field(default_factory=list)
+    members: int = 1
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelCard":
@@ -90,9 +94,14 @@ class ImageTextModel:
             if not card.pretrained and not card.checkpoint:
                 raise ValueError(f"backbone '{card.backbone}' without pretrained weights needs a checkpoint; "
                                  "a random initialisation cannot be rebuilt")
-            dim = card.dim if card.head else 0
-            embedder = Embedder(card.backbone, card.pooling, dim, pretrained=card.pretrained and not card.checkpoint,
+            if card.members < 1 or (card.head and card.dim % card.members):
+                raise ValueError(f"members must be >= 1 and divide dim, got members {card.members}, dim {card.dim}")
+            dim = card.dim // card.members if card.head else 0
+
+            def member() -> Embedder:
+                return Embedder(card.backbone, card.pooling, dim, pretrained=card.pretrained and not card.checkpoint,
                                 taps=card.taps)
+            embedder = member() if card.members == 1 else EnsembleEmbedder([member() for _ in range(card.members)])
             if card.checkpoint:
                 from safetensors.torch import load_file
 
@@ -181,8 +190,9 @@ class ImageTextModel:
         return self.embedder.encode_dense(x)[0]
 
 
-def save_image_model(embedder: Embedder, path: str | os.PathLike, image_size: int, text_model: Optional[str] = None,
-                     pretrained: bool = True, text_state: Optional[Dict[str, torch.Tensor]] = None) -> ModelCard:
+def save_image_model(embedder: Embedder | EnsembleEmbedder, path: str | os.PathLike, image_size: int,
+                     text_model: Optional[str] = None, pretrained: bool = True,
+                     text_state: Optional[Dict[str, torch.Tensor]] = None) -> ModelCard:
     """Write the Embedder's weights with its card in the safetensors metadata (temp name, then rename).
 
     ``text_state``: tuned weights of the text model (named as in it), stored under ``TEXT_PREFIX``.
@@ -191,9 +201,12 @@ def save_image_model(embedder: Embedder, path: str | os.PathLike, image_size: in
 
     if text_state and text_model is None:
         raise ValueError("tuned text weights need the name of their text model")
+    members = len(embedder.members) if isinstance(embedder, EnsembleEmbedder) else 1
+    if members > 1 and text_model is not None:
+        raise ValueError("an ensemble's members each have their own text alignment: only image-only models ensemble")
     card = ModelCard(backbone=embedder.backbone_name, pooling=pooling_name(embedder), dim=embedder.dim,
                      head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained,
-                     text_model=text_model, text_tuned=bool(text_state), taps=list(embedder.taps))
+                     text_model=text_model, text_tuned=bool(text_state), taps=list(embedder.taps), members=members)
     path = Path(path)
     state = {k: v.contiguous() for k, v in embedder.state_dict().items()}
     state.update({TEXT_PREFIX + k: v.contiguous() for k, v in (text_state or {}).items()})
@@ -201,6 +214,20 @@ def save_image_model(embedder: Embedder, path: str | os.PathLike, image_size: in
         f.write(save(state, metadata={CARD_KEY: json.dumps(asdict(card))}))
     card.checkpoint, card.checkpoint_sha256 = str(path.resolve()), file_sha256(path)
     return card
+
+
+def ensemble_checkpoints(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> ModelCard:
+    """Write one checkpoint holding the image models of ``paths`` (``save_image_model`` files of one architecture and
+    image size, not aligned to text) as an ``EnsembleEmbedder``: its cosine is the mean of theirs."""
+    models = [ImageTextModel.from_checkpoint(p) for p in paths]
+    for p, m in zip(paths, models):
+        if m.card.text_model is not None or m.card.members != 1:
+            raise ValueError(f"{p} is {'aligned to a text model' if m.card.text_model else 'an ensemble'}: "
+                             "only single image-only models (`metricvision kb from-run`) ensemble")
+        if m.card.image_size != models[0].card.image_size:
+            raise ValueError(f"{p} embeds at {m.card.image_size} px, {paths[0]} at {models[0].card.image_size} px")
+    ensemble = EnsembleEmbedder([m.embedder for m in models])
+    return save_image_model(ensemble, out, models[0].card.image_size, pretrained=models[0].card.pretrained)
 
 
 def _tuned_text(text: TextEncoder, card: ModelCard) -> TextEncoder:

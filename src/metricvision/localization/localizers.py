@@ -16,7 +16,7 @@ import torch
 
 from metricvision._registry import Registry
 from metricvision.kb.model import ImageTextModel
-from metricvision.localization.crops import crop_boxes
+from metricvision.models.ensemble import EnsembleEmbedder
 
 LOCALIZERS: Registry = Registry("localizer")
 
@@ -45,6 +45,9 @@ class DetectorLocalizer:
             raise ValueError(f"detector_model is for query_detector_model_crops only; {type(self).__name__} scores with "
                              "the head's own embeddings, which live in the space of the model it was trained on")
         base = ImageTextModel.from_checkpoint(detector_model).embedder if detector_model else model.embedder
+        if isinstance(base, EnsembleEmbedder):
+            raise ValueError("a detector head runs over one backbone, not an ensemble's: give query_detector_model_crops "
+                             "the single model it was trained on as detector_model, and the ensemble as the model")
         self.detector, self.crop = load_detector(weights, base)
         self.max_boxes, self.nms_iou = max_boxes, nms_iou
 

@@ -333,6 +333,9 @@ class PrimedCropDetectorLocalizer(ModelCropDetectorLocalizer):
         if blend is not None and not 0.0 <= blend <= 1.0:
             raise ValueError(f"blend (the primed cosine's weight) must be in [0, 1], got {blend}")
         super().__init__(model, weights, mix=1.0, **kwargs)
+        if not isinstance(self.embedder, Embedder):
+            raise ValueError("a primer modulates one backbone's layers: query_detector_primed_crops takes a single model, "
+                             f"not a {type(self.embedder).__name__}")
         self.primer = load_primer(primer, self.embedder, self.side)[0]
         self.choose_blend, self.blend = blend is None, 1.0 if blend is None else blend
 

@@ -16,7 +16,42 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NECKS = ("none", "bnneck")
 
 
-class Embedder(nn.Module):
+class BatchedEncoding:
+    """Batched, eval-mode ``encode`` and ``encode_dense`` for a module with ``forward`` (N, 3, H, W) -> (N, D),
+    ``dense`` -> (N, D, h, w), ``pool`` and ``dim``: the Embedder and the EnsembleEmbedder."""
+
+    @torch.no_grad()
+    def encode(
+        self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256, scales: Sequence[float] = (1.0,)
+    ) -> torch.Tensor:
+        """Embeddings (N, D) in eval mode, batched; accepts a tensor or an iterable of batches.
+
+        With several ``scales`` each image is embedded at every scale and the embeddings are
+        combined as cirtorch's multi-scale test (``multiscale_embed``): a generalized mean with
+        the GeM pooling's exponent, a plain sum with other poolings.
+        """
+        if list(scales) == [1.0]:
+            return self._batched(self.forward, images, batch_size)
+        p = float(self.pool.p) if isinstance(self.pool, GeM) else 1.0
+        combine = "gem" if isinstance(self.pool, GeM) else "sum"
+        return self._batched(lambda b: multiscale_embed(self.forward, b, scales, combine, p), images, batch_size)
+
+    @torch.no_grad()
+    def encode_dense(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+        """Dense embeddings (N, D, h, w) in eval mode."""
+        return self._batched(self.dense, images, batch_size)
+
+    def _batched(self, fn, images, batch_size: int) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+        out = [fn(b.to(device)).cpu() for b in batches]
+        self.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.dim)
+
+
+class Embedder(BatchedEncoding, nn.Module):
     """Maps (N, 3, H, W) images in [0, 1] to (N, D) L2-normalized embeddings.
 
     Args:
@@ -167,33 +202,3 @@ class Embedder(nn.Module):
         if isinstance(self.head, nn.Linear):
             f = torch.einsum("nchw,dc->ndhw", f, self.head.weight) + self.head.bias.view(1, -1, 1, 1)
         return F.normalize(f, dim=1) if self.normalize else f
-
-    @torch.no_grad()
-    def encode(
-        self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256, scales: Sequence[float] = (1.0,)
-    ) -> torch.Tensor:
-        """Embeddings (N, D) in eval mode, batched; accepts a tensor or an iterable of batches.
-
-        With several ``scales`` each image is embedded at every scale and the embeddings are
-        combined as cirtorch's multi-scale test (``multiscale_embed``): a generalized mean with
-        the GeM pooling's exponent, a plain sum with other poolings.
-        """
-        if list(scales) == [1.0]:
-            return self._batched(self.forward, images, batch_size)
-        p = float(self.pool.p) if isinstance(self.pool, GeM) else 1.0
-        combine = "gem" if isinstance(self.pool, GeM) else "sum"
-        return self._batched(lambda b: multiscale_embed(self.forward, b, scales, combine, p), images, batch_size)
-
-    @torch.no_grad()
-    def encode_dense(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 64) -> torch.Tensor:
-        """Dense embeddings (N, D, h, w) in eval mode."""
-        return self._batched(self.dense, images, batch_size)
-
-    def _batched(self, fn, images, batch_size: int) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-        out = [fn(b.to(device)).cpu() for b in batches]
-        self.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, self.dim)

@@ -1,0 +1,81 @@
+"""EnsembleEmbedder: several trained Embedders of one architecture used as one model.
+
+The ensemble's embedding is the concatenation of its M members' normalized embeddings, divided by sqrt(M): it is
+unit-norm, and the cosine of two ensemble embeddings is the mean of the members' cosines (the usual score-averaging
+ensemble of retrieval models). Its ``features`` are the members' backbone maps stacked along the channels, so code
+that computes maps once and embeds them later (``from_features``, ``dense_from_features``) works unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+from metricvision.models.embedder import BatchedEncoding, Embedder
+
+
+class EnsembleEmbedder(BatchedEncoding, nn.Module):
+    """(N, 3, H, W) images in [0, 1] -> (N, sum of the members' D) unit embeddings.
+
+    Args:
+        members: two or more Embedders with L2-normalized outputs (``normalize``) and no BNNeck, of one backbone
+            and pooling, whose maps share a grid for a given input (e.g. seeds or recipes of one architecture).
+    """
+
+    def __init__(self, members: Sequence[Embedder]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0]
+        for i, m in enumerate(members):
+            if not m.normalize or m.neck is not None:
+                raise ValueError(f"ensemble member {i} must give L2-normalized embeddings without a BNNeck")
+            if (m.backbone_name, type(m.pool), m.dim, m.taps) != (first.backbone_name, type(first.pool), first.dim, first.taps):
+                raise ValueError(f"ensemble member {i} ({m.backbone_name}, {type(m.pool).__name__}, dim {m.dim}, taps "
+                                 f"{list(m.taps)}) differs from member 0 ({first.backbone_name}, "
+                                 f"{type(first.pool).__name__}, dim {first.dim}, taps {list(first.taps)})")
+        self.members = nn.ModuleList(members)
+        self.dim = sum(m.dim for m in members)
+        self.backbone_name, self.taps = first.backbone_name, first.taps
+        self.channels: List[int] = [sum(m.parts) for m in members]
+        self.scale = 1.0 / math.sqrt(len(members))
+
+    @property
+    def pool(self) -> nn.Module:
+        """The members' pooling (member 0's module; what the card and multi-scale encoding read)."""
+        return self.members[0].pool
+
+    @property
+    def head(self) -> nn.Module:
+        """Member 0's head: a Linear when the members have heads (what the card reads)."""
+        return self.members[0].head
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, sum of the members' C, h, w): their backbone maps, stacked."""
+        maps = [m.features(images) for m in self.members]
+        if len({tuple(f.shape[-2:]) for f in maps}) > 1:
+            raise ValueError(f"ensemble members give maps of different grids {[tuple(f.shape[-2:]) for f in maps]}")
+        return torch.cat(maps, dim=1)
+
+    def _split(self, f: torch.Tensor) -> Sequence[torch.Tensor]:
+        if f.shape[1] != sum(self.channels):
+            raise ValueError(f"ensemble features must have {sum(self.channels)} channels, got {f.shape[1]}")
+        return f.split(self.channels, dim=1)
+
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) ``features`` -> (N, D) what ``forward`` gives for their images."""
+        return torch.cat([m.from_features(p) for m, p in zip(self.members, self._split(f))], dim=1) * self.scale
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, D) unit embeddings."""
+        return self.from_features(self.features(images))
+
+    def dense(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, D, h, w), unit-norm at every location."""
+        return self.dense_from_features(self.features(images))
+
+    def dense_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) ``features`` -> (N, D, h, w): each member's dense map, stacked and scaled."""
+        return torch.cat([m.dense_from_features(p) for m, p in zip(self.members, self._split(f))], dim=1) * self.scale
