@@ -1,0 +1,47 @@
+"""Image-to-image retrieval of image model checkpoints and of their ensemble, on one dataset split.
+
+Each checkpoint (``metricvision kb from-run``) and the ``EnsembleEmbedder`` of all of them (what
+``metricvision kb ensemble`` writes: the mean of their cosines) embed the split's images; every image queries all
+the others (leave-one-out), as ``metricvision evaluate`` scores a run:
+
+    python benchmarks/ensemble_retrieval.py runs/scene_hold/image_model.safetensors \
+        runs/scene_grp4_hold/image_model.safetensors            # the emoji test split: 3800 unseen-identity images
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import List
+
+import torch
+
+from metricvision.data.sample import load_samples
+from metricvision.kb.model import ImageTextModel
+from metricvision.metrics.evaluate import evaluate_retrieval
+from metricvision.models.ensemble import EnsembleEmbedder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", nargs="+", help="two or more image model checkpoints of one architecture")
+    ap.add_argument("--dataset", default="emoji", help="a registered dataset (default: emoji)")
+    ap.add_argument("--data", default=None, help="its folder, when it is not the registered default")
+    ap.add_argument("--split", default="test", help="split to search (default: test)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    samples = load_samples(args.dataset, None, args.split, args.data)
+    images, labels = [s.image for s in samples], [s.label for s in samples]
+    models: List[ImageTextModel] = [ImageTextModel.from_checkpoint(p) for p in args.checkpoints]
+    card = copy.deepcopy(models[0].card)
+    card.members, card.checkpoint = len(models), None
+    ensemble = ImageTextModel(card, EnsembleEmbedder([m.embedder for m in models]))
+    print(f"{args.dataset} {args.split}: {len(images)} images, {len(set(labels))} classes")
+    print("| model | P@1 | MAP@R | R@4 |\n|---|---|---|---|")
+    for name, model in [*zip(args.checkpoints, models), (f"ensemble of {len(models)}", ensemble)]:
+        m = evaluate_retrieval(model.encode_images(images), labels, clustering=False)
+        print(f"| {name} | {100 * m['precision@1']:.1f} | {100 * m['map@r']:.1f} | {100 * m['recall@4']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
