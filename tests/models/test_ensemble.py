@@ -1,4 +1,6 @@
 """EnsembleEmbedder and `metricvision kb ensemble`: several image models as one, scored by the mean of their cosines."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -45,7 +47,7 @@ def test_members_of_another_architecture_or_a_single_member_are_refused():
         EnsembleEmbedder([_members(1)[0], _members(1, dim=4)[0]])
 
 
-def test_kb_ensemble_writes_one_checkpoint_that_rebuilds_the_ensemble(tmp_path):
+def test_kb_ensemble_writes_one_checkpoint_that_rebuilds_the_ensemble(tmp_path, capsys):
     members = _members(2)
     paths = [tmp_path / f"m{i}.safetensors" for i in range(2)]
     for m, p in zip(members, paths):
@@ -58,6 +60,19 @@ def test_kb_ensemble_writes_one_checkpoint_that_rebuilds_the_ensemble(tmp_path):
     e = model.encode_images(images)
     assert torch.allclose(e @ e.T, (singles[0] @ singles[0].T + singles[1] @ singles[1].T) / 2, atol=1e-5)
     assert torch.allclose(e, torch.cat(singles, dim=1) / 2 ** 0.5, atol=1e-5)
+    # a KB built with the ensemble finds each of its images first
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / "images" / f"{i}.png")
+    kb = tmp_path / "kb"
+    assert main(["kb", "build", str(kb), "--from-folder", str(tmp_path / "images"),
+                 "--checkpoint", str(tmp_path / "ens.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["search", str(kb), "--image", str(tmp_path / "images" / "2.png"), "--k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["image"] == "images/2.png" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_text_aligned_members_ensembles_of_ensembles_and_mixed_sizes_are_refused(tmp_path):
