@@ -4,17 +4,22 @@
 #   scenes:  runs/scenes/{test,val} (300 / 60) and runs/scenes_big/train (2000) on Debian's mate-backgrounds
 #   lane A:  runs/text_align (the ImageNet backbone aligned to MiniLM) -> runs/detector_big.safetensors (2400 steps)
 #   lane B:  runs/scene_aug_e24 (recipe scene_objects) -> its image model -> runs/align_scene24 (aligned to the text)
+#   HELD_OUT=1 adds, in lane A, the held-out-identity protocol (models that never saw the val scenes' identities):
+#            runs/scenes_val400, runs/scene_hold and runs/scene_grp4_hold (scene_objects / scene_objects_groups with
+#            data.options.hold_out=scene_val), their ensemble runs/ens_hold.safetensors, runs/align_hold
 # Then any row of the README's scene tables is one `benchmarks/scenes.py` (or `detector primer`) command away.
 # Resumable: a step whose output exists is skipped, so a killed run is started again with the same command.
 #
 #     bash benchmarks/scene_pipeline.sh                 # ROOT=runs, BACKGROUNDS=/usr/share/backgrounds/mate/nature
 #     ROOT=/tmp/tiny N_TRAIN=20 N_VAL=10 N_TEST=20 STEPS=10 EPOCHS=1 bash benchmarks/scene_pipeline.sh   # smoke test
+#     HELD_OUT=1 bash benchmarks/scene_pipeline.sh      # also the held-out-identity models (about 50 min more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-runs}
 B=${BACKGROUNDS:-/usr/share/backgrounds/mate/nature}
 PYTHON=${PYTHON:-python3}
 N_TRAIN=${N_TRAIN:-2000} N_VAL=${N_VAL:-60} N_TEST=${N_TEST:-300} STEPS=${STEPS:-2400} EPOCHS=${EPOCHS:-}
+HELD_OUT=${HELD_OUT:-0} N_VAL_BIG=${N_VAL_BIG:-400}
 if [ ! -d "$B" ]; then
     echo "no photographs at $B: run 'apt-get install mate-backgrounds', or set BACKGROUNDS to a folder of photographs" >&2
     exit 2
@@ -43,6 +48,22 @@ lane_a() {
         "${epochs_text[@]}"
     step "$ROOT/detector_big.safetensors" metricvision detector train --scenes "$ROOT/scenes_big/train" --steps "$STEPS" \
         --crop-steps 0 --checkpoint "$ROOT/text_align/image_model.safetensors" --out "$ROOT/detector_big.safetensors"
+    if [ "$HELD_OUT" = 1 ]; then held_out; fi
+}
+held_out() {
+    local hold=(--set data.options.hold_out=scene_val --set "data.train_transform_params.backgrounds=[$B]")
+    step "$ROOT/scenes_val400/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIG" \
+        --out "$ROOT/scenes_val400" --backgrounds "$B"
+    for run in scene_hold:scene_objects scene_grp4_hold:scene_objects_groups; do
+        step "$ROOT/${run%%:*}/metrics.json" metricvision train "${run#*:}" --out "$ROOT/${run%%:*}" --no-report \
+            "${hold[@]}" "${epochs_run[@]}"
+        step "$ROOT/${run%%:*}/image_model.safetensors" metricvision kb from-run "$ROOT/${run%%:*}" \
+            "$ROOT/${run%%:*}/image_model.safetensors"
+    done
+    step "$ROOT/ens_hold.safetensors" metricvision kb ensemble "$ROOT/ens_hold.safetensors" \
+        "$ROOT/scene_hold/image_model.safetensors" "$ROOT/scene_grp4_hold/image_model.safetensors"
+    step "$ROOT/align_hold/image_model.safetensors" metricvision kb align "$ROOT/align_hold" --init-run "$ROOT/scene_hold" \
+        --image-size 72 --hold-out scene_val "${epochs_align[@]}"
 }
 lane_b() {
     step "$ROOT/scene_aug_e24/metrics.json" metricvision train scene_objects --out "$ROOT/scene_aug_e24" --no-report \
