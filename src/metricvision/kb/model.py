@@ -20,7 +20,7 @@ import torch
 from metricvision._atomic import atomic_write
 from metricvision.data import load_image
 from metricvision.models import Embedder
-from metricvision.models.ensemble import EnsembleEmbedder
+from metricvision.models.ensemble import EnsembleEmbedder, EnsembleText
 from metricvision.models.text import TextEncoder, create_text_encoder
 
 CARD_KEY = "metricvision_card"
@@ -146,7 +146,10 @@ class ImageTextModel:
             )
         if self._text is None:
             text = create_text_encoder(self.card.text_model)
-            if self.card.text_tuned:
+            if self.card.members > 1:  # each member's own tuned text layers (text.<i>.*), or the shared model
+                prefixes = [f"{TEXT_PREFIX}{i}." for i in range(self.card.members)]
+                text = EnsembleText([_tuned_text(text, self.card, p) if self.card.text_tuned else text for p in prefixes])
+            elif self.card.text_tuned:
                 text = _tuned_text(text, self.card)
             if text.dim != self.dim:
                 raise ValueError(f"text model '{self.card.text_model}' has dim {text.dim}, images have {self.dim}")
@@ -195,15 +198,14 @@ def save_image_model(embedder: Embedder | EnsembleEmbedder, path: str | os.PathL
                      text_state: Optional[Dict[str, torch.Tensor]] = None) -> ModelCard:
     """Write the Embedder's weights with its card in the safetensors metadata (temp name, then rename).
 
-    ``text_state``: tuned weights of the text model (named as in it), stored under ``TEXT_PREFIX``.
+    ``text_state``: tuned weights of the text model (named as in it; for an ensemble, "<member>." + that name),
+    stored under ``TEXT_PREFIX``.
     """
     from safetensors.torch import save
 
     if text_state and text_model is None:
         raise ValueError("tuned text weights need the name of their text model")
     members = len(embedder.members) if isinstance(embedder, EnsembleEmbedder) else 1
-    if members > 1 and text_model is not None:
-        raise ValueError("an ensemble's members each have their own text alignment: only image-only models ensemble")
     card = ModelCard(backbone=embedder.backbone_name, pooling=pooling_name(embedder), dim=embedder.dim,
                      head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained,
                      text_model=text_model, text_tuned=bool(text_state), taps=list(embedder.taps), members=members)
@@ -218,27 +220,36 @@ def save_image_model(embedder: Embedder | EnsembleEmbedder, path: str | os.PathL
 
 def ensemble_checkpoints(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> ModelCard:
     """Write one checkpoint holding the image models of ``paths`` (``save_image_model`` files of one architecture and
-    image size, not aligned to text) as an ``EnsembleEmbedder``: its cosine is the mean of theirs."""
+    image size) as an ``EnsembleEmbedder``: its cosine is the mean of theirs. Members aligned to one text model keep
+    their own tuned text layers, and the ensemble's text queries are the ``EnsembleText`` of them."""
+    from safetensors.torch import load_file
+
     models = [ImageTextModel.from_checkpoint(p) for p in paths]
+    first = models[0].card
     for p, m in zip(paths, models):
-        if m.card.text_model is not None or m.card.members != 1:
-            raise ValueError(f"{p} is {'aligned to a text model' if m.card.text_model else 'an ensemble'}: "
-                             "only single image-only models (`metricvision kb from-run`) ensemble")
-        if m.card.image_size != models[0].card.image_size:
-            raise ValueError(f"{p} embeds at {m.card.image_size} px, {paths[0]} at {models[0].card.image_size} px")
+        if m.card.members != 1:
+            raise ValueError(f"{p} is an ensemble already: ensemble single models")
+        if m.card.image_size != first.image_size:
+            raise ValueError(f"{p} embeds at {m.card.image_size} px, {paths[0]} at {first.image_size} px")
+        if (m.card.text_model, m.card.text_tuned) != (first.text_model, first.text_tuned):
+            raise ValueError(f"{p} has text model {m.card.text_model!r} (tuned: {m.card.text_tuned}), {paths[0]} "
+                             f"{first.text_model!r} (tuned: {first.text_tuned}): members share one text model")
+    text_state = {f"{i}.{k[len(TEXT_PREFIX):]}": v for i, p in enumerate(paths) if first.text_tuned
+                  for k, v in load_file(str(p)).items() if k.startswith(TEXT_PREFIX)}
     ensemble = EnsembleEmbedder([m.embedder for m in models])
-    return save_image_model(ensemble, out, models[0].card.image_size, pretrained=models[0].card.pretrained)
+    return save_image_model(ensemble, out, first.image_size, text_model=first.text_model, pretrained=first.pretrained,
+                            text_state=text_state or None)
 
 
-def _tuned_text(text: TextEncoder, card: ModelCard) -> TextEncoder:
-    """The card's text encoder with the tuned weights stored in its checkpoint."""
+def _tuned_text(text: TextEncoder, card: ModelCard, prefix: str = TEXT_PREFIX) -> TextEncoder:
+    """The card's text encoder with the tuned weights stored in its checkpoint under ``prefix``."""
     from safetensors.torch import load_file
 
     if not card.checkpoint:
         raise ValueError("the card says the text model was tuned, but it names no checkpoint holding those weights")
-    state = {k[len(TEXT_PREFIX):]: v for k, v in load_file(card.checkpoint).items() if k.startswith(TEXT_PREFIX)}
+    state = {k[len(prefix):]: v for k, v in load_file(card.checkpoint).items() if k.startswith(prefix)}
     if not state:
-        raise ValueError(f"{card.checkpoint} holds no tuned text weights ('{TEXT_PREFIX}*'), though its card says so")
+        raise ValueError(f"{card.checkpoint} holds no tuned text weights ('{prefix}*'), though its card says so")
     if not hasattr(text, "tuned"):
         raise ValueError(f"text model '{card.text_model}' cannot load tuned weights")
     return text.tuned(state)

@@ -1,4 +1,5 @@
-"""EnsembleEmbedder: several trained Embedders of one architecture used as one model.
+"""EnsembleEmbedder: several trained Embedders of one architecture used as one model (and EnsembleText: their
+text encoders, for members aligned to a text space).
 
 The ensemble's embedding is the concatenation of its M members' normalized embeddings, divided by sqrt(M): it is
 unit-norm, and the cosine of two ensemble embeddings is the mean of the members' cosines (the usual score-averaging
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from metricvision.models.embedder import BatchedEncoding, Embedder
+from metricvision.models.text import TextEncoder
 
 
 class EnsembleEmbedder(BatchedEncoding, nn.Module):
@@ -79,3 +81,25 @@ class EnsembleEmbedder(BatchedEncoding, nn.Module):
     def dense_from_features(self, f: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) ``features`` -> (N, D, h, w): each member's dense map, stacked and scaled."""
         return torch.cat([m.dense_from_features(p) for m, p in zip(self.members, self._split(f))], dim=1) * self.scale
+
+
+class EnsembleText:
+    """The text side of an ensemble of text-aligned members: (N,) strings -> (N, sum of the members' dims), each
+    member's normalized text embedding (in its own image space) concatenated and divided by sqrt(M), so a text-image
+    cosine is the mean of the members' text-image cosines.
+
+    Args:
+        members: one text encoder per image member, in the members' order (the same object may repeat when the
+            members share an untuned text model).
+    """
+
+    def __init__(self, members: Sequence[TextEncoder]) -> None:
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = list(members)
+        self.dim = sum(m.dim for m in members)
+        self.scale = 1.0 / math.sqrt(len(members))
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N,) strings -> (N, D) unit embeddings."""
+        return torch.cat([m.encode_text(texts) for m in self.members], dim=1) * self.scale
