@@ -2,7 +2,9 @@
 
 Each checkpoint (``metricvision kb from-run``) and the ``EnsembleEmbedder`` of all of them (what
 ``metricvision kb ensemble`` writes: the mean of their cosines) embed the split's images; every image queries all
-the others (leave-one-out), as ``metricvision evaluate`` scores a run:
+the others (leave-one-out), as ``metricvision evaluate`` scores a run. Checkpoints aligned to a text model
+(``metricvision kb align``) are also scored text to image, as ``benchmarks/text_retrieval.py`` scores them: each
+class's name queries the split's images (``text_to_image_recall``).
 
     python benchmarks/ensemble_retrieval.py runs/scene_hold/image_model.safetensors \
         runs/scene_grp4_hold/image_model.safetensors            # the emoji test split: 3800 unseen-identity images
@@ -10,15 +12,15 @@ the others (leave-one-out), as ``metricvision evaluate`` scores a run:
 from __future__ import annotations
 
 import argparse
-import copy
+import tempfile
 from typing import List
 
 import torch
 
 from metricvision.data.sample import load_samples
-from metricvision.kb.model import ImageTextModel
+from metricvision.kb.align import text_to_image_recall
+from metricvision.kb.model import ImageTextModel, ensemble_checkpoints
 from metricvision.metrics.evaluate import evaluate_retrieval
-from metricvision.models.ensemble import EnsembleEmbedder
 
 
 def main() -> None:
@@ -33,15 +35,19 @@ def main() -> None:
     samples = load_samples(args.dataset, None, args.split, args.data)
     images, labels = [s.image for s in samples], [s.label for s in samples]
     models: List[ImageTextModel] = [ImageTextModel.from_checkpoint(p) for p in args.checkpoints]
-    card = copy.deepcopy(models[0].card)
-    card.members, card.checkpoint = len(models), None
-    ensemble = ImageTextModel(card, EnsembleEmbedder([m.embedder for m in models]))
-    print(f"{args.dataset} {args.split}: {len(images)} images, {len(set(labels))} classes")
-    print("| model | P@1 | MAP@R | R@4 |\n|---|---|---|---|")
-    for name, model in [*zip(args.checkpoints, models), (f"ensemble of {len(models)}", ensemble)]:
-        m = evaluate_retrieval(model.encode_images(images), labels, clustering=False)
-        print(f"| {name} | {100 * m['precision@1']:.1f} | {100 * m['map@r']:.1f} | {100 * m['recall@4']:.1f} |", flush=True)
-
+    with tempfile.TemporaryDirectory() as tmp:  # the checkpoint `metricvision kb ensemble` would write
+        ensemble = ImageTextModel.from_checkpoint(ensemble_checkpoints(args.checkpoints, f"{tmp}/e.safetensors").checkpoint)
+        text = ensemble.card.text_model is not None
+        print(f"{args.dataset} {args.split}: {len(images)} images, {len(set(labels))} classes")
+        print("| model | P@1 | MAP@R | R@4 |" + (" name R@1 | R@5 | R@10 |" if text else "")
+              + "\n|---|---|---|---|" + ("---|---|---|" if text else ""))
+        for name, model in [*zip(args.checkpoints, models), (f"ensemble of {len(models)}", ensemble)]:
+            m = evaluate_retrieval(model.encode_images(images), labels, clustering=False)
+            row = f"| {name} | {100 * m['precision@1']:.1f} | {100 * m['map@r']:.1f} | {100 * m['recall@4']:.1f} |"
+            if text:
+                t = text_to_image_recall(model, samples)
+                row += f" {t['recall@1']:.3f} | {t['recall@5']:.3f} | {t['recall@10']:.3f} |"
+            print(row, flush=True)
 
 if __name__ == "__main__":
     main()
