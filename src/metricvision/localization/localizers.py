@@ -259,5 +259,5 @@ class CropDetectorLocalizer(DetectorLocalizer):
 VOTES = (0.0, 0.5, 0.4)  # box-voting IoU thresholds that fit tries (0: none), the first kept on a tie
 
 
-from metricvision.localization import dense, model_crops, priming, prm  # noqa: E402,F401 (register dense_similarity,
-#     query_detector_model_crops, query_detector_primed_crops, peak_crops)
+from metricvision.localization import dense, model_crops, prm  # noqa: E402,F401 (register dense_similarity,
+#     query_detector_model_crops and, through it, query_detector_primed_crops; peak_crops)

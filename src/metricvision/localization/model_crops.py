@@ -180,3 +180,6 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         if self.choose_hub:
             grid["hub"] = (0.0, 0.5, 1.0)
         return grid
+
+
+from metricvision.localization import priming  # noqa: E402,F401 (registers query_detector_primed_crops, a subclass)
