@@ -27,7 +27,8 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
 
     With ``detector_model``, the proposals come from the head over that model's backbone while ``model`` embeds
     the queries and the crops alone (``mix`` 1; the crop embedder lives in the detector model's space): e.g. an
-    identity model trained on scene crops (recipe ``data.train_transform: scene``, ``metricvision kb from-run``).
+    identity model trained on scene crops (recipe ``data.train_transform: scene``, ``metricvision kb from-run``), or an
+    ensemble of such models (``metricvision kb ensemble``), whose crop cosine is the mean of its members'.
 
     With ``references`` (embeddings of clean reference images, e.g. the training identities, in the model's space),
     a cosine is corrected for hubness by a simplified CSLS (Conneau et al., ICLR 2018: both r against one reference set):
