@@ -49,5 +49,6 @@ def main() -> None:
                 row += f" {t['recall@1']:.3f} | {t['recall@5']:.3f} | {t['recall@10']:.3f} |"
             print(row, flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -221,7 +221,7 @@ class CropDetectorLocalizer(DetectorLocalizer):
         boxes, logp, emb = prepared
         queries = torch.nn.functional.normalize(queries, dim=1)
         cos = self.cosines(emb, queries)
-        scores = torch.exp(self.gamma * logp[:, None] + self.temperature * (cos - 1))
+        scores = torch.exp(self.log_scores(logp[:, None], cos))
         out = []
         for q in range(queries.shape[0]):
             keep = nms(boxes, scores[:, q], self.nms_iou)[: self.max_boxes]
@@ -233,6 +233,10 @@ class CropDetectorLocalizer(DetectorLocalizer):
         """One query's ``candidates`` -> (n, 5) kept boxes with their scores, best first."""
         return torch.cat([self.voted(boxes, logp, cos, keep), score[:, None]], dim=1).numpy().astype(np.float64)
 
+    def log_scores(self, logp: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+        """Objectness log-probabilities and cosines (broadcastable) -> log of the proposals' scores for the query."""
+        return self.gamma * logp + self.temperature * (cos - 1)
+
     def voted(self, boxes: torch.Tensor, logp: torch.Tensor, cos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """One query's proposals (K, 4), objectness (K,), cosines (K,) and kept indices (n,) -> the (n, 4) kept boxes,
         each (with ``vote`` > 0) the score-weighted mean of the proposals at IoU >= ``vote`` with it."""
@@ -240,9 +244,9 @@ class CropDetectorLocalizer(DetectorLocalizer):
             return boxes[keep]
         from torchvision.ops import box_iou
 
-        logits = self.gamma * logp + self.temperature * (cos - 1)  # log-scores, so that no weight underflows to 0
         near = box_iou(boxes[keep], boxes) >= self.vote  # each row holds its own box, so no row is empty
-        return torch.softmax(logits[None, :].masked_fill(~near, -torch.inf), dim=1) @ boxes
+        # softmax of the log-scores over each neighbourhood: the weights are the scores, and none underflows to 0
+        return torch.softmax(self.log_scores(logp, cos)[None, :].masked_fill(~near, -torch.inf), dim=1) @ boxes
 
     def fit(self, prepared: Sequence[Any], queries: torch.Tensor, gt_boxes: Sequence[np.ndarray]) -> Dict[str, Any]:
         """Choose ``gamma`` and the NMS threshold by AP50 on prepared validation images, one (D,) query row each; then

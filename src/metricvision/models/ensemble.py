@@ -18,6 +18,12 @@ from metricvision.models.embedder import BatchedEncoding, Embedder
 from metricvision.models.text import TextEncoder
 
 
+def joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """M members' unit embeddings (N, D_i, ...) -> (N, sum D_i, ...): concatenated along dim 1 and divided by sqrt(M),
+    so the result is unit-norm and its inner products are the mean of the members'."""
+    return torch.cat(list(parts), dim=1) / math.sqrt(len(parts))
+
+
 class EnsembleEmbedder(BatchedEncoding, nn.Module):
     """(N, 3, H, W) images in [0, 1] -> (N, sum of the members' D) unit embeddings.
 
@@ -42,7 +48,6 @@ class EnsembleEmbedder(BatchedEncoding, nn.Module):
         self.dim = sum(m.dim for m in members)
         self.backbone_name, self.taps = first.backbone_name, first.taps
         self.channels: List[int] = [sum(m.parts) for m in members]
-        self.scale = 1.0 / math.sqrt(len(members))
 
     @property
     def pool(self) -> nn.Module:
@@ -68,7 +73,7 @@ class EnsembleEmbedder(BatchedEncoding, nn.Module):
 
     def from_features(self, f: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) ``features`` -> (N, D) what ``forward`` gives for their images."""
-        return torch.cat([m.from_features(p) for m, p in zip(self.members, self._split(f))], dim=1) * self.scale
+        return joined([m.from_features(p) for m, p in zip(self.members, self._split(f))])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, D) unit embeddings."""
@@ -80,7 +85,7 @@ class EnsembleEmbedder(BatchedEncoding, nn.Module):
 
     def dense_from_features(self, f: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) ``features`` -> (N, D, h, w): each member's dense map, stacked and scaled."""
-        return torch.cat([m.dense_from_features(p) for m, p in zip(self.members, self._split(f))], dim=1) * self.scale
+        return joined([m.dense_from_features(p) for m, p in zip(self.members, self._split(f))])
 
 
 class EnsembleText:
@@ -98,8 +103,7 @@ class EnsembleText:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         self.members = list(members)
         self.dim = sum(m.dim for m in members)
-        self.scale = 1.0 / math.sqrt(len(members))
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(N,) strings -> (N, D) unit embeddings."""
-        return torch.cat([m.encode_text(texts) for m in self.members], dim=1) * self.scale
+        return joined([m.encode_text(texts) for m in self.members])
