@@ -6,13 +6,16 @@
 #   lane B:  runs/scene_aug_e24 (recipe scene_objects) -> its image model -> runs/align_scene24 (aligned to the text)
 #   HELD_OUT=1 adds, in lane A, the held-out-identity protocol (models that never saw the val scenes' identities):
 #            runs/scenes_val400, runs/scene_hold and runs/scene_grp4_hold (scene_objects / scene_objects_groups with
-#            data.options.hold_out=scene_val), their ensemble runs/ens_hold.safetensors, runs/align_hold
+#            data.options.hold_out=scene_val), their seed-1 twins runs/scene_grp4_hold_s1 and runs/scene_hold_s1, the
+#            ensembles runs/ens_hold (the first two), ens3_hold (three) and ens4_hold (all four), the first three
+#            aligned to the text (runs/align_hold, align_grp4_hold, align_grp4_hold_s1) and their ensembles
+#            runs/ens_align_hold (two) and ens3_align_hold (three)
 # Then any row of the README's scene tables is one `benchmarks/scenes.py` (or `detector primer`) command away.
 # Resumable: a step whose output exists is skipped, so a killed run is started again with the same command.
 #
 #     bash benchmarks/scene_pipeline.sh                 # ROOT=runs, BACKGROUNDS=/usr/share/backgrounds/mate/nature
 #     ROOT=/tmp/tiny N_TRAIN=20 N_VAL=10 N_TEST=20 STEPS=10 EPOCHS=1 bash benchmarks/scene_pipeline.sh   # smoke test
-#     HELD_OUT=1 bash benchmarks/scene_pipeline.sh      # also the held-out-identity models (about 50 min more)
+#     HELD_OUT=1 bash benchmarks/scene_pipeline.sh      # also the held-out-identity models (about 2 h more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-runs}
@@ -54,16 +57,30 @@ held_out() {
     local hold=(--set data.options.hold_out=scene_val --set "data.train_transform_params.backgrounds=[$B]")
     step "$ROOT/scenes_val400/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIG" \
         --out "$ROOT/scenes_val400" --backgrounds "$B"
-    for run in scene_hold:scene_objects scene_grp4_hold:scene_objects_groups; do
-        step "$ROOT/${run%%:*}/metrics.json" metricvision train "${run#*:}" --out "$ROOT/${run%%:*}" --no-report \
-            "${hold[@]}" "${epochs_run[@]}"
-        step "$ROOT/${run%%:*}/image_model.safetensors" metricvision kb from-run "$ROOT/${run%%:*}" \
-            "$ROOT/${run%%:*}/image_model.safetensors"
+    # RUN:RECIPE:SEED; the seed-1 runs are the third and fourth members of the larger ensembles (session 34)
+    local members=(scene_hold:scene_objects:0 scene_grp4_hold:scene_objects_groups:0
+                   scene_grp4_hold_s1:scene_objects_groups:1 scene_hold_s1:scene_objects:1) m run
+    for m in "${members[@]}"; do
+        run=${m%%:*}
+        step "$ROOT/$run/metrics.json" metricvision train "$(echo "$m" | cut -d: -f2)" --out "$ROOT/$run" --no-report \
+            "${hold[@]}" --set "train.seed=${m##*:}" "${epochs_run[@]}"
+        step "$ROOT/$run/image_model.safetensors" metricvision kb from-run "$ROOT/$run" "$ROOT/$run/image_model.safetensors"
     done
+    local model=image_model.safetensors
     step "$ROOT/ens_hold.safetensors" metricvision kb ensemble "$ROOT/ens_hold.safetensors" \
-        "$ROOT/scene_hold/image_model.safetensors" "$ROOT/scene_grp4_hold/image_model.safetensors"
-    step "$ROOT/align_hold/image_model.safetensors" metricvision kb align "$ROOT/align_hold" --init-run "$ROOT/scene_hold" \
-        --image-size 72 --hold-out scene_val "${epochs_align[@]}"
+        "$ROOT/scene_hold/$model" "$ROOT/scene_grp4_hold/$model"
+    step "$ROOT/ens3_hold.safetensors" metricvision kb ensemble "$ROOT/ens3_hold.safetensors" \
+        "$ROOT/scene_hold/$model" "$ROOT/scene_grp4_hold/$model" "$ROOT/scene_grp4_hold_s1/$model"
+    step "$ROOT/ens4_hold.safetensors" metricvision kb ensemble "$ROOT/ens4_hold.safetensors" \
+        "$ROOT/scene_hold/$model" "$ROOT/scene_grp4_hold/$model" "$ROOT/scene_grp4_hold_s1/$model" "$ROOT/scene_hold_s1/$model"
+    for m in align_hold:scene_hold align_grp4_hold:scene_grp4_hold align_grp4_hold_s1:scene_grp4_hold_s1; do
+        step "$ROOT/${m%%:*}/$model" metricvision kb align "$ROOT/${m%%:*}" --init-run "$ROOT/${m#*:}" \
+            --image-size 72 --hold-out scene_val "${epochs_align[@]}"
+    done
+    step "$ROOT/ens_align_hold.safetensors" metricvision kb ensemble "$ROOT/ens_align_hold.safetensors" \
+        "$ROOT/align_hold/$model" "$ROOT/align_grp4_hold/$model"
+    step "$ROOT/ens3_align_hold.safetensors" metricvision kb ensemble "$ROOT/ens3_align_hold.safetensors" \
+        "$ROOT/align_hold/$model" "$ROOT/align_grp4_hold/$model" "$ROOT/align_grp4_hold_s1/$model"
 }
 lane_b() {
     step "$ROOT/scene_aug_e24/metrics.json" metricvision train scene_objects --out "$ROOT/scene_aug_e24" --no-report \
