@@ -5,8 +5,8 @@
 #   lane A:  runs/text_align (the ImageNet backbone aligned to MiniLM) -> runs/detector_big.safetensors (2400 steps)
 #   lane B:  runs/scene_aug_e24 (recipe scene_objects) -> its image model -> runs/align_scene24 (aligned to the text)
 #   HELD_OUT=1 adds, in lane A, the held-out-identity protocol (models that never saw the val scenes' identities):
-#            runs/scenes_val400, runs/scene_hold and runs/scene_grp4_hold (scene_objects / scene_objects_groups with
-#            data.options.hold_out=scene_val), their seed-1 twins runs/scene_grp4_hold_s1 and runs/scene_hold_s1, the
+#            runs/scenes_val400 and scenes_val1200, runs/scene_hold and runs/scene_grp4_hold (scene_objects /
+#            scene_objects_groups with data.options.hold_out=scene_val), their seed-1 twins runs/scene_grp4_hold_s1 and runs/scene_hold_s1, the
 #            ensembles runs/ens_hold (the first two), ens3_hold (three) and ens4_hold (all four), the first three
 #            aligned to the text (runs/align_hold, align_grp4_hold, align_grp4_hold_s1) and their ensembles
 #            runs/ens_align_hold (two) and ens3_align_hold (three)
@@ -22,7 +22,7 @@ ROOT=${ROOT:-runs}
 B=${BACKGROUNDS:-/usr/share/backgrounds/mate/nature}
 PYTHON=${PYTHON:-python3}
 N_TRAIN=${N_TRAIN:-2000} N_VAL=${N_VAL:-60} N_TEST=${N_TEST:-300} STEPS=${STEPS:-2400} EPOCHS=${EPOCHS:-}
-HELD_OUT=${HELD_OUT:-0} N_VAL_BIG=${N_VAL_BIG:-400}
+HELD_OUT=${HELD_OUT:-0} N_VAL_BIG=${N_VAL_BIG:-400} N_VAL_BIGGER=${N_VAL_BIGGER:-1200}
 if [ ! -d "$B" ]; then
     echo "no photographs at $B: run 'apt-get install mate-backgrounds', or set BACKGROUNDS to a folder of photographs" >&2
     exit 2
@@ -57,6 +57,8 @@ held_out() {
     local hold=(--set data.options.hold_out=scene_val --set "data.train_transform_params.backgrounds=[$B]")
     step "$ROOT/scenes_val400/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIG" \
         --out "$ROOT/scenes_val400" --backgrounds "$B"
+    step "$ROOT/scenes_val1200/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIGGER" \
+        --out "$ROOT/scenes_val1200" --backgrounds "$B"
     # RUN:RECIPE:SEED; the seed-1 runs are the third and fourth members of the larger ensembles (session 34)
     local members=(scene_hold:scene_objects:0 scene_grp4_hold:scene_objects_groups:0
                    scene_grp4_hold_s1:scene_objects_groups:1 scene_hold_s1:scene_objects:1) m run
