@@ -6,10 +6,10 @@
 #   lane B:  runs/scene_aug_e24 (recipe scene_objects) -> its image model -> runs/align_scene24 (aligned to the text)
 #   HELD_OUT=1 adds, in lane A, the held-out-identity protocol (models that never saw the val scenes' identities):
 #            runs/scenes_val400 and scenes_val1200, runs/scene_hold and runs/scene_grp4_hold (scene_objects /
-#            scene_objects_groups with data.options.hold_out=scene_val), their seed-1 twins runs/scene_grp4_hold_s1 and runs/scene_hold_s1, the
-#            ensembles runs/ens_hold (the first two), ens3_hold (three) and ens4_hold (all four), the first three
-#            aligned to the text (runs/align_hold, align_grp4_hold, align_grp4_hold_s1) and their ensembles
-#            runs/ens_align_hold (two) and ens3_align_hold (three)
+#            scene_objects_groups with data.options.hold_out=scene_val), their seed-1 twins runs/scene_grp4_hold_s1
+#            and runs/scene_hold_s1, the ensembles runs/ens_hold (the first two), ens3_hold (three) and ens4_hold
+#            (all four), the first three aligned to the text (runs/align_hold, align_grp4_hold, align_grp4_hold_s1)
+#            and their ensembles runs/ens_align_hold (two) and ens3_align_hold (three)
 # Then any row of the README's scene tables is one `benchmarks/scenes.py` (or `detector primer`) command away.
 # Resumable: a step whose output exists is skipped, so a killed run is started again with the same command.
 #
@@ -53,6 +53,13 @@ lane_a() {
         --crop-steps 0 --checkpoint "$ROOT/text_align/image_model.safetensors" --out "$ROOT/detector_big.safetensors"
     if [ "$HELD_OUT" = 1 ]; then held_out; fi
 }
+# ensemble NAME RUN...: ROOT/NAME.safetensors, the ensemble of the runs' image models
+ensemble() {
+    local out="$ROOT/$1.safetensors" run paths=()
+    shift
+    for run in "$@"; do paths+=("$ROOT/$run/image_model.safetensors"); done
+    step "$out" metricvision kb ensemble "$out" "${paths[@]}"
+}
 held_out() {
     local hold=(--set data.options.hold_out=scene_val --set "data.train_transform_params.backgrounds=[$B]")
     step "$ROOT/scenes_val400/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIG" \
@@ -60,29 +67,23 @@ held_out() {
     step "$ROOT/scenes_val1200/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIGGER" \
         --out "$ROOT/scenes_val1200" --backgrounds "$B"
     # RUN:RECIPE:SEED; the seed-1 runs are the third and fourth members of the larger ensembles (session 34)
-    local members=(scene_hold:scene_objects:0 scene_grp4_hold:scene_objects_groups:0
-                   scene_grp4_hold_s1:scene_objects_groups:1 scene_hold_s1:scene_objects:1) m run
-    for m in "${members[@]}"; do
-        run=${m%%:*}
-        step "$ROOT/$run/metrics.json" metricvision train "$(echo "$m" | cut -d: -f2)" --out "$ROOT/$run" --no-report \
-            "${hold[@]}" --set "train.seed=${m##*:}" "${epochs_run[@]}"
+    local m run recipe seed
+    for m in scene_hold:scene_objects:0 scene_grp4_hold:scene_objects_groups:0 \
+             scene_grp4_hold_s1:scene_objects_groups:1 scene_hold_s1:scene_objects:1; do
+        IFS=: read -r run recipe seed <<< "$m"
+        step "$ROOT/$run/metrics.json" metricvision train "$recipe" --out "$ROOT/$run" --no-report \
+            "${hold[@]}" --set "train.seed=$seed" "${epochs_run[@]}"
         step "$ROOT/$run/image_model.safetensors" metricvision kb from-run "$ROOT/$run" "$ROOT/$run/image_model.safetensors"
     done
-    local model=image_model.safetensors
-    step "$ROOT/ens_hold.safetensors" metricvision kb ensemble "$ROOT/ens_hold.safetensors" \
-        "$ROOT/scene_hold/$model" "$ROOT/scene_grp4_hold/$model"
-    step "$ROOT/ens3_hold.safetensors" metricvision kb ensemble "$ROOT/ens3_hold.safetensors" \
-        "$ROOT/scene_hold/$model" "$ROOT/scene_grp4_hold/$model" "$ROOT/scene_grp4_hold_s1/$model"
-    step "$ROOT/ens4_hold.safetensors" metricvision kb ensemble "$ROOT/ens4_hold.safetensors" \
-        "$ROOT/scene_hold/$model" "$ROOT/scene_grp4_hold/$model" "$ROOT/scene_grp4_hold_s1/$model" "$ROOT/scene_hold_s1/$model"
+    ensemble ens_hold scene_hold scene_grp4_hold
+    ensemble ens3_hold scene_hold scene_grp4_hold scene_grp4_hold_s1
+    ensemble ens4_hold scene_hold scene_grp4_hold scene_grp4_hold_s1 scene_hold_s1
     for m in align_hold:scene_hold align_grp4_hold:scene_grp4_hold align_grp4_hold_s1:scene_grp4_hold_s1; do
-        step "$ROOT/${m%%:*}/$model" metricvision kb align "$ROOT/${m%%:*}" --init-run "$ROOT/${m#*:}" \
+        step "$ROOT/${m%%:*}/image_model.safetensors" metricvision kb align "$ROOT/${m%%:*}" --init-run "$ROOT/${m#*:}" \
             --image-size 72 --hold-out scene_val "${epochs_align[@]}"
     done
-    step "$ROOT/ens_align_hold.safetensors" metricvision kb ensemble "$ROOT/ens_align_hold.safetensors" \
-        "$ROOT/align_hold/$model" "$ROOT/align_grp4_hold/$model"
-    step "$ROOT/ens3_align_hold.safetensors" metricvision kb ensemble "$ROOT/ens3_align_hold.safetensors" \
-        "$ROOT/align_hold/$model" "$ROOT/align_grp4_hold/$model" "$ROOT/align_grp4_hold_s1/$model"
+    ensemble ens_align_hold align_hold align_grp4_hold
+    ensemble ens3_align_hold align_hold align_grp4_hold align_grp4_hold_s1
 }
 lane_b() {
     step "$ROOT/scene_aug_e24/metrics.json" metricvision train scene_objects --out "$ROOT/scene_aug_e24" --no-report \
