@@ -7,9 +7,10 @@
 #   HELD_OUT=1 adds, in lane A, the held-out-identity protocol (models that never saw the val scenes' identities):
 #            runs/scenes_val400 and scenes_val1200, runs/scene_hold and runs/scene_grp4_hold (scene_objects /
 #            scene_objects_groups with data.options.hold_out=scene_val), their seed-1 twins runs/scene_grp4_hold_s1
-#            and runs/scene_hold_s1, the ensembles runs/ens_hold (the first two), ens3_hold (three) and ens4_hold
-#            (all four), the first three aligned to the text (runs/align_hold, align_grp4_hold, align_grp4_hold_s1)
-#            and their ensembles runs/ens_align_hold (two) and ens3_align_hold (three)
+#            and runs/scene_hold_s1 and runs/scene_grp4_hold_s2 (seed 2), the ensembles runs/ens_hold (the first
+#            two), ens3_hold, ens4_hold and ens5_hold (the first three, four, five), the first three aligned to the
+#            text (runs/align_hold, align_grp4_hold, align_grp4_hold_s1) and their ensembles runs/ens_align_hold
+#            (two) and ens3_align_hold (three)
 # Then any row of the README's scene tables is one `benchmarks/scenes.py` (or `detector primer`) command away.
 # Resumable: a step whose output exists is skipped, so a killed run is started again with the same command.
 #
@@ -66,10 +67,11 @@ held_out() {
         --out "$ROOT/scenes_val400" --backgrounds "$B"
     step "$ROOT/scenes_val1200/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIGGER" \
         --out "$ROOT/scenes_val1200" --backgrounds "$B"
-    # RUN:RECIPE:SEED; the seed-1 runs are the third and fourth members of the larger ensembles (session 34)
+    # RUN:RECIPE:SEED; the seed-1 and seed-2 runs are the third to fifth members of the larger ensembles (session 34)
     local m run recipe seed
     for m in scene_hold:scene_objects:0 scene_grp4_hold:scene_objects_groups:0 \
-             scene_grp4_hold_s1:scene_objects_groups:1 scene_hold_s1:scene_objects:1; do
+             scene_grp4_hold_s1:scene_objects_groups:1 scene_hold_s1:scene_objects:1 \
+             scene_grp4_hold_s2:scene_objects_groups:2; do
         IFS=: read -r run recipe seed <<< "$m"
         step "$ROOT/$run/metrics.json" metricvision train "$recipe" --out "$ROOT/$run" --no-report \
             "${hold[@]}" --set "train.seed=$seed" "${epochs_run[@]}"
@@ -78,6 +80,7 @@ held_out() {
     ensemble ens_hold scene_hold scene_grp4_hold
     ensemble ens3_hold scene_hold scene_grp4_hold scene_grp4_hold_s1
     ensemble ens4_hold scene_hold scene_grp4_hold scene_grp4_hold_s1 scene_hold_s1
+    ensemble ens5_hold scene_hold scene_grp4_hold scene_grp4_hold_s1 scene_hold_s1 scene_grp4_hold_s2
     for m in align_hold:scene_hold align_grp4_hold:scene_grp4_hold align_grp4_hold_s1:scene_grp4_hold_s1; do
         step "$ROOT/${m%%:*}/image_model.safetensors" metricvision kb align "$ROOT/${m%%:*}" --init-run "$ROOT/${m#*:}" \
             --image-size 72 --hold-out scene_val "${epochs_align[@]}"
