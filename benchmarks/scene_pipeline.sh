@@ -10,7 +10,8 @@
 #            and runs/scene_hold_s1 and runs/scene_grp4_hold_s2 (seed 2), the ensembles runs/ens_hold (the first
 #            two), ens3_hold, ens4_hold and ens5_hold (the first three, four, five), the first three aligned to the
 #            text (runs/align_hold, align_grp4_hold, align_grp4_hold_s1) and their ensembles runs/ens_align_hold
-#            (two) and ens3_align_hold (three)
+#            (two) and ens3_align_hold (three), and runs/detector_4k.safetensors (detector_big trained on
+#            runs/scenes_4k/train: scenes_big's 2000 train scenes and 2000 more; session 36)
 # Then any row of the README's scene tables is one `benchmarks/scenes.py` (or `detector primer`) command away.
 # Resumable: a step whose output exists is skipped, so a killed run is started again with the same command.
 #
@@ -23,7 +24,7 @@ ROOT=${ROOT:-runs}
 B=${BACKGROUNDS:-/usr/share/backgrounds/mate/nature}
 PYTHON=${PYTHON:-python3}
 N_TRAIN=${N_TRAIN:-2000} N_VAL=${N_VAL:-60} N_TEST=${N_TEST:-300} STEPS=${STEPS:-2400} EPOCHS=${EPOCHS:-}
-HELD_OUT=${HELD_OUT:-0} N_VAL_BIG=${N_VAL_BIG:-400} N_VAL_BIGGER=${N_VAL_BIGGER:-1200}
+HELD_OUT=${HELD_OUT:-0} N_VAL_BIG=${N_VAL_BIG:-400} N_VAL_BIGGER=${N_VAL_BIGGER:-1200} N_TRAIN_BIGGER=${N_TRAIN_BIGGER:-4000}
 if [ ! -d "$B" ]; then
     echo "no photographs at $B: run 'apt-get install mate-backgrounds', or set BACKGROUNDS to a folder of photographs" >&2
     exit 2
@@ -87,6 +88,11 @@ held_out() {
     done
     ensemble ens_align_hold align_hold align_grp4_hold
     ensemble ens3_align_hold align_hold align_grp4_hold align_grp4_hold_s1
+    step "$ROOT/scenes_4k/train/annotations.json" metricvision scenes build --split train --n "$N_TRAIN_BIGGER" \
+        --out "$ROOT/scenes_4k/train" --backgrounds "$B"
+    step "$ROOT/detector_4k.safetensors" metricvision detector train --scenes "$ROOT/scenes_4k/train" --steps "$STEPS" \
+        --lr 5e-4 --crop-steps 0 --init "$ROOT/detector_big.safetensors" \
+        --checkpoint "$ROOT/text_align/image_model.safetensors" --out "$ROOT/detector_4k.safetensors"
 }
 lane_b() {
     step "$ROOT/scene_aug_e24/metrics.json" metricvision train scene_objects --out "$ROOT/scene_aug_e24" --no-report \
