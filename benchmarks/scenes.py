@@ -30,6 +30,7 @@ per-query work (``boxes``).
         --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96] [--query-views] \
         [--option references=emoji:train]   # CSLS hubness correction against the clean training renderings
         [--option context=auto --val runs/scenes_val400]   # context rescoring, fitted on 400 val scenes
+        [--bootstrap 1000] [--save-detections runs/dets_a.json]   # AP50 intervals; detections for compare_detections.py
 """
 from __future__ import annotations
 
@@ -43,12 +44,14 @@ import yaml
 from PIL import Image
 
 from metricvision.kb.model import ImageTextModel
+from metricvision.kb.store import write_json_atomic
 from metricvision.localization.localizers import LOCALIZERS
 from metricvision.localization.references import load_references
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
 from metricvision.kb.views import encode_object_queries
 from metricvision.data.scenes import rle_decode
-from metricvision.metrics.detection import detection_ap, encode_masks, mask_ap, pairwise_iou, pointing_game
+from metricvision.metrics.detection import (bootstrap_ap, detection_ap, encode_masks, mask_ap, pairwise_iou,
+                                            pointing_game)
 from metricvision.metrics.detection_errors import ERROR_TYPES, detection_errors
 
 TASKS = ("image query", "name query", "category (name)")
@@ -125,6 +128,13 @@ def best_point(boxes: np.ndarray) -> Tuple[float, float] | None:
     return (x0 + x1) / 2, (y0 + y1) / 2
 
 
+def saved_detections(entry: Dict[str, List[Any]]) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
+    """One localizer and task as ``--save-detections`` writes it ({"boxes": per scene (n, 5) scored boxes, "targets":
+    per scene (m, 4)}) -> per scene boxes (n, 4), scores (n,), targets (m, 4): ``detection_ap``'s arguments."""
+    boxes = [np.asarray(f, np.float64).reshape(-1, 5) for f in entry["boxes"]]
+    return [b[:, :4] for b in boxes], [b[:, 4] for b in boxes], [np.asarray(t, np.float64).reshape(-1, 4) for t in entry["targets"]]
+
+
 def oracle_ap50(locs: Dict[str, Any], scenes: SceneSet, queries: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
     """Diagnostic, not a method: AP50 per task when the ground-truth boxes of all objects are the proposals,
     scored by the cosine of their crops' embeddings (``embed_crops``) with the query (the ceiling of the second stage)."""
@@ -181,6 +191,12 @@ def main() -> None:
     ap.add_argument("--val-limit", type=int, default=0, help="fit on the first N validation scenes only (0: all)")
     ap.add_argument("--val", help="the validation scene folder (default: SCENES/val), e.g. a larger one for "
                     "`--option context=auto`")
+    ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                    help="also print each task's 95%% interval of AP50 and AP50:95 over N bootstrap resamples of the test "
+                         "scenes (0: none)")
+    ap.add_argument("--save-detections", metavar="JSON",
+                    help="write every localizer's boxes per task and test scene, with the targets, for a paired comparison "
+                         "of two runs (benchmarks/compare_detections.py)")
     a = ap.parse_args()
     options = {}
     for item in a.option:
@@ -201,6 +217,7 @@ def main() -> None:
         options["references"] = load_references(options["references"], model)
     val_q, test_q = task_queries(model, val, a.query_views), task_queries(model, test, a.query_views)
     tasks = list(test_q)  # without a text model, image queries only
+    saved: Dict[str, Dict[str, Any]] = {}
     for name in names:
         extra = {"weights": weights[name], **options} if name in weights else dict(options)
         if name == "query_detector_primed_crops":
@@ -250,6 +267,7 @@ def main() -> None:
                                                  [gt[i] for i in sub])["AP50"]
             res["pointing"] = pointing_game([best_point(f) for f in found[task]], target_masks(test, task, n_test))["pointing"]
             rows.append((task, res, chosen[task], sum(int(t.sum()) for t in targets)))
+            saved.setdefault(name, {})[task] = {"boxes": [f.tolist() for f in found[task]], "targets": [g.tolist() for g in gt]}
         ms = 1000 * np.median(np.array(seconds), axis=0)
         print(f"\n{name}: {n_test} test scenes of {Image.open(test.images[0]).size[0]} px ({int(cluttered.sum())} cluttered, "
               f">= {CLUTTERED} objects), fitted on {n_val} val scenes, <= {a.max_boxes} boxes per query, "
@@ -260,6 +278,13 @@ def main() -> None:
         for task, r, ch, n in rows:
             print(f"| {task} | {r['AP50']:.3f} | {r['AP']:.3f} | {r['AP_small']:.3f} | {r['AP_medium']:.3f} | {r['AP_large']:.3f} "
                   f"| {r['AP50_cluttered']:.3f} | {r['pointing']:.3f} | {n} | {ch} |")
+        for task in tasks if a.bootstrap else ():
+            b = bootstrap_ap(*saved_detections(saved[name][task]), n_boot=a.bootstrap)
+            print(f"{name} {task}: 95% interval over {a.bootstrap} bootstrap resamples of the test scenes: AP50 "
+                  f"[{np.nanpercentile(b['AP50'], 2.5):.3f}, {np.nanpercentile(b['AP50'], 97.5):.3f}], AP50:95 "
+                  f"[{np.nanpercentile(b['AP'], 2.5):.3f}, {np.nanpercentile(b['AP'], 97.5):.3f}]")
+    if a.save_detections:
+        write_json_atomic(a.save_detections, {"test_scenes": f"{a.scenes}/test", "n_test": n_test, "localizers": saved})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from metricvision.metrics.detection import detection_ap, pairwise_iou, pointing_game
+from metricvision.metrics.detection import bootstrap_ap, detection_ap, pairwise_iou, pointing_game
 
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
@@ -83,6 +83,33 @@ def test_equals_pycocotools_on_random_cases(seed, n_cats, ties):
     got = ours(pb, ps, gb, pl, gl)
     for key, value in ref.items():
         assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_bootstrap_equals_detection_ap_on_each_resample(ties):
+    pb, ps, _, gb, _ = random_case(7, n_images=8, ties=ties)
+    got = bootstrap_ap(pb, ps, gb, n_boot=6, seed=3)
+    rng = np.random.default_rng(3)  # the resamples the docstring promises: n images drawn with replacement per round
+    for r in range(6):
+        idx = rng.integers(0, len(gb), len(gb))
+        ref = detection_ap([pb[i] for i in idx], [ps[i] for i in idx], [gb[i] for i in idx])
+        assert (got["AP50"][r], got["AP"][r]) == pytest.approx((ref["AP50"], ref["AP"]), abs=1e-12)
+    assert np.ptp(got["AP50"]) > 0  # the resamples differ
+
+
+def test_bootstrap_pairs_methods_and_checks_input():
+    pb, _, _, gb, _ = random_case(1, n_images=12)
+    ps = [pairwise_iou(p, g).max(1, initial=0.0) for p, g in zip(pb, gb)]  # a good ranking: true positives first
+    a = bootstrap_ap(pb, ps, gb, n_boot=50, seed=0)
+    b = bootstrap_ap(pb, [-s for s in ps], gb, n_boot=50, seed=0)  # the same resamples, the ranking reversed
+    assert np.array_equal(a["AP50"], bootstrap_ap(pb, ps, gb, n_boot=50, seed=0)["AP50"])
+    assert (a["AP50"] >= b["AP50"]).mean() > 0.9
+    with pytest.raises(ValueError, match="one entry per image"):
+        bootstrap_ap(pb[:-1], ps, gb)
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_ap(pb, ps, gb, n_boot=0)
+    no_targets = bootstrap_ap([np.array([[0, 0, 5, 5]])], [np.ones(1)], [np.zeros((0, 4))], n_boot=3)
+    assert np.isnan(no_targets["AP50"]).all() and np.isnan(no_targets["AP"]).all()
 
 
 def test_hand_made_case():

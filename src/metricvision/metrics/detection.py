@@ -113,44 +113,83 @@ def detection_ap(
             g = np.nonzero(gl[i] == c)[0]
             per_image.append((d, g, pairwise_iou(pb[i][d], gb[i][g])))
         for a, (lo, hi) in enumerate(area_ranges.values()):
-            scores: List[np.ndarray] = []
-            matched: List[np.ndarray] = []
-            ignored: List[np.ndarray] = []
-            counted = 0
-            for i, (d, g, ious) in enumerate(per_image):
-                g_ign = (ga[i][g] < lo) | (ga[i][g] > hi)
-                order = np.argsort(g_ign, kind="mergesort")
-                g_ign = g_ign[order]
-                det_gt = _match(ious[:, order], g_ign, IOU_THRESHOLDS)
-                box = pb[i][d]
-                d_area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-                d_ign = np.append(g_ign, False)[det_gt]  # index -1 (unmatched) reads the appended False
-                d_ign |= (det_gt == -1) & ((d_area < lo) | (d_area > hi))[None, :]
-                scores.append(ps[i][d])
-                matched.append(det_gt > -1)
-                ignored.append(d_ign)
-                counted += int((~g_ign).sum())
-            if counted == 0:
-                continue
-            s = np.concatenate(scores)
-            order = np.argsort(-s, kind="mergesort")
-            m = np.concatenate(matched, axis=1)[:, order]
-            ig = np.concatenate(ignored, axis=1)[:, order]
-            tp = np.cumsum(m & ~ig, axis=1, dtype=np.float64)
-            fp = np.cumsum(~m & ~ig, axis=1, dtype=np.float64)
-            for t in range(len(IOU_THRESHOLDS)):
-                rc = tp[t] / counted
-                pr = tp[t] / (fp[t] + tp[t] + np.spacing(1))
-                pr = np.maximum.accumulate(pr[::-1])[::-1] if len(pr) else pr
-                idx = np.searchsorted(rc, RECALL_POINTS, side="left")
-                q = np.zeros(len(RECALL_POINTS))
-                ok = idx < len(pr)
-                q[ok] = pr[idx[ok]]
-                precision[t, :, k, a] = q
+            parts = [_image_matches(pb[i][d], ps[i][d], ious, ga[i][g], lo, hi) for i, (d, g, ious) in enumerate(per_image)]
+            if sum(part[3] for part in parts):
+                precision[:, :, k, a] = _precision(parts)
     out = {"AP": _mean(precision[:, :, :, 0]), "AP50": _mean(precision[0, :, :, 0]), "AP75": _mean(precision[5, :, :, 0])}
     for a, name in enumerate(area_ranges):
         if name != "all":
             out[f"AP_{name}"] = _mean(precision[:, :, :, a])
+    return out
+
+
+def _image_matches(boxes: np.ndarray, scores: np.ndarray, ious: np.ndarray, gt_areas: np.ndarray, lo: float,
+                   hi: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One image and category: (n, 4) detections best first, their (n,) scores, (n, m) IoUs with the ground truth and
+    its (m,) areas -> scores (n,), matched (T, n), ignored (T, n) and the number of counted ground truths, for the
+    area range [lo, hi]."""
+    g_ign = (gt_areas < lo) | (gt_areas > hi)
+    order = np.argsort(g_ign, kind="mergesort")
+    g_ign = g_ign[order]
+    det_gt = _match(ious[:, order], g_ign, IOU_THRESHOLDS)
+    d_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    d_ign = np.append(g_ign, False)[det_gt]  # index -1 (unmatched) reads the appended False
+    d_ign |= (det_gt == -1) & ((d_area < lo) | (d_area > hi))[None, :]
+    return scores, det_gt > -1, d_ign, int((~g_ign).sum())
+
+
+def _precision(parts: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray, int]]) -> np.ndarray:
+    """Per image ``_image_matches`` (at least one counted ground truth in all) -> (T, R) monotone precision at the
+    recall points, per IoU threshold."""
+    counted = sum(part[3] for part in parts)
+    s = np.concatenate([p[0] for p in parts])
+    order = np.argsort(-s, kind="mergesort")
+    m = np.concatenate([p[1] for p in parts], axis=1)[:, order]
+    ig = np.concatenate([p[2] for p in parts], axis=1)[:, order]
+    tp = np.cumsum(m & ~ig, axis=1, dtype=np.float64)
+    fp = np.cumsum(~m & ~ig, axis=1, dtype=np.float64)
+    out = np.zeros((len(IOU_THRESHOLDS), len(RECALL_POINTS)))
+    for t in range(len(IOU_THRESHOLDS)):
+        rc = tp[t] / counted
+        pr = tp[t] / (fp[t] + tp[t] + np.spacing(1))
+        pr = np.maximum.accumulate(pr[::-1])[::-1] if len(pr) else pr
+        idx = np.searchsorted(rc, RECALL_POINTS, side="left")
+        ok = idx < len(pr)
+        out[t, ok] = pr[idx[ok]]
+    return out
+
+
+def bootstrap_ap(pred_boxes: Sequence[np.ndarray], pred_scores: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
+                 n_boot: int = 1000, seed: int = 0, max_dets: int = 100) -> Dict[str, np.ndarray]:
+    """AP of one category over ``n_boot`` bootstrap resamples of the images (drawn with replacement; Efron and
+    Tibshirani 1993), for confidence intervals: the same ``seed`` and number of images draw the same resamples, so two
+    methods' samples on the same images are paired and their difference's spread is the comparison's.
+
+    Args: as ``detection_ap`` (one category, area range "all").
+
+    Returns:
+        {"AP50": (n_boot,), "AP": (n_boot,) AP50:95}; NaN for a resample without ground truth (read the samples
+        with ``np.nanpercentile``).
+    """
+    n = len(gt_boxes)
+    if len(pred_boxes) != n or len(pred_scores) != n:
+        raise ValueError(f"expected one entry per image ({n}), got {len(pred_boxes)} boxes and {len(pred_scores)} scores")
+    if n_boot < 1 or n == 0:
+        raise ValueError(f"n_boot must be >= 1 and there must be images, got n_boot={n_boot} and {n} images")
+    parts = []
+    for b, sc, g in zip(pred_boxes, pred_scores, gt_boxes):
+        b, sc, g = np.asarray(b, np.float64).reshape(-1, 4), np.asarray(sc, np.float64).reshape(-1), np.asarray(g, np.float64).reshape(-1, 4)
+        if len(b) != len(sc):
+            raise ValueError(f"{len(b)} boxes but {len(sc)} scores in one image")
+        d = np.argsort(-sc, kind="mergesort")[:max_dets]
+        parts.append(_image_matches(b[d], sc[d], pairwise_iou(b[d], g), np.full(len(g), 1.0), 0.0, np.inf))
+    rng = np.random.default_rng(seed)
+    out = {"AP50": np.full(n_boot, np.nan), "AP": np.full(n_boot, np.nan)}
+    for r in range(n_boot):
+        sample = [parts[i] for i in rng.integers(0, n, n)]
+        if sum(part[3] for part in sample):
+            p = _precision(sample)
+            out["AP50"][r], out["AP"][r] = p[0].mean(), p.mean()
     return out
 
 

@@ -1,0 +1,61 @@
+"""Paired comparison of two scene-benchmark runs: is B's AP50 above A's by more than the test scenes' sampling noise?
+
+Both files come from ``benchmarks/scenes.py --save-detections`` on the same test scenes. For each localizer and task in
+both, the same bootstrap resamples of the scenes (drawn with replacement) score A and B; the spread of B - A over them
+gives a 95% interval of the difference (paired: a scene that is hard for both counts once).
+
+    python benchmarks/scenes.py ... --save-detections runs/dets_a.json      # method A
+    python benchmarks/scenes.py ... --save-detections runs/dets_b.json      # method B, same --scenes and --limit
+    python benchmarks/compare_detections.py runs/dets_a.json runs/dets_b.json [--n-boot 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from metricvision.metrics.detection import bootstrap_ap, detection_ap
+from scenes import saved_detections
+
+
+def compare(a: dict, b: dict, n_boot: int, seed: int = 0) -> list:
+    """Two ``--save-detections`` files -> rows (localizer, task, AP50 A, AP50 B, 2.5% and 97.5% of B - A over the
+    resamples, share of resamples with B > A) for every localizer and task in both."""
+    if a["n_test"] != b["n_test"] or a["test_scenes"] != b["test_scenes"]:
+        raise ValueError(f"the runs scored different test scenes: {a['test_scenes']} ({a['n_test']}) and "
+                         f"{b['test_scenes']} ({b['n_test']})")
+    rows = []
+    for name, tasks in a["localizers"].items():
+        for task, entry in tasks.items():
+            other = b["localizers"].get(name, {}).get(task)
+            if other is None:
+                continue
+            if entry["targets"] != other["targets"]:
+                raise ValueError(f"{name} / {task}: the runs' targets differ")
+            da, db = saved_detections(entry), saved_detections(other)
+            d = bootstrap_ap(*db, n_boot=n_boot, seed=seed)["AP50"] - bootstrap_ap(*da, n_boot=n_boot, seed=seed)["AP50"]
+            d = d[~np.isnan(d)]  # resamples without a target score neither run
+            if not len(d):
+                raise ValueError(f"{name} / {task}: no resample has a target")
+            rows.append((name, task, detection_ap(*da)["AP50"], detection_ap(*db)["AP50"], np.percentile(d, 2.5),
+                         np.percentile(d, 97.5), float((d > 0).mean())))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", help="--save-detections file of method A")
+    ap.add_argument("b", help="--save-detections file of method B")
+    ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    args = ap.parse_args()
+    with open(args.a) as fa, open(args.b) as fb:
+        rows = compare(json.load(fa), json.load(fb), args.n_boot)
+    print("| localizer | task | AP50 A | AP50 B | B - A | 95% interval of B - A | share of resamples with B > A |")
+    print("|---|---|---|---|---|---|---|")
+    for name, task, ap_a, ap_b, lo, hi, share in rows:
+        print(f"| {name} | {task} | {ap_a:.3f} | {ap_b:.3f} | {ap_b - ap_a:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {share:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
