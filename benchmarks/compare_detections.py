@@ -1,4 +1,4 @@
-"""Paired comparison of two scene-benchmark runs: is B's AP50 above A's by more than the test scenes' sampling noise?
+"""Paired comparison of two scene-benchmark runs: is B's AP above A's by more than the test scenes' sampling noise?
 
 Both files come from ``benchmarks/scenes.py --save-detections`` on the same test scenes. For each localizer and task in
 both, the same bootstrap resamples of the scenes (drawn with replacement) score A and B; the spread of B - A over them
@@ -20,8 +20,8 @@ from scenes import saved_detections
 
 
 def compare(a: dict, b: dict, n_boot: int, seed: int = 0) -> list:
-    """Two ``--save-detections`` files -> rows (localizer, task, AP50 A, AP50 B, 2.5% and 97.5% of B - A over the
-    resamples, share of resamples with B > A) for every localizer and task in both."""
+    """Two ``--save-detections`` files -> rows (localizer, task, metric, A, B, 2.5% and 97.5% of B - A over the
+    resamples, share of resamples with B > A) for every localizer and task in both, metric AP50 and AP50:95."""
     if a["n_test"] != b["n_test"] or a["test_scenes"] != b["test_scenes"]:
         raise ValueError(f"the runs scored different test scenes: {a['test_scenes']} ({a['n_test']}) and "
                          f"{b['test_scenes']} ({b['n_test']})")
@@ -34,12 +34,15 @@ def compare(a: dict, b: dict, n_boot: int, seed: int = 0) -> list:
             if entry["targets"] != other["targets"]:
                 raise ValueError(f"{name} / {task}: the runs' targets differ")
             da, db = saved_detections(entry), saved_detections(other)
-            d = bootstrap_ap(*db, n_boot=n_boot, seed=seed)["AP50"] - bootstrap_ap(*da, n_boot=n_boot, seed=seed)["AP50"]
-            d = d[~np.isnan(d)]  # resamples without a target score neither run
-            if not len(d):
-                raise ValueError(f"{name} / {task}: no resample has a target")
-            rows.append((name, task, detection_ap(*da)["AP50"], detection_ap(*db)["AP50"], np.percentile(d, 2.5),
-                         np.percentile(d, 97.5), float((d > 0).mean())))
+            full_a, full_b = detection_ap(*da), detection_ap(*db)
+            sa, sb = bootstrap_ap(*da, n_boot=n_boot, seed=seed), bootstrap_ap(*db, n_boot=n_boot, seed=seed)
+            for key, label in (("AP50", "AP50"), ("AP", "AP50:95")):
+                d = sb[key] - sa[key]
+                d = d[~np.isnan(d)]  # resamples without a target score neither run
+                if not len(d):
+                    raise ValueError(f"{name} / {task}: no resample has a target")
+                rows.append((name, task, label, full_a[key], full_b[key], np.percentile(d, 2.5), np.percentile(d, 97.5),
+                             float((d > 0).mean())))
     return rows
 
 
@@ -51,10 +54,11 @@ def main() -> None:
     args = ap.parse_args()
     with open(args.a) as fa, open(args.b) as fb:
         rows = compare(json.load(fa), json.load(fb), args.n_boot)
-    print("| localizer | task | AP50 A | AP50 B | B - A | 95% interval of B - A | share of resamples with B > A |")
-    print("|---|---|---|---|---|---|---|")
-    for name, task, ap_a, ap_b, lo, hi, share in rows:
-        print(f"| {name} | {task} | {ap_a:.3f} | {ap_b:.3f} | {ap_b - ap_a:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {share:.3f} |")
+    print("| localizer | task | metric | A | B | B - A | 95% interval of B - A | share of resamples with B > A |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, task, metric, ap_a, ap_b, lo, hi, share in rows:
+        print(f"| {name} | {task} | {metric} | {ap_a:.3f} | {ap_b:.3f} | {ap_b - ap_a:+.3f} | [{lo:+.3f}, {hi:+.3f}] "
+              f"| {share:.3f} |")
 
 
 if __name__ == "__main__":

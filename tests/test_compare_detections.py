@@ -34,11 +34,13 @@ def test_a_clearly_better_ranking_wins_and_other_scenes_are_refused(tmp_path):
     b = run_file(tmp_path / "b.json", boxes, good, targets)
     out = subprocess.run([sys.executable, str(SCRIPT), str(a), str(b), "--n-boot", "200"], capture_output=True,
                          text=True, check=True).stdout
-    row = [line for line in out.splitlines() if line.startswith("| loc |")][0].split("|")
-    ap_a, ap_b = float(row[3]), float(row[4])
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| loc |")]
+    assert [r[3].strip() for r in rows] == ["AP50", "AP50:95"]
+    row = rows[0]
+    ap_a, ap_b = float(row[4]), float(row[5])
     assert ap_a == round(detection_ap(boxes, bad, targets)["AP50"], 3) and ap_b == 1.0
-    lo, hi = (float(x) for x in row[6].strip(" []").split(","))
-    assert 0 < lo <= hi and float(row[7]) == 1.0  # B beats A on every resample
+    lo, hi = (float(x) for x in row[7].strip(" []").split(","))
+    assert 0 < lo <= hi and float(row[8]) == 1.0  # B beats A on every resample
     c = run_file(tmp_path / "c.json", boxes, good, targets, scenes="elsewhere")
     err = subprocess.run([sys.executable, str(SCRIPT), str(a), str(c)], capture_output=True, text=True)
     assert err.returncode != 0 and "different test scenes" in err.stderr
