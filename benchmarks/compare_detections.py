@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from typing import List, Tuple
 
 import numpy as np
 
@@ -19,10 +21,10 @@ from metricvision.metrics.detection import bootstrap_ap, detection_ap
 from scenes import saved_detections
 
 
-def compare(a: dict, b: dict, n_boot: int, seed: int = 0) -> list:
+def compare(a: dict, b: dict, n_boot: int, seed: int = 0) -> List[Tuple[str, str, str, float, float, float, float, float]]:
     """Two ``--save-detections`` files -> rows (localizer, task, metric, A, B, 2.5% and 97.5% of B - A over the
     resamples, share of resamples with B > A) for every localizer and task in both, metric AP50 and AP50:95."""
-    if a["n_test"] != b["n_test"] or a["test_scenes"] != b["test_scenes"]:
+    if a["n_test"] != b["n_test"] or os.path.normpath(a["test_scenes"]) != os.path.normpath(b["test_scenes"]):
         raise ValueError(f"the runs scored different test scenes: {a['test_scenes']} ({a['n_test']}) and "
                          f"{b['test_scenes']} ({b['n_test']})")
     rows = []

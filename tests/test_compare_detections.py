@@ -31,7 +31,7 @@ def test_a_clearly_better_ranking_wins_and_other_scenes_are_refused(tmp_path):
     good = [pairwise_iou(b, t).max(1) for b, t in zip(boxes, targets)]  # the target's box first
     bad = [np.arange(len(b), dtype=float) for b in boxes]  # the target's box last
     a = run_file(tmp_path / "a.json", boxes, bad, targets)
-    b = run_file(tmp_path / "b.json", boxes, good, targets)
+    b = run_file(tmp_path / "b.json", boxes, good, targets, scenes="runs/scenes/test/")  # the same folder
     out = subprocess.run([sys.executable, str(SCRIPT), str(a), str(b), "--n-boot", "200"], capture_output=True,
                          text=True, check=True).stdout
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| loc |")]
