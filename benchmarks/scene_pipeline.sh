@@ -17,7 +17,8 @@
 #
 #     bash benchmarks/scene_pipeline.sh                 # ROOT=runs, BACKGROUNDS=/usr/share/backgrounds/mate/nature
 #     ROOT=/tmp/tiny N_TRAIN=20 N_VAL=10 N_TEST=20 STEPS=10 EPOCHS=1 bash benchmarks/scene_pipeline.sh   # smoke test
-#     HELD_OUT=1 bash benchmarks/scene_pipeline.sh      # also the held-out-identity models (about 2 h more)
+#     HELD_OUT=1 bash benchmarks/scene_pipeline.sh      # also the held-out-identity models (about 2 h more) and
+#                                                       # detector_4k (about 1 h more: 7 min of scenes, ~50 min of training)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-runs}

@@ -182,7 +182,7 @@ def bootstrap_ap(pred_boxes: Sequence[np.ndarray], pred_scores: Sequence[np.ndar
         if len(b) != len(sc):
             raise ValueError(f"{len(b)} boxes but {len(sc)} scores in one image")
         d = np.argsort(-sc, kind="mergesort")[:max_dets]
-        parts.append(_image_matches(b[d], sc[d], pairwise_iou(b[d], g), np.full(len(g), 1.0), 0.0, np.inf))
+        parts.append(_image_matches(b[d], sc[d], pairwise_iou(b[d], g), np.zeros(len(g)), 0.0, np.inf))  # range "all"
     rng = np.random.default_rng(seed)
     out = {"AP50": np.full(n_boot, np.nan), "AP": np.full(n_boot, np.nan)}
     for r in range(n_boot):
