@@ -49,7 +49,6 @@ class ModelConfig:
     last_stride: int = 2  # 1: the last downsampling at stride 1 (re-ID ResNets, dense maps of MobileNets)
     frozen_bn: bool = False  # the backbone's batch norms keep their pretrained statistics in training
     taps: List[int] = field(default_factory=list)  # backbone layers joining the last map (hypercolumn), e.g. [13, 16]
-    grid: int = 0  # also the last map pooled to grid x grid cells before the head (a simplified spatial pyramid)
 
 
 @dataclass

@@ -124,14 +124,3 @@ def test_a_recipe_with_taps_trains_a_hypercolumn_and_reloads(tmp_path, emoji_sma
 
     assert main(["implant", str(tmp_path / "run")]) != 0
     assert "implanting runs the backbone's last blocks" in capsys.readouterr().err
-
-
-def test_a_recipe_with_a_grid_trains_the_cells_and_reloads(tmp_path, emoji_small):
-    train, test = emoji_small
-    t = Trainer(tiny_recipe("train.epochs=1", "model.grid=2"), tmp_path / "run", train, test)
-    t.fit()
-    recipe, model = load_run(tmp_path / "run")
-    assert recipe.model.grid == 2 and model.grid == 2 and model.head.in_features == 256 + 4 * 256
-    x = torch.rand(2, 3, 24, 24)
-    t.model.eval()
-    assert torch.allclose(model(x), t.model(x), atol=1e-6)

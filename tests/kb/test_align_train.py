@@ -66,7 +66,7 @@ def test_alignment_starts_from_a_trained_runs_backbone_and_pooling(tmp_path, emo
         train_alignment(shape_classes(), create_text_encoder("hashing"), image_size=32, epochs=1, init_run=str(run))
 
 
-def test_alignment_with_taps_or_a_grid_trains_the_head_and_round_trips(tmp_path):
+def test_alignment_with_taps_trains_the_hypercolumn_head_and_round_trips(tmp_path):
     from metricvision.kb.model import ImageTextModel, save_image_model
 
     samples = shape_classes()
@@ -78,12 +78,5 @@ def test_alignment_with_taps_or_a_grid_trains_the_head_and_round_trips(tmp_path)
     assert again.card.taps == [13, 16] and again.embedder.taps == (13, 16)
     images = [s.image for s in samples[:4]]
     torch.testing.assert_close(again.encode_images(images), model.encode_images(images))
-    gridded, _ = train_alignment(samples, create_text_encoder("hashing"), image_size=32, epochs=1, batch_size=8,
-                                 taps=[13, 16], grid=2)
-    assert gridded.card.grid == 2 and gridded.embedder.head.in_features == 1280 + 96 + 160 + 4 * 1280
-    card = save_image_model(gridded.embedder, tmp_path / "g.safetensors", 32, "hashing")
-    again = ImageTextModel.from_checkpoint(card.checkpoint)
-    assert again.card.grid == 2 and again.embedder.grid == 2
-    torch.testing.assert_close(again.encode_images(images), gridded.encode_images(images))
     with pytest.raises(ValueError, match=r"tune_blocks needs an embedder without taps"):
         train_alignment(samples, create_text_encoder("hashing"), image_size=32, epochs=1, tune_blocks=1, taps=[13])

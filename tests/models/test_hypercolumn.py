@@ -1,4 +1,4 @@
-"""Hypercolumn taps and the spatial grid of the Embedder: against a plain loop over the backbone's layers."""
+"""Hypercolumn taps of the Embedder: against a plain loop over the backbone's layers."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,33 +45,6 @@ def test_without_taps_nothing_changes():
 def test_bad_taps_are_named(taps):
     with pytest.raises(ValueError, match=r"taps must be distinct increasing indices in \[0, 5\]"):
         Embedder("small_cnn", pooling="avg", dim=8, taps=taps)
-
-
-@pytest.mark.parametrize("taps", [(), (4,)])
-def test_grid_appends_each_cell_normalized_then_the_head(taps):
-    torch.manual_seed(0)
-    emb = Embedder("small_cnn", pooling="avg", dim=8, taps=taps, grid=2).eval()
-    x = torch.rand(3, 3, 32, 32)
-    last, tapped = _loop(emb, x, taps)
-    assert last.shape[-2:] == (4, 4) and emb.head.in_features == sum(emb.parts) + 4 * 256
-    pooled = [F.normalize(m.mean((2, 3)), dim=1) for m in [last] + tapped]
-    cells = [F.normalize(last[:, :, i : i + 2, j : j + 2].mean((2, 3)), dim=1) / 2 for i in (0, 2) for j in (0, 2)]
-    # (N, C, 4 cells in row-major order), flattened channel by channel as the Embedder does
-    grid = torch.stack(cells, dim=2).flatten(1)
-    reference = F.normalize(emb.head(torch.cat(pooled + [grid], 1)), dim=1)
-    torch.testing.assert_close(emb(x), reference, atol=1e-5, rtol=1e-4)
-    # dense: the head's global columns at each location
-    maps = [last] + [F.adaptive_avg_pool2d(t, last.shape[-2:]) for t in tapped]
-    f = torch.cat([F.normalize(m, dim=1) for m in maps], 1)
-    w = emb.head.weight[:, : sum(emb.parts)]
-    dense = F.normalize(torch.einsum("nchw,dc->ndhw", f, w) + emb.head.bias.view(1, -1, 1, 1), dim=1)
-    torch.testing.assert_close(emb.dense(x), dense, atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("grid, dim", [(-1, 8), (2, 0)])
-def test_bad_grid_is_named(grid, dim):
-    with pytest.raises(ValueError, match=rf"grid must be >= 0 and needs a head \(dim > 0\), got grid {grid}, dim {dim}"):
-        Embedder("small_cnn", pooling="avg", dim=dim, grid=grid)
 
 
 def test_detector_and_crop_embedder_refuse_a_hypercolumn():

@@ -148,7 +148,7 @@ def build_model(recipe: Recipe) -> Embedder:
     """The Embedder of ``recipe.model``."""
     m = recipe.model
     return Embedder(m.backbone, m.pooling, m.dim, m.pretrained, m.weights_path, neck=m.neck, last_stride=m.last_stride,
-                    channels_last=recipe.train.channels_last, frozen_bn=m.frozen_bn, taps=m.taps, grid=m.grid)
+                    channels_last=recipe.train.channels_last, frozen_bn=m.frozen_bn, taps=m.taps)
 
 
 def build_loss(recipe: Recipe, num_classes: int, embedding_dim: int) -> MetricLoss:

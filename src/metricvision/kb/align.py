@@ -96,7 +96,6 @@ def train_alignment(
     text_lr: float = 1e-4,
     init_run: Optional[str] = None,
     taps: Sequence[int] = (),
-    grid: int = 0,
 ) -> Tuple[ImageTextModel, List[Dict[str, float]]]:
     """Align a pretrained Embedder (head, and optionally its last blocks) to the text space of ``text``.
 
@@ -124,16 +123,14 @@ def train_alignment(
         init_run: a `metricvision train` run folder whose trained backbone and pooling (same backbone name)
             replace the pretrained ones: an image representation metric-learned on the same training split.
         taps: backbone layers whose outputs join the last map (the Embedder's hypercolumn; not with tune_blocks).
-        grid: the last map also pooled to grid x grid cells before the head (the Embedder's ``grid``; 0: none).
 
     Returns:
         the aligned model (card with text_model set; its text encoder carries the tuned weights) and per-epoch logs.
     """
     torch.manual_seed(seed)
-    embedder = _initial_embedder(backbone, text.dim, init_run, taps, grid)
+    embedder = _initial_embedder(backbone, text.dim, init_run, taps)
     card = ModelCard(backbone=backbone, pooling=pooling_name(embedder), dim=text.dim, head=True, image_size=image_size,
-                     pretrained=True, text_model=text.name, taps=list(embedder.taps),
-                     grid=embedder.grid)
+                     pretrained=True, text_model=text.name, taps=list(embedder.taps))
     model = ImageTextModel(card, embedder)
     trunk, top = split_backbone(embedder, tune_blocks)
     classes, _ = class_captions(samples)
@@ -185,17 +182,16 @@ def train_alignment(
     return model, logs
 
 
-def _initial_embedder(backbone: str, dim: int, init_run: Optional[str], taps: Sequence[int] = (), grid: int = 0
-                      ) -> Embedder:
+def _initial_embedder(backbone: str, dim: int, init_run: Optional[str], taps: Sequence[int] = ()) -> Embedder:
     """The pretrained ``backbone`` with average pooling and a new (dim) head, or the backbone and pooling of a run."""
     if init_run is None:
-        return Embedder(backbone, pooling="avg", dim=dim, pretrained=True, taps=taps, grid=grid)
+        return Embedder(backbone, pooling="avg", dim=dim, pretrained=True, taps=taps)
     from metricvision.engine.runs import load_run
 
     recipe, trained = load_run(init_run)
     if trained.backbone_name != backbone:
         raise ValueError(f"init_run {init_run} has backbone '{trained.backbone_name}', expected '{backbone}'")
-    embedder = Embedder(backbone, pooling=recipe.model.pooling, dim=dim, pretrained=False, taps=taps, grid=grid)
+    embedder = Embedder(backbone, pooling=recipe.model.pooling, dim=dim, pretrained=False, taps=taps)
     embedder.backbone.load_state_dict(trained.backbone.state_dict())
     embedder.pool.load_state_dict(trained.pool.state_dict())
     return embedder

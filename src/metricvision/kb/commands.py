@@ -79,9 +79,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    "(trained on the same emoji train split) instead of the ImageNet ones")
     p.add_argument("--taps", type=int, nargs="*", default=[],
                    help="backbone layers whose outputs join the last map, a hypercolumn (e.g. 13 16; default: none)")
-    p.add_argument("--grid", type=int, default=0,
-                   help="also pool the last map to GRID x GRID cells before the head, a simplified spatial pyramid "
-                        "(e.g. 2; default: 0, none)")
     p.add_argument("--dataset-path", help="emoji dataset file (default: the packaged one)")
     p.add_argument("--hold-out", choices=("", "scene_val"), default="",
                    help="scene_val: leave out the scene benchmark's validation identities (as `--init-run` runs "
@@ -208,7 +205,7 @@ def _align(args: argparse.Namespace) -> Dict[str, Any]:
                          build_kb=args.build_kb, image_size=args.image_size, tune_blocks=args.tune_blocks,
                          backbone_lr=args.backbone_lr, loss=args.loss, extra_texts=not args.no_extra_texts,
                          text_layers=args.text_layers, text_lr=args.text_lr, init_run=args.init_run, taps=args.taps,
-                         hold_out=args.hold_out, grid=args.grid)
+                         hold_out=args.hold_out)
 
 
 def _from_run(args: argparse.Namespace) -> Dict[str, Any]:

@@ -75,12 +75,11 @@ def run_alignment(
     out_dir: str | Path, text_model: str = "minilm", epochs: int = 40, dataset_path: Optional[str] = None,
     build_kb: bool = False, seed: int = 0, image_size: int = 128, tune_blocks: int = 0, backbone_lr: float = 1e-4,
     loss: str = "clip", extra_texts: bool = True, text_layers: int = 2, text_lr: float = 1e-4,
-    init_run: Optional[str] = None, taps: Sequence[int] = (), hold_out: str = "", grid: int = 0,
+    init_run: Optional[str] = None, taps: Sequence[int] = (), hold_out: str = "",
 ) -> Dict[str, Any]:
     """Align on the emoji train split, evaluate on the test split, train the combiner; write everything to out_dir.
 
-    image_size, tune_blocks, backbone_lr, loss, extra_texts, text_layers, text_lr, init_run, taps, grid: as in
-    ``train_alignment``;
+    image_size, tune_blocks, backbone_lr, loss, extra_texts, text_layers, text_lr, init_run, taps: as in ``train_alignment``;
     tuned text layers are written into the checkpoint and embed every text (queries, tone modifiers);
     hold_out: as the emoji dataset's option ("scene_val": leave the scene benchmark's validation identities out).
     Writes image_model.safetensors, combiner.safetensors, metrics.json (and kb/ with ``build_kb``).
@@ -95,7 +94,7 @@ def run_alignment(
     text = create_text_encoder(text_model)
     align = {"image_size": image_size, "tune_blocks": tune_blocks, "backbone_lr": backbone_lr, "loss": loss,
              "extra_texts": extra_texts, "text_layers": text_layers, "text_lr": text_lr, "init_run": init_run,
-             "taps": list(taps), "grid": grid}
+             "taps": list(taps)}
     model, logs = train_alignment(train, text, epochs=epochs, seed=seed, **align)
     text = model.text
     card = save_image_model(model.embedder, out / "image_model.safetensors", model.card.image_size, text.name,

@@ -44,7 +44,6 @@ class ModelCard:
         text_tuned: the checkpoint also holds tuned weights of the text model (keys ``TEXT_PREFIX`` + its
             own names), which then embeds the text queries.
         taps: backbone layers whose outputs join the last map (the Embedder's hypercolumn; empty: none).
-        grid: the Embedder's spatial grid of the last map beside the global pool (0: none).
         members: 1 for one Embedder; M > 1 for an ``EnsembleEmbedder`` of M Embedders of this architecture, each
             of dim D / M (``ensemble_checkpoints``).
     """
@@ -60,7 +59,6 @@ class ModelCard:
     text_model: Optional[str] = None
     text_tuned: bool = False
     taps: List[int] = field(default_factory=list)
-    grid: int = 0
     members: int = 1
 
     @classmethod
@@ -102,7 +100,7 @@ class ImageTextModel:
 
             def member() -> Embedder:
                 return Embedder(card.backbone, card.pooling, dim, pretrained=card.pretrained and not card.checkpoint,
-                                taps=card.taps, grid=card.grid)
+                                taps=card.taps)
             embedder = member() if card.members == 1 else EnsembleEmbedder([member() for _ in range(card.members)])
             if card.checkpoint:
                 from safetensors.torch import load_file
@@ -210,8 +208,7 @@ def save_image_model(embedder: Embedder | EnsembleEmbedder, path: str | os.PathL
     members = len(embedder.members) if isinstance(embedder, EnsembleEmbedder) else 1
     card = ModelCard(backbone=embedder.backbone_name, pooling=pooling_name(embedder), dim=embedder.dim,
                      head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained,
-                     text_model=text_model, text_tuned=bool(text_state), taps=list(embedder.taps), grid=embedder.grid,
-                     members=members)
+                     text_model=text_model, text_tuned=bool(text_state), taps=list(embedder.taps), members=members)
     path = Path(path)
     state = {k: v.contiguous() for k, v in embedder.state_dict().items()}
     state.update({TEXT_PREFIX + k: v.contiguous() for k, v in (text_state or {}).items()})

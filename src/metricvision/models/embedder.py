@@ -78,11 +78,6 @@ class Embedder(BatchedEncoding, nn.Module):
             concatenated to it). After pooling (or, for dense maps, at each location) every part
             is L2-normalized on its own before the head, so that the 1280 channels of the last
             layer do not drown the few of a middle one.
-        grid: also average-pool the last map to grid x grid cells, each L2-normalized and scaled by 1 / grid,
-            and append them to the pooled (part-normalized) features before the head: a simplified spatial
-            pyramid (Lazebnik et al., CVPR 2006; here one g x g level beside the global pool, not a pyramid of
-            histograms), so the head sees where in the image things are (an arrow's direction, a face's
-            side). The dense map applies the head's global columns only. Needs a head (dim > 0).
 
     Images are normalized with the backbone's ``input_mean`` / ``input_std`` (ImageNet's by default).
     """
@@ -100,13 +95,10 @@ class Embedder(BatchedEncoding, nn.Module):
         channels_last: bool = True,
         frozen_bn: bool = False,
         taps: Sequence[int] = (),
-        grid: int = 0,
     ) -> None:
         super().__init__()
         if dim < 0:
             raise ValueError(f"dim must be >= 0, got {dim}")
-        if grid < 0 or (grid and not dim):
-            raise ValueError(f"grid must be >= 0 and needs a head (dim > 0), got grid {grid}, dim {dim}")
         if neck not in NECKS:
             raise ValueError(f"neck must be one of {NECKS}, got '{neck}'")
         self.backbone_name = backbone
@@ -116,10 +108,9 @@ class Embedder(BatchedEncoding, nn.Module):
         self.backbone.to(memory_format=self.memory_format)
         self.taps = tuple(int(t) for t in taps)
         self.parts = self._tap_channels(channels) if self.taps else (channels,)
-        self.grid = int(grid)
         channels = sum(self.parts)
         self.pool = create_pooling(pooling, channels)
-        self.head: nn.Module = nn.Linear(channels + self.parts[0] * grid * grid, dim) if dim else nn.Identity()
+        self.head: nn.Module = nn.Linear(channels, dim) if dim else nn.Identity()
         self.dim = dim or channels
         self.normalize = normalize
         self.neck: Optional[nn.BatchNorm1d] = None
@@ -174,18 +165,14 @@ class Embedder(BatchedEncoding, nn.Module):
         return (channels, *out)
 
     def _normalize_parts(self, f: torch.Tensor) -> torch.Tensor:
-        """(N, C, ...) -> the same with each hypercolumn part L2-normalized along dim 1 (no-op without taps or grid)."""
-        if not self.taps and not self.grid:
+        """(N, C, ...) -> the same with each hypercolumn part L2-normalized along dim 1 (no-op without taps)."""
+        if not self.taps:
             return f
         return torch.cat([F.normalize(p, dim=1) for p in f.split(list(self.parts), dim=1)], dim=1)
 
     def embed_features(self, f: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) feature maps -> (N, D) head outputs, before the neck and the final normalization."""
-        pooled = self._normalize_parts(self.pool(f))
-        if self.grid:
-            cells = F.adaptive_avg_pool2d(f[:, : self.parts[0]], self.grid).flatten(2)  # (N, C_last, grid * grid)
-            pooled = torch.cat([pooled, F.normalize(cells, dim=1).flatten(1) / self.grid], dim=1)
-        return self.head(pooled)
+        return self.head(self._normalize_parts(self.pool(f)))
 
     def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> the backbone's input: normalized, in the backbone's memory format."""
@@ -212,6 +199,6 @@ class Embedder(BatchedEncoding, nn.Module):
     def dense_from_features(self, f: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) backbone feature maps -> (N, D, h, w): the head at every location, normalized per location."""
         f = self._normalize_parts(f)
-        if isinstance(self.head, nn.Linear):  # with a grid, the global columns only
-            f = torch.einsum("nchw,dc->ndhw", f, self.head.weight[:, : f.shape[1]]) + self.head.bias.view(1, -1, 1, 1)
+        if isinstance(self.head, nn.Linear):
+            f = torch.einsum("nchw,dc->ndhw", f, self.head.weight) + self.head.bias.view(1, -1, 1, 1)
         return F.normalize(f, dim=1) if self.normalize else f

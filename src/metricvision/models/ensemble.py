@@ -40,14 +40,13 @@ class EnsembleEmbedder(BatchedEncoding, nn.Module):
         for i, m in enumerate(members):
             if not m.normalize or m.neck is not None:
                 raise ValueError(f"ensemble member {i} must give L2-normalized embeddings without a BNNeck")
-            if (m.backbone_name, type(m.pool), m.dim, m.taps, m.grid) != (first.backbone_name, type(first.pool), first.dim,
-                                                                           first.taps, first.grid):
+            if (m.backbone_name, type(m.pool), m.dim, m.taps) != (first.backbone_name, type(first.pool), first.dim, first.taps):
                 raise ValueError(f"ensemble member {i} ({m.backbone_name}, {type(m.pool).__name__}, dim {m.dim}, taps "
-                                 f"{list(m.taps)}, grid {m.grid}) differs from member 0 ({first.backbone_name}, "
-                                 f"{type(first.pool).__name__}, dim {first.dim}, taps {list(first.taps)}, grid {first.grid})")
+                                 f"{list(m.taps)}) differs from member 0 ({first.backbone_name}, "
+                                 f"{type(first.pool).__name__}, dim {first.dim}, taps {list(first.taps)})")
         self.members = nn.ModuleList(members)
         self.dim = sum(m.dim for m in members)
-        self.backbone_name, self.taps, self.grid = first.backbone_name, first.taps, first.grid
+        self.backbone_name, self.taps = first.backbone_name, first.taps
         self.channels: List[int] = [sum(m.parts) for m in members]
 
     @property
