@@ -41,6 +41,8 @@ def main() -> None:
           f"(alignment {m['align_seconds']:.0f} s, total {m['total_seconds']:.0f} s)")
     print("| | R@1 | R@5 | R@10 |\n|---|---|---|---|")
     print(f"| aligned MobileNetV2 + MiniLM | {t['recall@1']:.3f} | {t['recall@5']:.3f} | {t['recall@10']:.3f} |")
+    h = m["text_to_image_csls"]
+    print(f"| the same, CSLS against the training names (k 10) | {h['recall@1']:.3f} | {h['recall@5']:.3f} | {h['recall@10']:.3f} |")
     print(f"| chance | {t['chance@1']:.4f} | {t['chance@5']:.4f} | {t['chance@10']:.4f} |")
     c = m["composed_tone"]
     print(f"\ncomposed skin-tone change, {c['triplets']['test']} test triplets (exact target; reference excluded)")

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from metricvision.similarity import IGNORED, IRRELEVANT, RELEVANT, masks, relevance_from_labels, similarity
+from metricvision.similarity import (IGNORED, IRRELEVANT, RELEVANT, crowding, gallery_csls, masks, relevance_from_labels,
+                                    similarity)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "dot", "neg_sq_euclidean"])
@@ -37,3 +38,17 @@ def test_relevance_self_ids_and_unlabeled():
     assert rel[0, 0] == IGNORED and rel[0, 1] == RELEVANT and rel[1, 1] == IGNORED
     pos, neg = masks(rel)
     assert not (pos & neg).any()
+
+
+def test_gallery_csls_is_twice_the_cosine_less_the_items_mean_cosine_to_its_k_nearest_references():
+    torch.manual_seed(0)
+    q, g = (torch.nn.functional.normalize(torch.randn(n, 6), dim=1) for n in (3, 5))
+    refs = torch.nn.functional.normalize(torch.cat([g[:2].repeat(3, 1) + 0.1 * torch.randn(6, 6), torch.randn(1, 6)]), dim=1)
+    got = gallery_csls(q, g, refs, k=3)
+    for i in range(3):  # a plain loop over the pairs
+        for j in range(5):
+            r = sum(sorted((float(g[j] @ x) for x in refs), reverse=True)[:3]) / 3
+            assert got[i, j] == pytest.approx(2 * float(q[i] @ g[j]) - r, abs=1e-5)
+    assert not torch.allclose(got.argsort(dim=1), (q @ g.T).argsort(dim=1))  # items 0 and 1 are hubs
+    with pytest.raises(ValueError, match=r"k must be in \[1, 7\]"):
+        crowding(g, refs, 8)

@@ -43,6 +43,21 @@ def similarity(queries: torch.Tensor, references: torch.Tensor, kind: str = "cos
     raise ValueError(f"unknown similarity kind '{kind}'; expected one of {SIMILARITIES}")
 
 
+def crowding(x: torch.Tensor, references: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, D), (R, D) normalized -> (n,) each vector's mean cosine to its ``k`` nearest references: CSLS's r
+    (Conneau et al., ICLR 2018), how much a vector sits in a crowded part of the space."""
+    if not 1 <= k <= len(references):
+        raise ValueError(f"k must be in [1, {len(references)}] (the number of references), got {k}")
+    return (x @ references.T).topk(k, dim=1).values.mean(1)
+
+
+def gallery_csls(queries: torch.Tensor, gallery: torch.Tensor, references: torch.Tensor, k: int) -> torch.Tensor:
+    """(Q, D) queries, (N, D) gallery, (R, D) references, all normalized -> (Q, N) scores 2 cos - r_gallery: CSLS with
+    the gallery's crowding measured among ``references`` (a query's own r is the same for every item of its ranking,
+    so it is left out)."""
+    return 2 * queries @ gallery.T - crowding(gallery, references, k)[None, :]
+
+
 def squared_distances(queries: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """(Q, R) squared Euclidean distances, clamped at zero."""
     q2 = (queries * queries).sum(1, keepdim=True)

@@ -25,6 +25,24 @@ def test_aligned_model_beats_chance(shapes_kb):
     assert m["recall@1"] >= 0.9 > 3 * m["chance@1"]
 
 
+def test_gallery_side_csls_ranks_images_by_twice_the_cosine_less_their_crowding(shapes_kb):
+    samples, model = shape_classes(), shapes_kb.model
+    bank = model.encode_text(["red square", "blue thing", "a green shape", "circle", "yellow triangle", "dark"])
+    m = text_to_image_recall(model, samples, ks=(1, 2), references=bank, hub_k=2)
+    classes, captions = class_captions(samples)
+    gallery, queries = model.encode_images([s.image for s in samples]), model.encode_text(captions)
+    r = [np.mean(sorted((bank @ g).tolist(), reverse=True)[:2]) for g in gallery]  # a plain loop
+    hits = {1: 0, 2: 0}
+    for c, q in zip(classes, queries):
+        order = sorted(range(len(samples)), key=lambda i: -(2 * float(q @ gallery[i]) - r[i]))
+        hits[1] += samples[order[0]].label == c
+        hits[2] += c in {samples[i].label for i in order[:2]}
+    assert m["recall@1"] == pytest.approx(hits[1] / len(classes)) and m["recall@2"] == pytest.approx(hits[2] / len(classes))
+    assert m["queries"] == 12 and m["gallery"] == 24
+    with pytest.raises(ValueError, match=r"k must be in \[1, 6\] \(the number of references\), got 7"):
+        text_to_image_recall(model, samples, references=bank, hub_k=7)
+
+
 def test_class_captions_needs_captions():
     s = shape_classes()
     s[2].caption = ""

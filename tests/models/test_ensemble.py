@@ -8,7 +8,7 @@ import torch
 from metricvision.cli import main
 from metricvision.kb.model import ImageTextModel, ensemble_checkpoints, save_image_model
 from metricvision.models import Embedder
-from metricvision.models.ensemble import EnsembleEmbedder
+from metricvision.models.ensemble import EnsembleEmbedder, resized
 
 
 def _members(n=2, dim=8, seed=0):
@@ -75,13 +75,34 @@ def test_kb_ensemble_writes_one_checkpoint_that_rebuilds_the_ensemble(tmp_path, 
     assert hits[0]["image"] == "images/2.png" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_ensembles_of_ensembles_mixed_sizes_and_mixed_text_models_are_refused(tmp_path):
+def test_members_trained_at_different_sizes_each_embed_at_their_own(tmp_path):
+    members = _members(2)
+    for m, size, name in zip(members, (24, 32), "ab"):
+        save_image_model(m, tmp_path / f"{name}.safetensors", image_size=size, pretrained=False)
+    card = ensemble_checkpoints([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], tmp_path / "e.safetensors")
+    assert card.image_size == 32 and card.member_sizes == [24, 32]
+    model = ImageTextModel.from_checkpoint(tmp_path / "e.safetensors")
+    assert model.embedder.sizes == [24, 32] and model.card.member_sizes == [24, 32]
+    x = torch.rand(4, 3, 32, 32)
+    small = torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        e = model.embedder(x)
+        parts = [members[0](small), members[1](x)]  # member 0 sees the input at its own 24 px
+        assert torch.allclose(e, torch.cat(parts, dim=1) / 2 ** 0.5, atol=1e-6)
+        assert not torch.allclose(e, torch.cat([m(x) for m in members], dim=1) / 2 ** 0.5, atol=1e-4)
+        assert torch.allclose(model.embedder.from_features(model.embedder.features(x)), e, atol=1e-6)
+        with pytest.raises(ValueError, match=r"different sizes \[24, 32\] has no dense maps"):
+            model.embedder.dense(x)
+        with pytest.raises(ValueError, match="embeds square images"):
+            model.embedder(torch.rand(1, 3, 32, 40))
+    with pytest.raises(ValueError, match="image_size must be its largest member size 32, got 24"):
+        save_image_model(model.embedder, tmp_path / "x.safetensors", image_size=24, pretrained=False)
+
+
+def test_ensembles_of_ensembles_and_mixed_text_models_are_refused(tmp_path):
     members = _members(2)
     save_image_model(members[0], tmp_path / "a.safetensors", image_size=32, pretrained=False)
-    save_image_model(members[1], tmp_path / "b.safetensors", image_size=24, pretrained=False)
     save_image_model(members[1], tmp_path / "t.safetensors", image_size=32, pretrained=False, text_model="hashing")
-    with pytest.raises(ValueError, match="embeds at 24 px"):
-        ensemble_checkpoints([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="text model 'hashing'.*members share one text model"):
         ensemble_checkpoints([tmp_path / "a.safetensors", tmp_path / "t.safetensors"], tmp_path / "x.safetensors")
     save_image_model(members[1], tmp_path / "c.safetensors", image_size=32, pretrained=False)
@@ -112,7 +133,8 @@ def test_text_aligned_members_keep_their_own_tuned_text_layers(tmp_path):
     assert not torch.allclose(singles[0].encode_text(texts), singles[1].encode_text(texts), atol=1e-3)
 
 
-def test_model_crops_score_a_crop_by_the_mean_of_the_members_cosines(tmp_path):
+@pytest.mark.parametrize("sizes", [(24, 24), (24, 32)])
+def test_model_crops_score_a_crop_by_the_mean_of_the_members_cosines(tmp_path, sizes):
     from metricvision.kb.model import ModelCard
     from metricvision.localization.detector import QueryDetector
     from metricvision.localization.localizers import LOCALIZERS
@@ -124,17 +146,18 @@ def test_model_crops_score_a_crop_by_the_mean_of_the_members_cosines(tmp_path):
     save_image_model(base, tmp_path / "det_model.safetensors", image_size=32, pretrained=False)
     save_detector(QueryDetector(base, hidden=8), tmp_path / "det.safetensors")
     members = [Embedder("mobilenet_v2", pooling="gem", dim=8, pretrained=False).eval() for _ in range(2)]
-    ensemble = ImageTextModel(ModelCard(backbone="mobilenet_v2", pooling="gem", dim=16, head=True, image_size=24,
-                                        pretrained=False, members=2), EnsembleEmbedder(members))
+    side = max(sizes)  # crops are cut at the largest member size; a smaller member sees them resized to its own
+    ensemble = ImageTextModel(ModelCard(backbone="mobilenet_v2", pooling="gem", dim=16, head=True, image_size=side,
+                                        pretrained=False, members=2), EnsembleEmbedder(members, sizes=sizes))
     loc = LOCALIZERS.create("query_detector_model_crops", model=ensemble, weights=str(tmp_path / "det.safetensors"),
                             detector_model=str(tmp_path / "det_model.safetensors"), proposals=6, vote=0.0)
     image = torch.rand(3, 96, 96)
     boxes, logp, emb = loc.prepare(image)
-    shots = torch.rand(3, 3, 24, 24)  # three query images, embedded by the ensemble
+    shots = torch.rand(3, 3, side, side)  # three query images, embedded by the ensemble
     with torch.no_grad():
         queries = ensemble.embedder(shots)
-        crops = crop_boxes(image, boxes, 24)
-        expected = sum(m(crops) @ m(shots).T for m in members) / 2
+        crops = crop_boxes(image, boxes, side)
+        expected = sum(m(resized(crops, s)) @ m(resized(shots, s)).T for m, s in zip(members, sizes)) / 2
     assert torch.allclose(loc.cosines(emb, queries), expected, atol=1e-5)
     with pytest.raises(ValueError, match="not an ensemble's"):
         LOCALIZERS.create("query_detector_model_crops", model=ensemble, weights=str(tmp_path / "det.safetensors"))

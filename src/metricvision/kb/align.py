@@ -28,6 +28,7 @@ from metricvision.losses import create_loss
 from metricvision.metrics.retrieval import hits_from_labels, recall_at_k
 from metricvision.models import Embedder
 from metricvision.models.text import MiniLMTextEncoder, TextEncoder
+from metricvision.similarity import gallery_csls
 
 
 def class_captions(samples: Sequence[Sample]) -> Tuple[np.ndarray, List[str]]:
@@ -225,9 +226,15 @@ def chance_recall(num_relevant: np.ndarray, gallery_size: int, k: int) -> float:
 
 
 def text_to_image_recall(
-    model: ImageTextModel, samples: Sequence[Sample], ks: Sequence[int] = (1, 5, 10)
+    model: ImageTextModel, samples: Sequence[Sample], ks: Sequence[int] = (1, 5, 10),
+    references: Optional[torch.Tensor] = None, hub_k: int = 10,
 ) -> Dict[str, float]:
     """Recall@k of each class's caption retrieving an image of that class, with chance levels.
+
+    With ``references`` ((R, D) normalized texts, e.g. the training classes' captions), images are ranked by a
+    simplified CSLS on the gallery side (Conneau et al., ICLR 2018, take an image's neighbourhood among the queries;
+    here among the references): 2 cos - r, r = the image's mean cosine to its ``hub_k`` nearest references, so an
+    image close to many texts (a hub) loses what it gains everywhere.
 
     Returns:
         recall@k and chance@k for each k, plus the number of queries and gallery images.
@@ -235,9 +242,13 @@ def text_to_image_recall(
     classes, captions = class_captions(samples)
     gallery = model.encode_images([s.image for s in samples])
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    index = FlatIndex(model.dim, "ip")
-    index.add(gallery)
-    _, nn_ids = index.search(model.encode_text(captions), max(ks))
+    queries = model.encode_text(captions)
+    if references is None:
+        index = FlatIndex(model.dim, "ip")
+        index.add(gallery)
+        _, nn_ids = index.search(queries, max(ks))
+    else:
+        nn_ids = gallery_csls(queries, gallery, references, hub_k).topk(min(max(ks), len(samples)), dim=1).indices.numpy()
     hits = hits_from_labels(np.where(nn_ids >= 0, labels[nn_ids], -1), classes)
     out = recall_at_k(hits, ks)
     counts = np.array([(labels == c).sum() for c in classes])

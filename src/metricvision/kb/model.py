@@ -46,6 +46,8 @@ class ModelCard:
         taps: backbone layers whose outputs join the last map (the Embedder's hypercolumn; empty: none).
         members: 1 for one Embedder; M > 1 for an ``EnsembleEmbedder`` of M Embedders of this architecture, each
             of dim D / M (``ensemble_checkpoints``).
+        member_sizes: for an ensemble of members trained at different image sizes, each one's side (``image_size``
+            is then the largest, to which inputs are resized first); empty when they share ``image_size``.
     """
 
     backbone: str = "mobilenet_v2"
@@ -60,6 +62,7 @@ class ModelCard:
     text_tuned: bool = False
     taps: List[int] = field(default_factory=list)
     members: int = 1
+    member_sizes: List[int] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelCard":
@@ -101,7 +104,8 @@ class ImageTextModel:
             def member() -> Embedder:
                 return Embedder(card.backbone, card.pooling, dim, pretrained=card.pretrained and not card.checkpoint,
                                 taps=card.taps)
-            embedder = member() if card.members == 1 else EnsembleEmbedder([member() for _ in range(card.members)])
+            embedder = member() if card.members == 1 else EnsembleEmbedder([member() for _ in range(card.members)],
+                                                                           sizes=card.member_sizes or None)
             if card.checkpoint:
                 from safetensors.torch import load_file
 
@@ -206,9 +210,13 @@ def save_image_model(embedder: Embedder | EnsembleEmbedder, path: str | os.PathL
     if text_state and text_model is None:
         raise ValueError("tuned text weights need the name of their text model")
     members = len(embedder.members) if isinstance(embedder, EnsembleEmbedder) else 1
+    sizes = list(getattr(embedder, "sizes", None) or [])
+    if sizes and image_size != max(sizes):
+        raise ValueError(f"a mixed-size ensemble's image_size must be its largest member size {max(sizes)}, got {image_size}")
     card = ModelCard(backbone=embedder.backbone_name, pooling=pooling_name(embedder), dim=embedder.dim,
                      head=isinstance(embedder.head, torch.nn.Linear), image_size=image_size, pretrained=pretrained,
-                     text_model=text_model, text_tuned=bool(text_state), taps=list(embedder.taps), members=members)
+                     text_model=text_model, text_tuned=bool(text_state), taps=list(embedder.taps), members=members,
+                     member_sizes=sizes)
     path = Path(path)
     state = {k: v.contiguous() for k, v in embedder.state_dict().items()}
     state.update({TEXT_PREFIX + k: v.contiguous() for k, v in (text_state or {}).items()})
@@ -219,9 +227,10 @@ def save_image_model(embedder: Embedder | EnsembleEmbedder, path: str | os.PathL
 
 
 def ensemble_checkpoints(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> ModelCard:
-    """Write one checkpoint holding the image models of ``paths`` (``save_image_model`` files of one architecture and
-    image size) as an ``EnsembleEmbedder``: its cosine is the mean of theirs. Members aligned to one text model keep
-    their own tuned text layers, and the ensemble's text queries are the ``EnsembleText`` of them."""
+    """Write one checkpoint holding the image models of ``paths`` (``save_image_model`` files of one architecture) as
+    an ``EnsembleEmbedder``: its cosine is the mean of theirs. Members trained at different image sizes each embed at
+    their own (the card's ``image_size`` is the largest, ``member_sizes`` each one's). Members aligned to one text
+    model keep their own tuned text layers, and the ensemble's text queries are the ``EnsembleText`` of them."""
     from safetensors.torch import load_file
 
     models = [ImageTextModel.from_checkpoint(p) for p in paths]
@@ -229,15 +238,14 @@ def ensemble_checkpoints(paths: Sequence[str | os.PathLike], out: str | os.PathL
     for p, m in zip(paths, models):
         if m.card.members != 1:
             raise ValueError(f"{p} is an ensemble already: ensemble single models")
-        if m.card.image_size != first.image_size:
-            raise ValueError(f"{p} embeds at {m.card.image_size} px, {paths[0]} at {first.image_size} px")
         if (m.card.text_model, m.card.text_tuned) != (first.text_model, first.text_tuned):
             raise ValueError(f"{p} has text model {m.card.text_model!r} (tuned: {m.card.text_tuned}), {paths[0]} "
                              f"{first.text_model!r} (tuned: {first.text_tuned}): members share one text model")
     text_state = {f"{i}.{k[len(TEXT_PREFIX):]}": v for i, p in enumerate(paths) if first.text_tuned
                   for k, v in load_file(str(p)).items() if k.startswith(TEXT_PREFIX)}
-    ensemble = EnsembleEmbedder([m.embedder for m in models])
-    return save_image_model(ensemble, out, first.image_size, text_model=first.text_model, pretrained=first.pretrained,
+    sizes = [m.card.image_size for m in models]
+    ensemble = EnsembleEmbedder([m.embedder for m in models], sizes=sizes)
+    return save_image_model(ensemble, out, max(sizes), text_model=first.text_model, pretrained=first.pretrained,
                             text_state=text_state or None)
 
 

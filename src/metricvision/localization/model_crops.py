@@ -12,6 +12,7 @@ from metricvision.localization.localizers import LOCALIZERS, CropDetectorLocaliz
 from metricvision.localization.references import load_references
 from metricvision.localization.refine import crop_maps, load_refiner
 from metricvision.localization.rescore import ContextRescorer, context_features, cross_validated_ap, match_labels
+from metricvision.similarity import crowding
 
 RESCORE = ("proposal", "refined", "mean")  # which crops score a refined proposal
 CONTEXT = ("never", "always", "auto")  # when fit gives a localizer a context rescorer
@@ -132,7 +133,7 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
 
     def crowding(self, x: torch.Tensor) -> torch.Tensor:
         """(n, D) normalized embeddings -> (n,) mean cosine to their ``hub_k`` nearest references."""
-        return (x @ self.references.T).topk(self.hub_k, dim=1).values.mean(1)
+        return crowding(x, self.references, self.hub_k)
 
     def scored(self, boxes: torch.Tensor, logp: torch.Tensor, cos: torch.Tensor, keep: torch.Tensor, score: torch.Tensor,
                query: torch.Tensor) -> np.ndarray:

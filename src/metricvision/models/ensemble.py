@@ -5,13 +5,19 @@ The ensemble's embedding is the concatenation of its M members' normalized embed
 unit-norm, and the cosine of two ensemble embeddings is the mean of the members' cosines (the usual score-averaging
 ensemble of retrieval models). Its ``features`` are the members' backbone maps stacked along the channels, so code
 that computes maps once and embeds them later (``from_features``, ``dense_from_features``) works unchanged.
+
+Members trained at different image sizes (``sizes``) each see the input resized to their own side (antialiased
+bilinear), so a crop cut once at the largest side reaches every member at the size it was trained at. Such a
+mixed-size ensemble has no shared map grid: its ``features`` are the joined member embeddings as (N, D, 1, 1) maps,
+``from_features`` reads them back, and it has no dense maps.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from metricvision.models.embedder import BatchedEncoding, Embedder
@@ -24,15 +30,25 @@ def joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(parts), dim=1) / math.sqrt(len(parts))
 
 
+def resized(images: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, 3, H, W) square images -> (N, 3, side, side), antialiased bilinear (unchanged at that side already)."""
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"a mixed-size ensemble embeds square images, got {tuple(images.shape[-2:])}")
+    if images.shape[-1] == side:
+        return images
+    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+
+
 class EnsembleEmbedder(BatchedEncoding, nn.Module):
     """(N, 3, H, W) images in [0, 1] -> (N, sum of the members' D) unit embeddings.
 
     Args:
         members: two or more Embedders with L2-normalized outputs (``normalize``) and no BNNeck, of one backbone
             and pooling, whose maps share a grid for a given input (e.g. seeds or recipes of one architecture).
+        sizes: each member's input side in pixels, when they differ (None: all take the input as it is).
     """
 
-    def __init__(self, members: Sequence[Embedder]) -> None:
+    def __init__(self, members: Sequence[Embedder], sizes: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
@@ -44,7 +60,10 @@ class EnsembleEmbedder(BatchedEncoding, nn.Module):
                 raise ValueError(f"ensemble member {i} ({m.backbone_name}, {type(m.pool).__name__}, dim {m.dim}, taps "
                                  f"{list(m.taps)}) differs from member 0 ({first.backbone_name}, "
                                  f"{type(first.pool).__name__}, dim {first.dim}, taps {list(first.taps)})")
+        if sizes is not None and (len(sizes) != len(members) or min(sizes) < 8):
+            raise ValueError(f"sizes must give each of the {len(members)} members a side >= 8 px, got {list(sizes)}")
         self.members = nn.ModuleList(members)
+        self.sizes: Optional[List[int]] = [int(s) for s in sizes] if sizes is not None and len(set(sizes)) > 1 else None
         self.dim = sum(m.dim for m in members)
         self.backbone_name, self.taps = first.backbone_name, first.taps
         self.channels: List[int] = [sum(m.parts) for m in members]
@@ -60,19 +79,28 @@ class EnsembleEmbedder(BatchedEncoding, nn.Module):
         return self.members[0].head
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> (N, sum of the members' C, h, w): their backbone maps, stacked."""
+        """(N, 3, H, W) in [0, 1] -> (N, sum of the members' C, h, w): their backbone maps, stacked (mixed sizes:
+        (N, D, 1, 1), the joined member embeddings, each member's computed at its own side)."""
+        if self.sizes is not None:
+            return joined([m(resized(images, s)) for m, s in zip(self.members, self.sizes)])[..., None, None]
         maps = [m.features(images) for m in self.members]
         if len({tuple(f.shape[-2:]) for f in maps}) > 1:
             raise ValueError(f"ensemble members give maps of different grids {[tuple(f.shape[-2:]) for f in maps]}")
         return torch.cat(maps, dim=1)
 
     def _split(self, f: torch.Tensor) -> Sequence[torch.Tensor]:
+        if self.sizes is not None:
+            raise ValueError(f"an ensemble of members at different sizes {self.sizes} has no dense maps")
         if f.shape[1] != sum(self.channels):
             raise ValueError(f"ensemble features must have {sum(self.channels)} channels, got {f.shape[1]}")
         return f.split(self.channels, dim=1)
 
     def from_features(self, f: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) ``features`` -> (N, D) what ``forward`` gives for their images."""
+        if self.sizes is not None:
+            if tuple(f.shape[1:]) != (self.dim, 1, 1):
+                raise ValueError(f"mixed-size ensemble features must be (N, {self.dim}, 1, 1), got {tuple(f.shape)}")
+            return f.flatten(1)
         return joined([m.from_features(p) for m, p in zip(self.members, self._split(f))])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
