@@ -95,6 +95,9 @@ def test_members_trained_at_different_sizes_each_embed_at_their_own(tmp_path):
             model.embedder.dense(x)
         with pytest.raises(ValueError, match="embeds square images"):
             model.embedder(torch.rand(1, 3, 32, 40))
+    with pytest.raises(ValueError, match="multi-scale encoding"):
+        model.embedder.encode(x, scales=(1.0, 0.7))
+    assert torch.allclose(model.embedder.encode(x, batch_size=3), e, atol=1e-6)
     with pytest.raises(ValueError, match="image_size must be its largest member size 32, got 24"):
         save_image_model(model.embedder, tmp_path / "x.safetensors", image_size=24, pretrained=False)
 

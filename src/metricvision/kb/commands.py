@@ -96,7 +96,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = kb_sub.add_parser("ensemble", help="write one image model checkpoint that ensembles several (the mean of their "
                           "cosines; `kb from-run` or `kb align` checkpoints of one architecture; aligned members keep "
-                          "their own text layers)")
+                          "their own text layers; members trained at different image sizes each embed at their own)")
     p.add_argument("out", help="output .safetensors file")
     p.add_argument("checkpoints", nargs="+", help="two or more image model checkpoints")
     p.add_argument("--json", action="store_true", help="print JSON")

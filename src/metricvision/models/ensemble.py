@@ -14,7 +14,7 @@ mixed-size ensemble has no shared map grid: its ``features`` are the joined memb
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,15 @@ class EnsembleEmbedder(BatchedEncoding, nn.Module):
         self.dim = sum(m.dim for m in members)
         self.backbone_name, self.taps = first.backbone_name, first.taps
         self.channels: List[int] = [sum(m.parts) for m in members]
+
+    def encode(self, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256,
+               scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+        """As ``BatchedEncoding.encode``; a mixed-size ensemble refuses several ``scales`` (each member embeds at
+        its own side whatever the input's)."""
+        if self.sizes is not None and list(scales) != [1.0]:
+            raise ValueError(f"an ensemble of members at sizes {self.sizes} embeds each at its own size; "
+                             f"multi-scale encoding (scales {list(scales)}) does not apply")
+        return super().encode(images, batch_size=batch_size, scales=scales)
 
     @property
     def pool(self) -> nn.Module:
