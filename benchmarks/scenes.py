@@ -29,6 +29,7 @@ per-query work (``boxes``).
     python benchmarks/scenes.py --checkpoint runs/text_align/image_model.safetensors --scenes runs/scenes \
         --detector runs/detector.safetensors --localizers query_detector_model_crops [--option side=96] [--query-views] \
         [--option references=emoji:train]   # CSLS hubness correction against the clean training renderings
+        [--option "references=captions:emoji:train?hold_out=scene_val"]   # or against the training names (aligned models)
         [--option context=auto --val runs/scenes_val400]   # context rescoring, fitted on 400 val scenes
         [--bootstrap 1000] [--save-detections runs/dets_a.json]   # AP50 intervals; detections for compare_detections.py
 """
