@@ -7,7 +7,7 @@ variants from the emoji metadata), then prints text-to-image Recall@k on the cla
 test split against chance, and the skin-tone composed-query table (image only, text only,
 weighted sum, trained combiner).
 
-    python benchmarks/text_retrieval.py [--out runs/text_align] [--epochs 40] [--tune-blocks 0] [--text-layers 2]
+    python benchmarks/text_retrieval.py [--out runs/text_align] [--epochs 40] [--tune-blocks 0] [--text-layers 2] [--seed 0]
 """
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ def main() -> None:
     ap.add_argument("--no-extra-texts", action="store_true", help="train on the names only")
     ap.add_argument("--init-run", help="a `metricvision train` run on the emoji train split whose backbone replaces ImageNet's")
     ap.add_argument("--taps", type=int, nargs="*", default=[], help="backbone layers joining the last map (hypercolumn), e.g. 13 16")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the alignment")
     ap.add_argument("--dataset-path", help="emoji dataset file, e.g. the 64 px one of `metricvision data fetch emoji --size 64`")
     a = ap.parse_args()
     m = run_alignment(a.out, text_model=a.text_model, epochs=a.epochs, image_size=a.image_size,
                       tune_blocks=a.tune_blocks, backbone_lr=a.backbone_lr, loss=a.loss, extra_texts=not a.no_extra_texts,
                       text_layers=a.text_layers, text_lr=a.text_lr, init_run=a.init_run, taps=a.taps,
-                      dataset_path=a.dataset_path)
+                      dataset_path=a.dataset_path, seed=a.seed)
     t = m["text_to_image"]
     print(f"text-to-image, {int(t['queries'])} unseen emoji names vs {int(t['gallery'])} test images "
           f"(alignment {m['align_seconds']:.0f} s, total {m['total_seconds']:.0f} s)")
