@@ -4,7 +4,8 @@ Each checkpoint (``metricvision kb from-run``) and the ``EnsembleEmbedder`` of a
 ``metricvision kb ensemble`` writes: the mean of their cosines) embed the split's images; every image queries all
 the others (leave-one-out), as ``metricvision evaluate`` scores a run. Checkpoints aligned to a text model
 (``metricvision kb align``) are also scored text to image, as ``benchmarks/text_retrieval.py`` scores them: each
-class's name queries the split's images (``text_to_image_recall``).
+class's name queries the split's images (``text_to_image_recall``), plainly and with the gallery-side CSLS against
+the names of the train split's classes (k 10).
 
     python benchmarks/ensemble_retrieval.py runs/scene_hold/image_model.safetensors \
         runs/scene_grp4_hold/image_model.safetensors            # the emoji test split: 3800 unseen-identity images
@@ -18,7 +19,8 @@ from typing import List
 import torch
 
 from metricvision.data.sample import load_samples
-from metricvision.kb.align import text_to_image_recall
+from metricvision.kb.align import class_captions, text_to_image_recall
+from metricvision.kb.experiments import CSLS_K
 from metricvision.kb.model import ImageTextModel, ensemble_checkpoints
 from metricvision.metrics.evaluate import evaluate_retrieval
 
@@ -39,14 +41,17 @@ def main() -> None:
         ensemble = ImageTextModel.from_checkpoint(ensemble_checkpoints(args.checkpoints, f"{tmp}/e.safetensors").checkpoint)
         text = ensemble.card.text_model is not None
         print(f"{args.dataset} {args.split}: {len(images)} images, {len(set(labels))} classes")
-        print("| model | P@1 | MAP@R | R@4 |" + (" name R@1 | R@5 | R@10 |" if text else "")
-              + "\n|---|---|---|---|" + ("---|---|---|" if text else ""))
+        if text:
+            names = class_captions(load_samples(args.dataset, None, "train", args.data))[1]
+        print("| model | P@1 | MAP@R | R@4 |" + (" name R@1 | R@5 | R@10 | CSLS R@1 | R@5 | R@10 |" if text else "")
+              + "\n|---|---|---|---|" + ("---|---|---|---|---|---|" if text else ""))
         for name, model in [*zip(args.checkpoints, models), (f"ensemble of {len(models)}", ensemble)]:
             m = evaluate_retrieval(model.encode_images(images), labels, clustering=False)
             row = f"| {name} | {100 * m['precision@1']:.1f} | {100 * m['map@r']:.1f} | {100 * m['recall@4']:.1f} |"
             if text:
-                t = text_to_image_recall(model, samples)
-                row += f" {t['recall@1']:.3f} | {t['recall@5']:.3f} | {t['recall@10']:.3f} |"
+                for t in (text_to_image_recall(model, samples),
+                          text_to_image_recall(model, samples, references=model.encode_text(names), hub_k=CSLS_K)):
+                    row += f" {t['recall@1']:.3f} | {t['recall@5']:.3f} | {t['recall@10']:.3f} |"
             print(row, flush=True)
 
 
