@@ -162,5 +162,9 @@ def test_model_crops_score_a_crop_by_the_mean_of_the_members_cosines(tmp_path, s
         crops = crop_boxes(image, boxes, side)
         expected = sum(m(resized(crops, s)) @ m(resized(shots, s)).T for m, s in zip(members, sizes)) / 2
     assert torch.allclose(loc.cosines(emb, queries), expected, atol=1e-5)
+    if sizes[0] != sizes[1]:
+        with pytest.raises(ValueError, match=r"a box refiner reads backbone maps, and an ensemble of members at sizes \[24, 32\]"):
+            LOCALIZERS.create("query_detector_model_crops", model=ensemble, weights=str(tmp_path / "det.safetensors"),
+                              detector_model=str(tmp_path / "det_model.safetensors"), refiner=str(tmp_path / "r.safetensors"))
     with pytest.raises(ValueError, match="not an ensemble's"):
         LOCALIZERS.create("query_detector_model_crops", model=ensemble, weights=str(tmp_path / "det.safetensors"))

@@ -81,6 +81,9 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
         self.embedder, self.side = model.embedder.eval(), side or model.card.image_size
         if self.side < 16:
             raise ValueError(f"side must be >= 16 px, got {self.side}")
+        if refiner and getattr(self.embedder, "sizes", None):
+            raise ValueError(f"a box refiner reads backbone maps, and an ensemble of members at sizes "
+                             f"{self.embedder.sizes} has none: use a single-size model with it")
         self.refiner = load_refiner(refiner, self.embedder, self.side)[0] if refiner else None
         self.refine_passes, self.rescore = refine_passes, rescore
         if mix is not None and (not 0.0 <= mix <= 1.0 or (mix < 1.0 and self.crop is None)):
