@@ -182,3 +182,25 @@ def test_searches_that_arrive_together_go_to_the_pool_unless_long_work_holds_eve
     assert (searcher.inline, searcher.pooled) == (4, 6) and searcher.active == searcher.in_pool == workers.busy == 0
     workers.pool.shutdown(wait=False)
     app.state.live.close()
+
+
+def test_text_bank_kb_ranks_text_by_its_correction_unless_the_request_turns_it_off(shapes_kb_path, tmp_path):
+    from metricvision.kb.model import ImageTextModel
+    from metricvision.kb.query import search
+    from metricvision.kb.store import KnowledgeBase
+    from shapes import shape_classes
+
+    model = ImageTextModel.from_checkpoint(shapes_kb_path / "model.safetensors")
+    texts = ["red thing", "green thing", "blue thing", "a circle", "a square", "a triangle", "round", "pointed"]
+    kb = KnowledgeBase.create(tmp_path / "kb", model, text_bank=model.encode_text(texts), text_bank_k=3)
+    kb.add(shape_classes())
+    with TestClient(create_app(kb.path)) as c:
+        for text in ("red circle", "blue square", "yellow triangle"):
+            for hub in (True, False):
+                fields = {"text": text, "k": 6, "hub_correction": hub}
+                want = [(h["id"], pytest.approx(h["score"], abs=1e-5))
+                        for h in search(kb, text=text, k=6, hub_correction=hub)]
+                for body in ({"json": fields}, {"files": multipart(fields)}, {"data": {"text": text, "k": "6",
+                                                                                       "hub_correction": str(hub)}}):
+                    got = c.post("/v1/search", **body).json()["hits"]
+                    assert [(h["id"], h["score"]) for h in got] == want

@@ -31,6 +31,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--backbone", default="mobilenet_v2", help="pretrained backbone when no checkpoint is given")
             p.add_argument("--image-size", type=int, default=64, help="side images are resized to")
             p.add_argument("--index", default="Flat", help="index spec: Flat (exact) or a faiss factory string")
+            p.add_argument("--text-bank", metavar="SPEC",
+                           help="texts for the hubness correction of text queries: a .txt file (one per line) or "
+                                "captions:DATASET[:SPLIT], e.g. the names the model was aligned on (needs --checkpoint)")
+            p.add_argument("--text-bank-k", type=int, default=10, help="nearest bank texts of an item's crowding (default: 10)")
             p.add_argument("--ray-workers", type=int, default=0, help="embed with this many Ray actors (bulk building)")
             p.add_argument("--regions", action="store_true",
                            help="also embed each image's regions (a multi-scale grid of crops) so small objects find "
@@ -112,6 +116,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="use the KB's trained combiner for composed queries when it has one")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata filter (repeatable)")
     p.add_argument("--boxes", action="store_true", help="localize the query in each hit")
+    p.add_argument("--no-hub-correction", action="store_true",
+                   help="rank a text query by the plain cosine in a KB with a text bank (default: 2 cos - crowding)")
     p.add_argument("--object-views", action="store_true",
                    help="embed the query image as the mean over its views (rotations, blur, brightness): an object "
                         "rendered on a plain background, looked for in scenes")
@@ -146,14 +152,21 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
         model = ImageTextModel.from_checkpoint(args.checkpoint)
     else:
         model = ImageTextModel(ModelCard(backbone=args.backbone, image_size=args.image_size))
-    kb = KnowledgeBase.create(args.dir, model, index_spec=args.index)
+    bank = None
+    if args.text_bank:
+        from metricvision.kb.references import load_references
+
+        bank = load_references(args.text_bank, model)
+    kb = KnowledgeBase.create(args.dir, model, index_spec=args.index, text_bank=bank, text_bank_k=args.text_bank_k,
+                              text_bank_source=args.text_bank or "")
     if args.ray_workers > 0:
         from metricvision.kb.bulk import add_with_ray
 
         ids = add_with_ray(kb, samples, num_workers=args.ray_workers, image_root=args.from_folder)
     else:
         ids = kb.add(samples, image_root=args.from_folder)
-    out = {"kb": str(kb.path), "items": len(kb), "skipped": skipped, "dim": model.dim, "text_model": model.card.text_model}
+    out = {"kb": str(kb.path), "items": len(kb), "skipped": skipped, "dim": model.dim, "text_model": model.card.text_model,
+           "text_bank": 0 if bank is None else len(bank)}
     if args.regions or args.detector:
         from metricvision.kb.regions import enable_regions
 
@@ -245,7 +258,8 @@ def _search(args: argparse.Namespace) -> Any:
     kb = KnowledgeBase.open(args.kb)
     combiner = load_combiner(kb) if args.combiner == "auto" else None
     hits = search(kb, image=args.image, text=args.text, k=args.k, filters=parse_filters(args.filter),
-                  with_heatmap=args.boxes, text_weight=args.text_weight, combiner=combiner, object_views=args.object_views)
+                  with_heatmap=args.boxes, text_weight=args.text_weight, combiner=combiner, object_views=args.object_views,
+                  hub_correction=not args.no_hub_correction)
     for h in hits:
         h.pop("heatmap", None)
     if args.json:

@@ -19,7 +19,7 @@ from metricvision.data import Sample
 from metricvision.kb.align import class_captions, text_to_image_recall, train_alignment
 from metricvision.kb.compose import Combiner, train_combiner, weighted_sum
 from metricvision.kb.model import ImageTextModel, save_image_model
-from metricvision.metrics.retrieval import recall_at_k
+from metricvision.metrics.retrieval import hits_from_labels, recall_at_k
 from metricvision.models.text import create_text_encoder
 
 TONE_NAMES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
@@ -41,6 +41,20 @@ def tone_triplets(samples: Sequence[Sample]) -> Tuple[np.ndarray, List[str], np.
             texts.append(TONE_NAMES[s.meta["tone"]])
             t.append(i)
     return np.array(q, dtype=np.int64), texts, np.array(t, dtype=np.int64)
+
+
+def kb_text_recall(kb: Any, samples: Sequence[Sample], ks: Sequence[int] = (1, 5, 10),
+                   hub_correction: bool = True) -> Dict[str, float]:
+    """Recall@k of each class's caption over ``kb``'s own search (``metricvision.kb.query.search``, the path of
+    `metricvision search --text` and ``POST /v1/search``), with or without its hubness correction."""
+    from metricvision.kb.query import search
+
+    classes, captions = class_captions(samples)
+    labels = np.full((len(captions), max(ks)), -1, dtype=np.int64)
+    for row, caption in zip(labels, captions):
+        found = [h["label"] for h in search(kb, text=caption, k=max(ks), hub_correction=hub_correction)]
+        row[:len(found)] = found
+    return recall_at_k(hits_from_labels(labels, classes), ks)
 
 
 def composed_recall(
@@ -118,12 +132,15 @@ def run_alignment(
     metrics["composed_tone"] = composed_recall(embedded["test"], text.encode_text(texts), q, t, combiner)
     metrics["composed_tone"]["triplets"] = {"train": len(tq), "test": len(q)}
     metrics["total_seconds"] = time.time() - start
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if build_kb:
+    if build_kb:  # with the training names as its text bank: its text search ranks as text_to_image_csls does
         from metricvision.kb.store import KnowledgeBase
 
-        kb = KnowledgeBase.create(out / "kb", model)
+        kb = KnowledgeBase.create(out / "kb", model, text_bank=names, text_bank_k=CSLS_K,
+                                  text_bank_source="the training classes' names")
         kb.add_embedded(test, embedded["test"].numpy())
         shutil.copyfile(out / "combiner.safetensors", out / "kb" / "combiner.safetensors")
         metrics["kb"] = str(out / "kb")
+        metrics["kb_text_to_image"] = {"plain": kb_text_recall(kb, test, hub_correction=False),
+                                       "hub_corrected": kb_text_recall(kb, test)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -13,6 +13,7 @@ import torch
 
 from metricvision.data import load_image
 from metricvision.kb.compose import Combiner, weighted_sum
+from metricvision.kb.hubness import SHORTLIST, rerank
 from metricvision.kb.localize import boxes_from_map, heatmap_png, similarity_map, upsample
 from metricvision.kb.model import ImageTextModel
 from metricvision.kb.regions import best_regions, has_regions, load_regions, merge_with_regions
@@ -162,11 +163,14 @@ def search(
     heatmap_top: Optional[int] = None,
     deadline: Optional[float] = None,
     object_views: bool = False,
+    hub_correction: bool = True,
 ) -> List[Dict[str, Any]]:
     """Top-k items for a query.
 
     Args:
         object_views: embed the query image as the mean over its views (``embed_query``).
+        hub_correction: in a KB with a text bank (``metricvision.kb.hubness``) and without regions, rank the items
+            of a text-only query by the hubness-corrected score 2 cos - r (its hits' ``score``); False: plain cosine.
         mode: "vector" (embeddings), "keyword" (BM25 over captions, needs a text) or "hybrid"
             (both ranked lists fused by reciprocal rank fusion; the score is the fused one).
         heatmap_top: heat maps only for the first this many hits (default: all k).
@@ -188,11 +192,14 @@ def search(
         raise ValueError(f"mode '{mode}' needs a text")
     q = embed_query(kb, image, text, text_weight, combiner, object_views) if mode != "keyword" or with_heatmap else None
     regions: Dict[int, List[Dict[str, Any]]] = {}
+    hub = hub_correction and image is None and kb.text_bank is not None and not has_regions(kb.path)
     if mode == "keyword":
         scores, ids = kb.keyword_search(text, k, filters)
     else:
         fetch = k if mode == "vector" else max(k, 50)
-        vs, vi = kb.search(q[None].numpy(), fetch, filters)
+        vs, vi = kb.search(q[None].numpy(), max(fetch, SHORTLIST) if hub else fetch, filters)
+        if hub:
+            vs, vi = (x[None] for x in rerank(vs[0], vi[0], kb.items([int(i) for i in vi[0] if i >= 0]), fetch))
         if has_regions(kb.path):
             allowed = kb.allowed_ids(filters) if filters else None
             regions = best_regions(load_regions(kb.path), q.numpy(), allowed, max_items=fetch)

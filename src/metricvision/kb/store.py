@@ -9,6 +9,7 @@ Layout::
     KB/index/v000002/items.sqlite  the base's items, metadata and captions (metricvision.kb.items)
     KB/index/v000002/seg-*         delta segments and tombstones (metricvision.kb.versions)
     KB/images/<id>.<ext>           every item's image (copied in: the folder is self-contained)
+    KB/text_bank.safetensors       optional: the texts of the hubness correction of text queries (metricvision.kb.hubness)
 
 Every write holds the store's writer lock, starts from the version that is current at that
 moment and commits a new IndexStore version (written under a temporary name and renamed),
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from metricvision._atomic import atomic_write
@@ -34,7 +36,7 @@ from metricvision.data import Sample
 from metricvision.index import IndexStore, create_index, filtered_search
 from metricvision.index.segmented import SegmentedIndex
 from metricvision.index.store import INDEX_FILE, Lease
-from metricvision.kb import versions
+from metricvision.kb import hubness, versions
 from metricvision.kb.items import Row, create_items
 from metricvision.kb.model import ImageTextModel, ModelCard, file_sha256
 from metricvision.kb.versions import ITEMS, Parts, file_key, segment_names
@@ -68,6 +70,7 @@ class KnowledgeBase:
                  writer: bool = False, verify: bool = True, known: Optional[Parts] = None) -> None:
         self.path, self.card, self.writer = path, card, writer
         self._model = model
+        self.text_bank = hubness.load_text_bank(path)
         self.segment_rows, self.max_segments = versions.SEGMENT_ROWS, versions.MAX_SEGMENTS
         self.max_tombstones = versions.MAX_TOMBSTONES
         self.store = IndexStore(path / "index")
@@ -81,16 +84,25 @@ class KnowledgeBase:
 
     @classmethod
     def create(cls, path: str | os.PathLike, model: ImageTextModel, index_spec: str = "Flat",
-               index_params: Optional[str] = None) -> "KnowledgeBase":
+               index_params: Optional[str] = None, text_bank: Optional[torch.Tensor] = None,
+               text_bank_k: int = hubness.DEFAULT_K, text_bank_source: str = "") -> "KnowledgeBase":
         """An empty KB at ``path`` (which must not hold one) with an index built by ``create_index(index_spec, params)``.
 
-        The model's checkpoint is copied into the KB, so the folder can be moved.
+        The model's checkpoint is copied into the KB, so the folder can be moved. ``text_bank``: (R, D) text
+        embeddings in the model's space for the hubness correction of text queries (``metricvision.kb.hubness``),
+        with its ``k`` and a note of where it came from.
         """
         path = Path(path)
         if (path / CARD).exists():
             raise FileExistsError(f"{path} already holds a knowledge base; use `kb add` to append")
         index = create_index(index_spec, model.dim, "ip", index_params)
+        if text_bank is not None:
+            if not model.card.text_model:
+                raise ValueError("a text bank needs a text-aligned model (a checkpoint from `kb align`); this one has none")
+            text_bank = hubness.check_text_bank(text_bank, text_bank_k, model.dim)
         path.mkdir(parents=True, exist_ok=True)
+        if text_bank is not None:
+            hubness.save_text_bank(path, text_bank, text_bank_k, text_bank_source)
 
         def write(folder: Path) -> Dict[str, Any]:
             create_items(folder / ITEMS)
@@ -183,10 +195,15 @@ class KnowledgeBase:
             raise ValueError(f"got {len(samples)} samples but {len(embeddings)} embeddings")
         x = np.asarray(embeddings, dtype=np.float32)
         root = Path(image_root).resolve() if image_root is not None else None
+        r = hubness.item_crowding(x, self.text_bank) if self.text_bank is not None and len(x) else None
 
         def change(_: KnowledgeBase, first: int) -> Tuple[List[Row], np.ndarray]:
             ids = range(first, first + len(samples))
-            return [(i, self._store_image(i, s, root), s.caption, int(s.label), _metadata(s)) for i, s in zip(ids, samples)], []
+            meta = [_metadata(s) for s in samples]
+            if r is not None:
+                for m, value in zip(meta, r):
+                    m[hubness.CROWDING_KEY] = float(value)
+            return [(i, self._store_image(i, s, root), s.caption, int(s.label), m) for i, s, m in zip(ids, samples, meta)], []
 
         return [r[0] for r in self._write(change, x, timeout)]
 

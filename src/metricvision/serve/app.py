@@ -196,9 +196,11 @@ def create_app(
         text_weight: float = Form(0.5),
         mode: str = Form("vector"),
         object_views: bool = Form(False),
+        hub_correction: bool = Form(True),
     ) -> Response:
         # form and JSON bodies are answered by FastSearch before they get here; multipart ones come here
-        query = SearchQuery(text, item_id, k, filters, with_heatmap, heatmap_top, text_weight, mode, object_views)
+        query = SearchQuery(text, item_id, k, filters, with_heatmap, heatmap_top, text_weight, mode, object_views,
+                            hub_correction)
         query.check()
         upload = await image.read(max_upload_bytes + 1) if image is not None and image.filename else None
         return Response(await searcher.answer(query, upload), media_type="application/json")

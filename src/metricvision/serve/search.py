@@ -57,6 +57,7 @@ class SearchQuery:
     text_weight: float = 0.5
     mode: str = "vector"
     object_views: bool = False
+    hub_correction: bool = True
 
     def check(self) -> None:
         """Raise BadRequest (400) naming the first field out of range."""
@@ -154,7 +155,7 @@ class Searcher:
                 query_image = item_image(kb, parse_item_id(q.item_id))
             try:
                 return search(kb, query_image, q.text, q.k, parsed, q.with_heatmap, q.text_weight, self.combiner,
-                              q.mode, q.heatmap_top, deadline, q.object_views)
+                              q.mode, q.heatmap_top, deadline, q.object_views, q.hub_correction)
             except ValueError as e:
                 raise BadRequest(400, str(e)) from None
 

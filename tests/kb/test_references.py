@@ -4,7 +4,7 @@ import torch
 
 from metricvision.data.emoji import emoji_splits
 from metricvision.kb.model import ImageTextModel, ModelCard
-from metricvision.localization.references import load_references, parse_dataset_spec
+from metricvision.kb.references import load_references, parse_dataset_spec
 
 
 def test_caption_references_are_each_training_class_name_embedded_by_the_text_side():

@@ -1,5 +1,5 @@
-"""Reference embeddings for the hubness correction of ``query_detector_model_crops``: the clean renderings of
-known identities, or their names, in the image model's space, from an array, a file or a registered dataset."""
+"""Reference embeddings for the hubness corrections (``query_detector_model_crops``, a KB's text bank): the clean
+renderings of known identities, or texts, in the image model's space, from an array, a file or a registered dataset."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,11 +41,19 @@ def load_references(references: Any, model: ImageTextModel) -> torch.Tensor:
     """Reference embeddings -> (N, D) L2-normalized float tensor in ``model``'s space. ``references``: an (N, D)
     array; an .npz (key ``embeddings``, as ``metricvision embed`` writes) or .npy file; "DATASET[:SPLIT]" (a
     registered dataset, split ``train`` by default, options after "?", e.g. "emoji:train?hold_out=scene_val") whose
-    images ``model`` embeds; or "captions:DATASET[:SPLIT]", its classes' captions (one per class) embedded by the
-    model's text side: a bank of texts, for the hubness of text queries (needs a text-aligned model)."""
+    images ``model`` embeds; "captions:DATASET[:SPLIT]", its classes' captions (one per class), or a .txt file (one
+    text per line, blank lines skipped), embedded by the model's text side: a bank of texts, for the hubness of text
+    queries (needs a text-aligned model)."""
     if isinstance(references, (str, Path)):
         path = Path(references)
-        if path.suffix in (".npz", ".npy"):
+        if path.suffix == ".txt":
+            if not path.is_file():
+                raise FileNotFoundError(f"references {path} not found (a text file, one text per line)")
+            texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if not texts:
+                raise ValueError(f"references {path} holds no text (one text per line expected)")
+            references = model.encode_text(texts).numpy()
+        elif path.suffix in (".npz", ".npy"):
             if not path.is_file():
                 raise FileNotFoundError(f"references {path} not found (an .npz from `metricvision embed`, or an .npy)")
             loaded = np.load(path)
