@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from metricvision.cli import main
+from metricvision.kb.align import text_to_image_recall
+from metricvision.kb.experiments import kb_text_recall
 from metricvision.kb.hubness import CROWDING_KEY, load_text_bank
 from metricvision.kb.model import ImageTextModel, ModelCard
 from metricvision.kb.query import search
@@ -107,3 +109,12 @@ def test_cli_builds_a_kb_with_a_bank_file_and_searches_both_ways(shapes_kb, tmp_
         got = [h["id"] for h in json.loads(capsys.readouterr().out)]
         assert got == [h["id"] for h in search(kb, text="red circle", k=4, hub_correction=hub)]
 
+
+
+def test_the_kb_search_scores_the_names_as_the_benchmark_ranks_them(hub_kb):
+    kb, model, bank = hub_kb
+    samples = shape_classes()
+    for hub, refs in ((False, None), (True, torch.from_numpy(bank))):
+        through_kb = kb_text_recall(kb, samples, ks=(1, 2), hub_correction=hub)
+        direct = text_to_image_recall(model, samples, ks=(1, 2), references=refs, hub_k=3)
+        assert through_kb == {key: pytest.approx(direct[key]) for key in ("recall@1", "recall@2")}
