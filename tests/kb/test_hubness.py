@@ -1,5 +1,6 @@
 """A KB's text bank: each item's crowding stored at add time, text queries re-ranked by 2 cos - r (CSLS)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from metricvision.cli import main
 from metricvision.kb.align import text_to_image_recall
 from metricvision.kb.experiments import kb_text_recall
-from metricvision.kb.hubness import CROWDING_KEY, load_text_bank
+from metricvision.kb.hubness import CROWDING_KEY, TEXT_BANK, load_text_bank, save_text_bank
 from metricvision.kb.model import ImageTextModel, ModelCard
 from metricvision.kb.query import search
 from metricvision.kb.store import KnowledgeBase
@@ -88,7 +89,7 @@ def test_text_bank_errors_name_the_value(shapes_kb, tmp_path):
     image_only = ImageTextModel(ModelCard(backbone="mobilenet_v2", image_size=32))
     with pytest.raises(ValueError, match="needs a text-aligned model"):
         KnowledgeBase.create(tmp_path / "c", image_only, text_bank=torch.ones(12, image_only.dim))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and load_text_bank(tmp_path / "c") is None
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and load_text_bank(tmp_path / "c", 384) is None
 
 
 def test_cli_builds_a_kb_with_a_bank_file_and_searches_both_ways(shapes_kb, tmp_path, capsys):
@@ -118,3 +119,21 @@ def test_the_kb_search_scores_the_names_as_the_benchmark_ranks_them(hub_kb):
         through_kb = kb_text_recall(kb, samples, ks=(1, 2), hub_correction=hub)
         direct = text_to_image_recall(model, samples, ks=(1, 2), references=refs, hub_k=3)
         assert through_kb == {key: pytest.approx(direct[key]) for key in ("recall@1", "recall@2")}
+
+
+def test_a_damaged_or_swapped_bank_file_is_named_when_the_kb_opens(hub_kb, tmp_path):
+    import shutil
+
+    kb = hub_kb[0]
+    copy = Path(shutil.copytree(kb.path, tmp_path / "kb"))
+    (copy / TEXT_BANK).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"text bank .*text_bank.safetensors is unusable .*remove the file"):
+        KnowledgeBase.open(copy)
+    save_text_bank(copy, torch.ones(4, 8), 2)
+    with pytest.raises(ValueError, match=r"unusable \(text bank must be \(R >= 1, 384\) .* got shape \(4, 8\)\)"):
+        KnowledgeBase.open(copy)
+    (copy / TEXT_BANK).unlink()
+    plain = KnowledgeBase.open(copy)
+    assert plain.text_bank is None
+    assert [h["id"] for h in search(plain, text="red circle", k=5)] == [
+        h["id"] for h in search(kb, text="red circle", k=5, hub_correction=False)]

@@ -46,14 +46,24 @@ def save_text_bank(kb_path: Path, bank: torch.Tensor, k: int, source: str = "") 
         f.write(save({"bank": bank.contiguous()}, metadata={"k": str(k), "source": source}))
 
 
-def load_text_bank(kb_path: Path) -> Optional[Tuple[torch.Tensor, int]]:
-    """The KB's (R, D) bank and k, or None when it has none (read once per file: every version of a KB shares it)."""
+def load_text_bank(kb_path: Path, dim: int) -> Optional[Tuple[torch.Tensor, int]]:
+    """The KB's (R, dim) bank and k, or None when it has none (read once per file: every version of a KB shares it).
+
+    Raises:
+        ValueError: the file is unreadable, or its bank or k does not fit the KB's model (naming the file).
+    """
     path = Path(kb_path) / TEXT_BANK
     try:
         stat = path.stat()
     except FileNotFoundError:
         return None
-    return _read_bank(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    try:
+        bank, k = _read_bank(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        check_text_bank(bank, k, dim)
+    except Exception as e:
+        raise ValueError(f"text bank {path} is unusable ({e}); remove the file to rank text queries by the plain "
+                         f"cosine") from None
+    return bank, k
 
 
 @functools.lru_cache(maxsize=8)

@@ -70,7 +70,7 @@ class KnowledgeBase:
                  writer: bool = False, verify: bool = True, known: Optional[Parts] = None) -> None:
         self.path, self.card, self.writer = path, card, writer
         self._model = model
-        self.text_bank = hubness.load_text_bank(path)
+        self.text_bank = hubness.load_text_bank(path, card.dim)
         self.segment_rows, self.max_segments = versions.SEGMENT_ROWS, versions.MAX_SEGMENTS
         self.max_tombstones = versions.MAX_TOMBSTONES
         self.store = IndexStore(path / "index")
