@@ -45,6 +45,7 @@ def test_form_and_json_bodies_equal_the_multipart_path(client, fields):
 
 
 def test_json_body_takes_native_types_and_filter_objects(client):
+    assert client.get("/v1/info").json()["text_bank"] is None
     hits = client.post("/v1/search", json={"text": "red", "k": 24, "filters": {"shape": ["circle"]}}).json()["hits"]
     assert len(hits) == 8 and {h["metadata"]["shape"] for h in hits} == {"circle"}
     r = client.post("/v1/search", json={"text": "red circle", "k": 1, "with_heatmap": True, "text_weight": 1})
@@ -195,6 +196,7 @@ def test_text_bank_kb_ranks_text_by_its_correction_unless_the_request_turns_it_o
     kb = KnowledgeBase.create(tmp_path / "kb", model, text_bank=model.encode_text(texts), text_bank_k=3)
     kb.add(shape_classes())
     with TestClient(create_app(kb.path)) as c:
+        assert c.get("/v1/info").json()["text_bank"] == {"texts": len(texts), "k": 3}
         for text in ("red circle", "blue square", "yellow triangle"):
             for hub in (True, False):
                 fields = {"text": text, "k": 6, "hub_correction": hub}

@@ -181,8 +181,9 @@ def create_app(
     def info() -> Dict[str, Any]:
         kb = live.snapshot()
         recent = [{"id": it["id"], "caption": it["caption"], "image_url": f"/v1/items/{it['id']}/image"} for it in kb.recent(8)]
+        bank = {"texts": len(kb.text_bank[0]), "k": kb.text_bank[1]} if kb.text_bank is not None else None
         return {"items": len(kb), "version": kb.version, "model_card": kb.card.__dict__, "combiner": combiner is not None,
-                "max_upload_bytes": max_upload_bytes, "modes": list(MODES), "recent": recent}
+                "max_upload_bytes": max_upload_bytes, "modes": list(MODES), "text_bank": bank, "recent": recent}
 
     @app.post("/v1/search")
     async def search_route(
