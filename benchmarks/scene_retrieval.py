@@ -15,8 +15,6 @@ box) and overlaps one at IoU >= 0.5. The ground truth is used for scoring only.
         --backgrounds /usr/share/backgrounds/mate/nature
     python benchmarks/scene_retrieval.py --scenes runs/scenes/test \
         --checkpoint runs/text_align/image_model.safetensors
-    # name queries also ranked as a KB with a text bank ranks them (`kb build --text-bank`), whole images and regions
-    python benchmarks/scene_retrieval.py --checkpoint runs/text_hc/image_model.safetensors --text-bank captions:emoji:train
     # an identity model (`kb from-run`, image queries only) over the proposals of a detector trained on another model
     python benchmarks/scene_retrieval.py --checkpoint runs/scene_aug_e24/image_model.safetensors \
         --detector runs/detector_big.safetensors --region-embedding model \
@@ -34,9 +32,7 @@ from typing import Dict, List
 import numpy as np
 
 from metricvision.data import Sample
-from metricvision.kb.hubness import rerank
 from metricvision.kb.model import ImageTextModel
-from metricvision.kb.references import load_references
 from metricvision.kb.regions import (REGION_EMBEDDINGS, add_regions, best_regions, enable_regions, kb_proposer, load_regions,
                                      merge_with_regions)
 from metricvision.kb.store import KnowledgeBase
@@ -55,23 +51,18 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def evaluate(kb: KnowledgeBase, queries: np.ndarray, relevant: List[Dict[int, List[np.ndarray]]],
-             hub_corrected: bool = False) -> Dict[str, Dict[str, float]]:
+def evaluate(kb: KnowledgeBase, queries: np.ndarray, relevant: List[Dict[int, List[np.ndarray]]]) -> Dict[str, Dict[str, float]]:
     """mAP per ranking rule and box quality of the best region, for (Q, D) queries.
 
     Args:
         relevant: per query, relevant item id -> the query object's (4,) boxes in that scene.
-        hub_corrected: rank whole images and regions by 2 cos - r (the KB's text bank), as the KB's text search does.
     """
     n, table = len(kb), load_regions(kb.path)
     whole_s, whole_i = kb.search(queries, n)
-    if hub_corrected:
-        items = kb.items([int(i) for i in whole_i[0]])
-        whole_s, whole_i = (np.stack(x) for x in zip(*(rerank(s, i, items, n) for s, i in zip(whole_s, whole_i))))
     positions: Dict[str, List[np.ndarray]] = {r: [] for r in RULES}
     centre, iou50, found = 0, 0, 0
     for q, rel in enumerate(relevant):
-        regions = best_regions(table, queries[q], per_item=1, hub_corrected=hub_corrected)
+        regions = best_regions(table, queries[q], per_item=1)
         region_rank = np.array(sorted(regions, key=lambda i: -regions[i][0]["score"]), np.int64)
         _, merged = merge_with_regions(whole_s[q], whole_i[q], regions, n)
         for rule, ranking in zip(RULES, (whole_i[q], region_rank, merged)):
@@ -103,8 +94,6 @@ def main() -> None:
                     "(`metricvision detector refiner`) that regress each region's box from its crop")
     ap.add_argument("--query-views", action="store_true",
                     help="embed image queries as the mean over their views (metricvision.kb.views)")
-    ap.add_argument("--text-bank", metavar="SPEC", help="the KB's text bank (`kb build --text-bank`, e.g. "
-                    "captions:emoji:train): name queries are also ranked hubness-corrected")
     ap.add_argument("--limit", type=int, default=0, help="use the first N scenes (0: all)")
     ap.add_argument("--kb", help="KB folder to build (default: a temporary one)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -116,8 +105,7 @@ def main() -> None:
     model = ImageTextModel.from_checkpoint(a.checkpoint)
     kb_dir = Path(a.kb or tempfile.mkdtemp(prefix="scene_kb_")) / "kb"
     start = time.time()
-    bank = load_references(a.text_bank, model) if a.text_bank else None
-    kb = KnowledgeBase.create(kb_dir, model, text_bank=bank, text_bank_source=a.text_bank or "")
+    kb = KnowledgeBase.create(kb_dir, model)
     samples = [Sample(image=str(root / im["file_name"])) for im in images]
     ids = kb.add(samples, image_root=root)
     whole_s = time.time() - start
@@ -143,8 +131,6 @@ def main() -> None:
           f"relevant scenes each); {n_regions} regions ({n_regions / len(images):.0f} per scene, "
           f"{'detector' if a.detector else 'grid'}); embedding: whole {whole_s:.0f} s, regions {region_s:.0f} s")
     results = {task: evaluate(kb, q.numpy(), relevant) for task, q in queries.items()}
-    if bank is not None and "name query" in queries:
-        results["name query, hubness-corrected"] = evaluate(kb, queries["name query"].numpy(), relevant, True)
     print("\n| query | " + " | ".join(f"mAP {r}" for r in RULES) + " | regions / whole | best box: centre in / IoU>=0.5 |")
     print("|---" * (len(RULES) + 3) + "|")
     for task, r in results.items():

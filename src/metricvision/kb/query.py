@@ -169,8 +169,8 @@ def search(
 
     Args:
         object_views: embed the query image as the mean over its views (``embed_query``).
-        hub_correction: in a KB with a text bank (``metricvision.kb.hubness``), rank the items (and regions) of a
-            text-only query by the hubness-corrected score 2 cos - r (its hits' ``score``); False: plain cosine.
+        hub_correction: in a KB with a text bank (``metricvision.kb.hubness``) and without regions, rank the items
+            of a text-only query by the hubness-corrected score 2 cos - r (its hits' ``score``); False: plain cosine.
         mode: "vector" (embeddings), "keyword" (BM25 over captions, needs a text) or "hybrid"
             (both ranked lists fused by reciprocal rank fusion; the score is the fused one).
         heatmap_top: heat maps only for the first this many hits (default: all k).
@@ -192,7 +192,7 @@ def search(
         raise ValueError(f"mode '{mode}' needs a text")
     q = embed_query(kb, image, text, text_weight, combiner, object_views) if mode != "keyword" or with_heatmap else None
     regions: Dict[int, List[Dict[str, Any]]] = {}
-    hub = hub_correction and image is None and kb.text_bank is not None
+    hub = hub_correction and image is None and kb.text_bank is not None and not has_regions(kb.path)
     if mode == "keyword":
         scores, ids = kb.keyword_search(text, k, filters)
     else:
@@ -202,7 +202,7 @@ def search(
             vs, vi = (x[None] for x in rerank(vs[0], vi[0], kb.items([int(i) for i in vi[0] if i >= 0]), fetch))
         if has_regions(kb.path):
             allowed = kb.allowed_ids(filters) if filters else None
-            regions = best_regions(load_regions(kb.path), q.numpy(), allowed, max_items=fetch, hub_corrected=hub)
+            regions = best_regions(load_regions(kb.path), q.numpy(), allowed, max_items=fetch)
             vs, vi = (x[None] for x in merge_with_regions(vs[0], vi[0], regions, fetch))
         scores, ids = (vs[0], vi[0]) if mode == "vector" else fuse_rrf([vi[0], kb.keyword_search(text, fetch, filters)[1]], k)
     valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]

@@ -23,7 +23,6 @@ import torch
 
 from metricvision._atomic import atomic_write
 from metricvision.data import Sample, load_image
-from metricvision.kb.hubness import item_crowding, load_text_bank
 from metricvision.kb.model import ImageTextModel
 
 REGIONS_DIR = "regions"
@@ -188,13 +187,11 @@ def kb_proposer(kb_path: str | os.PathLike, model: ImageTextModel) -> Optional[A
 
 @dataclass
 class RegionTable:
-    """All regions of a KB: ``item_ids`` (R,), ``boxes`` (R, 4) in pixels, ``embeddings`` (R, D) normalized, and
-    ``crowding`` (R,): each region's r among the KB's text bank (``metricvision.kb.hubness``; None: 0 for all)."""
+    """All regions of a KB: ``item_ids`` (R,), ``boxes`` (R, 4) in pixels, ``embeddings`` (R, D) normalized."""
 
     item_ids: np.ndarray
     boxes: np.ndarray
     embeddings: np.ndarray
-    crowding: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -234,11 +231,8 @@ def add_regions(kb_path: str | os.PathLike, item_ids: Sequence[int], samples: Se
     folder = region_dir(kb_path)
     folder.mkdir(parents=True, exist_ok=True)
     n = len(list(folder.glob("part-*.npz")))
-    x = np.concatenate(embs)
-    bank = load_text_bank(kb_path, x.shape[1])
-    crowding = item_crowding(x, bank) if bank is not None else np.zeros(len(x), np.float32)
     with atomic_write(folder / f"part-{n:06d}.npz") as f:
-        np.savez(f, item_ids=np.concatenate(ids), boxes=np.concatenate(boxes), embeddings=x, crowding=crowding)
+        np.savez(f, item_ids=np.concatenate(ids), boxes=np.concatenate(boxes), embeddings=np.concatenate(embs))
     return int(sum(map(len, ids)))
 
 
@@ -259,8 +253,6 @@ def load_regions(kb_path: str | os.PathLike) -> RegionTable:
         item_ids=np.concatenate([z["item_ids"] for z in loaded]) if loaded else np.empty(0, np.int64),
         boxes=np.concatenate([z["boxes"] for z in loaded]) if loaded else np.empty((0, 4), np.float32),
         embeddings=np.concatenate([z["embeddings"] for z in loaded]) if loaded else np.empty((0, 0), np.float32),
-        crowding=np.concatenate([z["crowding"] if "crowding" in z else np.zeros(len(z["item_ids"]), np.float32)
-                                 for z in loaded]) if loaded else np.empty(0, np.float32),
     )
     with _CACHE_LOCK:
         _CACHE[str(Path(kb_path).resolve())] = (key, table)
@@ -268,7 +260,7 @@ def load_regions(kb_path: str | os.PathLike) -> RegionTable:
 
 
 def best_regions(table: RegionTable, query: np.ndarray, allowed: Optional[np.ndarray] = None, per_item: int = 3,
-                 max_items: Optional[int] = None, hub_corrected: bool = False) -> Dict[int, List[Dict[str, Any]]]:
+                 max_items: Optional[int] = None) -> Dict[int, List[Dict[str, Any]]]:
     """The items with the best-scoring regions for a (D,) query, with those regions, best first.
 
     Args:
@@ -277,10 +269,9 @@ def best_regions(table: RegionTable, query: np.ndarray, allowed: Optional[np.nda
         allowed: item ids that may be returned (None: all).
         per_item: regions kept per item.
         max_items: items returned, by their best region (None: every item with a region).
-        hub_corrected: score 2 cos - the region's crowding (a text query in a KB with a text bank).
 
     Returns:
-        item id -> [{"box": [x0, y0, x1, y1], "score": cosine, or the corrected score}], best items first.
+        item id -> [{"box": [x0, y0, x1, y1], "score": cosine}], best items first.
     """
     if per_item < 1:
         raise ValueError(f"per_item must be >= 1, got {per_item}")
@@ -289,8 +280,6 @@ def best_regions(table: RegionTable, query: np.ndarray, allowed: Optional[np.nda
     if table.embeddings.shape[1] != query.shape[0]:
         raise ValueError(f"query has dim {query.shape[0]}, the regions {table.embeddings.shape[1]}")
     scores = table.embeddings @ query.astype(np.float32)
-    if hub_corrected:
-        scores = 2 * scores - (0.0 if table.crowding is None else table.crowding)
     order = np.argsort(-scores, kind="stable")
     if allowed is not None:
         order = order[np.isin(table.item_ids[order], allowed)]
