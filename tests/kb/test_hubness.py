@@ -100,6 +100,8 @@ def test_cli_builds_a_kb_with_a_bank_file_and_searches_both_ways(shapes_kb, tmp_
     source = ["--from-folder", str(tmp_path / "images"), "--captions", str(csv_path), "--checkpoint", ckpt, "--json"]
     assert main(["kb", "build", str(tmp_path / "kb0"), *source, "--text-bank", str(tmp_path / "empty.txt")]) == 2
     assert "empty.txt holds no text" in capsys.readouterr().err and not (tmp_path / "kb0" / "model_card.json").exists()
+    assert main(["kb", "build", str(tmp_path / "kb0"), *source, "--text-bank", "emoji:train"]) == 2  # images, not texts
+    assert "--text-bank must be a .txt file" in capsys.readouterr().err and not (tmp_path / "kb0").exists()
     assert main(["kb", "build", str(tmp_path / "kb"), *source, "--text-bank", str(tmp_path / "bank.txt"),
                  "--text-bank-k", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["text_bank"] == len(BANK)

@@ -147,6 +147,9 @@ def _build(args: argparse.Namespace) -> Dict[str, Any]:
     from metricvision.kb.regions import check_region_embedding
 
     check_region_embedding(args.detector, args.region_embedding, args.detector_model, args.refiner)  # before anything is written
+    if args.text_bank and not (args.text_bank.startswith("captions:") or args.text_bank.endswith((".txt", ".npy", ".npz"))):
+        raise ValueError(f"--text-bank must be a .txt file (one text per line), captions:DATASET[:SPLIT] or an .npy / .npz "
+                         f"of text embeddings, got '{args.text_bank}'")
     samples, skipped = _samples(args)
     if args.checkpoint:
         model = ImageTextModel.from_checkpoint(args.checkpoint)
