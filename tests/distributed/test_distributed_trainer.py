@@ -168,3 +168,16 @@ def test_oltr_recipe_trains_on_two_processes(tmp_path: Path) -> None:
     assert torch.equal(torch.load(tmp_path / "run" / "centroids0.pt"), torch.load(tmp_path / "run" / "centroids1.pt"))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 2 and 0 <= metrics["oltr_accuracy"] <= 1
+
+
+def test_only_rank_0_writes_the_run_files(tmp_path: Path) -> None:
+    """Two ranks writing metrics.json at once interleaved their bytes (a file ending in '}}', seen in CI): rank 0
+    alone writes run files, whole (temporary name, then renamed)."""
+    from metricvision.engine.ray_train import DistributedTrainer
+
+    for rank in (1, 0):
+        trainer = object.__new__(DistributedTrainer)  # the write only needs the rank and the run folder
+        trainer.rank, trainer.run_dir = rank, tmp_path
+        trainer._write_run_file("metrics.json", json.dumps({"rank": rank}))
+        assert [p.name for p in tmp_path.iterdir()] == ([] if rank else ["metrics.json"])
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"rank": 0}

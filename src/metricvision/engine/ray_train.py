@@ -109,6 +109,11 @@ class DistributedTrainer(Trainer):
         if self.rank == 0:
             super()._log(entry)
 
+    def _write_run_file(self, name: str, text: str) -> None:
+        """Rank 0 only: the ranks' metrics differ in their timings, and two writers of one file interleave."""
+        if self.rank == 0:
+            super()._write_run_file(name, text)
+
 
 def _ray_train_loop(config: Dict[str, Any]) -> None:
     from metricvision.config import from_dict

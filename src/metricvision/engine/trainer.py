@@ -221,7 +221,7 @@ class Trainer:
                 default), or weights that became non-finite; the last good checkpoint is kept.
         """
         r = self.recipe
-        (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(r.to_dict(), sort_keys=False))
+        self._write_run_file("recipe.yaml", yaml.safe_dump(r.to_dict(), sort_keys=False))
         if resume and self.restore():
             self._log({"event": "resume", "epoch": self.epoch})
         start, start_epoch = time.time(), self.epoch
@@ -246,7 +246,7 @@ class Trainer:
         metrics["epochs_trained"] = self.epoch
         if self.history["warnings"]:
             metrics["warnings"] = list(self.history["warnings"])
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        self._write_run_file("metrics.json", json.dumps(metrics, indent=2))
         self._log({"event": "final", **metrics})
         return metrics
 
@@ -391,6 +391,11 @@ class Trainer:
         if keep and len(kept) == len(keep):
             self.last_test_embeddings = torch.stack([kept[id(s)] for s in self.test_samples])
         return metrics
+
+    def _write_run_file(self, name: str, text: str) -> None:
+        """Write ``run_dir/name`` whole or not at all (temporary name, then renamed)."""
+        with atomic_write(self.run_dir / name) as f:
+            f.write(text.encode())
 
     def _log(self, entry: Dict[str, Any]) -> None:
         with open(self.run_dir / "log.jsonl", "a") as f:
