@@ -10,7 +10,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from metricvision.kb.compose import Combiner, train_combiner, weighted_sum
 from metricvision.kb.model import ImageTextModel, save_image_model
 from metricvision.metrics.retrieval import hits_from_labels, recall_at_k
 from metricvision.models.text import create_text_encoder
+
+if TYPE_CHECKING:
+    from metricvision.kb.store import KnowledgeBase
 
 TONE_NAMES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
@@ -43,7 +46,7 @@ def tone_triplets(samples: Sequence[Sample]) -> Tuple[np.ndarray, List[str], np.
     return np.array(q, dtype=np.int64), texts, np.array(t, dtype=np.int64)
 
 
-def kb_text_recall(kb: Any, samples: Sequence[Sample], ks: Sequence[int] = (1, 5, 10),
+def kb_text_recall(kb: "KnowledgeBase", samples: Sequence[Sample], ks: Sequence[int] = (1, 5, 10),
                    hub_correction: bool = True) -> Dict[str, float]:
     """Recall@k of each class's caption over ``kb``'s own search (``metricvision.kb.query.search``, the path of
     `metricvision search --text` and ``POST /v1/search``), with or without its hubness correction."""

@@ -193,20 +193,23 @@ def search(
     q = embed_query(kb, image, text, text_weight, combiner, object_views) if mode != "keyword" or with_heatmap else None
     regions: Dict[int, List[Dict[str, Any]]] = {}
     hub = hub_correction and image is None and kb.text_bank is not None and not has_regions(kb.path)
+    shortlisted: Dict[int, Dict[str, Any]] = {}  # the items read to re-rank, reused for the hits
     if mode == "keyword":
         scores, ids = kb.keyword_search(text, k, filters)
     else:
         fetch = k if mode == "vector" else max(k, 50)
         vs, vi = kb.search(q[None].numpy(), max(fetch, SHORTLIST) if hub else fetch, filters)
         if hub:
-            vs, vi = (x[None] for x in rerank(vs[0], vi[0], kb.items([int(i) for i in vi[0] if i >= 0]), fetch))
+            shortlisted = kb.items([int(i) for i in vi[0] if i >= 0])
+            vs, vi = (x[None] for x in rerank(vs[0], vi[0], shortlisted, fetch))
         if has_regions(kb.path):
             allowed = kb.allowed_ids(filters) if filters else None
             regions = best_regions(load_regions(kb.path), q.numpy(), allowed, max_items=fetch)
             vs, vi = (x[None] for x in merge_with_regions(vs[0], vi[0], regions, fetch))
         scores, ids = (vs[0], vi[0]) if mode == "vector" else fuse_rrf([vi[0], kb.keyword_search(text, fetch, filters)[1]], k)
     valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
-    items = kb.items([i for _, i in valid])
+    wanted = [i for _, i in valid]
+    items = shortlisted if all(i in shortlisted for i in wanted) else kb.items(wanted)
     hits = []
     for rank, (score, i) in enumerate(v for v in valid if v[1] in items):
         hit = {**items[i], "score": score}
