@@ -45,9 +45,9 @@ import yaml
 from PIL import Image
 
 from metricvision.kb.model import ImageTextModel
+from metricvision.kb.references import load_references
 from metricvision.kb.store import write_json_atomic
 from metricvision.localization.localizers import LOCALIZERS
-from metricvision.kb.references import load_references
 from metricvision.localization.train import SceneSet, image_tensor, read_scenes
 from metricvision.kb.views import encode_object_queries
 from metricvision.data.scenes import rle_decode

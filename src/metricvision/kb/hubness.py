@@ -58,18 +58,18 @@ def load_text_bank(kb_path: Path, dim: int) -> Optional[Tuple[torch.Tensor, int]
     except FileNotFoundError:
         return None
     try:
-        bank, k = _read_bank(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-        check_text_bank(bank, k, dim)
+        return _read_bank(str(path.resolve()), stat.st_mtime_ns, stat.st_size, dim)
     except Exception as e:
         raise ValueError(f"text bank {path} is unusable ({e}); remove the file to rank text queries by the plain "
                          f"cosine") from None
-    return bank, k
 
 
 @functools.lru_cache(maxsize=8)
-def _read_bank(path: str, mtime_ns: int, size: int) -> Tuple[torch.Tensor, int]:
+def _read_bank(path: str, mtime_ns: int, size: int, dim: int) -> Tuple[torch.Tensor, int]:
+    """The file's checked bank and k (cached per file version: a KB object per version shares one read)."""
     with safe_open(path, framework="pt") as f:
-        return f.get_tensor("bank"), int((f.metadata() or {}).get("k", DEFAULT_K))
+        bank, k = f.get_tensor("bank"), int((f.metadata() or {}).get("k", DEFAULT_K))
+    return check_text_bank(bank, k, dim), k
 
 
 def item_crowding(embeddings: np.ndarray, bank: Tuple[torch.Tensor, int]) -> np.ndarray:

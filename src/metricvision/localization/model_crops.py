@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from metricvision.kb.model import ImageTextModel
-from metricvision.localization.localizers import LOCALIZERS, CropDetectorLocalizer
 from metricvision.kb.references import load_references
+from metricvision.localization.localizers import LOCALIZERS, CropDetectorLocalizer
 from metricvision.localization.refine import crop_maps, load_refiner
 from metricvision.localization.rescore import ContextRescorer, context_features, cross_validated_ap, match_labels
 from metricvision.similarity import crowding
