@@ -4,21 +4,21 @@
 #   scenes:  runs/scenes/{test,val} (300 / 60) and runs/scenes_big/train (2000) on Debian's mate-backgrounds
 #   lane A:  runs/text_align (the ImageNet backbone aligned to MiniLM) -> runs/detector_big.safetensors (2400 steps)
 #   lane B:  runs/scene_aug_e24 (recipe scene_objects) -> its image model -> runs/align_scene24 (aligned to the text)
-#   HELD_OUT=1 adds, in lane A, the held-out-identity protocol (models that never saw the val scenes' identities):
-#            runs/scenes_val400 and scenes_val1200, runs/scene_hold and runs/scene_grp4_hold (scene_objects /
-#            scene_objects_groups with data.options.hold_out=scene_val), their seed-1 twins runs/scene_grp4_hold_s1
-#            and runs/scene_hold_s1 and runs/scene_grp4_hold_s2 (seed 2), the ensembles runs/ens_hold (the first
-#            two), ens3_hold, ens4_hold and ens5_hold (the first three, four, five), the first three aligned to the
-#            text (runs/align_hold, align_grp4_hold, align_grp4_hold_s1) and their ensembles runs/ens_align_hold
-#            (two) and ens3_align_hold (three), and runs/detector_4k.safetensors (detector_big trained on
-#            runs/scenes_4k/train: scenes_big's 2000 train scenes and 2000 more; session 36)
+#   HELD_OUT=1 adds the held-out-identity protocol (models that never saw the val scenes' identities):
+#            lane A: runs/scenes_val400 and scenes_val1200, and runs/detector_4k.safetensors (detector_big trained on
+#            runs/scenes_4k/train: scenes_big's 2000 train scenes and 2000 more; session 36);
+#            lane B: runs/scene_hold and runs/scene_grp4_hold (scene_objects / scene_objects_groups with
+#            data.options.hold_out=scene_val), their seed-1 twins runs/scene_grp4_hold_s1 and runs/scene_hold_s1 and
+#            runs/scene_grp4_hold_s2 (seed 2), the ensembles runs/ens_hold (the first two), ens3_hold, ens4_hold and
+#            ens5_hold (the first three, four, five), the first three aligned to the text (runs/align_hold,
+#            align_grp4_hold, align_grp4_hold_s1) and their ensembles runs/ens_align_hold (two) and ens3_align_hold (three)
 # Then any row of the README's scene tables is one `benchmarks/scenes.py` (or `detector primer`) command away.
 # Resumable: a step whose output exists is skipped, so a killed run is started again with the same command.
 #
 #     bash benchmarks/scene_pipeline.sh                 # ROOT=runs, BACKGROUNDS=/usr/share/backgrounds/mate/nature
 #     ROOT=/tmp/tiny N_TRAIN=20 N_VAL=10 N_TEST=20 STEPS=10 EPOCHS=1 bash benchmarks/scene_pipeline.sh   # smoke test
-#     HELD_OUT=1 bash benchmarks/scene_pipeline.sh      # also the held-out-identity models (about 2 h more) and
-#                                                       # detector_4k (about 1 h more: 7 min of scenes, ~50 min of training)
+#     HELD_OUT=1 bash benchmarks/scene_pipeline.sh      # also the held-out-identity models (about 2 h more, lane B) and
+#                                                       # detector_4k (about 1 h more, lane A: 7 min of scenes, ~50 min of training)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-runs}
@@ -54,7 +54,7 @@ lane_a() {
         "${epochs_text[@]}"
     step "$ROOT/detector_big.safetensors" metricvision detector train --scenes "$ROOT/scenes_big/train" --steps "$STEPS" \
         --crop-steps 0 --checkpoint "$ROOT/text_align/image_model.safetensors" --out "$ROOT/detector_big.safetensors"
-    if [ "$HELD_OUT" = 1 ]; then held_out; fi
+    if [ "$HELD_OUT" = 1 ]; then held_out_scenes; fi
 }
 # ensemble NAME RUN...: ROOT/NAME.safetensors, the ensemble of the runs' image models
 ensemble() {
@@ -63,12 +63,21 @@ ensemble() {
     for run in "$@"; do paths+=("$ROOT/$run/image_model.safetensors"); done
     step "$out" metricvision kb ensemble "$out" "${paths[@]}"
 }
-held_out() {
-    local hold=(--set data.options.hold_out=scene_val --set "data.train_transform_params.backgrounds=[$B]")
+# HELD_OUT=1, lane A: the larger val scene sets, 4000 train scenes and detector_4k (after detector_big)
+held_out_scenes() {
     step "$ROOT/scenes_val400/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIG" \
         --out "$ROOT/scenes_val400" --backgrounds "$B"
     step "$ROOT/scenes_val1200/annotations.json" metricvision scenes build --split val --n "$N_VAL_BIGGER" \
         --out "$ROOT/scenes_val1200" --backgrounds "$B"
+    step "$ROOT/scenes_4k/train/annotations.json" metricvision scenes build --split train --n "$N_TRAIN_BIGGER" \
+        --out "$ROOT/scenes_4k/train" --backgrounds "$B"
+    step "$ROOT/detector_4k.safetensors" metricvision detector train --scenes "$ROOT/scenes_4k/train" --steps "$STEPS" \
+        --lr 5e-4 --crop-steps 0 --init "$ROOT/detector_big.safetensors" \
+        --checkpoint "$ROOT/text_align/image_model.safetensors" --out "$ROOT/detector_4k.safetensors"
+}
+# HELD_OUT=1, lane B: the held-out identity models, their ensembles and aligned twins
+held_out_models() {
+    local hold=(--set data.options.hold_out=scene_val --set "data.train_transform_params.backgrounds=[$B]")
     # RUN:RECIPE:SEED; the seed-1 and seed-2 runs are the third to fifth members of the larger ensembles (session 34)
     local m run recipe seed
     for m in scene_hold:scene_objects:0 scene_grp4_hold:scene_objects_groups:0 \
@@ -89,11 +98,6 @@ held_out() {
     done
     ensemble ens_align_hold align_hold align_grp4_hold
     ensemble ens3_align_hold align_hold align_grp4_hold align_grp4_hold_s1
-    step "$ROOT/scenes_4k/train/annotations.json" metricvision scenes build --split train --n "$N_TRAIN_BIGGER" \
-        --out "$ROOT/scenes_4k/train" --backgrounds "$B"
-    step "$ROOT/detector_4k.safetensors" metricvision detector train --scenes "$ROOT/scenes_4k/train" --steps "$STEPS" \
-        --lr 5e-4 --crop-steps 0 --init "$ROOT/detector_big.safetensors" \
-        --checkpoint "$ROOT/text_align/image_model.safetensors" --out "$ROOT/detector_4k.safetensors"
 }
 lane_b() {
     step "$ROOT/scene_aug_e24/metrics.json" metricvision train scene_objects --out "$ROOT/scene_aug_e24" --no-report \
@@ -102,6 +106,7 @@ lane_b() {
         "$ROOT/scene_aug_e24/image_model.safetensors"
     step "$ROOT/align_scene24/image_model.safetensors" metricvision kb align "$ROOT/align_scene24" \
         --init-run "$ROOT/scene_aug_e24" --image-size 72 "${epochs_align[@]}"
+    if [ "$HELD_OUT" = 1 ]; then held_out_models; fi
 }
 export OMP_NUM_THREADS=1
 lane_a > "$ROOT/logs/lane_a.log" 2>&1 &
