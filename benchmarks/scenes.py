@@ -32,6 +32,7 @@ per-query work (``boxes``).
         [--option "references=captions:emoji:train?hold_out=scene_val"]   # or against the training names (aligned models)
         [--option context=auto --val runs/scenes_val400]   # context rescoring, fitted on 400 val scenes
         [--bootstrap 1000] [--save-detections runs/dets_a.json]   # AP50 intervals; detections for compare_detections.py
+        [--option runtime=onnx]   # the detector's pass and the crops run by ONNX Runtime: the same boxes, faster
 """
 from __future__ import annotations
 
@@ -77,17 +78,22 @@ def task_targets(scenes: SceneSet, task: str) -> List[np.ndarray]:
 
 
 def stage_ms(loc, images: List[torch.Tensor]) -> Dict[str, float]:
-    """Median ms per stage of a detector localizer's ``prepare`` on the images: backbone, head, crops (two-stage only)."""
-    times: Dict[str, List[float]] = {"backbone": [], "head": []}
+    """Median ms per stage of a detector localizer's ``prepare`` on the images: backbone, head (one stage,
+    "backbone + head", under ``--option runtime=onnx``), crops (two-stage only)."""
+    times: Dict[str, List[float]] = {}
     for image in images:
         t0 = time.perf_counter()
-        feats = loc.detector.features(image[None])
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            _, boxes, _ = loc.detector.head(feats, tuple(image.shape[-2:]),
-                                            primes=torch.ones(1, loc.detector.embedder.dim) if loc.detector.primed else None)
-        times["backbone"].append(t1 - t0)
-        times["head"].append(time.perf_counter() - t1)
+        if getattr(loc, "runtime", "torch") == "onnx":
+            _, boxes, _ = loc.predict(image[None])
+            times.setdefault("backbone + head", []).append(time.perf_counter() - t0)
+        else:
+            feats = loc.detector.features(image[None])
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                _, boxes, _ = loc.detector.head(feats, tuple(image.shape[-2:]), primes=torch.ones(
+                    1, loc.detector.embedder.dim) if loc.detector.primed else None)
+            times.setdefault("backbone", []).append(t1 - t0)
+            times.setdefault("head", []).append(time.perf_counter() - t1)
         if getattr(loc, "proposals", None):
             t2 = time.perf_counter()
             loc.embed_crops(image, boxes[0].reshape(-1, 4)[: loc.proposals])

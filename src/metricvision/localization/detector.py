@@ -103,15 +103,15 @@ class QueryDetector(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, D + C, h, w) frozen features on the head's grid; with ``prime_at``, the
         query-independent part: the output of the first primed backbone layer, before its modulation."""
+        x = self.embedder.backbone_input(images)
         if self.prime_at:
-            return self.embedder.backbone[: self.prime_at[0] + 1](self.embedder.backbone_input(images))
-        taps: List[torch.Tensor] = []
-        hook = self.embedder.backbone[self.tap_index].register_forward_hook(lambda m, i, o: taps.append(o))
-        try:
-            dense = self.embedder.dense(images)
-        finally:
-            hook.remove()
-        return self._grid_features(dense, taps[0])
+            return self.embedder.backbone[: self.prime_at[0] + 1](x)
+        mid = x
+        for k, layer in enumerate(self.embedder.backbone):
+            x = layer(x)
+            if k == self.tap_index:
+                mid = x
+        return self._grid_features(self.embedder.dense_from_features(x), mid)
 
     @staticmethod
     def _grid_features(dense: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
@@ -220,6 +220,20 @@ class QueryDetector(nn.Module):
             return [self.select_primed(feats[i : i + 1], tuple(images.shape[-2:]), queries, max_boxes, nms_iou)
                     for i in range(len(images))]
         return self.select(self.predict(images), queries, max_boxes=max_boxes, nms_iou=nms_iou)
+
+
+class Predictor(nn.Module):
+    """An unprimed QueryDetector's query-independent outputs as one module (what ``models.runtime`` exports):
+    (N, 3, H, W) in [0, 1] -> objectness logits (N, h, w), boxes (N, h, w, 4), region embeddings (N, h, w, D)."""
+
+    def __init__(self, detector: QueryDetector) -> None:
+        super().__init__()
+        if detector.primed:
+            raise ValueError("a primed detector's outputs depend on the query: it has no query-independent predictor")
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.detector.head(self.detector.features(images), tuple(images.shape[-2:]))
 
 
 def _film(linear: nn.Linear, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

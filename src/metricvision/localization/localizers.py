@@ -9,14 +9,16 @@ or a name (``encode_text``).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from metricvision._registry import Registry
 from metricvision.kb.model import ImageTextModel
+from metricvision.localization.detector import Predictor
 from metricvision.models.ensemble import EnsembleEmbedder
+from metricvision.models.runtime import RUNTIMES, runner
 
 LOCALIZERS: Registry = Registry("localizer")
 
@@ -33,13 +35,19 @@ class DetectorLocalizer:
         detector_model: checkpoint of the image model the head was trained on, when the queries and crops are
             embedded by another ``model`` (``query_detector_model_crops`` only: the other localizers score with
             embeddings in the head's own space).
+        runtime: what runs the detector's query-independent pass (and, in ``query_detector_model_crops``, the
+            image model on the crops): "torch" (eager) or "onnx" (ONNX Runtime, the same outputs to float rounding,
+            faster on CPU; ``models.runtime``).
     """
 
     own_space = True  # scores compare the query with embeddings trained in the detector model's space
 
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
-                 detector_model: Optional[str] = None) -> None:
+                 detector_model: Optional[str] = None, runtime: str = "torch") -> None:
         from metricvision.localization.train import load_detector
+
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
 
         if detector_model and self.own_space:
             raise ValueError(f"detector_model is for query_detector_model_crops only; {type(self).__name__} scores with "
@@ -50,10 +58,24 @@ class DetectorLocalizer:
                              "the single model it was trained on as detector_model, and the ensemble as the model")
         self.detector, self.crop = load_detector(weights, base)
         self.max_boxes, self.nms_iou = max_boxes, nms_iou
+        self.runtime = runtime
+        self._runners: Dict[str, Callable[[torch.Tensor], Any]] = {}
+
+    def run(self, name: str, module: Callable[[], torch.nn.Module], x: torch.Tensor) -> Any:
+        """``module()``'s forward on ``x`` under ``runtime``; the runner is made on first use and kept as ``name``."""
+        if name not in self._runners:
+            self._runners[name] = runner(module(), self.runtime)
+        return self._runners[name](x)
+
+    def predict(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) in [0, 1] -> ``QueryDetector.predict``'s objectness, boxes and embeddings, under ``runtime``."""
+        if self.runtime == "torch":
+            return self.detector.predict(images)
+        return self.run("detector", lambda: Predictor(self.detector), images)
 
     def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(3, H, W) image in [0, 1] -> the detector's query-independent outputs."""
-        return self.detector.predict(image[None])
+        return self.predict(image[None])
 
     def boxes(self, prepared: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], queries: torch.Tensor) -> List[np.ndarray]:
         """Prepared image, (Q, D) queries -> per query (n, 5) boxes with scores, best first."""
@@ -173,8 +195,9 @@ class CropDetectorLocalizer(DetectorLocalizer):
 
     def __init__(self, model: ImageTextModel, weights: str, max_boxes: int = 20, nms_iou: float = 0.5,
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0,
-                 detector_model: Optional[str] = None, vote: Optional[float] = None) -> None:
-        super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, detector_model=detector_model)
+                 detector_model: Optional[str] = None, vote: Optional[float] = None, runtime: str = "torch") -> None:
+        super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, detector_model=detector_model,
+                         runtime=runtime)
         if self.crop is None and self.needs_crop_embedder:
             raise ValueError(f"{weights} has no crop embedder; train one with `metricvision detector train --crop-steps N`")
         if proposals < 1:
@@ -193,7 +216,7 @@ class CropDetectorLocalizer(DetectorLocalizer):
         """(3, H, W) image in [0, 1] -> the best ``proposals`` (K, 4) and their objectness log-probabilities (K,)."""
         from torchvision.ops import nms
 
-        obj, boxes, _ = self.detector.predict(image[None])
+        obj, boxes, _ = self.predict(image[None])
         logp = torch.nn.functional.logsigmoid(obj[0].reshape(-1))
         flat = boxes[0].reshape(-1, 4)
         top = logp.topk(min(200, logp.numel())).indices

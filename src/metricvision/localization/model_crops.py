@@ -9,6 +9,7 @@ import torch
 
 from metricvision.kb.model import ImageTextModel
 from metricvision.kb.references import load_references
+from metricvision.localization.crops import crop_boxes
 from metricvision.localization.localizers import LOCALIZERS, CropDetectorLocalizer
 from metricvision.localization.refine import crop_maps, load_refiner
 from metricvision.localization.rescore import ContextRescorer, context_features, cross_validated_ap, match_labels
@@ -60,9 +61,10 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
                  proposals: int = 40, gamma: float = 1.0, temperature: float = 10.0, side: Optional[int] = None,
                  mix: Optional[float] = None, detector_model: Optional[str] = None, references: Any = None,
                  hub: Optional[float] = None, hub_k: int = 10, refiner: Optional[str] = None, refine_passes: int = 1,
-                 rescore: str = "proposal", context: str = "never", vote: Optional[float] = None) -> None:
+                 rescore: str = "proposal", context: str = "never", vote: Optional[float] = None,
+                 runtime: str = "torch") -> None:
         super().__init__(model, weights, max_boxes=max_boxes, nms_iou=nms_iou, proposals=proposals, gamma=gamma,
-                         temperature=temperature, detector_model=detector_model, vote=vote)
+                         temperature=temperature, detector_model=detector_model, vote=vote, runtime=runtime)
         if refine_passes < 1:
             raise ValueError(f"refine_passes must be >= 1, got {refine_passes}")
         if rescore not in RESCORE:
@@ -117,7 +119,12 @@ class ModelCropDetectorLocalizer(CropDetectorLocalizer):
     def embed_crops(self, image: torch.Tensor, boxes: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(3, H, W) image in [0, 1], (n, 4) boxes (and, if computed, the (n, C, h, w) backbone maps of their crops)
         -> (m, n, D) embeddings of their square crops: the image model's, then (m = 2) the trained crop embedder's."""
-        own = self.embedder.from_features(crop_maps(self.embedder, image, boxes, self.side) if maps is None else maps)
+        if maps is not None:
+            own = self.embedder.from_features(maps)
+        elif self.runtime == "torch":
+            own = self.embedder.from_features(crop_maps(self.embedder, image, boxes, self.side))
+        else:  # the image model's whole forward on the crops
+            own = self.run("crops", lambda: self.embedder, crop_boxes(image, boxes, self.side))
         return torch.stack([own, self.crop.embed(image, boxes)]) if self.crop is not None else own[None]
 
     def cosines(self, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
