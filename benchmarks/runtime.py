@@ -2,7 +2,8 @@
 
 Stages of ``query_detector_model_crops``: the detector's pass over one 512 px image (MobileNetV2 backbone and head) and
 the image model on the proposals' crops (40 crops at the model's side; an ensemble embeds each with every member).
-Prints each stage's median ms under both runtimes, their ratio and the largest difference of the outputs.
+Prints each stage's median ms under each runtime (eager "torch", "onnx", and for the crops "onnx_int8", the 8-bit graph
+calibrated on 8 batches of random crops), the ratios, and how far the outputs are from eager PyTorch's.
 
     python benchmarks/runtime.py                                            # untrained models of the same shapes
     python benchmarks/runtime.py --checkpoint runs/ens5_hold.safetensors \\
@@ -26,7 +27,7 @@ from metricvision.localization.detector import Predictor, QueryDetector
 from metricvision.localization.train import load_detector
 from metricvision.models.embedder import Embedder
 from metricvision.models.ensemble import EnsembleEmbedder
-from metricvision.models.runtime import OnnxRunner
+from metricvision.models.runtime import runner
 
 
 def median_ms(fns: Dict[str, Callable[[], Any]], repeats: int, warmup: int = 3) -> Dict[str, float]:
@@ -46,6 +47,11 @@ def largest_difference(a: Any, b: Any) -> float:
     """Largest absolute difference between two tensors or tuples of tensors."""
     pairs = zip(a, b) if isinstance(a, tuple) else [(a, b)]
     return max(float((x - y).abs().max()) for x, y in pairs)
+
+
+def lowest_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Lowest cosine between the rows of two (N, D) embeddings."""
+    return float((torch.nn.functional.normalize(a, dim=1) * torch.nn.functional.normalize(b, dim=1)).sum(1).min())
 
 
 def models(a: argparse.Namespace) -> Tuple[torch.nn.Module, torch.nn.Module, int]:
@@ -75,6 +81,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calibration", type=int, default=8, help="calibration calls of the 8-bit graph")
     a = ap.parse_args()
     if a.detector and not (a.detector_model or a.checkpoint):
         ap.error("--detector needs --detector-model (or --checkpoint): the model its head was trained on")
@@ -85,23 +92,30 @@ def main() -> None:
         "backbone + head": (predictor, torch.rand(1, 3, a.image_size, a.image_size)),
         f"{a.crops} crops at {side} px": (crops, torch.rand(a.crops, 3, side, side)),
     }
-    total = {"torch": 0.0, "onnx": 0.0}
+    total = {"torch": 0.0, "onnx": 0.0, "onnx_int8": 0.0}
     for name, (module, x) in stages.items():
-        start = time.perf_counter()
-        onnx = OnnxRunner(module, threads=a.threads)
-        onnx(x)
-        export_s = time.perf_counter() - start
-        with torch.no_grad():
-            diff = largest_difference(onnx(x), module(x))
-            ms = median_ms({"torch": lambda: module(x), "onnx": lambda: onnx(x)}, a.repeats)
-        eager, fast = ms["torch"], ms["onnx"]
-        total["torch"] += eager
-        total["onnx"] += fast
-        print(f"{name}: torch {eager:.1f} ms, onnx {fast:.1f} ms, torch / onnx {eager / fast:.2f}x, "
-              f"largest difference {diff:.1e} (export {export_s:.0f} s, once)")
-    print(f"both stages: torch {total['torch']:.1f} ms, onnx {total['onnx']:.1f} ms, "
-          f"torch / onnx {total['torch'] / total['onnx']:.2f}x ({a.threads} threads)")
-
+        # the detector's pass stays in float under onnx_int8 (the localizer's proposals do not move)
+        runtimes = ("onnx", "onnx_int8") if module is crops else ("onnx",)
+        runners: Dict[str, Callable[[torch.Tensor], Any]] = {"torch": runner(module, "torch")}
+        for rt in runtimes:
+            start = time.perf_counter()
+            runners[rt] = runner(module, rt, calibration=a.calibration)
+            for _ in range(a.calibration if rt == "onnx_int8" else 1):  # export (and calibrate) once
+                runners[rt](torch.rand_like(x))
+            print(f"{name}: {rt} graph ready in {time.perf_counter() - start:.0f} s (once)")
+        ms = median_ms({rt: (lambda r=r: r(x)) for rt, r in runners.items()}, a.repeats)
+        expected = runners["torch"](x)
+        line = [f"torch {ms['torch']:.1f} ms"]
+        for rt in runtimes:
+            got = runners[rt](x)
+            diff = (f"lowest cosine {lowest_cosine(got, expected):.5f}" if rt == "onnx_int8"
+                    else f"largest difference {largest_difference(got, expected):.1e}")
+            line.append(f"{rt} {ms[rt]:.1f} ms (torch / {rt} {ms['torch'] / ms[rt]:.2f}x, {diff})")
+        print(f"{name}: " + ", ".join(line))
+        for rt in total:
+            total[rt] += ms.get(rt, ms["onnx"])
+    ratios = f"torch / onnx {total['torch'] / total['onnx']:.2f}x, torch / onnx_int8 {total['torch'] / total['onnx_int8']:.2f}x"
+    print(f"both stages ({a.threads} threads): " + ", ".join(f"{rt} {t:.1f} ms" for rt, t in total.items()) + f"; {ratios}")
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,7 @@ per-query work (``boxes``).
         [--option context=auto --val runs/scenes_val400]   # context rescoring, fitted on 400 val scenes
         [--bootstrap 1000] [--save-detections runs/dets_a.json]   # AP50 intervals; detections for compare_detections.py
         [--option runtime=onnx]   # the detector's pass and the crops run by ONNX Runtime: the same boxes, faster
+        [--option runtime=onnx_int8]   # the crops' embeddings in 8 bits (calibrated on the first 8 images' crops)
 """
 from __future__ import annotations
 
@@ -79,11 +80,11 @@ def task_targets(scenes: SceneSet, task: str) -> List[np.ndarray]:
 
 def stage_ms(loc, images: List[torch.Tensor]) -> Dict[str, float]:
     """Median ms per stage of a detector localizer's ``prepare`` on the images: backbone, head (one stage,
-    "backbone + head", under ``--option runtime=onnx``), crops (two-stage only)."""
+    "backbone + head", under ``--option runtime=onnx`` or ``onnx_int8``), crops (two-stage only)."""
     times: Dict[str, List[float]] = {}
     for image in images:
         t0 = time.perf_counter()
-        if getattr(loc, "runtime", "torch") == "onnx":
+        if getattr(loc, "runtime", "torch") != "torch":
             _, boxes, _ = loc.predict(image[None])
             times.setdefault("backbone + head", []).append(time.perf_counter() - t0)
         else:

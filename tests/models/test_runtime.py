@@ -41,6 +41,23 @@ def test_an_embedder_gives_the_same_embeddings_for_any_batch_size():
     assert list(run.sessions) == [(3, 40, 40), (3, 48, 48)]
 
 
+def test_int8_is_calibrated_on_the_first_calls_and_then_approximates_the_float_embeddings():
+    torch.manual_seed(0)
+    model = _randomized_norms(Embedder("small_cnn", "gem", 16))
+    run = runner(model, "onnx_int8", calibration=2)
+    batches = [torch.rand(6, 3, 32, 32) for _ in range(3)]
+    with torch.no_grad():
+        expected = [model(b) for b in batches]
+    got = [run(b) for b in batches]
+    for g, e in zip(got[:2], expected):  # calibration calls run the float graph
+        assert torch.allclose(g, e, atol=1e-5)
+    assert not run.seen and not run.proto  # calibrated: the 8-bit graph replaced the float one
+    cos = (torch.nn.functional.normalize(got[2], dim=1) * expected[2]).sum(1)
+    assert cos.min() > 0.99 and not torch.allclose(got[2], expected[2], atol=1e-5)
+    with pytest.raises(ValueError, match="calibration"):
+        runner(model, "onnx_int8", calibration=-1)
+
+
 def test_a_mixed_size_ensemble_resizes_inside_the_graph():
     torch.manual_seed(0)
     members = [_randomized_norms(Embedder("small_cnn", "gem", 8)) for _ in range(2)]
@@ -73,5 +90,9 @@ def test_a_localizer_under_onnx_finds_the_boxes_it_finds_under_torch(tmp_path):
         assert len(a) == len(b) > 0 and np.allclose(a, b, atol=1e-3)
     with pytest.raises(ValueError, match="primed"):
         Predictor(QueryDetector(model.embedder, hidden=8, prime=True))
+    int8 = LOCALIZERS.create("query_detector_model_crops", model=model, weights=str(tmp_path / "det.safetensors"),
+                             max_boxes=5, runtime="onnx_int8")
+    for a, b in zip(int8.prepare(image)[:2], locs["torch"].prepare(image)[:2]):  # proposals from the float graph
+        assert torch.allclose(a, b, atol=1e-3)
     with pytest.raises(ValueError, match="runtime must be one of"):
         LOCALIZERS.create("query_detector", model=model, weights=str(tmp_path / "det.safetensors"), runtime="tensorrt")

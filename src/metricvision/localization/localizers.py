@@ -36,8 +36,9 @@ class DetectorLocalizer:
             embedded by another ``model`` (``query_detector_model_crops`` only: the other localizers score with
             embeddings in the head's own space).
         runtime: what runs the detector's query-independent pass (and, in ``query_detector_model_crops``, the
-            image model on the crops): "torch" (eager) or "onnx" (ONNX Runtime, the same outputs to float rounding,
-            faster on CPU; ``models.runtime``).
+            image model on the crops): "torch" (eager), "onnx" (ONNX Runtime, the same outputs to float rounding,
+            faster on CPU) or "onnx_int8" (the crops' embeddings in 8 bits, calibrated on the first 8 images' crops;
+            the detector's pass as "onnx"); see ``models.runtime``.
     """
 
     own_space = True  # scores compare the query with embeddings trained in the detector model's space
@@ -61,17 +62,18 @@ class DetectorLocalizer:
         self.runtime = runtime
         self._runners: Dict[str, Callable[[torch.Tensor], Any]] = {}
 
-    def run(self, name: str, module: Callable[[], torch.nn.Module], x: torch.Tensor) -> Any:
-        """``module()``'s forward on ``x`` under ``runtime``; the runner is made on first use and kept as ``name``."""
+    def run(self, name: str, module: Callable[[], torch.nn.Module], x: torch.Tensor, runtime: Optional[str] = None) -> Any:
+        """``module()``'s forward on ``x`` under ``runtime`` (default: the localizer's); the runner is made on first use
+        and kept as ``name``."""
         if name not in self._runners:
-            self._runners[name] = runner(module(), self.runtime)
+            self._runners[name] = runner(module(), runtime or self.runtime)
         return self._runners[name](x)
 
     def predict(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3, H, W) in [0, 1] -> ``QueryDetector.predict``'s objectness, boxes and embeddings, under ``runtime``."""
         if self.runtime == "torch":
             return self.detector.predict(images)
-        return self.run("detector", lambda: Predictor(self.detector), images)
+        return self.run("detector", lambda: Predictor(self.detector), images, runtime="onnx")  # proposals in float
 
     def prepare(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(3, H, W) image in [0, 1] -> the detector's query-independent outputs."""
