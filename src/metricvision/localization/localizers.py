@@ -49,7 +49,6 @@ class DetectorLocalizer:
 
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-
         if detector_model and self.own_space:
             raise ValueError(f"detector_model is for query_detector_model_crops only; {type(self).__name__} scores with "
                              "the head's own embeddings, which live in the space of the model it was trained on")
