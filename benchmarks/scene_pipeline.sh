@@ -13,7 +13,8 @@
 #            ens5_hold (the first three, four, five), the first three aligned to the text (runs/align_hold,
 #            align_grp4_hold, align_grp4_hold_s1) and their ensembles runs/ens_align_hold (two) and ens3_align_hold (three)
 # Then any row of the README's scene tables is one `benchmarks/scenes.py` (or `detector primer`) command away.
-# Resumable: a step whose output exists is skipped, so a killed run is started again with the same command.
+# Resumable: a step whose output exists is skipped, so a killed run is started again with the same command (an
+# identity model's training continues from its last epoch's checkpoint).
 #
 #     bash benchmarks/scene_pipeline.sh                 # ROOT=runs, BACKGROUNDS=/usr/share/backgrounds/mate/nature
 #     ROOT=/tmp/tiny N_TRAIN=20 N_VAL=10 N_TEST=20 STEPS=10 EPOCHS=1 bash benchmarks/scene_pipeline.sh   # smoke test
@@ -56,6 +57,14 @@ lane_a() {
         --crop-steps 0 --checkpoint "$ROOT/text_align/image_model.safetensors" --out "$ROOT/detector_big.safetensors"
     if [ "$HELD_OUT" = 1 ]; then held_out_scenes; fi
 }
+# train_run RUN RECIPE ARGS...: ROOT/RUN trained by `metricvision train`, resumed from its last checkpoint when a killed
+# run left one there (its recipe.yaml is written first)
+train_run() {
+    local run=$1 recipe=$2 resume=()
+    shift 2
+    if [ -e "$ROOT/$run/recipe.yaml" ]; then resume=(--resume); fi
+    metricvision train "$recipe" --out "$ROOT/$run" --no-report "${resume[@]}" "$@"
+}
 # ensemble NAME RUN...: ROOT/NAME.safetensors, the ensemble of the runs' image models
 ensemble() {
     local out="$ROOT/$1.safetensors" run paths=()
@@ -84,8 +93,7 @@ held_out_models() {
              scene_grp4_hold_s1:scene_objects_groups:1 scene_hold_s1:scene_objects:1 \
              scene_grp4_hold_s2:scene_objects_groups:2; do
         IFS=: read -r run recipe seed <<< "$m"
-        step "$ROOT/$run/metrics.json" metricvision train "$recipe" --out "$ROOT/$run" --no-report \
-            "${hold[@]}" --set "train.seed=$seed" "${epochs_run[@]}"
+        step "$ROOT/$run/metrics.json" train_run "$run" "$recipe" "${hold[@]}" --set "train.seed=$seed" "${epochs_run[@]}"
         step "$ROOT/$run/image_model.safetensors" metricvision kb from-run "$ROOT/$run" "$ROOT/$run/image_model.safetensors"
     done
     ensemble ens_hold scene_hold scene_grp4_hold
@@ -100,7 +108,7 @@ held_out_models() {
     ensemble ens3_align_hold align_hold align_grp4_hold align_grp4_hold_s1
 }
 lane_b() {
-    step "$ROOT/scene_aug_e24/metrics.json" metricvision train scene_objects --out "$ROOT/scene_aug_e24" --no-report \
+    step "$ROOT/scene_aug_e24/metrics.json" train_run scene_aug_e24 scene_objects \
         --set "data.train_transform_params.backgrounds=[$B]" "${epochs_run[@]}"
     step "$ROOT/scene_aug_e24/image_model.safetensors" metricvision kb from-run "$ROOT/scene_aug_e24" \
         "$ROOT/scene_aug_e24/image_model.safetensors"
