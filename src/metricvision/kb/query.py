@@ -192,7 +192,8 @@ def search(
         raise ValueError(f"mode '{mode}' needs a text")
     q = embed_query(kb, image, text, text_weight, combiner, object_views) if mode != "keyword" or with_heatmap else None
     regions: Dict[int, List[Dict[str, Any]]] = {}
-    hub = hub_correction and image is None and kb.text_bank is not None and not has_regions(kb.path)
+    with_regions = has_regions(kb.path)
+    hub = hub_correction and image is None and kb.text_bank is not None and not with_regions
     shortlisted: Dict[int, Dict[str, Any]] = {}  # the items read to re-rank, reused for the hits
     if mode == "keyword":
         scores, ids = kb.keyword_search(text, k, filters)
@@ -202,7 +203,7 @@ def search(
         if hub:
             shortlisted = kb.items([int(i) for i in vi[0] if i >= 0])
             vs, vi = (x[None] for x in rerank(vs[0], vi[0], shortlisted, fetch))
-        if has_regions(kb.path):
+        if with_regions:
             allowed = kb.allowed_ids(filters) if filters else None
             regions = best_regions(load_regions(kb.path), q.numpy(), allowed, max_items=fetch)
             vs, vi = (x[None] for x in merge_with_regions(vs[0], vi[0], regions, fetch))

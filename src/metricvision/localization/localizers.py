@@ -38,7 +38,8 @@ class DetectorLocalizer:
         runtime: what runs the detector's query-independent pass (and, in ``query_detector_model_crops``, the
             image model on the crops): "torch" (eager), "onnx" (ONNX Runtime, the same outputs to float rounding,
             faster on CPU) or "onnx_int8" (the crops' embeddings in 8 bits, calibrated on the first 8 images' crops;
-            the detector's pass as "onnx"); see ``models.runtime``.
+            the detector's pass as "onnx"); see ``models.runtime``. With a box refiner the crops' maps, which the
+            refiner reads, are computed in torch whatever the runtime.
     """
 
     own_space = True  # scores compare the query with embeddings trained in the detector model's space
